@@ -1,0 +1,252 @@
+"""The one transformer of parlai-ext: a pre-norm block with a key/value cache.
+
+Every transformer model of the project (PLATO-2's unified transformer, the CORAL / PPG
+encoder-decoders, classifiers and rankers) is built from :class:`TransformerBlock`.
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+Conventions
+- Hidden states are ``(batch, time, dim)``.
+- Attention masks are boolean, broadcastable to ``(batch, heads, query_len, key_len)``;
+  ``True`` means "may attend". Every query row must be able to see at least one key.
+- A layer cache is a ``(keys, values)`` pair, each ``(batch, heads, time, head_dim)``;
+  self-attention appends the new keys/values to it, so decoding one token at a time
+  costs one row of attention per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LayerCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with an optional key/value cache (self- or cross-attention)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f'dim {dim} is not divisible by n_heads {n_heads}')
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.dropout = dropout
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = x.shape
+        return x.view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_key_value(self, source: torch.Tensor) -> LayerCache:
+        """Keys and values of ``source`` (e.g. an encoder output for cross-attention)."""
+        keys, values = self.key_value(source).chunk(2, dim=-1)
+        return self._split_heads(keys), self._split_heads(values)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
+        memory: LayerCache | None = None,
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """Attend from ``x``.
+
+        Self-attention (``memory is None``): keys/values are the cached ones followed by
+        those of ``x``; the returned cache includes ``x``. Cross-attention: keys/values are
+        ``memory`` (already projected), returned unchanged.
+        """
+        query = self._split_heads(self.query(x))
+        if memory is None:
+            keys, values = self.project_key_value(x)
+            if cache is not None:
+                keys = torch.cat([cache[0], keys], dim=2)
+                values = torch.cat([cache[1], values], dim=2)
+            new_cache = (keys, values)
+        else:
+            keys, values = new_cache = memory
+        attended = F.scaled_dot_product_attention(
+            query,
+            keys,
+            values,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        batch, _, time, _ = attended.shape
+        attended = attended.transpose(1, 2).reshape(batch, time, -1)
+        return self.out(attended), new_cache
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, activation: str = 'gelu', dropout: float = 0.0):
+        super().__init__()
+        self.fc_in = nn.Linear(dim, hidden)
+        self.fc_out = nn.Linear(hidden, dim)
+        self.activation = {'gelu': F.gelu, 'relu': F.relu}[activation]
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.dropout(self.activation(self.fc_in(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), memory)] + FFN(LN(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation: str = 'gelu',
+        cross_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm_attention = nn.LayerNorm(dim)
+        self.attention = MultiHeadAttention(dim, n_heads, attention_dropout)
+        self.cross_attention = None
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross_attention = MultiHeadAttention(dim, n_heads, attention_dropout)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, activation, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
+        memory: LayerCache | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LayerCache]:
+        attended, new_cache = self.attention(self.norm_attention(x), mask, cache)
+        x = x + self.dropout(attended)
+        if self.cross_attention is not None:
+            crossed, _ = self.cross_attention(self.norm_cross(x), memory_mask, memory=memory)
+            x = x + self.dropout(crossed)
+        x = x + self.dropout(self.ffn(self.norm_ffn(x)))
+        return x, new_cache
+
+
+class TransformerStack(nn.Module):
+    """``n_layers`` blocks and the final LayerNorm that pre-norm stacks need."""
+
+    def __init__(self, n_layers: int, dim: int, **block_args) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerBlock(dim, **block_args) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        caches: list[LayerCache] | None = None,
+        memories: list[LayerCache] | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        new_caches = []
+        for index, layer in enumerate(self.layers):
+            x, cache = layer(
+                x,
+                mask,
+                None if caches is None else caches[index],
+                None if memories is None else memories[index],
+                memory_mask,
+            )
+            new_caches.append(cache)
+        return self.final_norm(x), new_caches
+
+
+class Embeddings(nn.Module):
+    """Token + type (segment) + learned position embeddings, then dropout.
+
+    PLATO-2 (§2.1, Fig. 2): "the input embeddings are the sum of token, role/type and
+    position embeddings". ``n_types = 0`` disables type embeddings.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        n_positions: int,
+        n_types: int = 2,
+        padding_idx: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
+        self.positions = nn.Embedding(n_positions, dim)
+        self.types = nn.Embedding(n_types, dim) if n_types else None
+        self.dropout = nn.Dropout(dropout)
+        self.n_positions = n_positions
+        nn.init.normal_(self.tokens.weight, std=dim**-0.5)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.tokens.weight[padding_idx].zero_()
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        types: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if int(positions.max()) >= self.n_positions:
+            raise ValueError(
+                f'position {int(positions.max())} >= --n-positions {self.n_positions}; '
+                'lower --text-truncate/--label-truncate or raise --n-positions'
+            )
+        x = self.tokens(tokens) + self.positions(positions)
+        if self.types is not None and types is not None:
+            x = x + self.types(types)
+        return self.dropout(x)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """GPT/BERT-style initialisation of linear layers (normal(0, std), zero bias)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+
+
+def prefix_lm_mask(context_valid: torch.Tensor, response_valid: torch.Tensor) -> torch.Tensor:
+    """The unified-transformer attention mask of PLATO-2 (Fig. 2): a prefix-LM mask.
+
+    The sequence is ``[context; response]``. Context tokens attend bidirectionally to every
+    valid context token and never to the response; response tokens attend to every valid
+    context token and causally to the response (themselves and earlier positions).
+
+    :param context_valid: ``(batch, Lc)`` bool, False at padding.
+    :param response_valid: ``(batch, Lr)`` bool, False at padding.
+    :return: ``(batch, 1, Lc + Lr, Lc + Lr)`` bool, True = may attend.
+    """
+    batch, context_len = context_valid.shape
+    response_len = response_valid.shape[1]
+    total = context_len + response_len
+    device = context_valid.device
+    key_valid = torch.cat([context_valid, response_valid], dim=1)  # (B, L)
+    is_context_key = torch.arange(total, device=device) < context_len  # (L,)
+    query_index = torch.arange(total, device=device)[:, None]
+    key_index = torch.arange(total, device=device)[None, :]
+    # context queries: context keys only; response queries: context keys + causal response
+    structure = is_context_key[None, :] | (
+        (query_index >= context_len) & (key_index <= query_index)
+    )
+    mask = structure[None, :, :] & key_valid[:, None, :]
+    # a padded query row that would see nothing (never used) may see its own position,
+    # so scaled_dot_product_attention never produces NaN
+    mask = mask | torch.eye(total, dtype=torch.bool, device=device)[None]
+    return mask[:, None]
+
+
+def causal_mask(query_len: int, key_len: int, device: torch.device) -> torch.Tensor:
+    """``(query_len, key_len)`` bool: query i (the last ``query_len`` of the keys) sees keys <= i."""
+    offset = key_len - query_len
+    query_index = torch.arange(query_len, device=device)[:, None] + offset
+    return torch.arange(key_len, device=device)[None, :] <= query_index

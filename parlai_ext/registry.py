@@ -1,0 +1,17 @@
+"""ParlAI short names of parlai-ext's agents and teachers (pure data, imported at lookup time).
+
+``-m <name>`` resolves through ``parlai.agents.<name>.agents`` and ``-t <name>`` through
+``parlai.tasks.<name>.agents`` (teachers) and ``.worlds`` (self-chat / interactive worlds);
+the start-up hook (``_parlai_ext_hook``) maps those module paths onto the modules named here.
+Names must never shadow a ParlAI built-in (a test checks this against the installed ParlAI).
+"""
+
+# agent short name -> module defining the class ParlAI expects (``foo_bar`` -> FooBarAgent)
+AGENTS: dict[str, str] = {
+    'unified_transformer': 'parlai_ext.agents.unified_transformer',
+}
+
+# task short name -> {'agents': teachers module, 'worlds': worlds module (optional)}
+TASKS: dict[str, dict[str, str]] = {
+    'ext_demo': {'agents': 'parlai_ext.tasks.demo.agents'},
+}

@@ -1,0 +1,1 @@
+"""Teachers of parlai-ext (installed as ``parlai_ext.tasks``)."""

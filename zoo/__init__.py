@@ -1,0 +1,1 @@
+"""Model zoo of parlai-ext (installed as ``parlai_ext.zoo``)."""
