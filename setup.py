@@ -33,7 +33,7 @@ RUNTIME_REQUIREMENTS = {
     'scikit-learn': ('', 'parlai.core.torch_classifier_agent (sklearn.metrics.auc)'),
     'packaging': ('', 'the parlai super-command imports parlai.scripts.torchscript'),
     'tqdm': ('', 'build_dict, build_data progress bars'),
-    'nltk': ('>=3.8.2', "BLEU in every generation eval (ParlAI crashes on None without)"),
+    'nltk': ('>=3.8.2', 'BLEU in every generation eval (ParlAI crashes on None without)'),
     'py-rouge': ('>=1.1', 'rouge-1/2/L metrics (needs compat.patch_py_rouge offline)'),
     'subword-nmt': ('>=0.3.8', '--dict-tokenizer bpe'),
     'sentencepiece': ('>=0.1.99', 'the SentencePiece dictionary (PLATO-2 8K BPE)'),
@@ -54,9 +54,7 @@ class EditableWheelWithPth(editable_wheel):
     """Ship the ``.pth`` file in editable wheels too (they ignore build_py's outputs)."""
 
     def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
-        files, mapping = super()._run_build_commands(
-            dist_name, unpacked_wheel, build_lib, tmp_dir
-        )
+        files, mapping = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
         shutil.copy(os.path.join(HERE, PTH_FILE), os.path.join(unpacked_wheel, PTH_FILE))
         return files, mapping
 

@@ -159,7 +159,7 @@ def patch_distributed(module: types.ModuleType) -> None:
         opt['rank'] = rank
         opt['gpu'] = -1
         opt.setdefault('override', {})['gpu'] = -1
-        print_prefix = 'rank:{:3d} |'.format(rank) if opt.get('verbose') or rank else None
+        print_prefix = f'rank:{rank:3d} |' if opt.get('verbose') or rank else None
         suppress_output = not opt.get('verbose') and rank != 0
         with module.override_print(suppress_output, print_prefix):
             dist.init_process_group(
@@ -271,9 +271,7 @@ def patch_script_registry(module: types.ModuleType) -> None:
 
         import parlai_ext.scripts
 
-        for info in pkgutil.iter_modules(
-            parlai_ext.scripts.__path__, 'parlai_ext.scripts.'
-        ):
+        for info in pkgutil.iter_modules(parlai_ext.scripts.__path__, 'parlai_ext.scripts.'):
             importlib.import_module(info.name)
 
     module.setup_script_registry = setup_script_registry

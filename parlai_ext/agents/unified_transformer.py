@@ -12,11 +12,11 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
 from parlai.utils.torch import neginf
+
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
 
 

@@ -68,9 +68,7 @@ class UnifiedTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.padding_idx = padding_idx
-        self.embeddings = Embeddings(
-            vocab_size, dim, n_positions, n_types, padding_idx, dropout
-        )
+        self.embeddings = Embeddings(vocab_size, dim, n_positions, n_types, padding_idx, dropout)
         self.stack = TransformerStack(
             n_layers,
             dim,
