@@ -1,0 +1,55 @@
+"""Shared test helpers: run the stock ``parlai`` executable, keep ParlAI's data in tmp."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PARLAI_BIN = Path(sys.executable).with_name('parlai')
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_datapath(tmp_path_factory, monkeypatch):
+    """Seed every RNG; point ParlAI's datapath at a temporary folder (never site-packages)."""
+    random.seed(0)
+    try:
+        import numpy
+        import torch
+
+        numpy.random.seed(0)
+        torch.manual_seed(0)
+    except ImportError:  # pragma: no cover
+        pass
+    datapath = tmp_path_factory.mktemp('parlai_data')
+    monkeypatch.setenv('PARLAI_DATAPATH', str(datapath))
+    yield
+
+
+def run_parlai(*args: str, stdin: str | None = None, timeout: int = 300, env=None):
+    """Run ``parlai <args>`` as a user would (a subprocess of the installed executable).
+
+    Returns the CompletedProcess; raises with the tail of the output if it failed.
+    """
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault('PYTHONUNBUFFERED', '1')
+    proc = subprocess.run(
+        [str(PARLAI_BIN), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f'parlai {" ".join(args)} exited {proc.returncode}\n'
+            f'--- stdout (tail) ---\n{proc.stdout[-4000:]}\n'
+            f'--- stderr (tail) ---\n{proc.stderr[-4000:]}'
+        )
+    return proc
