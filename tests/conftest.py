@@ -53,3 +53,9 @@ def run_parlai(*args: str, stdin: str | None = None, timeout: int = 300, env=Non
             f'--- stderr (tail) ---\n{proc.stderr[-4000:]}'
         )
     return proc
+
+
+@pytest.fixture
+def parlai_cli():
+    """The :func:`run_parlai` helper, as a fixture: ``parlai_cli('display_data', '-t', ...)``."""
+    return run_parlai
