@@ -1,0 +1,115 @@
+"""Each fix of parlai_ext.compat, tested where ParlAI breaks without it."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_parlai
+
+NO_PKG_RESOURCES = importlib.util.find_spec('pkg_resources') is None
+
+
+def _python(code: str, **env):
+    return subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **env),
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(not NO_PKG_RESOURCES, reason='this setuptools still ships pkg_resources')
+def test_parlai_opt_imports_without_pkg_resources_only_with_the_fix():
+    code = 'import sys, parlai.core.opt, rouge.rouge; print("pkg_resources" in sys.modules)'
+    broken = _python(code, PARLAI_EXT_HOOK='0')
+    assert broken.returncode != 0 and 'pkg_resources' in broken.stderr
+    fixed = _python(code)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert fixed.stdout.strip() == 'False'  # the shim is gone once ParlAI has imported
+
+
+def test_dictionary_txt2vec_to_numpy_array():
+    from parlai.core.dict import DictionaryAgent
+    from parlai.core.params import ParlaiParser
+
+    opt = ParlaiParser(True, True).parse_args([])
+    dictionary = DictionaryAgent(opt)
+    dictionary.add_token('hello')
+    vec = dictionary.txt2vec('hello world', vec_type=np.ndarray)
+    assert isinstance(vec, np.ndarray)
+    assert vec.tolist() == [dictionary['hello'], dictionary[dictionary.unk_token]]
+    assert not hasattr(np, 'int')  # the global numpy stays untouched
+
+
+def test_reduce_on_plateau_scheduler_builds_decays_and_resumes():
+    from parlai.nn.lr_scheduler import ReduceOnPlateauLRScheduler
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = ReduceOnPlateauLRScheduler(
+        optimizer, patience=1, decay=0.5, warmup_updates=-1, warmup_rate=1e-4
+    )
+    for _ in range(3):  # no improvement after the first: decays once patience (1) runs out
+        scheduler.valid_step({'loss': 1.0})
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.5)
+    state = scheduler.get_state_dict()
+    resumed = ReduceOnPlateauLRScheduler(
+        optimizer, patience=1, decay=0.5, warmup_updates=-1, warmup_rate=1e-4
+    )
+    resumed.load_state({'lr_scheduler': state})
+    assert resumed.scheduler.best == scheduler.scheduler.best
+    assert resumed.scheduler.num_bad_epochs == scheduler.scheduler.num_bad_epochs
+
+
+def test_rouge_metrics_work_offline():
+    from parlai.core.metrics import RougeMetric
+
+    # normalised: "cat sat on mat" vs "cat sat down on mat": LCS 4, P 4/4, R 4/5;
+    # bigrams: 3 predicted, 4 in the reference, 2 shared
+    recall = RougeMetric.compute_many('the cat sat on the mat', ['the cat sat down on the mat'])
+    assert None not in recall, 'py-rouge was silently dropped'
+    assert [m.value() for m in recall] == pytest.approx([0.8, 0.5, 0.8])
+    f_measure = RougeMetric.compute_many(
+        'the cat sat on the mat', ['the cat sat down on the mat'], measure='f'
+    )
+    assert f_measure[2].value() == pytest.approx(2 * 1.0 * 0.8 / 1.8)
+
+
+def test_hf_gpt2_reorders_a_transformers_cache_object():
+    import parlai.agents.hugging_face.gpt2 as gpt2
+    from transformers import DynamicCache
+
+    keys = torch.arange(12, dtype=torch.float).view(2, 1, 3, 2)
+    cache = DynamicCache()
+    cache.update(keys, keys + 100, 0)
+    reordered = gpt2.HFGPT2Model.reorder_decoder_incremental_state(
+        None, cache, torch.tensor([1, 0])
+    )
+    assert torch.equal(reordered.layers[0].keys, keys[[1, 0]])
+
+
+def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
+    """CPU (gloo) distributed context, all_gather_list, DDP device_ids and Join device."""
+    dict_file = str(tmp_path / 'model.dict')
+    model_file = str(tmp_path / 'model')
+    run_parlai('build_dict', '-t', 'ext_demo', '--dict-file', dict_file)
+    workers = ['--distributed-world-size', '2']
+    run_parlai(
+        'multiprocessing_train', '-m', 'unified_transformer', '-t', 'ext_demo',
+        '-mf', model_file, '--dict-file', dict_file, '-bs', '16', '--num-epochs', '0.5',
+        '--n-layers', '1', '--embedding-size', '32', '--n-heads', '2', '--ffn-size', '64',
+        '-vtim', '100', '--port', '61427', *workers, timeout=240,
+    )  # fmt: skip
+    stats = json.load(open(model_file + '.trainstats'))
+    assert stats['final_valid_report']['exs'] > 0
+    out = run_parlai(
+        'multiprocessing_eval', '-mf', model_file, '-t', 'ext_demo', '-dt', 'valid',
+        *workers, timeout=240,
+    )  # fmt: skip
+    assert 'ppl' in out.stdout + out.stderr
