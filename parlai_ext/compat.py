@@ -42,18 +42,27 @@ def install_hook() -> None:
 
 def _pkg_resources_shim() -> types.ModuleType:
     import importlib.resources
+    import importlib.util
+    import pathlib
 
     shim = types.ModuleType('pkg_resources')
     setattr(shim, _SHIM_MARK, True)
 
+    def _root(package_or_module: str):
+        # pkg_resources accepts a plain module too (rouge passes 'rouge.rouge'): its folder
+        spec = importlib.util.find_spec(package_or_module)
+        if spec is not None and spec.submodule_search_locations is None and spec.origin:
+            return pathlib.Path(spec.origin).parent
+        return importlib.resources.files(package_or_module)
+
     def resource_exists(package: str, resource: str) -> bool:
         try:
-            return importlib.resources.files(package).joinpath(resource).is_file()
+            return _root(package).joinpath(resource).is_file()
         except (ModuleNotFoundError, TypeError):
             return False
 
     def resource_filename(package: str, resource: str) -> str:
-        return str(importlib.resources.files(package).joinpath(resource))
+        return str(_root(package).joinpath(resource))
 
     shim.resource_exists = resource_exists
     shim.resource_filename = resource_filename
