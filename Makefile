@@ -1,0 +1,46 @@
+# parlai-ext: the two commands of the README.
+#   make demo   create .venv if missing, install, train a small generator and chat with it
+#   make test   create .venv if missing, install, lint, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.parlai-ext-installed
+DEMO := runs/demo
+# ParlAI would otherwise write its data folder into site-packages
+export PARLAI_DATAPATH ?= $(CURDIR)/data
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+# Order matters: torch first (the local CPU build; nothing may resolve another torch), then
+# ParlAI without its outdated pins (--no-deps), then our package, which declares ParlAI's
+# real run-time needs. See README "Install".
+$(STAMP): setup.py pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet --no-deps parlai==1.7.2
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/parlai train_model -m unified_transformer -t ext_demo -mf $(DEMO)/model \
+		--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0 \
+		-bs 32 -lr 2e-3 --num-epochs 4 -vtim 120 --skip-generation false --inference greedy
+	$(BIN)/parlai self_chat -mf $(DEMO)/model --num-self-chats 3 --selfchat-max-turns 6 \
+		--inference nucleus --topp 0.9 --outfile $(DEMO)/selfchat
+	printf 'hi , how are you ?\nwhat do you do for work ?\nwhere do you live ?\n' | \
+		$(BIN)/parlai interactive -mf $(DEMO)/model --inference beam --beam-size 4
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
