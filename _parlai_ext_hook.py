@@ -25,6 +25,7 @@ PATCHED_MODULES = {
     'parlai.core.opt': (('ensure_pkg_resources',), ('drop_pkg_resources_shim',)),
     'parlai.core.dict': ((), ('patch_dict_numpy',)),
     'parlai.core.script': ((), ('patch_script_registry',)),
+    'parlai.core.metrics': ((), ('register_metrics',)),
     'parlai.nn.lr_scheduler': ((), ('patch_lr_scheduler',)),
     'parlai.utils.distributed': ((), ('patch_distributed',)),
     'parlai.utils.fsdp': ((), ('patch_fsdp_join',)),

@@ -284,3 +284,19 @@ def patch_script_registry(module: types.ModuleType) -> None:
             importlib.import_module(info.name)
 
     module.setup_script_registry = setup_script_registry
+
+
+# --- 8. parlai-ext metrics in ``--metrics`` ---------------------------------------------
+# parlai/core/metrics.py: TeacherMetrics learns our ``ext_*`` metric names and groups (see
+# parlai_ext.metrics and docs/metrics.md). ParlAI's own metrics are unchanged.
+
+
+def register_metrics(module: types.ModuleType) -> None:
+    """After parlai.core.metrics: install parlai_ext.metrics (imported only now, lazily)."""
+    import importlib
+
+    metrics = importlib.import_module('parlai_ext.metrics')
+    # no ``install`` yet: parlai_ext.metrics is itself importing ParlAI's module and installs
+    # at its own end
+    if hasattr(metrics, 'install'):
+        metrics.install(module)
