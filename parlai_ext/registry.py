@@ -14,4 +14,5 @@ AGENTS: dict[str, str] = {
 # task short name -> {'agents': teachers module, 'worlds': worlds module (optional)}
 TASKS: dict[str, dict[str, str]] = {
     'ext_demo': {'agents': 'parlai_ext.tasks.demo.agents'},
+    'personachat_ext': {'agents': 'parlai_ext.tasks.personachat.agents'},
 }

@@ -1,0 +1,1 @@
+"""PersonaChat / ConvAI2 teachers read from disk (``-t personachat_ext``)."""
