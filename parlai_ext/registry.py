@@ -15,4 +15,5 @@ AGENTS: dict[str, str] = {
 TASKS: dict[str, dict[str, str]] = {
     'ext_demo': {'agents': 'parlai_ext.tasks.demo.agents'},
     'personachat_ext': {'agents': 'parlai_ext.tasks.personachat.agents'},
+    'dailydialog_ext': {'agents': 'parlai_ext.tasks.dailydialog.agents'},
 }

@@ -1,0 +1,1 @@
+"""DailyDialog teachers read from disk (``-t dailydialog_ext``)."""
