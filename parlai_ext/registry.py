@@ -16,4 +16,5 @@ TASKS: dict[str, dict[str, str]] = {
     'ext_demo': {'agents': 'parlai_ext.tasks.demo.agents'},
     'personachat_ext': {'agents': 'parlai_ext.tasks.personachat.agents'},
     'dailydialog_ext': {'agents': 'parlai_ext.tasks.dailydialog.agents'},
+    'ubuntu_ext': {'agents': 'parlai_ext.tasks.ubuntu.agents'},
 }
