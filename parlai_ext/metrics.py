@@ -320,7 +320,11 @@ class WordVectors:
     def lookup(self, tokens: Iterable[str]) -> np.ndarray:
         """Vectors (float64, one row per token) of the tokens that have one; others are skipped."""
         rows = [self.vocab[t] for t in tokens if t in self.vocab]
-        return np.asarray(self.matrix[rows], dtype=np.float64).reshape(len(rows), -1)
+        return np.asarray(self.matrix[rows], dtype=np.float64).reshape(len(rows), self.dim)
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
 
 
 _VECTORS: WordVectors | None = None
