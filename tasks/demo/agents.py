@@ -9,6 +9,7 @@ nothing is downloaded. Splits: train 400, valid 40, test 40 episodes (independen
 from __future__ import annotations
 
 import copy
+import os
 import random
 from collections.abc import Iterator
 
@@ -23,7 +24,8 @@ JOBS = ['teacher', 'nurse', 'baker', 'pilot', 'farmer', 'chef', 'lawyer', 'paint
 WEATHER = ['sunny', 'rainy', 'cold', 'windy', 'warm', 'cloudy']
 HOBBIES = ['reading', 'hiking', 'swimming', 'chess', 'cooking', 'singing', 'running']
 
-# (question, answer template, follow-up remark template)
+# (question, answer template, remark template): the partner asks, the model answers, and
+# the partner's next turn starts with a remark on that answer
 EXCHANGES = [
     ('what is your name ?', 'my name is {name} .', 'nice to meet you , {name} .'),
     ('where do you live ?', 'i live in {city} .', 'i have never been to {city} .'),
@@ -34,15 +36,20 @@ EXCHANGES = [
     ('what do you do for fun ?', 'i enjoy {hobby} .', '{hobby} is a good hobby .'),
 ]
 GREETINGS = [
-    ('hi , how are you ?', 'i am fine , thanks . and you ?', 'pretty good , thank you .'),
-    ('hello there !', 'hello ! how is your day ?', 'it is going well .'),
-    ('good morning !', 'good morning to you !', 'did you sleep well ?'),
+    ('hi , how are you ?', 'i am fine , thanks . and you ?'),
+    ('hello there !', 'hello ! how is your day ?'),
+    ('good morning !', 'good morning to you !'),
+]
+GOODBYES = [
+    ('i have to go now . bye !', 'bye ! it was nice talking to you .'),
+    ('see you later !', 'see you later !'),
+    ('talk to you soon !', 'talk to you soon !'),
 ]
 SPLIT_SEEDS = {'train': (0, 400), 'valid': (1, 40), 'test': (2, 40)}
 
 
-def generate_dialogue(rng: random.Random) -> list[str]:
-    """One conversation as a list of utterances, speakers alternating."""
+def generate_dialogue(rng: random.Random) -> list[tuple[str, str]]:
+    """One conversation as (partner turn, model reply) pairs; the model's facts stay fixed."""
     facts = {
         'name': rng.choice(NAMES),
         'city': rng.choice(CITIES),
@@ -52,14 +59,17 @@ def generate_dialogue(rng: random.Random) -> list[str]:
         'weather': rng.choice(WEATHER),
         'hobby': rng.choice(HOBBIES),
     }
-    utterances = list(rng.choice(GREETINGS))
-    for question, answer, remark in rng.sample(EXCHANGES, k=rng.randint(2, 3)):
-        utterances += [question, answer.format(**facts), remark.format(**facts)]
-    utterances.append(rng.choice(['bye !', 'see you later !', 'talk to you soon !']))
-    return utterances
+    pairs = [rng.choice(GREETINGS)]
+    remark = ''
+    for question, answer, next_remark in rng.sample(EXCHANGES, k=rng.randint(2, 4)):
+        pairs.append((f'{remark}{question}', answer.format(**facts)))
+        remark = next_remark.format(**facts) + ' '
+    goodbye, reply = rng.choice(GOODBYES)
+    pairs.append((f'{remark}{goodbye}', reply))
+    return pairs
 
 
-def generate_split(split: str) -> list[list[str]]:
+def generate_split(split: str) -> list[list[tuple[str, str]]]:
     seed, count = SPLIT_SEEDS[split]
     rng = random.Random(seed)
     return [generate_dialogue(rng) for _ in range(count)]
@@ -68,13 +78,15 @@ def generate_split(split: str) -> list[list[str]]:
 class DefaultTeacher(DialogTeacher):
     def __init__(self, opt: Opt, shared=None) -> None:
         opt = copy.deepcopy(opt)
-        self.split = opt['datatype'].split(':')[0]
-        opt['datafile'] = self.split
+        # the data is generated, not read; the "datafile" only names the split, and lives under
+        # the datapath because ParlAI writes a ``<datafile>.lengths`` cache in stream mode
+        folder = os.path.join(opt['datapath'], 'parlai_ext', 'ext_demo')
+        os.makedirs(folder, exist_ok=True)
+        opt['datafile'] = os.path.join(folder, opt['datatype'].split(':')[0])
         self.id = 'ext_demo'
         super().__init__(opt, shared)
 
-    def setup_data(self, split: str) -> Iterator[tuple[dict, bool]]:
-        for dialogue in generate_split(split):
-            for turn in range(0, len(dialogue) - 1, 2):
-                message = {'text': dialogue[turn], 'labels': [dialogue[turn + 1]]}
-                yield message, turn == 0
+    def setup_data(self, datafile: str) -> Iterator[tuple[dict, bool]]:
+        for dialogue in generate_split(os.path.basename(datafile)):
+            for turn, (text, reply) in enumerate(dialogue):
+                yield {'text': text, 'labels': [reply]}, turn == 0
