@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
         'train_model', *TINY_MODEL, '-t', 'ext_demo', '-mf', model_file,
         '-bs', '32', '-lr', '2e-3', '--num-epochs', '3', '--log-every-n-steps', '10',
         '--skip-generation', 'false', '--inference', 'greedy', '-vtim', '60',
-        env=env,
+        env=env, timeout=900,
     )  # fmt: skip
     return model_file, env
 
