@@ -96,3 +96,13 @@ def test_interactive_answers_piped_input(trained):
         if '[UnifiedTransformer]:' in line
     ]
     assert len(replies) == 2 and all(replies)
+
+
+def test_display_model_shows_model_replies(trained):
+    model_file, env = trained
+    out = run_parlai(
+        'display_model', '-mf', model_file, '-t', 'ext_demo', '-dt', 'valid', '-n', '3',
+        '--inference', 'greedy', env=env,
+    )  # fmt: skip
+    replies = [line for line in out.stdout.splitlines() if line.strip().startswith('model:')]
+    assert len(replies) == 3 and all(line.split(':', 1)[1].strip() for line in replies)
