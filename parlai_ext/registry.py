@@ -21,4 +21,5 @@ TASKS: dict[str, dict[str, str]] = {
     'personachat_ext': {'agents': 'parlai_ext.tasks.personachat.agents'},
     'dailydialog_ext': {'agents': 'parlai_ext.tasks.dailydialog.agents'},
     'ubuntu_ext': {'agents': 'parlai_ext.tasks.ubuntu.agents'},
+    'multiref_ext': {'agents': 'parlai_ext.tasks.multiref.agents'},
 }

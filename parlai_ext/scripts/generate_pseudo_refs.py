@@ -1,0 +1,261 @@
+"""``parlai generate_pseudo_refs``: N pseudo references per context by nucleus sampling (§5).
+
+Multi-referenced training, data side (``../shared/papers/multiref_vhred_lgm.txt`` §5): a
+teacher generator trained on the single-reference data writes N hypotheses for every training
+context by nucleus sampling (p = 0.95; N = 100 in the paper); the student then trains on them
+(``-t multiref_ext``, see ``tasks/multiref/agents.py``). Any ParlAI generator model file works
+(``TorchGeneratorAgent``: ours, ParlAI's, Hugging Face ones)::
+
+    parlai generate_pseudo_refs -mf teacher/model -t dailydialog_ext \\
+        --dailydialog-data-dir ../shared/data/dailydialog -o dd_train.hyps.jsonl \\
+        --num-hyps 5 -bs 64
+
+The teacher is read once, in order (default ``-dt train:evalmode``). Each context is observed by
+the model exactly as in ``eval_model`` (its own history and truncation), then copied N times
+into one batch and decoded with ``--inference nucleus --topp`` (beam size 1), so the N
+hypotheses are independent samples.
+
+Output: one JSON object per line, one line per teacher example, in teacher order::
+
+    {"index": 0, "episode": 0, "turn": 0, "context": ["turn 1", "turn 2", ...],
+     "response": "the ground truth", "hypotheses": ["h1", ..., "hN"], "logprobs": [...]}
+
+``context`` holds every earlier turn of the episode (texts and gold labels, as the teacher
+gives them; a multi-line text stays one string) and ends with the example's own text;
+``logprobs`` are the search's scores of each hypothesis (sum of token log-probabilities).
+``<outfile>.meta.json`` records model, task, datatype, N, p, maximum length and seed.
+
+Resumable: lines are written a whole batch at a time and flushed. Re-running the same command
+keeps every complete line, drops a partial last line (an interrupted write), checks that the
+teacher's example at that position is the one recorded, and continues with the next example:
+no line is ever duplicated or lost. A different N, p, model or task for an existing file is an
+error (pick another ``--outfile``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import torch
+from parlai.core.agents import create_agent
+from parlai.core.message import Message
+from parlai.core.opt import Opt
+from parlai.core.params import ParlaiParser
+from parlai.core.script import ParlaiScript, register_script
+from parlai.core.teachers import create_task_agent_from_taskname
+from parlai.utils import logging
+from tqdm import tqdm
+
+FORMAT = 'parlai_ext.pseudo_refs/1'
+META_KEYS = ('format', 'model_file', 'task', 'datatype', 'num_hyps', 'topp', 'max_len')
+
+
+def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
+    if parser is None:
+        parser = ParlaiParser(True, True, 'Pseudo references by nucleus sampling (multi-ref §5)')
+    group = parser.add_argument_group('Pseudo references')
+    group.add_argument('-o', '--outfile', required=True, help='output JSONL (see the docstring)')
+    group.add_argument('--num-hyps', type=int, default=100, help='hypotheses per context (§5: 100)')
+    group.add_argument('--hyp-topp', type=float, default=0.95, help='nucleus p (§5: 0.95)')
+    group.add_argument('--hyp-max-len', type=int, default=40, help='maximum tokens per hypothesis')
+    group.add_argument('--hyp-seed', type=int, default=0, help='torch seed (+ lines done)')
+    group.add_argument(
+        '--max-new-contexts',
+        type=int,
+        default=-1,
+        help='stop after writing this many new lines (for chunked runs); -1: to the end',
+    )
+    group.add_argument('--progress', type='bool', default=True, help='show a progress bar')
+    parser.set_defaults(datatype='train:evalmode', batchsize=8)
+    return parser
+
+
+# --- resuming --------------------------------------------------------------------------------
+def _meta(opt: Opt) -> dict:
+    return {
+        'format': FORMAT,
+        'model_file': os.path.abspath(opt['model_file']),
+        'task': opt['task'],
+        'datatype': opt['datatype'],
+        'num_hyps': opt['num_hyps'],
+        'topp': opt['hyp_topp'],
+        'max_len': opt['hyp_max_len'],
+        'seed': opt['hyp_seed'],
+    }
+
+
+def prepare_resume(outfile: str, meta: dict) -> tuple[int, dict | None]:
+    """Lines already complete in ``outfile`` (a partial last line is cut off) and the last one.
+
+    Writes ``<outfile>.meta.json`` for a new file; for an existing one it must agree.
+    """
+    meta_path = outfile + '.meta.json'
+    if os.path.exists(meta_path):
+        with open(meta_path) as handle:
+            old = json.load(handle)
+        different = [k for k in META_KEYS if old.get(k) != meta.get(k)]
+        if different:
+            raise ValueError(
+                f'{outfile} was written with other settings ({", ".join(different)}: '
+                f'{[old.get(k) for k in different]} vs {[meta.get(k) for k in different]}); '
+                'use another --outfile or remove it'
+            )
+    elif os.path.exists(outfile) and os.path.getsize(outfile) > 0:
+        raise ValueError(f'{outfile} exists without {meta_path}; not a file of this script')
+    else:
+        with open(meta_path, 'w') as handle:
+            json.dump(meta, handle, indent=1)
+    if not os.path.exists(outfile):
+        return 0, None
+    with open(outfile, 'rb') as handle:
+        data = handle.read()
+    complete = data[: data.rfind(b'\n') + 1]
+    if len(complete) != len(data):
+        logging.warning(f'{outfile}: dropping a partial last line ({len(data) - len(complete)} B)')
+        with open(outfile, 'r+b') as handle:
+            handle.truncate(len(complete))
+    lines = complete.decode('utf-8').splitlines()
+    last = None
+    for number, line in enumerate(lines):
+        last = json.loads(line)
+        if last.get('index') != number:
+            raise ValueError(f'{outfile}:{number + 1}: index {last.get("index")} != {number}')
+    return len(lines), last
+
+
+# --- the teacher stream ----------------------------------------------------------------------
+def iterate_examples(teacher) -> Iterator[tuple[dict, Message]]:
+    """(position, message) for every example of one pass over the teacher, in order."""
+    index = episode = turn = 0
+    context: list[str] = []
+    while not teacher.epoch_done():
+        message = teacher.act()
+        if message is None or message.is_padding():
+            break
+        labels = message.get('labels', message.get('eval_labels'))
+        if not labels:
+            raise ValueError(f'example {index} of {teacher.getID()} has no label')
+        context.append(message.get('text', ''))
+        position = {
+            'index': index,
+            'episode': episode,
+            'turn': turn,
+            'context': list(context),
+            'response': labels[0],
+        }
+        yield position, message
+        context.append(labels[0])
+        index += 1
+        turn += 1
+        if message.get('episode_done'):
+            episode += 1
+            turn = 0
+            context = []
+
+
+def sample_hypotheses(agent, observations: list[Message], n: int, max_len: int) -> list[list]:
+    """n independent nucleus samples for each observation: [(text, logprob)] per observation."""
+    rows = [obs for obs in observations for _ in range(n)]
+    results: list[tuple[str, float]] = [('', float('-inf'))] * len(rows)
+    step = max(1, agent.opt.get('batchsize', 1) or 1)
+    for start in range(0, len(rows), max(step, n)):
+        chunk = rows[start : start + max(step, n)]
+        batch = agent.batchify(chunk)
+        if batch.batchsize == 0:
+            continue
+        if agent.use_cuda:
+            batch = batch.to(0 if agent.opt['gpu'] == -1 else agent.opt['gpu'])
+        agent.model.eval()
+        with torch.no_grad():
+            preds, _ = agent._generate(batch, 1, max_len)
+        for i, (tokens, score, *_rest) in zip(batch.valid_indices.tolist(), preds):
+            results[start + i] = (agent._v2t(tokens), float(score))
+    return [results[k * n : (k + 1) * n] for k in range(len(observations))]
+
+
+def generate_pseudo_refs(opt: Opt) -> dict:
+    """Write (or continue) the JSONL file; returns counts."""
+    outfile, n = opt['outfile'], opt['num_hyps']
+    if n < 1:
+        raise ValueError('--num-hyps must be >= 1')
+    done, last = prepare_resume(outfile, _meta(opt))
+    agent = create_agent(opt, requireModelExists=True)
+    agent.opt['inference'], agent.opt['topp'], agent.opt['beam_size'] = (
+        'nucleus',
+        opt['hyp_topp'],
+        1,
+    )
+    agent.beam_size = 1
+    teacher_opt = opt.copy()
+    teacher_opt['batchsize'] = 1  # a teacher with bsz > 1 steps over episodes in eval modes
+    teacher = create_task_agent_from_taskname(teacher_opt)[0]
+    total = teacher.num_examples()
+    if done >= total:
+        logging.info(f'{outfile}: all {total} contexts already done')
+        return {'done': done, 'new': 0, 'total': total}
+    torch.manual_seed(opt['hyp_seed'] + done)
+    contexts_per_batch = max(1, (opt.get('batchsize') or 1) // n)  # -bs: rows per forward
+    limit = opt['max_new_contexts'] if opt['max_new_contexts'] >= 0 else total
+    pending: list[tuple[dict, Message]] = []
+    written = 0
+    bar = tqdm(total=total, initial=done, unit='ctx', disable=not opt['progress'])
+    with open(outfile, 'a', encoding='utf-8') as handle:
+
+        def flush() -> None:
+            nonlocal written
+            hyps = sample_hypotheses(agent, [obs for _, obs in pending], n, opt['hyp_max_len'])
+            lines = []
+            for (position, _), samples in zip(pending, hyps):
+                record = dict(position)
+                record['hypotheses'] = [text for text, _ in samples]
+                record['logprobs'] = [round(score, 4) for _, score in samples]
+                lines.append(json.dumps(record, ensure_ascii=False) + '\n')
+            handle.write(''.join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+            written += len(pending)
+            bar.update(len(pending))
+            pending.clear()
+
+        for position, message in iterate_examples(teacher):
+            observation = agent.observe(message)
+            agent.self_observe(Message({'text': position['response']}))
+            index = position['index']
+            if index < done:
+                if index == done - 1 and last is not None:
+                    same = (last['context'], last['response']) == (
+                        position['context'],
+                        position['response'],
+                    )
+                    if not same:
+                        raise ValueError(
+                            f'{outfile}: line {done} does not match example {index} of the '
+                            'teacher (different data or order?)'
+                        )
+                continue
+            if written + len(pending) >= limit:
+                break
+            pending.append((position, observation))
+            if len(pending) >= contexts_per_batch:
+                flush()
+        if pending:
+            flush()
+    bar.close()
+    logging.info(f'{outfile}: {done + written} of {total} contexts ({written} new)')
+    return {'done': done + written, 'new': written, 'total': total}
+
+
+@register_script('generate_pseudo_refs', aliases=['pseudo_refs'])
+class GeneratePseudoRefs(ParlaiScript):
+    @classmethod
+    def setup_args(cls) -> ParlaiParser:
+        return setup_args()
+
+    def run(self) -> dict:
+        return generate_pseudo_refs(self.opt)
+
+
+if __name__ == '__main__':
+    GeneratePseudoRefs.main()

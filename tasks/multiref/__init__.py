@@ -1,0 +1,1 @@
+"""``-t multiref_ext``: multi-referenced training data (ground truth and/or pseudo references)."""

@@ -1,0 +1,234 @@
+"""Pseudo references (``parlai generate_pseudo_refs``) and the multi-reference teacher
+(``-t multiref_ext``): resuming, Table 4 data settings, same contexts as the original teacher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_parlai
+from parlai.core.agents import create_agent
+from parlai.core.dict import DictionaryAgent
+from parlai.core.params import ParlaiParser
+from parlai.core.teachers import create_task_agent_from_taskname
+
+from parlai_ext.scripts.generate_pseudo_refs import GeneratePseudoRefs, iterate_examples
+from parlai_ext.tasks.demo.agents import generate_split
+
+ONE_THREAD = {'OMP_NUM_THREADS': '1'}
+HRED = [
+    '-m', 'mr_hred', '--embedding-size', '16', '--hidden-size', '24', '--floor-size', '4',
+    '--dropout', '0',
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _save_model(folder, model_args: list[str]) -> str:
+    """An untrained model with a dictionary of the demo dialogues (sampling needs no skill)."""
+    model_file = str(folder / 'model')
+    opt = ParlaiParser(True, True).parse_args(
+        [*model_args, '-mf', model_file, '--dict-file', model_file + '.dict']
+    )
+    dictionary = DictionaryAgent(opt)
+    for split in ('train', 'valid'):
+        for dialogue in generate_split(split):
+            for pair in dialogue:
+                for utterance in pair:
+                    dictionary.add_to_dict(dictionary.tokenize(utterance))
+    dictionary.save(model_file + '.dict', sort=True)
+    agent = create_agent(opt)
+    agent.save(model_file)
+    return model_file
+
+
+@pytest.fixture(scope='module')
+def hred_model(tmp_path_factory):
+    return _save_model(tmp_path_factory.mktemp('hred'), HRED)
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def _generate(model_file, outfile, *extra: str) -> None:
+    GeneratePseudoRefs.main(
+        '-mf', model_file, '-t', 'ext_demo', '-dt', 'valid', '-o', str(outfile),
+        '--num-hyps', '2', '-bs', '16', '--progress', 'false', *extra,
+    )  # fmt: skip
+
+
+def test_pseudo_refs_resume_without_duplicates_or_losses(hred_model, tmp_path):
+    full = tmp_path / 'full.jsonl'
+    run_parlai(
+        'generate_pseudo_refs', '-mf', hred_model, '-t', 'ext_demo', '-dt', 'valid',
+        '-o', str(full), '--num-hyps', '2', '-bs', '16', env=ONE_THREAD,
+    )  # fmt: skip
+    reference = _lines(full)
+    episodes = generate_split('valid')
+    assert len(reference) == sum(len(d) for d in episodes)  # every example, once
+    (text0, reply0), (text1, reply1) = episodes[0][:2]
+    assert reference[1]['context'] == [text0, reply0, text1] and reference[1]['response'] == reply1
+    assert reference[len(episodes[0])]['context'] == [episodes[1][0][0]]  # a new episode
+    assert all(len(r['hypotheses']) == 2 == len(r['logprobs']) for r in reference)
+    meta = json.load(open(str(full) + '.meta.json'))
+    assert meta['num_hyps'] == 2 and meta['topp'] == 0.95
+
+    # interrupted after 37 lines, the last write cut in the middle of a line
+    resumed = tmp_path / 'resumed.jsonl'
+    _generate(hred_model, resumed, '--max-new-contexts', '37')
+    assert len(_lines(resumed)) == 37
+    with open(resumed, 'a') as handle:
+        handle.write('{"index": 37, "episode": 9, "turn": 0, "cont')
+    _generate(hred_model, resumed, '--max-new-contexts', '50')
+    assert len(_lines(resumed)) == 87
+    _generate(hred_model, resumed)
+    _generate(hred_model, resumed)  # already complete: nothing added
+    lines = _lines(resumed)
+    assert [r['index'] for r in lines] == list(range(len(reference)))
+    assert [(r['context'], r['response']) for r in lines] == [
+        (r['context'], r['response']) for r in reference
+    ]
+    assert all(len(r['hypotheses']) == 2 for r in lines)
+
+    with pytest.raises(ValueError, match='other settings'):
+        _generate(hred_model, resumed, '--num-hyps', '3')
+
+
+def test_resume_refuses_a_file_of_other_data(hred_model, tmp_path):
+    out = tmp_path / 'hyps.jsonl'
+    _generate(hred_model, out, '--max-new-contexts', '5')
+    lines = _lines(out)
+    lines[-1]['response'] = 'something else'
+    out.write_text(''.join(json.dumps(r) + '\n' for r in lines))
+    with pytest.raises(ValueError, match='does not match'):
+        _generate(hred_model, out)
+
+
+def test_any_generator_model_file_works(tmp_path):
+    ut = [
+        '-m', 'unified_transformer', '--n-layers', '1', '--embedding-size', '16',
+        '--n-heads', '2', '--ffn-size', '32',
+    ]  # fmt: skip
+    model_file = _save_model(tmp_path, ut)
+    out = tmp_path / 'ut.jsonl'
+    _generate(model_file, out, '--max-new-contexts', '6', '--num-hyps', '3')
+    lines = _lines(out)
+    assert len(lines) == 6 and all(len(r['hypotheses']) == 3 for r in lines)
+
+
+# --- the multi-reference teacher -----------------------------------------------------------
+RECORDS = [
+    {'index': 0, 'context': ['hi'], 'response': 'hello', 'hypotheses': ['h0a', 'h0b', 'h0c']},
+    {
+        'index': 1,
+        'context': ['hi', 'hello', 'how are you ?'],
+        'response': 'fine',
+        'hypotheses': ['h1a', 'h1b', 'h1c'],
+    },
+]
+
+
+def _teacher_examples(path, datatype: str = 'train:ordered', *extra: str) -> list[tuple]:
+    opt = ParlaiParser(True, False).parse_args(
+        ['-t', 'multiref_ext', '--multiref-file', str(path), '-dt', datatype, *extra]
+    )
+    teacher = create_task_agent_from_taskname(opt)[0]
+    examples = []
+    for _ in range(teacher.num_examples()):
+        message = teacher.act()
+        label = message.get('labels', message.get('eval_labels'))[0]
+        examples.append((message['text'], label, message['multiref_source']))
+        assert message['episode_done']
+    return examples
+
+
+@pytest.fixture
+def refs_file(tmp_path):
+    path = tmp_path / 'refs.jsonl'
+    path.write_text(''.join(json.dumps(r) + '\n' for r in RECORDS))
+    return path
+
+
+def test_teacher_table4_modes(refs_file):
+    ctx0, ctx1 = 'hi', 'hi\nhello\nhow are you ?'
+    assert _teacher_examples(refs_file, 'train:ordered', '--multiref-mode', 'gt') == [
+        (ctx0, 'hello', 'gt'),
+        (ctx1, 'fine', 'gt'),
+    ]
+    assert _teacher_examples(
+        refs_file, 'train:ordered', '--multiref-mode', 'hyp', '--multiref-n-hyps', '2'
+    ) == [(ctx0, 'h0a', 'hyp'), (ctx0, 'h0b', 'hyp'), (ctx1, 'h1a', 'hyp'), (ctx1, 'h1b', 'hyp')]
+    both = _teacher_examples(
+        refs_file, 'train:ordered', '--multiref-mode', 'gt+hyp', '--multiref-n-hyps', '1',
+        '--multiref-context-turns', '1',
+    )  # fmt: skip
+    assert both == [
+        (ctx0, 'hello', 'gt'),
+        (ctx0, 'h0a', 'hyp'),
+        ('how are you ?', 'fine', 'gt'),
+        ('how are you ?', 'h1a', 'hyp'),
+    ]
+    assert len(_teacher_examples(refs_file, 'train:ordered', '--multiref-mode', 'hyp')) == 6
+    with pytest.raises(ValueError, match='2 hypotheses|3 hypotheses'):
+        _teacher_examples(refs_file, 'train:ordered', '--multiref-n-hyps', '4')
+
+
+def test_teacher_eval_splits_use_the_ground_truth_only(refs_file, tmp_path):
+    with pytest.raises(ValueError, match='--evaltask'):
+        _teacher_examples(refs_file, 'valid')
+    (tmp_path / 'split.valid.jsonl').write_text(refs_file.read_text())
+    template = str(tmp_path / 'split.{split}.jsonl')
+    assert [e[2] for e in _teacher_examples(template, 'valid', '--multiref-mode', 'hyp')] == [
+        'gt',
+        'gt',
+    ]
+
+
+def test_hred_sees_the_same_context_from_multiref_ext_as_from_the_original(hred_model, tmp_path):
+    out = tmp_path / 'hyps.jsonl'
+    _generate(hred_model, out, '--max-new-contexts', '30')
+    agent = create_agent(
+        ParlaiParser(True, True).parse_args(['-mf', hred_model, '--max-context-utts', '3'])
+    )
+    teacher = create_task_agent_from_taskname(
+        ParlaiParser(True, False).parse_args(['-t', 'ext_demo', '-dt', 'valid'])
+    )[0]
+    original = []
+    for position, message in iterate_examples(teacher):
+        original.append(agent.observe(message)['context_utts'])
+        agent.self_observe({})
+        if position['index'] == 29:
+            break
+    agent.reset()
+    from_file = []
+    for text, label, _ in _teacher_examples(out, 'train:ordered', '--multiref-mode', 'gt'):
+        from_file.append(agent.observe({'text': text, 'labels': [label], 'episode_done': True}))
+        agent.self_observe({})
+    assert [o['context_utts'] for o in from_file] == original
+    assert max(len(c) for c in original) == 3
+
+
+def test_cli_trains_on_hypotheses_and_validates_on_the_original(hred_model, tmp_path):
+    out = tmp_path / 'hyps.jsonl'
+    _generate(hred_model, out)
+    model_file = str(tmp_path / 'student')
+    run_parlai(
+        'train_model', *HRED, '-t', 'multiref_ext', '--multiref-file', str(out),
+        '--multiref-mode', 'gt+hyp', '--multiref-n-hyps', '2', '--evaltask', 'ext_demo',
+        '-mf', model_file, '-bs', '16', '--max-train-steps', '12', '--short-final-eval', 'true',
+        '--validation-max-exs', '16', '--log-every-n-steps', '4',
+        env={**ONE_THREAD, 'PARLAI_DATAPATH': str(tmp_path / 'data')},
+    )  # fmt: skip
+    stats = json.load(open(model_file + '.trainstats'))
+    lines = len(_lines(out))
+    assert stats['train_reports'][0]['total_exs'] == 4 * 16  # first log after 4 steps
+    assert stats['final_valid_report']['exs'] == 16  # ext_demo valid examples
+    assert lines == sum(len(d) for d in generate_split('valid'))
