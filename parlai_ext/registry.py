@@ -9,6 +9,7 @@ Names must never shadow a ParlAI built-in (a test checks this against the instal
 # agent short name -> module defining the class ParlAI expects (``foo_bar`` -> FooBarAgent)
 AGENTS: dict[str, str] = {
     'unified_transformer': 'parlai_ext.agents.unified_transformer',
+    'encoder_decoder': 'parlai_ext.agents.encoder_decoder',
     'mr_hred': 'parlai_ext.agents.vhred',
     'vhred': 'parlai_ext.agents.vhred',
     'vhred_gmm': 'parlai_ext.agents.vhred',

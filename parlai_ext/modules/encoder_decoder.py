@@ -1,0 +1,117 @@
+"""A transformer encoder-decoder on the shared pre-norm block (CORAL §4.2, PPG §3.1-3.2).
+
+The encoder is a bidirectional :class:`~parlai_ext.modules.transformer.TransformerStack`
+over the source; the decoder is a causal stack whose blocks cross-attend to the encoder
+output. Token and position embeddings are shared by both sides and tied to the output layer.
+For generation, the source is encoded once and each decoder layer's cross-attention
+keys/values are projected once (:meth:`EncoderDecoder.encode`); self-attention keys/values
+are cached per generated token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parlai_ext.modules.transformer import (
+    Embeddings,
+    LayerCache,
+    TransformerStack,
+    causal_mask,
+    init_weights,
+)
+
+
+@dataclass
+class EncoderState:
+    """The encoded source, and every decoder layer's cross-attention keys/values of it."""
+
+    hidden: torch.Tensor  # (batch, Ls, dim)
+    valid: torch.Tensor  # (batch, Ls) bool, False at padding
+    memories: list[LayerCache]
+
+    def index_select(self, indices: torch.Tensor) -> EncoderState:
+        return EncoderState(
+            self.hidden.index_select(0, indices),
+            self.valid.index_select(0, indices),
+            [(k.index_select(0, indices), v.index_select(0, indices)) for k, v in self.memories],
+        )
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Cross-attention mask ``(batch, 1, 1, Ls)``."""
+        return self.valid[:, None, None, :]
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 256,
+        n_encoder_layers: int = 2,
+        n_decoder_layers: int = 2,
+        n_heads: int = 4,
+        ffn_dim: int = 1024,
+        n_positions: int = 512,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation: str = 'gelu',
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.embeddings = Embeddings(vocab_size, dim, n_positions, 0, padding_idx, dropout)
+        block_args = dict(
+            n_heads=n_heads,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation=activation,
+        )
+        self.encoder = TransformerStack(n_encoder_layers, dim, **block_args)
+        self.decoder = TransformerStack(n_decoder_layers, dim, cross_attention=True, **block_args)
+        init_weights(self)
+        # init_weights touched only linear layers; embeddings keep their own initialisation
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output layer tied to the token embeddings."""
+        return F.linear(hidden, self.embeddings.tokens.weight)
+
+    def encode(self, source: torch.Tensor) -> EncoderState:
+        valid = source != self.padding_idx
+        positions = torch.arange(source.shape[1], device=source.device).expand_as(source)
+        x = self.embeddings(source, positions)
+        # keys: valid tokens; a padded row also sees itself so attention never gets NaN
+        eye = torch.eye(source.shape[1], dtype=torch.bool, device=source.device)
+        hidden, _ = self.encoder(x, valid[:, None, None, :] | eye)
+        memories = [
+            layer.cross_attention.project_key_value(hidden) for layer in self.decoder.layers
+        ]
+        return EncoderState(hidden, valid, memories)
+
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        encoder_state: EncoderState,
+        caches: list[LayerCache] | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """Decoder hidden states of ``tokens``, which follow the ``caches`` (if any)."""
+        past = 0 if caches is None else caches[0][0].shape[2]
+        new = tokens.shape[1]
+        positions = past + torch.arange(new, device=tokens.device).expand_as(tokens)
+        x = self.embeddings(tokens, positions)
+        mask = causal_mask(new, past + new, tokens.device)
+        return self.decoder(
+            x, mask, caches, memories=encoder_state.memories, memory_mask=encoder_state.mask
+        )
+
+    def forward(
+        self, source: torch.Tensor, target_input: torch.Tensor
+    ) -> tuple[torch.Tensor, EncoderState]:
+        """Teacher-forced pass: decoder hidden states ``(batch, Lt, dim)`` and the encoding."""
+        state = self.encode(source)
+        hidden, _ = self.decode(target_input, state)
+        return hidden, state
