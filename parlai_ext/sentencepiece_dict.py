@@ -310,6 +310,8 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
             else:
                 kwargs[f'{role}_id'] = -1
         newline = opt.get('spm_newline_token', DEFAULT_NEWLINE_TOKEN)
+        if newline in (self.null_token, self.start_token, self.end_token, self.unk_token):
+            newline = None  # e.g. '__end__': newlines reuse that special piece
         sample_size = opt.get('spm_input_sentence_size', 0)
         if 0 < sample_size < len(texts):
             # our own seeded sample, in corpus order: SentencePiece's sampler ignores
