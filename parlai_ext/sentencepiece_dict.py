@@ -42,7 +42,7 @@ from parlai.utils.io import PathManager
 SPM_MODEL_SUFFIX = '.spm.model'
 DEFAULT_NEWLINE_TOKEN = '__newln__'
 NORMALIZATION_RULES = ('nmt_nfkc', 'nfkc', 'nmt_nfkc_cf', 'nfkc_cf', 'identity')
-_NEWLINE = object()  # marks a line break in a list of text chunks
+_NEWLINE = '\n'  # how vec2txt writes the newline id (a str: the tables must pickle)
 _BPE_TOKENIZERS = ('bpe', 'gpt2', 'bytelevelbpe', 'slow_bytelevel_bpe')
 _BATCH_MIN = 32  # from this many texts on, one SentencePiece list call beats a loop
 
@@ -59,7 +59,7 @@ class _SpmState:
     processor: spm.SentencePieceProcessor
     n_pieces: int
     newline_id: int | None = None
-    render: dict[int, Any] = field(default_factory=dict)
+    render: dict[int, str] = field(default_factory=dict)
     atomic: list[str] = field(default_factory=list)  # appended tokens, matched whole in text
     atomic_re: re.Pattern | None = None
     from_model_file: bool = False
@@ -408,7 +408,7 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
 
     # --- encoding / decoding -----------------------------------------------------------------
     def _chunks(self, text: str) -> list:
-        """Split text at appended tokens and newlines: str pieces, token ids and _NEWLINE."""
+        """Split text at appended tokens and newlines: str pieces and token ids."""
         state = self._spm
         parts: list = []
         pieces = state.atomic_re.split(text) if state.atomic_re is not None else [text]
@@ -509,10 +509,10 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
         out: list[str] = []
         previous = _NEWLINE
         for chunk in chunks:
-            if chunk is _NEWLINE:
+            if chunk == _NEWLINE:
                 out.append('\n')
             elif chunk:
-                if previous is not _NEWLINE:
+                if previous != _NEWLINE:
                     out.append(delimiter)
                 out.append(chunk)
             else:

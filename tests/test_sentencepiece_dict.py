@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import random
 import shutil
 
@@ -141,6 +142,10 @@ def test_special_and_appended_tokens(built):
     ids = copy.txt2vec('__p1__ hello\n__p10__ hello')
     assert ids == [300, *hello, copy['__newln__'], 301, *hello]
     assert copy.vec2txt(ids) == '__p1__ hello\n__p10__ hello'
+    # ParlAI may pickle agents (background workers): same tables, same encodings after it
+    thawed = pickle.loads(pickle.dumps(copy))
+    assert thawed.txt2vec('__p1__ hello\n__p10__ hello') == ids
+    assert thawed.vec2txt(ids) == '__p1__ hello\n__p10__ hello'
 
 
 def test_determinism_two_builds_identical_files(tmp_path):
