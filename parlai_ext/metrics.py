@@ -434,7 +434,7 @@ def relevant_ranks(candidates: Sequence[str], labels: Sequence[str]) -> tuple[li
     return ranks, len(wanted)
 
 
-def ranking_scores(ranks: Sequence[int], n_relevant: int, names: Iterable[str]) -> dict:
+def ranking_scores(ranks: Sequence[int], n_relevant: int, names: Iterable[str]) -> dict[str, float]:
     """hits@k, P@k, reciprocal rank and average precision of one ranked candidate list."""
     scores: dict[str, float] = {}
     for name in names:
