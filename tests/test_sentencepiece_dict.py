@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -337,28 +335,12 @@ def test_cli_train_eval_interactive_with_spm_agent(parlai_cli, tmp_path):
     assert replies and replies[0], proc.stdout[-2000:]
 
 
-def dict_class_flag_supported() -> bool:
-    """Whether the parser accepts the options of a ``--dict-class`` given on the command line."""
-    parser = ParlaiParser(True, True)
-    sink = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            parser.parse_args(
-                ['-m', 'unified_transformer', '--dict-class', DICT_CLASS, '--spm-vocab-size', '9']
-            )
-    except SystemExit:
-        return False
-    return True
-
-
 def test_cli_dict_class_flag(parlai_cli, tmp_path):
-    """The issue's command: ``-m unified_transformer --dict-class ... --spm-vocab-size 200``."""
-    if not dict_class_flag_supported():
-        pytest.xfail(
-            'stock ParlAI honours --dict-class only inside build_dict: the parser never adds '
-            "the class's options and TorchAgent.build_dictionary uses dictionary_class(); "
-            'needs a compat patch (see docs/dictionary.md)'
-        )
+    """The issue's command: ``-m unified_transformer --dict-class ... --spm-vocab-size 200``.
+
+    Needs compat.patch_dict_class_args / patch_dict_class_agent (stock ParlAI honours
+    --dict-class only inside build_dict).
+    """
     model_file = str(tmp_path / 'model')
     parlai_cli(
         'train_model', '-m', 'unified_transformer', '-t', 'ext_demo', '-mf', model_file,
