@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Multi-referenced training on DailyDialog (official split): the runs of docs/results.md.
+#
+#   projects/multiref/dailydialog.sh all                 # everything below, in order
+#   projects/multiref/dailydialog.sh dict                # dictionary (train split, 10k words)
+#   projects/multiref/dailydialog.sh train MODEL DATA    # MODEL: mr_hred vhred vhred_gmm vhred_lgm
+#                                                        # DATA: gt | hyp | gt+hyp
+#   projects/multiref/dailydialog.sh hyps                # pseudo references from mr_hred/gt
+#   projects/multiref/dailydialog.sh eval MODEL DATA     # full validation, paper metrics
+#
+# Run from the repository root. Sizes, steps and hypotheses are variables (defaults: the
+# reduced CPU budget of docs/results.md; the paper's sizes are HIDDEN=500 EMB=200 LATENT=200).
+# Wall times go to $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
+# is far slower than one thread).
+set -euo pipefail
+
+DATA_DIR=${DATA_DIR:-../shared/data/dailydialog}
+OUT=${OUT:-runs/multiref_dd}
+STEPS=${STEPS:-2000}
+NHYP=${NHYP:-5}
+HIDDEN=${HIDDEN:-128}
+EMB=${EMB:-64}
+LATENT=${LATENT:-64}
+K=${K:-5}
+BS=${BS:-30}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export PARLAI_DATAPATH=${PARLAI_DATAPATH:-$PWD/data}
+PARLAI=${PARLAI:-.venv/bin/parlai}
+TASK=dailydialog_ext:no_start
+mkdir -p "$OUT"
+
+timed() {  # timed NAME CMD...: run, append "NAME seconds" to times.tsv
+    local name=$1 start end
+    shift
+    start=$(date +%s)
+    "$@"
+    end=$(date +%s)
+    printf '%s\t%s\n' "$name" "$((end - start))" >> "$OUT/times.tsv"
+}
+
+model_dir() { echo "$OUT/$1.${2/+/_}"; }
+
+case ${1:-all} in
+dict)
+    timed dict "$PARLAI" build_dict -t "$TASK" --dailydialog-data-dir "$DATA_DIR" \
+        --dict-file "$OUT/dd.dict" --dict-lower true --dict-maxtokens 10000 \
+        --dict-tokenizer re > "$OUT/dict.log" 2>&1
+    ;;
+train)
+    model=$2 data=$3
+    dir=$(model_dir "$model" "$data")
+    mkdir -p "$dir"
+    if [ "$data" = gt ]; then
+        task=(-t "$TASK")
+    else
+        task=(-t multiref_ext --multiref-file "$OUT/hyps.jsonl" --multiref-mode "$data"
+              --multiref-n-hyps "$NHYP" --evaltask "$TASK")
+    fi
+    timed "train $model $data" "$PARLAI" train_model -m "$model" "${task[@]}" \
+        --dailydialog-data-dir "$DATA_DIR" --dict-file "$OUT/dd.dict" -mf "$dir/model" \
+        --hidden-size "$HIDDEN" --embedding-size "$EMB" --latent-size "$LATENT" \
+        --n-components "$K" -bs "$BS" --max-train-steps "$STEPS" \
+        --kl-anneal-steps $((STEPS / 2)) -vstep $((STEPS / 4)) -vtim 1000000 \
+        --validation-max-exs 1000 --skip-generation true --short-final-eval true \
+        --log-every-n-steps 100 > "$dir/train.log" 2>&1
+    ;;
+hyps)
+    timed hyps "$PARLAI" generate_pseudo_refs -mf "$(model_dir mr_hred gt)/model" -t "$TASK" \
+        --dailydialog-data-dir "$DATA_DIR" -dt train:evalmode -o "$OUT/hyps.jsonl" \
+        --num-hyps "$NHYP" --hyp-topp 0.95 -bs 320 --progress false > "$OUT/hyps.log" 2>&1
+    ;;
+eval)
+    model=$2 data=$3
+    dir=$(model_dir "$model" "$data")
+    timed "eval $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
+        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs 64 \
+        --metrics ext_multiref --report-filename "$dir/valid.json" > "$dir/eval.log" 2>&1
+    ;;
+all)
+    "$0" dict
+    "$0" train mr_hred gt   # also the teacher generator of the pseudo references
+    "$0" hyps
+    for data in gt hyp gt+hyp; do
+        for model in mr_hred vhred vhred_gmm vhred_lgm; do
+            [ -f "$(model_dir "$model" "$data")/model" ] || "$0" train "$model" "$data"
+            "$0" eval "$model" "$data"
+        done
+    done
+    ;;
+*)
+    echo "usage: $0 all|dict|train MODEL DATA|hyps|eval MODEL DATA" >&2
+    exit 2
+    ;;
+esac
