@@ -38,6 +38,21 @@ def add_transformer_args(parser: ParlaiParser, title: str) -> None:
     )
 
 
+def transformer_args(opt: Opt, dictionary) -> dict:
+    """Keyword arguments of :class:`UnifiedTransformer` (and its subclasses) from ``opt``."""
+    return dict(
+        dim=opt['embedding_size'],
+        n_layers=opt['n_layers'],
+        n_heads=opt['n_heads'],
+        ffn_dim=opt['ffn_size'],
+        n_positions=opt['n_positions'],
+        dropout=opt['dropout'],
+        attention_dropout=opt['attention_dropout'],
+        activation=opt['activation'],
+        padding_idx=dictionary[dictionary.null_token],
+    )
+
+
 def default_truncation(opt: Opt, label_share: int = 4) -> Opt:
     """Fill --text-truncate/--label-truncate so that context + response fit the positions."""
     opt = copy.deepcopy(opt)  # an Opt, with its history
@@ -65,25 +80,17 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
     uses one prefix-LM pass over ``[context; response]`` instead.
     """
 
-    def __init__(self, opt: Opt, dictionary) -> None:
+    def __init__(self, opt: Opt, dictionary, transformer: UnifiedTransformer | None = None) -> None:
         super().__init__(
             padding_idx=dictionary[dictionary.null_token],
             start_idx=dictionary[dictionary.start_token],
             end_idx=dictionary[dictionary.end_token],
             unknown_idx=dictionary[dictionary.unk_token],
         )
-        self.transformer = UnifiedTransformer(
-            vocab_size=len(dictionary),
-            dim=opt['embedding_size'],
-            n_layers=opt['n_layers'],
-            n_heads=opt['n_heads'],
-            ffn_dim=opt['ffn_size'],
-            n_positions=opt['n_positions'],
-            dropout=opt['dropout'],
-            attention_dropout=opt['attention_dropout'],
-            activation=opt['activation'],
-            padding_idx=self.NULL_IDX,
-        )
+        # a subclass may bring a subclass of UnifiedTransformer (e.g. PLATO-2's generator)
+        if transformer is None:
+            transformer = UnifiedTransformer(len(dictionary), **transformer_args(opt, dictionary))
+        self.transformer = transformer
 
     # --- ParlAI's encoder/decoder interface (generation) -------------------------------
     def encoder(self, context: torch.Tensor) -> ContextState:

@@ -12,6 +12,16 @@ separate context pass followed by token-by-token decoding with a key/value cache
 (generation). :meth:`UnifiedTransformer.encode_context` and
 :meth:`UnifiedTransformer.decode` implement the second form; :meth:`UnifiedTransformer.forward`
 the first. Tests check that both give the same logits.
+
+PLATO-2's later stages (``parlai_ext/modules/plato2.py``) reuse this stack with two extras:
+
+- ``prefix``: vectors placed before the context (the latent z of Eq. 2, the [M] slot of
+  Eq. 3, a [CLS] slot for Eq. 7). They are added *after* the token/type/position sum, so they
+  carry no position or type embedding (as in the authors' code), and they belong to the
+  bidirectional context segment: every context token and every response token sees them.
+- ``bidirectional=True``: one fully bidirectional pass over ``[prefix; context; response]``
+  (recognition network, Eq. 3; evaluation model, Eq. 7-9), and ``replaced``/``replacement``
+  for the masked LM's [MASK] inputs (Eq. 8).
 """
 
 from __future__ import annotations
@@ -35,12 +45,20 @@ CONTEXT_TYPE = 0
 RESPONSE_TYPE = 1
 
 
+def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, L, L)`` bool: every position sees every valid one (and itself, so padded
+    rows never produce NaN)."""
+    length = valid.shape[1]
+    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
+    return (valid[:, None, :] | eye[None])[:, None]
+
+
 @dataclass
 class ContextState:
     """What decoding needs to know about the (already encoded) context."""
 
-    caches: list[LayerCache]  # per layer (keys, values) over the context
-    valid: torch.Tensor  # (batch, Lc) bool, False at padding
+    caches: list[LayerCache]  # per layer (keys, values) over the prefix and the context
+    valid: torch.Tensor  # (batch, P + Lc) bool, False at padding (prefix slots are True)
     length: torch.Tensor  # (batch,) number of valid context tokens = first response position
 
     def index_select(self, indices: torch.Tensor) -> ContextState:
@@ -84,23 +102,68 @@ class UnifiedTransformer(nn.Module):
         """Output layer tied to the token embeddings."""
         return F.linear(hidden, self.embeddings.tokens.weight)
 
-    def forward(
-        self, context: torch.Tensor, response: torch.Tensor
+    def embed(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        types: torch.Tensor,
+        prefix: torch.Tensor | None = None,
+        replaced: torch.Tensor | None = None,
+        replacement: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Input embeddings: token + type + position (Fig. 2), then dropout.
+
+        :param prefix: ``(batch, P, dim)`` vectors prepended after the sum (no position/type).
+        :param replaced: ``(batch, L)`` bool; there the token embedding is ``replacement``
+            (``(dim,)``, the masked LM's [MASK] vector, Eq. 8); position and type are kept.
+        """
+        if replaced is None:
+            x = self.embeddings(tokens, positions, types)
+        else:
+            emb = self.embeddings
+            if int(positions.max()) >= emb.n_positions:
+                raise ValueError(
+                    f'position {int(positions.max())} >= --n-positions {emb.n_positions}'
+                )
+            token_part = torch.where(replaced[..., None], replacement, emb.tokens(tokens))
+            x = token_part + emb.positions(positions)
+            if emb.types is not None:
+                x = x + emb.types(types)
+            x = emb.dropout(x)
+        if prefix is not None:
+            x = torch.cat([self.embeddings.dropout(prefix), x], dim=1)
+        return x
+
+    def encode(
+        self,
+        context: torch.Tensor,
+        response: torch.Tensor,
+        prefix: torch.Tensor | None = None,
+        bidirectional: bool = False,
+        replaced: torch.Tensor | None = None,
+        replacement: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ContextState]:
-        """One pass over ``[context; response]`` with the prefix-LM mask.
+        """One pass over ``[prefix; context; response]``; hidden states of every position.
+
+        With the prefix-LM mask (default; Fig. 2) the prefix counts as context. With
+        ``bidirectional=True`` every position sees every valid position.
 
         :param context: ``(batch, Lc)`` token ids, right-padded.
-        :param response: ``(batch, Lr)`` decoder input ids (starting with the start token).
-        :return: response hidden states ``(batch, Lr, dim)`` and the context state.
+        :param response: ``(batch, Lr)`` token ids, right-padded.
+        :param prefix: ``(batch, P, dim)`` or None (P = 0).
+        :param replaced: ``(batch, Lc + Lr)`` bool or None; see :meth:`embed`.
+        :return: hidden states ``(batch, P + Lc + Lr, dim)`` and the context state.
         """
+        batch, lc = context.shape
+        lr = response.shape[1]
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        device = context.device
         context_valid = context != self.padding_idx
         response_valid = response != self.padding_idx
         context_len = context_valid.sum(dim=1)
-        lc, lr = context.shape[1], response.shape[1]
-        device = context.device
         positions = torch.cat(
             [
-                torch.arange(lc, device=device).expand(context.shape[0], lc),
+                torch.arange(lc, device=device).expand(batch, lc),
                 context_len[:, None] + torch.arange(lr, device=device)[None, :],
             ],
             dim=1,
@@ -109,20 +172,47 @@ class UnifiedTransformer(nn.Module):
             [torch.full_like(context, CONTEXT_TYPE), torch.full_like(response, RESPONSE_TYPE)],
             dim=1,
         )
-        x = self.embeddings(torch.cat([context, response], dim=1), positions, types)
-        hidden, caches = self.stack(x, prefix_lm_mask(context_valid, response_valid))
-        context_caches = [(k[:, :, :lc], v[:, :, :lc]) for k, v in caches]
-        return hidden[:, lc:], ContextState(context_caches, context_valid, context_len)
+        tokens = torch.cat([context, response], dim=1)
+        x = self.embed(tokens, positions, types, prefix, replaced, replacement)
+        prefix_valid = torch.ones(batch, n_prefix, dtype=torch.bool, device=device)
+        context_valid = torch.cat([prefix_valid, context_valid], dim=1)
+        if bidirectional:
+            mask = bidirectional_mask(torch.cat([context_valid, response_valid], dim=1))
+        else:
+            mask = prefix_lm_mask(context_valid, response_valid)
+        hidden, caches = self.stack(x, mask)
+        split = n_prefix + lc
+        context_caches = [(k[:, :, :split], v[:, :, :split]) for k, v in caches]
+        return hidden, ContextState(context_caches, context_valid, context_len)
 
-    def encode_context(self, context: torch.Tensor) -> ContextState:
-        """Bidirectional pass over the context alone; keeps every layer's keys/values."""
+    def forward(
+        self, context: torch.Tensor, response: torch.Tensor, prefix: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ContextState]:
+        """One pass over ``[prefix; context; response]`` with the prefix-LM mask.
+
+        :param context: ``(batch, Lc)`` token ids, right-padded.
+        :param response: ``(batch, Lr)`` decoder input ids (starting with the start token).
+        :param prefix: ``(batch, P, dim)`` vectors before the context, or None.
+        :return: response hidden states ``(batch, Lr, dim)`` and the context state.
+        """
+        hidden, state = self.encode(context, response, prefix)
+        return hidden[:, state.valid.shape[1] :], state
+
+    def encode_context(
+        self, context: torch.Tensor, prefix: torch.Tensor | None = None
+    ) -> ContextState:
+        """Bidirectional pass over ``[prefix; context]``; keeps every layer's keys/values."""
         valid = context != self.padding_idx
-        lc = context.shape[1]
+        batch, lc = context.shape
         positions = torch.arange(lc, device=context.device).expand_as(context)
-        x = self.embeddings(context, positions, torch.full_like(context, CONTEXT_TYPE))
-        mask = valid[:, None, None, :] | torch.eye(lc, dtype=torch.bool, device=x.device)
-        _, caches = self.stack(x, mask)
-        return ContextState(caches, valid, valid.sum(dim=1))
+        x = self.embed(context, positions, torch.full_like(context, CONTEXT_TYPE), prefix)
+        if prefix is not None:
+            prefix_valid = torch.ones(batch, prefix.shape[1], dtype=torch.bool, device=x.device)
+            valid_all = torch.cat([prefix_valid, valid], dim=1)
+        else:
+            valid_all = valid
+        _, caches = self.stack(x, bidirectional_mask(valid_all))
+        return ContextState(caches, valid_all, valid.sum(dim=1))
 
     def decode(
         self,
@@ -137,7 +227,7 @@ class UnifiedTransformer(nn.Module):
         """
         past = context.caches if caches is None else caches
         past_len = past[0][0].shape[2]
-        lc = context.valid.shape[1]
+        lc = context.valid.shape[1]  # prefix + context columns
         batch, new = tokens.shape
         device = tokens.device
         start = past_len - lc  # response tokens already decoded
