@@ -1,0 +1,565 @@
+"""ParlAI glue for PLATO-2: ``-m plato2`` and ``-m plato2_evaluator``.
+
+The curriculum (paper §2.2) as ParlAI agents; every stage trains with ``parlai train_model``
+(or ``multiprocessing_train``) and starts the next one through ``--init-model``:
+
+1. ``-m unified_transformer``: stage 1, NLL of the response (Eq. 1). See
+   :mod:`parlai_ext.agents.unified_transformer`.
+2. ``-m plato2 --init-model STAGE1``: stage 2.1, the fine-grained generator
+   (:class:`Plato2Agent`; Eq. 2-6). The backbone comes from stage 1, the latent, recognition
+   and BOW parameters start fresh; the model sizes are read from the stage-1 ``.opt`` unless
+   given on the command line.
+3. ``-m plato2_evaluator --init-model STAGE1``: stage 2.2, the evaluation model
+   (:class:`Plato2EvaluatorAgent`; Eq. 7-9), a ParlAI ranker: ``eval_model`` on a task with
+   candidates reports hits@1 / MRR (and ``--metrics ext_plato2`` MAP / MRR / P@1).
+
+Generation (``eval_model``, ``self_chat``, ``interactive`` with a stage-2.1 model file) is
+generate-then-rank: each context gets one candidate per latent value, all K decoded in one
+batch by ParlAI's own tree search (``--inference topk`` (default, k=10 as the authors),
+``nucleus``, or ``greedy`` = one greedy decode per latent), then the candidates are
+reranked (:meth:`Plato2Agent._rerank_beams`): by the evaluator's coherence probability when
+``--evaluator-model-file`` is given, else by length-averaged log-probability; with
+``--rerank-penalties true`` (default) the authors' heuristics subtract 1000 from candidates
+that never end, repeat a word trigram of a context turn, or repeat a trigram of their own.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from parlai.core.agents import create_agent_from_model_file
+from parlai.core.metrics import AverageMetric, Metric
+from parlai.core.opt import Opt
+from parlai.core.params import ParlaiParser
+from parlai.core.torch_agent import Batch, Output
+from parlai.core.torch_generator_agent import NucleusSampling, TopKSampling, TreeSearch
+from parlai.core.torch_ranker_agent import TorchRankerAgent
+from parlai.utils import logging
+from torch import nn
+
+from parlai_ext.agents.unified_transformer import (
+    UnifiedTransformerAgent,
+    UnifiedTransformerGeneratorModel,
+    add_transformer_args,
+    default_truncation,
+    transformer_args,
+)
+from parlai_ext.losses.plato2 import (
+    bow_loss,
+    coherence_loss,
+    coherence_pairs,
+    latent_counts,
+    mlm_corrupt,
+    mlm_loss,
+    posterior_entropy,
+)
+from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator, Plato2Output
+from parlai_ext.modules.unified_transformer import ContextState
+
+# sizes a stage-2 model takes from the stage-1 model file it starts from
+ARCHITECTURE_KEYS = (
+    'n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions', 'activation',
+)  # fmt: skip
+# parameters that a stage-1 checkpoint lacks; they start fresh in stage 2.1 / 2.2
+GENERATOR_FRESH = (
+    'transformer.latent_embedding', 'transformer.mask_embedding', 'transformer.recognition',
+    'transformer.bow_transform', 'transformer.bow_bias',
+)  # fmt: skip
+EVALUATOR_FRESH = (
+    'transformer.cls_embedding', 'transformer.mask_embedding', 'transformer.pooler',
+    'transformer.classifier',
+)  # fmt: skip
+PENALTY = 1000.0  # the authors' score penalty for a bad candidate
+PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+def inherit_architecture(opt: Opt) -> Opt:
+    """Take the model sizes of ``--init-model``'s ``.opt`` unless set on the command line.
+
+    Only on a fresh start (no model file yet): a saved model already has its own sizes.
+    """
+    init_model = opt.get('init_model')
+    model_file = opt.get('model_file')
+    if not init_model or (model_file and os.path.isfile(model_file)):
+        return opt
+    if not os.path.isfile(init_model + '.opt'):
+        return opt
+    saved = Opt.load(init_model + '.opt')
+    given = opt.get('override', {})
+    opt = copy.deepcopy(opt)
+    for key in ARCHITECTURE_KEYS:
+        if key in saved and key not in given:
+            opt[key] = saved[key]
+    return opt
+
+
+def load_with_fresh(model: nn.Module, state_dict: dict, fresh: tuple[str, ...]) -> list[str]:
+    """Load ``state_dict``; only the ``fresh`` parameters may be missing, and all together.
+
+    A checkpoint of this very model loads exactly; a stage-1 checkpoint (the backbone only)
+    leaves the ``fresh`` parameters at their initial values. Anything else is an error.
+
+    :return: the names that kept their initial values.
+    """
+    # ParlAI's generator models keep their start token as a buffer; a ranker has none
+    state_dict = {k: v for k, v in state_dict.items() if k in model.state_dict() or k != 'START'}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    expected_fresh = [name for name in model.state_dict() if name.startswith(fresh)]
+    if unexpected or (missing and sorted(missing) != sorted(expected_fresh)):
+        raise RuntimeError(
+            'checkpoint does not match the model: '
+            f'missing {sorted(missing)}, unexpected {sorted(unexpected)}; a PLATO-2 stage-2 '
+            'model starts from a stage-1 (unified_transformer) model file of the same sizes'
+        )
+    if missing:
+        logging.info(f'stage-1 checkpoint: {len(missing)} stage-2 parameter tensors start fresh')
+    return list(missing)
+
+
+class LatentUsageMetric(Metric):
+    """How many of the K latent values the posterior's argmax picked at least once.
+
+    Sums per-value counts over examples (and batches, workers), so the value is corpus-level.
+    """
+
+    __slots__ = ('_counts',)
+
+    def __init__(self, counts: tuple[int, ...]) -> None:
+        self._counts = tuple(int(c) for c in counts)
+
+    def __add__(self, other: Any) -> LatentUsageMetric:
+        if other is None:
+            return self
+        return LatentUsageMetric(tuple(a + b for a, b in zip(self._counts, other._counts)))
+
+    def value(self) -> float:
+        return float(sum(1 for c in self._counts if c > 0))
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return self._counts
+
+
+def word_trigrams(text: str) -> list[tuple[str, ...]]:
+    """Lower-cased whitespace-word trigrams (the authors' repetition check)."""
+    words = text.lower().split()
+    return list(zip(words, words[1:], words[2:]))
+
+
+def repetition_reason(response: str, context_turns: list[str]) -> str | None:
+    """Why the authors' heuristics would penalise ``response``, or None.
+
+    Cross-turn repetition: a trigram of the response occurs in a context turn; in-turn
+    repetition: a trigram occurs twice in the response.
+    """
+    grams = word_trigrams(response)
+    if len(set(grams)) < len(grams):
+        return 'in-turn trigram repetition'
+    context_grams = set()
+    for turn in context_turns:
+        context_grams.update(word_trigrams(turn))
+    if context_grams.intersection(grams):
+        return 'context trigram repetition'
+    return None
+
+
+def pad_rows(rows: list[torch.Tensor], padding_idx: int) -> torch.Tensor:
+    """Right-pad 1-d tensors into ``(len(rows), max_len)``."""
+    length = max(1, max(row.numel() for row in rows))
+    out = rows[0].new_full((len(rows), length), padding_idx)
+    for i, row in enumerate(rows):
+        out[i, : row.numel()] = row
+    return out
+
+
+# --- stage 2.1: the fine-grained generator -----------------------------------------------------
+@dataclass
+class PendingContext:
+    """A batch's contexts before ParlAI expands them into one row per candidate."""
+
+    tokens: torch.Tensor
+
+
+def copy_numbers(indices: torch.Tensor) -> torch.Tensor:
+    """For each entry, how many equal entries come before it: [0,0,0,1,1] -> [0,1,2,0,1]."""
+    same = indices[:, None] == indices[None, :]
+    return torch.tril(same, diagonal=-1).sum(dim=1)
+
+
+class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
+    """ParlAI's generator interface over :class:`Plato2Generator`.
+
+    Training (``forward`` with labels) is one recognition pass plus one generation pass. For
+    generation, ``encoder`` only holds the context: the context pass depends on z, so it runs
+    when ParlAI's search expands the batch to K rows per example
+    (``reorder_encoder_states``); copy j of an example gets latent value j, and the K
+    ``[z; context]`` rows are encoded in one batched pass. Decoding is the inherited
+    key/value-cached unified-transformer decoding.
+    """
+
+    transformer: Plato2Generator
+
+    def __init__(self, opt: Opt, dictionary) -> None:
+        generator = Plato2Generator(
+            len(dictionary),
+            n_latent=opt['n_latent'],
+            tau=opt['gumbel_tau'],
+            **transformer_args(opt, dictionary),
+        )
+        super().__init__(opt, dictionary, generator)
+
+    def encoder(self, context: torch.Tensor) -> PendingContext:  # type: ignore[override]
+        return PendingContext(context)
+
+    def reorder_encoder_states(self, context, indices) -> ContextState:
+        if not torch.is_tensor(indices):
+            indices = torch.tensor(indices, dtype=torch.long)
+        if isinstance(context, PendingContext):
+            indices = indices.to(context.tokens.device)
+            latent_ids = copy_numbers(indices) % self.transformer.n_latent
+            tokens = context.tokens.index_select(0, indices)
+            return self.transformer.encode_latent_context(tokens, latent_ids)
+        return super().reorder_encoder_states(context, indices.to(context.valid.device))
+
+    def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None):
+        if ys is None or prev_enc is not None:
+            raise NotImplementedError('PLATO-2 generates through the encoder/decoder interface')
+        self.longest_label = max(self.longest_label, ys.size(1))
+        inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
+        out: Plato2Output = self.transformer(xs[0], inputs)
+        logits = self.output(out.response_hidden)
+        return logits, logits.argmax(dim=-1), out
+
+
+class Plato2Agent(UnifiedTransformerAgent):
+    """PLATO-2 stage 2.1 (Eq. 2-6) and generate-then-rank inference.
+
+    Example::
+
+        parlai train_model -m plato2 --init-model /tmp/stage1 -t ext_demo -mf /tmp/stage21
+        parlai interactive -mf /tmp/stage21 --evaluator-model-file /tmp/stage22
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('PLATO-2 fine-grained generation (stage 2.1)')
+        group.add_argument('--n-latent', type=int, default=20, help='K, latent values')
+        group.add_argument(
+            '--gumbel-tau', type=float, default=0.67, help='Gumbel-softmax temperature'
+        )
+        group.add_argument(
+            '--evaluator-model-file',
+            type=str,
+            default=None,
+            help='a plato2_evaluator model file (same dictionary) whose coherence '
+            'probability reranks the K candidates',
+        )
+        group.add_argument(
+            '--ranking-score',
+            choices=['auto', 'evaluator', 'logprob', 'random'],
+            default='auto',
+            help='how the K candidates are ranked: auto = evaluator if one is given, else '
+            'logprob (length-averaged log-probability); random = no ranking (a uniformly '
+            'random candidate, i.e. z drawn uniformly)',
+        )
+        group.add_argument(
+            '--rerank-penalties',
+            type='bool',
+            default=True,
+            help="the authors' heuristics: score - 1000 for a candidate that reaches the "
+            'maximum length without ending, repeats a word trigram of a context turn, or '
+            'repeats a trigram of its own',
+        )
+        parser.set_defaults(inference='topk', topk=10, beam_min_length=1)
+        return parser
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        super().__init__(inherit_architecture(opt), shared)
+        self.n_latent = self.opt['n_latent']
+        if self.opt['inference'] not in ('topk', 'nucleus', 'greedy'):
+            raise ValueError(
+                'plato2 decodes one candidate per latent value: use --inference topk, '
+                f'nucleus or greedy (got {self.opt["inference"]!r})'
+            )
+        self._max_ts = 0
+        self._reranked: list[list[tuple]] | None = None
+        if shared is not None:
+            self.evaluator = shared.get('evaluator')
+        else:
+            self.evaluator = self._load_evaluator(self.opt.get('evaluator_model_file'))
+        self.ranking = self.opt.get('ranking_score', 'auto')
+        if self.ranking == 'auto':
+            self.ranking = 'evaluator' if self.evaluator is not None else 'logprob'
+        if self.ranking == 'evaluator' and self.evaluator is None:
+            raise ValueError('--ranking-score evaluator needs --evaluator-model-file')
+
+    def build_model(self) -> Plato2GeneratorModel:
+        return Plato2GeneratorModel(self.opt, self.dict)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_with_fresh(self.model, state_dict, GENERATOR_FRESH)
+
+    def share(self) -> dict:
+        shared = super().share()
+        shared['evaluator'] = self.evaluator
+        return shared
+
+    def _load_evaluator(self, model_file: str | None) -> Plato2EvaluatorAgent | None:
+        if not model_file:
+            return None
+        overrides = {'datatype': 'valid', 'no_cuda': self.opt.get('no_cuda', False)}
+        evaluator = create_agent_from_model_file(model_file, overrides)
+        if not isinstance(evaluator, Plato2EvaluatorAgent):
+            raise ValueError(f'{model_file} is not a plato2_evaluator model')
+        if evaluator.dict.tok2ind != self.dict.tok2ind:
+            raise ValueError(
+                f'the evaluator {model_file} has another dictionary than this generator; '
+                'train both stage-2 models from the same stage-1 model'
+            )
+        return evaluator
+
+    # --- training: Eq. 6 = NLL (Eq. 2, ParlAI's loss) + BOW (Eq. 4) ---------------------------
+    def compute_loss(self, batch: Batch, return_output: bool = False):
+        nll, model_output = super().compute_loss(batch, return_output=True)
+        out: Plato2Output = model_output[2]
+        labels = batch.label_vec
+        notnull = labels != self.NULL_IDX
+        bow_per_token = bow_loss(out.bow_logits, labels, self.NULL_IDX, reduction='none')
+        bow = bow_per_token.sum() / notnull.sum()
+        self.record_local_metric('bow_loss', AverageMetric.from_mask(bow_per_token, notnull))
+        self.record_local_metric(
+            'z_entropy', AverageMetric.many(posterior_entropy(out.posterior_logits))
+        )
+        counts = latent_counts(out.posterior_logits).tolist()
+        self.record_local_metric('z_used', [LatentUsageMetric(tuple(c)) for c in counts])
+        loss = nll + bow
+        return (loss, model_output) if return_output else loss
+
+    def rank_eval_label_candidates(self, batch, batchsize):
+        raise NotImplementedError(
+            'plato2 ranks candidates with its evaluator: use -m plato2_evaluator (coherence) '
+            'or the stage-1 unified_transformer model file (--rank-candidates, forward score)'
+        )
+
+    # --- generation: K candidates in one batch, then rerank -----------------------------------
+    def _generate(self, batch, beam_size, max_ts, prefix_tokens=None):
+        """One candidate per latent value: ParlAI's search with K hypotheses per context."""
+        self._max_ts = max_ts
+        return super()._generate(batch, self.n_latent, max_ts, prefix_tokens)
+
+    def _treesearch_factory(self, device, verbose: bool = False) -> TreeSearch:
+        """ParlAI's sampling searches with K independent hypotheses (hypothesis j = latent j).
+
+        ``greedy`` is top-1 sampling (one greedy decode per latent value). The length
+        penalty is 0 so that each finished candidate keeps its summed log-probability; the
+        final order is :meth:`_rerank_beams`'s.
+        """
+        args = dict(
+            min_length=self.beam_min_length,
+            block_ngram=self.beam_block_ngram,
+            context_block_ngram=self.beam_context_block_ngram,
+            length_penalty=0.0,
+            padding_token=self.NULL_IDX,
+            bos_token=self.START_IDX,
+            eos_token=self.END_IDX,
+            device=device,
+            verbose=verbose,
+            gpu_beam_blocking=self.opt.get('gpu_beam_blocking', False),
+        )
+        method = self.opt.get('inference', 'topk')
+        if method == 'nucleus':
+            return NucleusSampling(self.opt['topp'], self.n_latent, **args)
+        top_k = 1 if method == 'greedy' else self.opt['topk']
+        return TopKSampling(top_k, self.n_latent, **args)
+
+    def candidate_scores(self, batch: Batch, candidates: list[list[tuple]]) -> list[list[float]]:
+        """The ranking score of every candidate (higher is better), before penalties."""
+        if self.ranking == 'random':
+            return [torch.rand(len(cands)).tolist() for cands in candidates]
+        if self.ranking == 'logprob':  # length-averaged log-probability (sum / n tokens)
+            return [
+                [float(score) / max(1, len(tokens) - 1) for tokens, score, _ in cands]
+                for cands in candidates
+            ]
+        contexts, responses = [], []
+        for i, cands in enumerate(candidates):
+            for tokens, _, _ in cands:
+                contexts.append(batch.text_vec[i])
+                responses.append(tokens)
+        probs = self.evaluator.coherence_scores(contexts, responses).tolist()
+        scores, start = [], 0
+        for cands in candidates:
+            scores.append(probs[start : start + len(cands)])
+            start += len(cands)
+        return scores
+
+    def _rerank_beams(self, batch: Batch, n_best_beam_preds_scores: list[list[tuple]]):
+        """Sort each context's candidates by :meth:`candidate_scores` minus the penalties."""
+        scores = self.candidate_scores(batch, n_best_beam_preds_scores)
+        delimiter = self.opt.get('delimiter', '\n')
+        reranked = []
+        for i, cands in enumerate(n_best_beam_preds_scores):
+            obs = batch.observations[i] if batch.observations else {}
+            turns = (obs.get('full_text') or obs.get('text') or '').split(delimiter)
+            ranked = []
+            for (tokens, _, meta), score in zip(cands, scores[i]):
+                if self.opt.get('rerank_penalties', True):
+                    unfinished = len(tokens) - 1 >= self._max_ts
+                    if unfinished or repetition_reason(self._v2t(tokens), turns):
+                        score -= PENALTY
+                ranked.append((tokens, torch.tensor(score), meta))
+            ranked.sort(key=lambda cand: float(cand[1]), reverse=True)
+            reranked.append(ranked)
+        self._reranked = reranked
+        return reranked
+
+    def eval_step(self, batch: Batch) -> Output | None:
+        """ParlAI's eval step; ``beam_texts`` lists the reranked candidates with their scores."""
+        self._reranked = None
+        output = super().eval_step(batch)
+        if output is not None and self._reranked is not None:
+            output.beam_texts = [
+                [(self._v2t(tokens), float(score)) for tokens, score, _ in cands]
+                for cands in self._reranked
+            ]
+        return output
+
+
+# --- stage 2.2: the evaluation model -----------------------------------------------------------
+class Plato2EvaluatorModel(nn.Module):
+    """:class:`Plato2Evaluator` behind one ``forward`` (so that DDP sees every loss input)."""
+
+    def __init__(self, opt: Opt, dictionary) -> None:
+        super().__init__()
+        self.transformer = Plato2Evaluator(len(dictionary), **transformer_args(opt, dictionary))
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        response: torch.Tensor,
+        replaced: torch.Tensor | None = None,
+        selected: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Coherence logits ``(batch, 2)`` and masked-LM logits at ``selected`` positions."""
+        logits, token_hidden = self.transformer(context, response, replaced)
+        mlm = None if selected is None else self.transformer.mlm_logits(token_hidden[selected])
+        return logits, mlm
+
+
+class Plato2EvaluatorAgent(TorchRankerAgent):
+    """PLATO-2 stage 2.2: response coherence estimation (Eq. 7) + masked LM (Eq. 8), Eq. 9.
+
+    Training pairs every example with its own response (coherent) and with the response of
+    the next example of the batch (random negative); 15% of the input tokens are masked
+    (80/10/10). As a ranker it scores each candidate by log p(l_r = 1 | c, r); with the
+    default ``--candidates batch --eval-candidates batch`` validation ranks the batch's
+    responses, and ``--eval-candidates inline`` ranks a task's label candidates.
+
+    Example::
+
+        parlai train_model -m plato2_evaluator --init-model /tmp/stage1 -t ext_demo \\
+            -mf /tmp/stage22 -bs 16
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        add_transformer_args(parser, 'PLATO-2 evaluation model (stage 2.2)')
+        group = parser.add_argument_group('PLATO-2 evaluation losses')
+        group.add_argument(
+            '--mlm-prob', type=float, default=0.15, help='share of input tokens masked (Eq. 8)'
+        )
+        parser.set_defaults(
+            learningrate=5e-4, optimizer='adamw', candidates='batch', eval_candidates='batch'
+        )
+        return parser
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        super().__init__(default_truncation(inherit_architecture(opt)), shared)
+
+    def build_model(self) -> Plato2EvaluatorModel:
+        return Plato2EvaluatorModel(self.opt, self.dict)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_with_fresh(self.model, state_dict, EVALUATOR_FRESH)
+
+    @property
+    def _module(self) -> Plato2EvaluatorModel:
+        return getattr(self.model, 'module', self.model)  # unwrap DDP
+
+    def _random_low(self) -> int:
+        """First id a random MLM replacement may take: after the dictionary's special tokens."""
+        specials = [self.NULL_IDX, self.START_IDX, self.END_IDX, self.dict[self.dict.unk_token]]
+        return max(specials) + 1
+
+    def train_step(self, batch: Batch) -> Output | None:
+        """One step of Eq. 9: coherence on positive + negative pairs, masked LM on both."""
+        if batch.text_vec is None or batch.label_vec is None:
+            return None
+        self.model.train()
+        self.zero_grad()
+        context, response, labels = coherence_pairs(batch.text_vec, batch.label_vec)
+        tokens = torch.cat([context, response], dim=1)
+        maskable = (tokens != self.NULL_IDX) & (tokens != self.START_IDX) & (tokens != self.END_IDX)
+        inputs, replaced, selected = mlm_corrupt(
+            tokens, maskable, len(self.dict), self._random_low(), self.opt['mlm_prob']
+        )
+        split = context.shape[1]
+        logits, mlm_logits = self.model(inputs[:, :split], inputs[:, split:], replaced, selected)
+        rce = coherence_loss(logits, labels)
+        targets = tokens[selected]
+        mlm = mlm_loss(mlm_logits, targets)
+        loss = rce + mlm
+        self.backward(loss)
+        self.update_params()
+        n_pairs, n_targets = labels.numel(), targets.numel()
+        correct = (logits.argmax(dim=-1) == labels).sum()
+        self.global_metrics.add('rce_loss', AverageMetric(rce.item() * n_pairs, n_pairs))
+        self.global_metrics.add('coherence_acc', AverageMetric(correct, n_pairs))
+        self.global_metrics.add('mlm_loss', AverageMetric(mlm.item() * n_targets, n_targets))
+        if n_targets:
+            hits = (mlm_logits.argmax(dim=-1) == targets).sum()
+            self.global_metrics.add('mlm_acc', AverageMetric(hits, n_targets))
+        return Output()
+
+    def score_candidates(self, batch: Batch, cand_vecs: torch.Tensor, cand_encs=None):
+        """log p(l_r = 1 | c, r) for every (context, candidate): ``(batch, n_candidates)``."""
+        context = batch.text_vec
+        bsz = context.shape[0]
+        if cand_vecs.dim() == 2:  # one candidate set for the whole batch
+            cand_vecs = cand_vecs.unsqueeze(0).expand(bsz, -1, -1)
+        n_cands = cand_vecs.shape[1]
+        contexts = context.repeat_interleave(n_cands, dim=0)
+        responses = cand_vecs.reshape(bsz * n_cands, -1)
+        scores = []
+        for start in range(0, contexts.shape[0], PAIRS_PER_PASS):
+            stop = start + PAIRS_PER_PASS
+            logits, _ = self._module(contexts[start:stop], responses[start:stop])
+            scores.append(F.log_softmax(logits.float(), dim=-1)[:, 1])
+        return torch.cat(scores).view(bsz, n_cands)
+
+    @torch.no_grad()
+    def coherence_scores(
+        self, contexts: list[torch.Tensor], responses: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """p(l_r = 1 | c, r) of each pair (reranking). Inputs are token-id rows of this
+        agent's dictionary (padding allowed); they are truncated like this agent's inputs."""
+        self.model.eval()
+        text_truncate, label_truncate = self.opt['text_truncate'], self.opt['label_truncate']
+        ctx_rows = [row[row != self.NULL_IDX][-text_truncate:] for row in contexts]
+        resp_rows = [row[row != self.NULL_IDX][:label_truncate] for row in responses]
+        device = next(self.model.parameters()).device
+        probs = []
+        for start in range(0, len(ctx_rows), PAIRS_PER_PASS):
+            stop = start + PAIRS_PER_PASS
+            context = pad_rows(ctx_rows[start:stop], self.NULL_IDX).to(device)
+            response = pad_rows(resp_rows[start:stop], self.NULL_IDX).to(device)
+            probs.append(self._module.transformer.coherence(context, response))
+        return torch.cat(probs).cpu()
