@@ -6,7 +6,8 @@
 Every agent gets the same examples (the first ``--batchsize x --batches`` examples of
 ``dailydialog_ext:no_start`` train, or of ``ext_demo`` without ``--data-dir``), observed through
 its own ParlAI history (5 history turns, 40 tokens per utterance and response), and the same
-dictionary; then ``--steps`` calls of ``batch_act`` (a full ParlAI train step: batchify, forward,
+dictionary (``--dict-file``, e.g. the 10k-word DailyDialog one of projects/multiref, else
+one built from the benchmark examples); then ``--steps`` calls of ``batch_act`` (a full ParlAI train step: batchify, forward,
 backward, clip, Adam) are timed after ``--warmup`` untimed ones, cycling over the batches,
 ``--repeats`` times with the agents interleaved (a shared machine's load hits all of them);
 the median repeat is reported.
@@ -121,6 +122,9 @@ class Runner:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data-dir', default=None, help='DailyDialog release folder')
+    parser.add_argument(
+        '--dict-file', default=None, help='an existing dictionary (default: one of the examples)'
+    )
     parser.add_argument('--hidden', type=int, default=128)
     parser.add_argument('--embedding', type=int, default=64)
     parser.add_argument('--latent', type=int, default=64)
@@ -139,8 +143,9 @@ def main() -> None:
     n = cli.batchsize * cli.batches
     with tempfile.TemporaryDirectory() as folder:
         os.environ.setdefault('PARLAI_DATAPATH', os.path.join(folder, 'data'))
-        dict_file = os.path.join(folder, 'bench.dict')
-        build_dict(dict_file, task, n)
+        dict_file = cli.dict_file or os.path.join(folder, 'bench.dict')
+        if not cli.dict_file:
+            build_dict(dict_file, task, n)
         common = [
             *task, '--dict-file', dict_file, '-bs', str(cli.batchsize), '--history-size', '5',
             '--label-truncate', '40', '--dict-lower', 'true',
