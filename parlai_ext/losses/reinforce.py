@@ -1,0 +1,69 @@
+"""REINFORCE (Williams, 1992) for sequence generators, shared by CORAL, P2Bot and PPG.
+
+For a sampled (or given) sequence y with reward R and baseline b, the score-function
+estimator of ∇ E[R] is ``(R − b) ∇ Σ_t log p(y_t | y_<t, x)``; the surrogate loss whose
+gradient is its negative is ``−(R − b) Σ_t log p(y_t | y_<t, x)``. Rewards and baselines are
+constants (no gradient flows into the reward model or the baseline).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORMALISATIONS = ('sum', 'mean', 'token', 'length')
+
+
+def sequence_log_probs(
+    logits: torch.Tensor, targets: torch.Tensor, padding_idx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p(y_t | y_<t, x)`` of each target token ``(N, T)`` and the mask of real tokens.
+
+    ``logits (N, T, V)`` are the teacher-forced decoder outputs for ``targets (N, T)``;
+    positions holding ``padding_idx`` are masked (their log-probability is set to 0).
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    mask = targets != padding_idx
+    picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked.masked_fill(~mask, 0.0), mask
+
+
+def reward_weighted_nll(
+    log_probs_per_token: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    baseline: float | torch.Tensor | None = None,
+    normalise: str = 'token',
+) -> torch.Tensor:
+    """The REINFORCE surrogate ``−Σ_i (R_i − b_i) Σ_t log p(y_it)``, normalised.
+
+    :param log_probs_per_token: ``(N, T)`` log-probabilities of the sequences' tokens.
+    :param mask: ``(N, T)`` bool, True at real tokens.
+    :param rewards: ``(N,)`` rewards (detached here).
+    :param baseline: subtracted from the rewards (a float, or ``(N,)``); None = 0.
+    :param normalise: how the batch sum is scaled:
+        ``'sum'`` none (the plain sum over the batch);
+        ``'mean'`` divided by the number of sequences N;
+        ``'token'`` divided by the number of real tokens in the batch (the scaling of
+        ParlAI's token-averaged cross-entropy; relative weights of the sequences unchanged);
+        ``'length'`` each sequence's sum divided by its own length, then the mean over
+        sequences (changes the relative weights: long sequences count less).
+    :return: a scalar loss.
+    """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f'normalise must be one of {NORMALISATIONS}, got {normalise!r}')
+    advantages = rewards.detach().to(log_probs_per_token.dtype)
+    if baseline is not None:
+        if torch.is_tensor(baseline):
+            baseline = baseline.detach().to(advantages.dtype)
+        advantages = advantages - baseline
+    weights = mask.to(log_probs_per_token.dtype)
+    sequence_log_prob = (log_probs_per_token * weights).sum(dim=-1)
+    per_sequence = -advantages * sequence_log_prob
+    if normalise == 'sum':
+        return per_sequence.sum()
+    if normalise == 'mean':
+        return per_sequence.mean()
+    if normalise == 'token':
+        return per_sequence.sum() / weights.sum().clamp(min=1.0)
+    return (per_sequence / weights.sum(dim=-1).clamp(min=1.0)).mean()

@@ -1,0 +1,288 @@
+"""CORAL's response-retrieval reward models f_R(c, r) in (0, 1) (unofficial re-implementation).
+
+CORAL (Santra et al., "CORAL: Contextual Response Retrievability Loss Function for Training
+Dialog Generation Models") rewards a generated response with the score of a response
+retrieval model trained on the same data with random negatives (§3.1, §4.1):
+
+- :class:`Esim`: ESIM (Chen et al. 2017; Chen & Wang 2019 for dialogue): embeddings, a BiLSTM
+  encoding of context and response, cross attention, a composition BiLSTM, mean + max
+  pooling, an MLP and a sigmoid;
+- :class:`CrossEncoder`: the paper's "BERT" reward: a transformer encoder over
+  ``[CLS] context [SEP] response [SEP]``, the ``[CLS]`` state (or the mean), an MLP with two
+  hidden layers and a sigmoid. The encoder is either the project's shared pre-norm transformer
+  (:class:`TransformerEncoder`, from scratch) or any local Hugging Face encoder directory
+  (:class:`HfEncoder`, e.g. MiniLM).
+
+Both take padded token rows ``context (N, Lc)`` and ``response (N, Lr)`` and return one logit
+per pair; ``sigmoid(logit)`` is f_R. Pure torch (and ``transformers`` for :class:`HfEncoder`).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from parlai_ext.modules.transformer import Embeddings, TransformerStack, init_weights
+
+NEG_FILL = -1e9  # masked attention logit (finite, so a fully masked row never gives NaN)
+
+
+# --- shared helpers ---------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over time of ``x (N, L, D)`` where ``valid (N, L)``; 0 for an empty row."""
+    weights = valid.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Max over time of ``x (N, L, D)`` where ``valid (N, L)``; 0 for an empty row."""
+    filled = x.masked_fill(~valid.unsqueeze(-1), NEG_FILL).max(dim=1).values
+    return torch.where(valid.any(dim=1, keepdim=True), filled, torch.zeros_like(filled))
+
+
+class MlpHead(nn.Module):
+    """Two hidden layers and one output logit (§4.1: "an MLP, with two hidden layers")."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0, activation=nn.Tanh):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            activation(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            activation(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).squeeze(-1)
+
+
+# --- ESIM -------------------------------------------------------------------------------------
+class BiLstm(nn.Module):
+    """One bidirectional LSTM layer that ignores padding (packed sequences)."""
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        lengths = valid.sum(dim=1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out  # (N, L, 2 * hidden), zeros at padding
+
+
+class Esim(nn.Module):
+    """ESIM for response selection (Chen et al. 2017, §3; as used by CORAL §4.1).
+
+    1. input encoding: ``c̄ = BiLSTM(E c)``, ``r̄ = BiLSTM(E r)`` (one shared BiLSTM);
+    2. local inference (cross attention): ``e_ij = c̄_i · r̄_j``, ``c̃_i = Σ_j softmax_j(e_ij) r̄_j``,
+       ``r̃_j = Σ_i softmax_i(e_ij) c̄_i``;
+    3. enhancement ``m = [a; ã; a − ã; a ⊙ ã]``, projected by ``ReLU(W m)``;
+    4. composition: a second BiLSTM over the projections;
+    5. mean and max pooling of both sides, concatenated;
+    6. MLP -> one logit; ``sigmoid`` gives f_R(c, r).
+
+    The paper uses one-layer LSTMs and 2560-d Blenderbot token embeddings; here the sizes are
+    options and the embeddings are trained from scratch.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 300,
+        hidden_dim: int = 300,
+        dropout: float = 0.1,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.embeddings = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(dropout)
+        self.encoding = BiLstm(embedding_dim, hidden_dim)
+        self.projection = nn.Sequential(nn.Linear(8 * hidden_dim, hidden_dim), nn.ReLU())
+        self.composition = BiLstm(hidden_dim, hidden_dim)
+        self.classifier = nn.Sequential(
+            nn.Linear(8 * hidden_dim, hidden_dim),
+            nn.Tanh(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, 1),
+        )
+
+    @staticmethod
+    def cross_attend(
+        context: torch.Tensor,
+        response: torch.Tensor,
+        context_valid: torch.Tensor,
+        response_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft alignments (ESIM Eq. 12-13): each context token's view of the response and back."""
+        energy = context @ response.transpose(1, 2)  # (N, Lc, Lr)
+        to_response = energy.masked_fill(~response_valid[:, None, :], NEG_FILL).softmax(dim=2)
+        to_context = energy.masked_fill(~context_valid[:, :, None], NEG_FILL).softmax(dim=1)
+        aligned_context = to_response @ response  # c̃: (N, Lc, D)
+        aligned_response = to_context.transpose(1, 2) @ context  # r̃: (N, Lr, D)
+        return aligned_context, aligned_response
+
+    def _compose(self, x: torch.Tensor, aligned: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        enhanced = torch.cat([x, aligned, x - aligned, x * aligned], dim=-1)
+        return self.composition(self.dropout(self.projection(enhanced)), valid)
+
+    def forward(self, context: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        """One logit per (context, response) row: ``(N,)``."""
+        context_valid = context != self.padding_idx
+        response_valid = response != self.padding_idx
+        c_bar = self.encoding(self.dropout(self.embeddings(context)), context_valid)
+        r_bar = self.encoding(self.dropout(self.embeddings(response)), response_valid)
+        c_tilde, r_tilde = self.cross_attend(c_bar, r_bar, context_valid, response_valid)
+        v_c = self._compose(c_bar, c_tilde, context_valid)
+        v_r = self._compose(r_bar, r_tilde, response_valid)
+        pooled = torch.cat(
+            [
+                masked_mean(v_c, context_valid),
+                masked_max(v_c, context_valid),
+                masked_mean(v_r, response_valid),
+                masked_max(v_r, response_valid),
+            ],
+            dim=-1,
+        )
+        return self.classifier(pooled).squeeze(-1)
+
+
+# --- cross-encoder ----------------------------------------------------------------------------
+def pack_pairs(
+    context: torch.Tensor,
+    response: torch.Tensor,
+    pad: int,
+    cls: int,
+    sep: int,
+    max_len: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[CLS] context [SEP] response [SEP]`` per row, padding removed, right-padded.
+
+    The context is cut from the left (its most recent tokens are kept) if the pair would
+    exceed ``max_len``. Returns token ids, segment (type) ids (0 = context part, 1 = response
+    part) and the validity mask, each ``(N, L)``.
+    """
+    rows, types = [], []
+    for ctx, resp in zip(context, response):
+        ctx, resp = ctx[ctx != pad], resp[resp != pad]
+        if max_len is not None:
+            resp = resp[: max(max_len - 3, 0)]
+            ctx = ctx[max(len(ctx) - (max_len - 3 - len(resp)), 0) :]
+        start, end = ctx.new_tensor([cls]), ctx.new_tensor([sep])
+        rows.append(torch.cat([start, ctx, end, resp, end]))
+        types.append(torch.cat([ctx.new_zeros(len(ctx) + 2), ctx.new_ones(len(resp) + 1)]))
+    length = max(len(row) for row in rows)
+    ids = context.new_full((len(rows), length), pad)
+    type_ids = context.new_zeros((len(rows), length))
+    valid = torch.zeros((len(rows), length), dtype=torch.bool, device=context.device)
+    for i, (row, typ) in enumerate(zip(rows, types)):
+        ids[i, : len(row)] = row
+        type_ids[i, : len(row)] = typ
+        valid[i, : len(row)] = True
+    return ids, type_ids, valid
+
+
+class TransformerEncoder(nn.Module):
+    """A bidirectional encoder on the project's shared pre-norm block (from scratch)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 256,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        ffn_dim: int = 1024,
+        n_positions: int = 512,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation: str = 'gelu',
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.hidden_size = dim
+        self.max_len = n_positions
+        self.embeddings = Embeddings(vocab_size, dim, n_positions, 2, padding_idx, dropout)
+        self.stack = TransformerStack(
+            n_layers,
+            dim,
+            n_heads=n_heads,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation=activation,
+        )
+        init_weights(self.stack)
+
+    def forward(self, ids: torch.Tensor, type_ids: torch.Tensor, valid: torch.Tensor):
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        x = self.embeddings(ids, positions, type_ids)
+        eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
+        hidden, _ = self.stack(x, valid[:, None, None, :] | eye)
+        return hidden
+
+
+class HfEncoder(nn.Module):
+    """Any Hugging Face encoder (BERT, MiniLM, ...) loaded from a local directory."""
+
+    def __init__(self, path: str, from_config: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        if from_config:  # weights come from a parlai checkpoint afterwards
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(path))
+        else:
+            self.model = AutoModel.from_pretrained(path)
+        config = self.model.config
+        self.hidden_size = config.hidden_size
+        self.max_len = getattr(config, 'max_position_embeddings', None)
+        parameters = inspect.signature(self.model.forward).parameters
+        self._types = 'token_type_ids' in parameters and getattr(config, 'type_vocab_size', 1) > 1
+
+    def forward(self, ids: torch.Tensor, type_ids: torch.Tensor, valid: torch.Tensor):
+        kwargs = {'token_type_ids': type_ids} if self._types else {}
+        out = self.model(input_ids=ids, attention_mask=valid.long(), **kwargs)
+        return out.last_hidden_state
+
+
+class CrossEncoder(nn.Module):
+    """f_R(c, r) = sigmoid(MLP(pool(Encoder([CLS] c [SEP] r [SEP])))) (CORAL §4.1, "BERT")."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        pad: int,
+        cls: int,
+        sep: int,
+        mlp_hidden: int = 256,
+        dropout: float = 0.1,
+        pooling: str = 'cls',
+    ) -> None:
+        super().__init__()
+        if pooling not in ('cls', 'mean'):
+            raise ValueError(f'pooling must be cls or mean, got {pooling!r}')
+        self.encoder = encoder
+        self.pad, self.cls, self.sep = pad, cls, sep
+        self.pooling = pooling
+        self.head = MlpHead(encoder.hidden_size, mlp_hidden, dropout)  # torch's default init
+
+    def forward(self, context: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        """One logit per (context, response) row: ``(N,)``."""
+        ids, type_ids, valid = pack_pairs(
+            context, response, self.pad, self.cls, self.sep, self.encoder.max_len
+        )
+        hidden = self.encoder(ids, type_ids, valid)
+        pooled = hidden[:, 0] if self.pooling == 'cls' else masked_mean(hidden, valid)
+        return self.head(pooled)
+
+
+def reward_probability(logits: torch.Tensor) -> torch.Tensor:
+    """f_R = sigmoid(logit) in (0, 1), computed in float32."""
+    return torch.sigmoid(logits.float())
