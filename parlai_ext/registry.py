@@ -10,6 +10,9 @@ Names must never shadow a ParlAI built-in (a test checks this against the instal
 AGENTS: dict[str, str] = {
     'unified_transformer': 'parlai_ext.agents.unified_transformer',
     'encoder_decoder': 'parlai_ext.agents.encoder_decoder',
+    'coral': 'parlai_ext.agents.coral',
+    'coral_esim': 'parlai_ext.agents.coral',
+    'coral_cross_encoder': 'parlai_ext.agents.coral',
     'plato2': 'parlai_ext.agents.plato2',
     'plato2_evaluator': 'parlai_ext.agents.plato2',
     'mr_hred': 'parlai_ext.agents.vhred',

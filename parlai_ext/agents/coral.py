@@ -1,0 +1,627 @@
+"""ParlAI glue for CORAL (Santra et al.): reward models and the CORAL generator.
+
+Unofficial re-implementation (the authors' code is not public; built from the paper).
+
+- ``-m coral_esim``: ESIM response-retrieval reward model (§3.1, §4.1);
+- ``-m coral_cross_encoder``: transformer cross-encoder reward model ("BERT" in the paper),
+  from scratch on the shared transformer or from a local Hugging Face encoder directory;
+- ``-m coral``: the transformer encoder-decoder trained with the CORAL loss (Eq. 2-3,
+  Algorithm 1) against any frozen reward model (see :mod:`parlai_ext.rewards`).
+
+The reward agents are :class:`~parlai.core.torch_ranker_agent.TorchRankerAgent` subclasses
+(so ParlAI wraps them in DDP under ``multiprocessing_train``) and expose
+``score(contexts, responses) -> (N,) in (0, 1)``, the generic reward interface.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from parlai.core.dict import DictionaryAgent
+from parlai.core.metrics import AverageMetric, Metric
+from parlai.core.opt import Opt
+from parlai.core.params import ParlaiParser
+from parlai.core.torch_agent import Batch, Output
+from parlai.core.torch_generator_agent import NucleusSampling
+from parlai.core.torch_ranker_agent import TorchRankerAgent
+from parlai.utils.misc import warn_once
+
+from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent
+from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.losses.coral import (
+    UtterancePool,
+    choose_positives,
+    coral_loss,
+    retrieval_bce_loss,
+    roc_auc,
+)
+from parlai_ext.losses.reinforce import NORMALISATIONS, sequence_log_probs
+from parlai_ext.modules.coral import (
+    CrossEncoder,
+    Esim,
+    HfEncoder,
+    TransformerEncoder,
+    reward_probability,
+)
+from parlai_ext.rewards import RewardModel, load_reward_model
+
+PAIRS_PER_PASS = 256  # (context, response) pairs scored per forward pass when scoring lists
+
+
+def pad_rows(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
+    """Right-pad 1-d long tensors into ``(N, max(1, longest))``."""
+    length = max([1] + [len(row) for row in rows])
+    out = torch.full((len(rows), length), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+class AucMetric(Metric):
+    """ROC AUC of positive vs negative pair scores; exact (keeps the scores), summable."""
+
+    def __init__(self, positive: Sequence[float] = (), negative: Sequence[float] = ()) -> None:
+        self._chunks = [(tuple(positive), tuple(negative))]
+
+    def __add__(self, other: AucMetric | None) -> AucMetric:
+        if other is None:
+            return self
+        total = AucMetric()
+        total._chunks = self._chunks + other._chunks
+        return total
+
+    def value(self) -> float:
+        positive = [s for chunk in self._chunks for s in chunk[0]]
+        negative = [s for chunk in self._chunks for s in chunk[1]]
+        return roc_auc(positive, negative)
+
+
+# --- dictionaries ------------------------------------------------------------------------------
+def _hf_dictionary_class():
+    from parlai.agents.hugging_face.dict import HuggingFaceDictionaryAgent
+
+    class HfEncoderDictionaryAgent(HuggingFaceDictionaryAgent):
+        """The tokenizer of a local Hugging Face encoder directory (``--hf-encoder-path``)."""
+
+        @property
+        def add_special_tokens(self) -> bool:
+            return False  # the cross-encoder adds [CLS]/[SEP] itself
+
+        @property
+        def skip_decode_special_tokens(self) -> bool:
+            return True
+
+        def get_tokenizer(self, opt: Opt):
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(opt['hf_encoder_path'])
+
+        def override_special_tokens(self, opt: Opt) -> None:
+            tokenizer = self.hf_tokenizer
+            self.null_token = tokenizer.pad_token
+            self.start_token = tokenizer.cls_token
+            self.end_token = tokenizer.sep_token
+            self.unk_token = tokenizer.unk_token
+
+    return HfEncoderDictionaryAgent
+
+
+class CoralCrossEncoderDictionaryAgent(DictionaryAgent):
+    """ParlAI's dictionary, or the HF encoder's tokenizer when ``--hf-encoder-path`` is set
+    (then the dictionary is prebuilt and ``build_dict`` skips reading the data)."""
+
+    def __new__(cls, opt: Opt, shared=None):
+        if opt.get('hf_encoder_path'):
+            return _hf_dictionary_class()(opt, shared)
+        return super().__new__(cls)
+
+
+# --- reward models -----------------------------------------------------------------------------
+class _RewardAgent(TorchRankerAgent):
+    """A response-retrieval model f_R(c, r) trained on positives vs random negatives.
+
+    Training (§4.2): each example gives the pair (context, its response), label 1, and
+    (context, a response drawn uniformly from the training responses seen so far), label 0;
+    binary cross-entropy. Validation (``--reward-eval pairs``, the default): each example's
+    response against the previous evaluation example's response (a different episode's turn
+    in ParlAI's batched evaluation; use ``-bs`` >= 2); metrics ``pair_acc`` (threshold 0.5),
+    ``auc`` (the default ``--validation-metric``), ``pos_score``, ``neg_score``, ``bce``
+    (also reported as ``loss``). ``--reward-eval rank`` runs ParlAI's
+    ranking evaluation instead (``--eval-candidates``), ``both`` does both.
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('CORAL reward model')
+        group.add_argument(
+            '--reward-eval',
+            choices=['pairs', 'rank', 'both'],
+            default='pairs',
+            help='evaluation: positive vs random-negative pairs, ParlAI ranking, or both',
+        )
+        group.add_argument(
+            '--negative-pool-size',
+            type=int,
+            default=100_000,
+            help='training responses kept for drawing random negatives (reservoir)',
+        )
+        parser.set_defaults(
+            candidates='batch',
+            eval_candidates='batch',
+            text_truncate=300,
+            label_truncate=60,
+            validation_metric='auc',
+            validation_metric_mode='max',
+        )
+        return parser
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        super().__init__(opt, shared)
+        self.pool = UtterancePool(opt.get('negative_pool_size', 100_000), torch.initial_seed())
+        self._previous_eval_response: tuple[str, torch.Tensor] | None = None
+
+    def vectorize(self, *args, **kwargs):
+        kwargs['add_start'] = False  # the models add their own separators
+        kwargs['add_end'] = False
+        return super().vectorize(*args, **kwargs)
+
+    @property
+    def _module(self):
+        return getattr(self.model, 'module', self.model)  # unwrap DDP
+
+    def _rows(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        return [row[row != self.NULL_IDX].cpu() for row in vec]
+
+    def _pair_logits(self, context: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        """Logits of many pairs, a pass of at most PAIRS_PER_PASS at a time (no DDP)."""
+        device = next(self._module.parameters()).device
+        out = []
+        for start in range(0, context.shape[0], PAIRS_PER_PASS):
+            stop = start + PAIRS_PER_PASS
+            out.append(
+                self._module(context[start:stop].to(device), response[start:stop].to(device))
+            )
+        return torch.cat(out)
+
+    def train_step(self, batch: Batch) -> Output | None:
+        if batch.text_vec is None or batch.label_vec is None:
+            return None
+        self.model.train()
+        self.zero_grad()
+        positives = self._rows(batch.label_vec)
+        self.pool.add(batch.labels, positives)
+        negatives = [vec for _, vec in self.pool.sample(batch.labels)]
+        responses = pad_rows(positives + negatives, self.NULL_IDX).to(batch.text_vec.device)
+        contexts = torch.cat([batch.text_vec, batch.text_vec])
+        logits = self.model(contexts, responses)  # one forward: DDP sees every input
+        bsz = batch.text_vec.shape[0]
+        loss = retrieval_bce_loss(logits[:bsz], logits[bsz:])
+        self.backward(loss)
+        self.update_params()
+        self._record_pairs(logits[:bsz].detach(), logits[bsz:].detach(), [True] * bsz)
+        return Output()
+
+    def _record_pairs(self, pos_logits, neg_logits, has_negative: list[bool]) -> None:
+        pos = reward_probability(pos_logits).tolist()
+        neg = reward_probability(neg_logits).tolist()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        pos_bce = bce(pos_logits.float(), torch.ones_like(pos_logits), reduction='none').tolist()
+        neg_bce = bce(neg_logits.float(), torch.zeros_like(neg_logits), reduction='none').tolist()
+        acc, auc, bces, neg_scores = [], [], [], []
+        for p, n, pb, nb, ok in zip(pos, neg, pos_bce, neg_bce, has_negative):
+            acc.append(AverageMetric((p > 0.5) + (n < 0.5), 2) if ok else AverageMetric(0, 0))
+            auc.append(AucMetric([p], [n] if ok else []))
+            bces.append(AverageMetric(pb + nb, 2) if ok else AverageMetric(pb, 1))
+            neg_scores.append(AverageMetric(n, 1) if ok else AverageMetric(0, 0))
+        self.record_local_metric('pair_acc', acc)
+        self.record_local_metric('auc', auc)
+        self.record_local_metric('bce', bces)
+        if self.opt.get('reward_eval', 'pairs') == 'pairs':  # ('rank' records its own loss)
+            self.record_local_metric('loss', bces)
+        self.record_local_metric('pos_score', AverageMetric.many(pos))
+        self.record_local_metric('neg_score', neg_scores)
+
+    def eval_step(self, batch: Batch) -> Output | None:
+        if batch.text_vec is None:
+            return None
+        mode = self.opt.get('reward_eval', 'pairs')
+        output = None
+        if batch.label_vec is None or mode in ('rank', 'both'):
+            output = super().eval_step(batch)
+        if batch.label_vec is not None and mode in ('pairs', 'both'):
+            self._eval_pairs(batch)
+        return output
+
+    @torch.no_grad()
+    def _eval_pairs(self, batch: Batch) -> None:
+        """Each example against the previous evaluation example's response (deterministic)."""
+        self.model.eval()
+        rows = self._rows(batch.label_vec)
+        previous = [self._previous_eval_response] + list(zip(batch.labels, rows))[:-1]
+        self._previous_eval_response = (batch.labels[-1], rows[-1])
+        has_negative = [p is not None and p[0] != text for p, text in zip(previous, batch.labels)]
+        negatives = [
+            p[1] if ok else rows[i] for i, (p, ok) in enumerate(zip(previous, has_negative))
+        ]
+        responses = pad_rows(rows + negatives, self.NULL_IDX)
+        contexts = torch.cat([batch.text_vec, batch.text_vec])
+        logits = self._pair_logits(contexts, responses)
+        bsz = len(rows)
+        self._record_pairs(logits[:bsz], logits[bsz:], has_negative)
+
+    def reset(self) -> None:
+        super().reset()
+        self._previous_eval_response = None
+
+    def score_candidates(self, batch: Batch, cand_vecs: torch.Tensor, cand_encs=None):
+        """Logit of f_R for every (context, candidate): ``(batch, n_candidates)``."""
+        context = batch.text_vec
+        bsz = context.shape[0]
+        if cand_vecs.dim() == 2:  # one candidate set shared by the batch
+            cand_vecs = cand_vecs.unsqueeze(0).expand(bsz, -1, -1)
+        n_cands = cand_vecs.shape[1]
+        contexts = context.repeat_interleave(n_cands, dim=0)
+        logits = self._pair_logits(contexts, cand_vecs.reshape(bsz * n_cands, -1))
+        return logits.view(bsz, n_cands)
+
+    @torch.no_grad()
+    def score(self, contexts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """The generic reward interface: f_R(c, r) in (0, 1) for each pair of texts, ``(N,)``.
+
+        Texts are vectorised as this agent's inputs: contexts keep their last
+        ``--text-truncate`` tokens, responses their first ``--label-truncate``.
+        """
+        self.model.eval()
+        context = pad_rows(
+            [self._vectorize_text(c, truncate=self.text_truncate) for c in contexts],
+            self.NULL_IDX,
+        )
+        response = pad_rows(
+            [
+                self._vectorize_text(r, truncate=self.label_truncate, truncate_left=False)
+                for r in responses
+            ],
+            self.NULL_IDX,
+        )
+        return reward_probability(self._pair_logits(context, response)).cpu()
+
+
+class CoralEsimAgent(_RewardAgent):
+    """ESIM reward model (CORAL §4.1). Unofficial re-implementation.
+
+    Example::
+
+        parlai train_model -m coral_esim -t dailydialog_ext:no_start -mf /tmp/esim \\
+            --embedding-size 300 --hidden-size 300 -bs 32 --validation-metric auc \\
+            --validation-metric-mode max
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('ESIM')
+        group.add_argument('--embedding-size', type=int, default=300)
+        group.add_argument('--hidden-size', type=int, default=300, help='LSTM size per direction')
+        group.add_argument('--dropout', type=float, default=0.1)
+        parser.set_defaults(learningrate=4e-4, optimizer='adam')
+        return parser
+
+    def build_model(self) -> Esim:
+        return Esim(
+            len(self.dict),
+            self.opt['embedding_size'],
+            self.opt['hidden_size'],
+            self.opt['dropout'],
+            self.NULL_IDX,
+        )
+
+
+class CoralCrossEncoderAgent(_RewardAgent):
+    """Cross-encoder reward model ("BERT" in CORAL §4.1). Unofficial re-implementation.
+
+    From scratch on the shared transformer (``--n-layers``, ``--embedding-size``, ...) with
+    ParlAI's dictionary, or from a local Hugging Face encoder directory
+    (``--hf-encoder-path DIR``: its tokenizer replaces the dictionary, its weights initialise
+    the encoder). The MLP head has two hidden layers of ``--mlp-hidden-size``.
+
+    Example::
+
+        parlai train_model -m coral_cross_encoder -t dailydialog_ext:no_start -mf /tmp/ce \\
+            --hf-encoder-path $MINILM -lr 5e-5 -bs 32
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        add_transformer_args(parser, 'Cross-encoder (from scratch)')
+        group = parser.add_argument_group('Cross-encoder head and pretrained encoder')
+        group.add_argument(
+            '--hf-encoder-path',
+            type=str,
+            default=None,
+            help='local Hugging Face encoder directory (AutoModel / AutoTokenizer); '
+            'unset: train the shared transformer from scratch',
+        )
+        group.add_argument('--mlp-hidden-size', type=int, default=256)
+        group.add_argument('--pooling', choices=['cls', 'mean'], default='cls')
+        parser.set_defaults(learningrate=5e-4, optimizer='adamw')
+        return parser
+
+    @classmethod
+    def dictionary_class(cls):
+        return CoralCrossEncoderDictionaryAgent
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        opt = copy.deepcopy(opt)
+        if not opt.get('hf_encoder_path'):
+            needed = (opt.get('text_truncate') or 0) + (opt.get('label_truncate') or 0) + 3
+            if needed > opt['n_positions']:
+                raise ValueError(
+                    f'--text-truncate + --label-truncate + 3 = {needed} > --n-positions '
+                    f'{opt["n_positions"]}'
+                )
+        super().__init__(opt, shared)
+
+    def build_model(self) -> CrossEncoder:
+        opt = self.opt
+        if opt.get('hf_encoder_path'):
+            encoder = HfEncoder(opt['hf_encoder_path'])
+        else:
+            encoder = TransformerEncoder(
+                len(self.dict),
+                dim=opt['embedding_size'],
+                n_layers=opt['n_layers'],
+                n_heads=opt['n_heads'],
+                ffn_dim=opt['ffn_size'],
+                n_positions=opt['n_positions'],
+                dropout=opt['dropout'],
+                attention_dropout=opt['attention_dropout'],
+                activation=opt['activation'],
+                padding_idx=self.NULL_IDX,
+            )
+        return CrossEncoder(
+            encoder,
+            pad=self.NULL_IDX,
+            cls=self.dict[self.dict.start_token],
+            sep=self.dict[self.dict.end_token],
+            mlp_hidden=opt['mlp_hidden_size'],
+            dropout=opt['dropout'],
+            pooling=opt['pooling'],
+        )
+
+
+# --- the CORAL generator -----------------------------------------------------------------------
+class CoralAgent(EncoderDecoderAgent):
+    """Transformer encoder-decoder trained with the CORAL loss. Unofficial re-implementation.
+
+    Each training example (Algorithm 1): with probability p+ (``--p-positive``) the response
+    is the ground truth, otherwise a negative: nucleus-sampled from the current model
+    (``--negative-source nucleus``, "mix-policy") or drawn uniformly from the training
+    responses (``random``, RandomNegative sampling). The frozen reward model
+    (``--reward-model-file``) scores it, and the loss is
+    ``−(f_R(c, r) − m) Σ_t log P(r_t | r_<t, c)`` (Eq. 2, 3), scaled by ``--coral-normalise``.
+    ``--ce-warmup-updates N`` trains the first N updates with plain cross-entropy (or start
+    from a cross-entropy model with ``--init-model``).
+
+    Evaluation adds ``r3``: the mean reward-model score f_R(c, ŷ) of the generated responses
+    (the paper's validation-R3 up to the constant m; use ``--validation-metric r3
+    --validation-metric-mode max``), and ``maude``: the same with an independently trained
+    reward model (``--maude-model-file``), the paper's MAUDE-style reference-free score.
+
+    Example::
+
+        parlai train_model -m coral -t dailydialog_ext:no_start -mf /tmp/coral \\
+            --reward-model-file /tmp/esim --margin 0 --p-positive 0.8 \\
+            --validation-metric r3 --validation-metric-mode max
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('CORAL loss (Eq. 2-3, Algorithm 1)')
+        group.add_argument(
+            '--reward-model-file',
+            type=str,
+            default=None,
+            help='reward model f_R: a model file whose agent has score(contexts, responses) '
+            '(coral_esim, coral_cross_encoder, ...) or constant:<v>',
+        )
+        group.add_argument('--margin', type=float, default=0.0, help='m: R3 = f_R - m')
+        group.add_argument(
+            '--p-positive', type=float, default=0.8, help='p+: probability of the ground truth'
+        )
+        group.add_argument(
+            '--negative-source',
+            choices=['nucleus', 'random'],
+            default='nucleus',
+            help='nucleus: sampled from the current model (mix-policy); random: uniform '
+            'from the training responses (RandomNegative sampling)',
+        )
+        group.add_argument('--negative-topp', type=float, default=0.9, help='nucleus p')
+        group.add_argument(
+            '--negative-max-len', type=int, default=60, help='tokens per sampled negative'
+        )
+        group.add_argument(
+            '--negative-pool-size',
+            type=int,
+            default=100_000,
+            help='training responses kept for random negatives (reservoir)',
+        )
+        group.add_argument(
+            '--coral-normalise',
+            choices=list(NORMALISATIONS),
+            default='token',
+            help='token: batch sum / target tokens (= ParlAI NLL when f_R = 1, m = 0); '
+            'mean: / examples; sum: none; length: per-response mean, then over examples',
+        )
+        group.add_argument(
+            '--ce-warmup-updates',
+            type=int,
+            default=0,
+            help='train the first N updates with cross-entropy only',
+        )
+        group.add_argument(
+            '--maude-model-file',
+            type=str,
+            default=None,
+            help='an independent reward model reported as the "maude" metric in evaluation',
+        )
+        return parser
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        super().__init__(opt, shared)
+        self._sampling_negatives = False
+        if shared is not None:
+            self.reward = shared['coral_reward']
+            self.maude = shared['coral_maude']
+            self.pool = shared['coral_pool']
+            return
+        overrides = {'no_cuda': self.opt.get('no_cuda', False), 'gpu': self.opt.get('gpu', -1)}
+        spec = self.opt.get('reward_model_file')
+        self.reward: RewardModel | None = load_reward_model(spec, overrides) if spec else None
+        spec = self.opt.get('maude_model_file')
+        self.maude: RewardModel | None = load_reward_model(spec, overrides) if spec else None
+        self.pool = UtterancePool(self.opt['negative_pool_size'], torch.initial_seed())
+
+    def share(self) -> dict:
+        shared = super().share()
+        shared['coral_reward'] = self.reward
+        shared['coral_maude'] = self.maude
+        shared['coral_pool'] = self.pool
+        return shared
+
+    # -- negatives --
+    def _treesearch_factory(self, device, verbose=False):
+        if not self._sampling_negatives:
+            return super()._treesearch_factory(device, verbose=verbose)
+        return NucleusSampling(
+            self.opt['negative_topp'],
+            1,
+            min_length=1,
+            block_ngram=-1,
+            context_block_ngram=-1,
+            length_penalty=self.opt.get('beam_length_penalty', 0.65),
+            padding_token=self.NULL_IDX,
+            bos_token=self.START_IDX,
+            eos_token=self.END_IDX,
+            device=device,
+        )
+
+    @torch.no_grad()
+    def sample_negatives(self, batch: Batch, rows: list[int]) -> list[tuple[str, torch.Tensor]]:
+        """Nucleus samples from the current model for the given batch rows (eval mode: no
+        dropout), through ParlAI's own ``NucleusSampling`` tree search."""
+        index = torch.tensor(rows, device=batch.text_vec.device)
+        sub = Batch(batchsize=len(rows), text_vec=batch.text_vec.index_select(0, index))
+        was_training = self.model.training
+        self.model.eval()
+        self._sampling_negatives = True
+        try:
+            preds, _ = self._generate(sub, 1, self.opt['negative_max_len'])
+        finally:
+            self._sampling_negatives = False
+            self.model.train(was_training)
+        out = []
+        for tokens, _, _ in preds:
+            tokens = tokens[tokens != self.START_IDX].cpu()
+            ends = (tokens == self.END_IDX).nonzero()
+            if len(ends):
+                tokens = tokens[: int(ends[0]) + 1]
+            out.append((self._v2t(tokens), tokens))
+        return out
+
+    def batchify(self, obs_batch, sort=False):
+        """ParlAI's batch, plus each example's context text (the reward model reads text)."""
+        batch = super().batchify(obs_batch, sort=sort)
+        if batch.valid_indices is not None:
+            batch['context_texts'] = [
+                obs_batch[i].get('full_text', obs_batch[i].get('text', ''))
+                for i in batch.valid_indices.tolist()
+            ]
+        return batch
+
+    # -- training --
+    def train_step(self, batch: Batch):
+        if (
+            batch.text_vec is None
+            or batch.label_vec is None
+            or self._number_training_updates < self.opt['ce_warmup_updates']
+        ):
+            return super().train_step(batch)
+        if self.reward is None:
+            raise ValueError('CORAL training needs --reward-model-file')
+        self._cache_dummy_batch(batch)
+        self.model.train()
+        self.zero_grad()
+        loss = self.compute_coral_loss(batch)
+        self.backward(loss)
+        self.update_params()
+
+    def choose_responses(self, batch: Batch) -> tuple[list[str], list[torch.Tensor], torch.Tensor]:
+        """Algorithm 1's responses: ground truth with probability p+, else a negative."""
+        labels = [row[row != self.NULL_IDX].cpu() for row in batch.label_vec]
+        texts = list(batch.labels)
+        source = self.opt['negative_source']
+        if source == 'random':
+            self.pool.add(texts, labels)
+        positive = choose_positives(len(texts), self.opt['p_positive'])
+        negative_rows = (~positive).nonzero().flatten().tolist()
+        if negative_rows:
+            if source == 'nucleus':
+                drawn = self.sample_negatives(batch, negative_rows)
+            else:
+                drawn = self.pool.sample([texts[i] for i in negative_rows])
+            for i, (text, vec) in zip(negative_rows, drawn):
+                texts[i], labels[i] = text, vec
+        return texts, labels, positive
+
+    def compute_coral_loss(self, batch: Batch) -> torch.Tensor:
+        """Eq. 3 over the batch, with the metrics of what was trained on."""
+        texts, rows, positive = self.choose_responses(batch)
+        device = batch.text_vec.device
+        targets = pad_rows(rows, self.NULL_IDX).to(device)
+        scores = self.reward.score(batch.context_texts, texts).to(device)
+        logits, *_ = self.model(*self._model_input(batch), ys=targets)
+        log_probs, mask = sequence_log_probs(logits, targets, self.NULL_IDX)
+        loss = coral_loss(log_probs, mask, scores, self.opt['margin'], self.opt['coral_normalise'])
+        self.global_metrics.add('coral_loss', AverageMetric(loss.item()))
+        nll = (-(log_probs * mask).sum(dim=1)).tolist()
+        is_pos = positive.tolist()
+        self.record_local_metric('positive', AverageMetric.many([int(p) for p in is_pos]))
+        self.record_local_metric('train_reward', AverageMetric.many(scores.tolist()))
+        self.record_local_metric(
+            'reward_pos',
+            [
+                AverageMetric(s, 1) if p else AverageMetric(0, 0)
+                for s, p in zip(scores.tolist(), is_pos)
+            ],
+        )
+        self.record_local_metric(
+            'reward_neg',
+            [
+                AverageMetric(0, 0) if p else AverageMetric(s, 1)
+                for s, p in zip(scores.tolist(), is_pos)
+            ],
+        )
+        self.record_local_metric(
+            'nll_pos',
+            [AverageMetric(n, 1) if p else AverageMetric(0, 0) for n, p in zip(nll, is_pos)],
+        )
+        return loss
+
+    # -- evaluation --
+    def eval_step(self, batch: Batch):
+        output = super().eval_step(batch)
+        if output is None or output.text is None or batch.label_vec is None:
+            if self.reward is not None and self.skip_generation:
+                warn_once('--skip-generation true: no r3 / maude metrics')
+            return output
+        contexts = batch.context_texts
+        for name, model in (('r3', self.reward), ('maude', self.maude)):
+            if model is not None:
+                scores = model.score(contexts, list(output.text))
+                self.record_local_metric(name, AverageMetric.many(scores.tolist()))
+        return output
