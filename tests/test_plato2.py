@@ -3,8 +3,10 @@
 Tiny models built in-process (seeded); the CLI runs are in test_plato2_cli.py.
 """
 
+import importlib.util
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import NucleusSampling
 from parlai.scripts.eval_model import EvalModel
 from parlai.scripts.train_model import TrainModel
+from parlai.utils.misc import str_to_msg
 
 from parlai_ext.agents.plato2 import (
     LatentUsageMetric,
@@ -289,7 +292,7 @@ def stage1(tmp_path):
     torch.manual_seed(0)
     agent = create_agent(
         _opt('-m', 'unified_transformer', '-mf', model_file, '--dict-file', dict_file,
-             *CLI_SIZES, '--dropout', '0')
+             *CLI_SIZES, '--dropout', '0', '--dict-maxtokens', '77')
     )  # fmt: skip
     agent.save(model_file)
     return model_file, agent
@@ -306,8 +309,9 @@ def test_stage1_file_loads_into_stage_2_1_and_2_2(stage1, tmp_path):
         _opt('-m', 'plato2_evaluator', '--init-model', model_file, '-mf', str(tmp_path / 'e'))
     )
     for agent in (generator, evaluator):
-        # sizes came from the stage-1 .opt (not given on the command line)
+        # sizes and dictionary options came from the stage-1 .opt (not on the command line)
         assert agent.opt['embedding_size'] == 32 and agent.opt['ffn_size'] == 64
+        assert agent.opt['dict_maxtokens'] == 77 and agent.opt['dict_file'] == model_file + '.dict'
         state = agent.model.transformer.state_dict()
         for name, tensor in backbone.items():
             assert torch.equal(state[name], tensor), name
@@ -478,3 +482,44 @@ def test_evaluator_learns_to_rank_true_responses_above_random_ones(tmp_path):
     # chance is 0.2 (P@1) and about 0.46 (MRR) with 5 candidates
     assert values['hits@1'] >= 0.8 and values['ext_p@1'] == pytest.approx(values['hits@1'])
     assert values['ext_mrr'] >= 0.85 and values['ext_map'] == pytest.approx(values['ext_mrr'])
+
+
+PRESETS = Path(__file__).resolve().parents[1] / 'projects' / 'plato2'
+
+
+@pytest.mark.parametrize(
+    'preset, low, high', [('310M', 300e6, 320e6), ('1.6B', 1.55e9, 1.7e9), ('small', 4e6, 7e6)]
+)
+def test_size_presets_match_the_paper(preset, low, high):
+    """The paper's 310M / 1.6B sizes (8K BPE + [MASK] = 8001 ids) and the CPU size."""
+    path = str(PRESETS / f'{preset}.opt')
+    for model in ('unified_transformer', 'plato2', 'plato2_evaluator'):
+        opt = _opt('-m', model, '-o', path)  # every stage accepts the preset
+        assert opt['text_truncate'] + opt['label_truncate'] + 2 <= opt['n_positions']
+    with torch.device('meta'):  # no memory: count parameters only
+        model = UnifiedTransformer(
+            8001, dim=opt['embedding_size'], n_layers=opt['n_layers'], n_heads=opt['n_heads'],
+            ffn_dim=opt['ffn_size'], n_positions=opt['n_positions'],
+        )  # fmt: skip
+    assert low <= sum(p.numel() for p in model.parameters()) <= high
+
+
+def test_response_selection_file_has_one_true_and_n_random_candidates():
+    spec = importlib.util.spec_from_file_location(
+        'response_selection', PRESETS / 'response_selection.py'
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    examples = [
+        {'text': f'question {i}', 'labels': [f'answer {i % 7}'], 'episode_done': i % 3 == 2}
+        for i in range(30)
+    ]
+    lines = module.selection_lines(examples, n_random=4, seed=0)
+    assert lines == module.selection_lines(examples, n_random=4, seed=0)  # seeded
+    for example, line in zip(examples, lines):
+        message = str_to_msg(line)
+        candidates = message['label_candidates']
+        assert message['labels'] == example['labels'] and message['text'] == example['text']
+        assert len(candidates) == 5 and len(set(candidates)) == 5
+        assert candidates.count(example['labels'][0]) == 1
+        assert bool(message.get('episode_done')) == example['episode_done']

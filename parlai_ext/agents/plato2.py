@@ -65,6 +65,7 @@ from parlai_ext.modules.unified_transformer import ContextState
 ARCHITECTURE_KEYS = (
     'n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions', 'activation',
 )  # fmt: skip
+DICTIONARY_PREFIXES = ('dict_', 'spm_')
 # parameters that a stage-1 checkpoint lacks; they start fresh in stage 2.1 / 2.2
 GENERATOR_FRESH = (
     'transformer.latent_embedding', 'transformer.mask_embedding', 'transformer.recognition',
@@ -80,9 +81,12 @@ PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
 
 # --- shared helpers ----------------------------------------------------------------------------
 def inherit_architecture(opt: Opt) -> Opt:
-    """Take the model sizes of ``--init-model``'s ``.opt`` unless set on the command line.
+    """Take the sizes and dictionary options of ``--init-model``'s ``.opt`` unless given.
 
-    Only on a fresh start (no model file yet): a saved model already has its own sizes.
+    The token ids of the stage-1 model are those of its dictionary, so its dictionary class
+    and options (``--dict-*``, ``--spm-*``; e.g. the SentencePiece dictionary) come along;
+    ParlAI already takes its ``.dict`` file. Only on a fresh start (no model file yet): a
+    saved model already has its own.
     """
     init_model = opt.get('init_model')
     model_file = opt.get('model_file')
@@ -93,9 +97,10 @@ def inherit_architecture(opt: Opt) -> Opt:
     saved = Opt.load(init_model + '.opt')
     given = opt.get('override', {})
     opt = copy.deepcopy(opt)
-    for key in ARCHITECTURE_KEYS:
-        if key in saved and key not in given:
-            opt[key] = saved[key]
+    for key, value in saved.items():
+        inherited = key in ARCHITECTURE_KEYS or key.startswith(DICTIONARY_PREFIXES)
+        if inherited and key not in given and key != 'dict_file':
+            opt[key] = value
     return opt
 
 

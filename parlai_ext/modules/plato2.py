@@ -142,6 +142,8 @@ class Plato2Evaluator(UnifiedTransformer):
         dim = self.embeddings.tokens.embedding_dim
         self.cls_embedding = _slot(dim)  # the [CLS] slot whose output is classified
         self.mask_embedding = _slot(dim)  # the masked LM's [MASK] input
+        # PyTorch's default init here, not BERT's normal(0, 0.02): with the small one the
+        # coherence gradient was swamped by the masked LM's in our small-scale runs
         self.pooler = nn.Linear(dim, dim)
         self.classifier = nn.Linear(dim, 2)  # label 1 = coherent
 
