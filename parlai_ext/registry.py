@@ -19,6 +19,8 @@ AGENTS: dict[str, str] = {
     'vhred': 'parlai_ext.agents.vhred',
     'vhred_gmm': 'parlai_ext.agents.vhred',
     'vhred_lgm': 'parlai_ext.agents.vhred',
+    'p2bot_transmitter': 'parlai_ext.agents.p2bot',
+    'p2bot_receiver': 'parlai_ext.agents.p2bot',
 }
 
 # task short name -> {'agents': teachers module, 'worlds': worlds module (optional)}
@@ -28,4 +30,8 @@ TASKS: dict[str, dict[str, str]] = {
     'dailydialog_ext': {'agents': 'parlai_ext.tasks.dailydialog.agents'},
     'ubuntu_ext': {'agents': 'parlai_ext.tasks.ubuntu.agents'},
     'multiref_ext': {'agents': 'parlai_ext.tasks.multiref.agents'},
+    'p2bot_selfplay': {
+        'agents': 'parlai_ext.tasks.p2bot_selfplay.agents',
+        'worlds': 'parlai_ext.tasks.p2bot_selfplay.worlds',
+    },
 }

@@ -1,0 +1,244 @@
+"""P2Bot through ParlAI's loops: supervised training, receiver, self-play (frozen user, resume),
+self-chat, and the HF-initialised transmitter/receiver (tiny checkpoints made here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_parlai
+from parlai.core.agents import create_agent, create_agent_from_model_file
+from parlai.core.params import ParlaiParser
+from parlai.core.worlds import create_task
+from test_p2bot import TOPICS, fixture_words, tiny_hf_lm, write_both
+
+TINY = ['--n-layers', '1', '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32']
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A supervised transmitter and a receiver trained with the stock `parlai train_model`."""
+    root = tmp_path_factory.mktemp('p2bot')
+    data = write_both(root, 10)
+    common = ['--personachat-file', str(data), '--p2bot-train-episodes', '8']
+    common += ['--datapath', str(root / 'data')]
+    tx_out = run_parlai(
+        'train_model', '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
+        *common, *TINY, '-mf', str(root / 'tx'), '-bs', '4', '-eps', '2',
+        '--p2bot-synth-candidates', '4', '--rank-candidates', 'true',
+        '--metrics', 'ext_p2bot', '-vmt', 'ppl', '--label-truncate', '12',
+    )  # fmt: skip
+    rx_out = run_parlai(
+        'train_model', '-m', 'p2bot_receiver', '-t', 'p2bot_selfplay:receiver', *common,
+        *TINY, '-mf', str(root / 'rx'), '-bs', '4', '-eps', '3', '-lr', '1e-3',
+        '--tau-anneal-steps', '4', '--receiver-eval-distractors', '3', '-vmt', 'rec_hits@1',
+    )  # fmt: skip
+    return {'root': root, 'data': data, 'common': common, 'tx_out': tx_out, 'rx_out': rx_out}
+
+
+def final_report(stdout: str, split: str = 'valid') -> str:
+    return stdout.split(f'{split}:')[-1]
+
+
+def test_supervised_transmitter_reports_ppl_f1_and_hits(trained):
+    report = final_report(trained['tx_out'].stdout + trained['tx_out'].stderr)
+    for name in ('ppl', 'f1', 'ext_hits@1', 'ext_mrr', 'nup_acc', 'bleu-4'):
+        assert name in report, name
+    dictionary = (trained['root'] / 'tx.dict').read_text().split('\n')
+    assert [line.split('\t')[0] for line in dictionary[4:8]] == [
+        '__p2_persona__',
+        '__p2_partner__',
+        '__p2_self__',
+        '__p2_cls__',
+    ]
+
+
+def test_receiver_trains_and_anneals_tau(trained):
+    agent = create_agent_from_model_file(str(trained['root'] / 'rx'))
+    assert float(agent.model.tau) == pytest.approx(0.5)  # τ reached --tau-end after 4 updates
+    persona = ['i keep bees in my garden.', 'i play the cello.']
+    scores = agent.perception_scores(['my bees made honey again'] * 2, [persona, persona[::-1]])
+    assert scores.shape == (2,) and torch.allclose(scores[0], scores[1], atol=1e-5)
+    assert 'rec_hits@1' in final_report(trained['rx_out'].stdout + trained['rx_out'].stderr)
+
+
+def _selfplay_args(trained, model_file: Path, steps: int, log: Path) -> list[str]:
+    root = trained['root']
+    return [
+        'train_model', '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay',
+        *trained['common'], '--init-model', str(root / 'tx'), '-mf', str(model_file),
+        '--selfplay-receiver-model', str(root / 'rx'), '-bs', '3', '-lr', '1e-6',
+        '--max-train-steps', str(steps), '--log-every-n-steps', '1',
+        '--selfplay-max-len', '6', '--selfplay-log-file', str(log),
+        '--skip-generation', 'true', '-vstep', '100', '-vmt', 'ppl',
+    ]  # fmt: skip
+
+
+def test_selfplay_runs_logs_rewards_and_resumes(trained, tmp_path):
+    model_file, log = tmp_path / 'sp', tmp_path / 'sp.jsonl'
+    first = run_parlai(*_selfplay_args(trained, model_file, 2, log))
+    text = first.stdout + first.stderr
+    for name in ('rs1', 'rs2', 'rs3', 'reward', 'rl_loss', 'sp_reply_len'):
+        assert name in text, name
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r['update'] for r in records] == [1, 2]
+    assert len(records[0]['dialogue']) == 6  # x1, a1, x2, a2, x3, a3 (N = 3)
+    assert records[0]['dialogue'][0] in {t[1] + ' .' for t in TOPICS}  # opener from the data
+    stats = json.loads(Path(str(model_file) + '.trainstats').read_text())
+    assert stats['train_steps'] == 2
+    second = run_parlai(*_selfplay_args(trained, model_file, 4, log))
+    # resumed: counters, updates and the frozen user come back from the first run
+    stats = json.loads(Path(str(model_file) + '.trainstats').read_text())
+    assert stats['train_steps'] == 4
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r['update'] for r in records] == [1, 2, 3, 4]
+    user_lines = [
+        line for line in (second.stdout + second.stderr).splitlines() if 'frozen user A' in line
+    ]
+    assert user_lines and user_lines[0].endswith(str(trained['root'] / 'tx'))
+
+
+def test_frozen_user_does_not_change_while_the_learner_does(trained):
+    root = trained['root']
+    parser = ParlaiParser(True, True)
+    opt = parser.parse_args(
+        [
+            '-m',
+            'p2bot_transmitter',
+            '-t',
+            'p2bot_selfplay',
+            *trained['common'],
+            '--init-model',
+            str(root / 'tx'),
+            '--selfplay-receiver-model',
+            str(root / 'rx'),
+            '-bs',
+            '2',
+            '-lr',
+            '1e-2',
+            '--selfplay-max-len',
+            '5',
+            '-dt',
+            'train',
+        ]  # fmt: skip
+    )
+    learner = create_agent(opt)
+    world = create_task(opt, learner)
+    assert type(world).__name__ == 'SelfPlayWorld' and world.rollouts == 2
+    user_before = {k: v.clone() for k, v in world.user.model.state_dict().items()}
+    learner_before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    world.parley()
+    world.parley()
+    assert all(torch.equal(v, world.user.model.state_dict()[k]) for k, v in user_before.items())
+    assert not all(torch.equal(v, learner.model.state_dict()[k]) for k, v in learner_before.items())
+    assert all(not p.requires_grad for p in world.user.model.parameters())
+    assert learner._number_training_updates == 2
+
+
+def test_self_chat_with_two_personas(trained, tmp_path):
+    root = trained['root']
+    outfile = tmp_path / 'chats'
+    run_parlai(
+        'self_chat', '-mf', str(root / 'tx'), '-t', 'p2bot_selfplay',
+        '--personachat-file', str(trained['data']), '--num-self-chats', '2',
+        '--selfchat-max-turns', '4', '--outfile', str(outfile), '--datapath', str(root / 'data'),
+        '--display-examples', 'false',
+    )  # fmt: skip
+    chats = [json.loads(line) for line in Path(str(outfile) + '.jsonl').read_text().splitlines()]
+    assert len(chats) == 2
+    for chat in chats:
+        first, second = (message['text'] for message in chat['context'])
+        assert first.startswith('your persona:') and second.startswith('your persona:')
+        assert first != second
+        opener, reply = chat['dialog'][0]
+        assert opener['text'] in {t[1] + ' .' for t in TOPICS}  # the data's first utterance
+        # the second speaker's context holds its persona, not only the opener
+        assert reply['metrics']['clen'] > 3 + len(opener['text'].split())
+        assert all(turn[1]['text'] for turn in chat['dialog'])
+
+
+def _train_in_process(args: list[str], steps: int = 2):
+    parser = ParlaiParser(True, True)
+    opt = parser.parse_args([*args, '-dt', 'train'])
+    agent = create_agent(opt)
+    world = create_task(opt, agent)
+    for _ in range(steps):
+        world.parley()
+    return agent, world
+
+
+def test_transmitter_from_a_local_hf_causal_lm(trained, tmp_path):
+    directory = tiny_hf_lm(tmp_path / 'lm', fixture_words())
+    agent, _ = _train_in_process(
+        [
+            '-m',
+            'p2bot_transmitter',
+            '-t',
+            'p2bot_selfplay:supervised',
+            *trained['common'],
+            '--hf-model-dir',
+            str(directory),
+            '-mf',
+            str(tmp_path / 'hf_tx'),
+            '-bs',
+            '2',
+            '--label-truncate',
+            '8',
+        ]  # fmt: skip
+    )
+    # the tokenizer's vocabulary plus the added special tokens, embeddings resized to match
+    assert '__p2_cls__' in agent.dict.tok2ind and agent.dict.null_token != agent.dict.end_token
+    hf = agent.model.transmitter.backbone.model
+    assert hf.get_input_embeddings().weight.shape[0] == len(agent.dict)
+    assert agent._number_training_updates == 2
+    context = agent.context_vec(['i keep bees in my garden.'], ['my bees made honey again .'])
+    reply = agent.generate([context])[0]
+    assert reply[-1].item() == agent.END_IDX or len(reply) == 8
+    agent.save(str(tmp_path / 'hf_tx'))
+    reloaded = create_agent_from_model_file(str(tmp_path / 'hf_tx'))
+    assert torch.equal(reloaded.generate([context])[0], reply)
+
+
+def test_receiver_from_a_local_hf_encoder(trained, tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path / 'enc'
+    directory.mkdir()
+    words = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *fixture_words()]
+    (directory / 'vocab.txt').write_text('\n'.join(words) + '\n')
+    BertTokenizerFast(vocab_file=str(directory / 'vocab.txt')).save_pretrained(directory)
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )  # fmt: skip
+    ).save_pretrained(directory)
+    agent, _ = _train_in_process(
+        [
+            '-m',
+            'p2bot_receiver',
+            '-t',
+            'p2bot_selfplay:receiver',
+            *trained['common'],
+            '--hf-model-dir',
+            str(directory),
+            '-mf',
+            str(tmp_path / 'hf_rx'),
+            '-bs',
+            '2',
+        ]  # fmt: skip
+    )
+    assert agent._number_training_updates == 2
+    ids = agent.encode_sentence('i keep bees')
+    assert ids[0] == agent.dict.hf_tokenizer.cls_token_id  # [CLS] ... [SEP], as BERT expects
+    assert ids[-1] == agent.dict.hf_tokenizer.sep_token_id
+    scores = agent.persona_scores(
+        ['my bees made honey again'], [['i keep bees in my garden.'], ['i play the cello.']]
+    )
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
