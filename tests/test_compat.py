@@ -94,22 +94,52 @@ def test_hf_gpt2_reorders_a_transformers_cache_object():
     assert torch.equal(reordered.layers[0].keys, keys[[1, 0]])
 
 
+CHECKSUM_AGENT = """
+import hashlib, os
+from parlai.utils.distributed import get_rank
+from parlai_ext.agents.unified_transformer import UnifiedTransformerAgent
+
+
+class ChecksumAgent(UnifiedTransformerAgent):
+    \"\"\"Writes a hash of its parameters after every update, one file per worker.\"\"\"
+
+    def train_step(self, batch):
+        output = super().train_step(batch)
+        self.updates = getattr(self, 'updates', 0) + 1
+        weights = b''.join(p.detach().numpy().tobytes() for p in self.model.parameters())
+        path = os.path.join(os.environ['CHECKSUM_DIR'], f'rank{get_rank()}.txt')
+        with open(path, 'a') as f:
+            f.write(f'{self.updates} {hashlib.sha256(weights).hexdigest()}\\n')
+        return output
+"""
+
+
 def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
-    """CPU (gloo) distributed context, all_gather_list, DDP device_ids and Join device."""
+    """CPU (gloo) distributed context, all_gather_list, DDP device_ids and Join device.
+
+    Two workers train our agent under DDP; after every update both hold identical weights.
+    """
+    (tmp_path / 'checksum_agent.py').write_text(CHECKSUM_AGENT)
+    env = {'PYTHONPATH': str(tmp_path), 'CHECKSUM_DIR': str(tmp_path)}
     dict_file = str(tmp_path / 'model.dict')
     model_file = str(tmp_path / 'model')
     run_parlai('build_dict', '-t', 'ext_demo', '--dict-file', dict_file)
     workers = ['--distributed-world-size', '2']
     run_parlai(
-        'multiprocessing_train', '-m', 'unified_transformer', '-t', 'ext_demo',
+        'multiprocessing_train', '-m', 'checksum_agent:ChecksumAgent', '-t', 'ext_demo',
         '-mf', model_file, '--dict-file', dict_file, '-bs', '16', '--num-epochs', '0.5',
         '--n-layers', '1', '--embedding-size', '32', '--n-heads', '2', '--ffn-size', '64',
-        '-vtim', '100', '--port', '61427', *workers, timeout=900,
+        '-vtim', '100', '--port', '61427', *workers, env=env, timeout=900,
     )  # fmt: skip
     stats = json.load(open(model_file + '.trainstats'))
     assert stats['final_valid_report']['exs'] > 0
+    logs = [dict(line.split() for line in open(tmp_path / f'rank{r}.txt')) for r in (0, 1)]
+    common_updates = set(logs[0]) & set(logs[1])
+    assert len(common_updates) >= 10
+    assert all(logs[0][u] == logs[1][u] for u in common_updates)
+    assert len(set(logs[0].values())) == len(logs[0])  # the weights did change every update
     out = run_parlai(
         'multiprocessing_eval', '-mf', model_file, '-t', 'ext_demo', '-dt', 'valid',
-        *workers, timeout=900,
+        *workers, env=env, timeout=900,
     )  # fmt: skip
     assert 'ppl' in out.stdout + out.stderr
