@@ -1,0 +1,1 @@
+"""PPG's teachers over PersonaChat / ConvAI2 ``both`` files (``-t ppg_ext``)."""
