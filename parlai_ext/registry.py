@@ -19,6 +19,10 @@ AGENTS: dict[str, str] = {
     'vhred': 'parlai_ext.agents.vhred',
     'vhred_gmm': 'parlai_ext.agents.vhred',
     'vhred_lgm': 'parlai_ext.agents.vhred',
+    'ppg_persona_generator': 'parlai_ext.agents.ppg',
+    'ppg_response_generator': 'parlai_ext.agents.ppg',
+    'ppg_critic': 'parlai_ext.agents.ppg',
+    'ppg_rl': 'parlai_ext.agents.ppg',
     'p2bot_transmitter': 'parlai_ext.agents.p2bot',
     'p2bot_receiver': 'parlai_ext.agents.p2bot',
 }
@@ -30,6 +34,7 @@ TASKS: dict[str, dict[str, str]] = {
     'dailydialog_ext': {'agents': 'parlai_ext.tasks.dailydialog.agents'},
     'ubuntu_ext': {'agents': 'parlai_ext.tasks.ubuntu.agents'},
     'multiref_ext': {'agents': 'parlai_ext.tasks.multiref.agents'},
+    'ppg_ext': {'agents': 'parlai_ext.tasks.ppg.agents'},
     'p2bot_selfplay': {
         'agents': 'parlai_ext.tasks.p2bot_selfplay.agents',
         'worlds': 'parlai_ext.tasks.p2bot_selfplay.worlds',

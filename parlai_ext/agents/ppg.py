@@ -1,0 +1,738 @@
+"""ParlAI glue for PPG (Lu et al., NAACL 2022): an unofficial re-implementation.
+
+Agents (use them with ``-t ppg_ext:persona|response|critic``, see ``tasks/ppg``):
+
+- ``-m ppg_persona_generator``: the partner personas generator (§3.1), seq2seq from
+  (context, self personas) to the complete partner persona profile;
+- ``-m ppg_response_generator``: the dialogue response generator (§3.2), seq2seq from
+  (context, self personas, partner personas) to the reply. ``--partner-personas`` selects the
+  Table 1 systems: ``none`` (E2E w/o partner personas), ``train_only`` (gold partner personas
+  in training only), ``gold`` (in training and inference; ``--partner-top-k 3`` keeps the
+  BM25 top-3 sentences) and ``generated`` (ours: gold in training, the PPG's output at
+  inference, ``--ppg-model-file``);
+- ``-m ppg_critic``: the critic (§3.3), a binary classifier on (persona, response);
+- ``-m ppg_rl``: the RL stage (§3.3): owns both generators (the DRG is its ``model``, the PPG
+  a sub-agent whose network is a sub-module of it) and the frozen critic; each training
+  batch samples p̂ then r̂, asks the critic, and updates both generators by REINFORCE.
+
+Both generators reuse the project's :class:`EncoderDecoderAgent`; ``--hf-model-dir DIR``
+starts them from a local GPT-2-family checkpoint (e.g. DialoGPT, as the paper) and the critic
+from a local HF encoder (e.g. MiniLM; the paper used DistilBERT).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from parlai.agents.hugging_face.dict import HuggingFaceDictionaryAgent
+from parlai.core.agents import create_agent_from_model_file
+from parlai.core.dict import DictionaryAgent
+from parlai.core.message import Message
+from parlai.core.metrics import AverageMetric
+from parlai.core.opt import Opt
+from parlai.core.params import ParlaiParser
+from parlai.core.torch_agent import Batch, Output
+from parlai.core.torch_classifier_agent import TorchClassifierAgent
+from parlai.utils import logging
+from parlai.utils.io import PathManager
+from parlai.utils.torch import atomic_save, padded_tensor
+
+from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent, EncoderDecoderGeneratorModel
+from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.losses.ppg import REWARD_TYPES, critic_rewards, generator_reinforce_loss
+from parlai_ext.losses.reinforce import NORMALISATIONS
+from parlai_ext.modules.ppg import (
+    HfEncoder,
+    PersonaCritic,
+    ScratchEncoder,
+    decoder_input,
+    drg_source,
+    gpt2_dimensions,
+    pack_pair,
+    persona_text,
+    ppg_source,
+    sample_sequences,
+    select_partner_persona,
+    set_gelu_approximation,
+    warm_start_from_gpt2,
+)
+
+PARTNER_MODES = ('none', 'train_only', 'gold', 'generated')
+
+
+# --- dictionaries ------------------------------------------------------------------------------
+class PpgHfDictionaryAgent(HuggingFaceDictionaryAgent):
+    """The tokenizer of a local HF checkpoint (``--hf-model-dir``) as a ParlAI dictionary.
+
+    Special tokens: BERT-style tokenizers give ``[PAD] [CLS] [SEP] [UNK]`` (null, start, end,
+    unk); GPT-2-style ones (DialoGPT) give ``<|endoftext|>`` as the end token, and a start and
+    a padding token are added (GPT-2 has neither distinct from the end token), so the
+    generators' vocabulary is GPT-2's plus those rows.
+    """
+
+    @property
+    def add_special_tokens(self) -> bool:
+        return False
+
+    @property
+    def skip_decode_special_tokens(self) -> bool:
+        return True
+
+    def get_tokenizer(self, opt: Opt):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(opt['hf_model_dir'])
+
+    def override_special_tokens(self, opt: Opt) -> None:
+        tok = self.hf_tokenizer
+        if tok.cls_token is not None and tok.sep_token is not None:
+            self.start_token, self.end_token = tok.cls_token, tok.sep_token
+        else:
+            self.end_token = tok.eos_token
+            self.start_token = tok.bos_token if tok.bos_token not in (None, tok.eos_token) else None
+        self.null_token = tok.pad_token if tok.pad_token not in (None, self.end_token) else None
+        self.unk_token = tok.unk_token or self.end_token
+        missing = []
+        if self.start_token is None:
+            self.start_token = '__start__'
+            missing.append(self.start_token)
+        if self.null_token is None:
+            self.null_token = '__null__'
+            missing.append(self.null_token)
+        if missing:
+            tok.add_tokens(missing, special_tokens=True)
+            self.tok2ind = dict(tok.get_vocab())
+            self.ind2tok = {v: k for k, v in self.tok2ind.items()}
+            for token in missing:
+                self.freq[token] = 1
+
+    def txt2vec(self, text: str, vec_type=list):
+        return self.hf_tokenizer.encode(text, add_special_tokens=False)
+
+    def vec2txt(self, vec, **kwargs) -> str:
+        if torch.is_tensor(vec):
+            vec = vec.tolist()
+        return self.hf_tokenizer.decode(list(vec), skip_special_tokens=True).strip()
+
+
+class PpgDictionaryAgent(DictionaryAgent):
+    """ParlAI's dictionary, or the HF tokenizer of ``--hf-model-dir`` when that is set."""
+
+    def __new__(cls, opt: Opt, shared=None):
+        if opt.get('hf_model_dir'):
+            return PpgHfDictionaryAgent(opt, shared)
+        return super().__new__(cls)
+
+
+def add_hf_args(parser: ParlaiParser, what: str) -> None:
+    group = parser.add_argument_group('PPG: start from a local Hugging Face checkpoint')
+    group.add_argument(
+        '--hf-model-dir',
+        type=str,
+        default=None,
+        help=f'local HF checkpoint folder: {what}; its tokenizer replaces the dictionary '
+        '(needed whenever the model is loaded); unset: from scratch',
+    )
+    group.add_argument(
+        '--gelu-approximate',
+        choices=['none', 'tanh'],
+        default='none',
+        help="GELU form ('tanh' = GPT-2's gelu_new; set from --hf-model-dir)",
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def generate_texts(agent, sources: Sequence[str]) -> list[str]:
+    """Decode one output per source text with ``agent``'s own inference settings."""
+    if not sources:
+        return []
+    observations = [
+        Message(
+            {
+                'text': text,
+                'text_vec': agent._vectorize_text(
+                    text, truncate=agent.text_truncate, truncate_left=True
+                ),
+                'episode_done': True,
+            }
+        )
+        for text in sources
+    ]
+    batch = agent.batchify(observations)
+    agent.model.eval()
+    with torch.no_grad():
+        beam_preds_scores, _ = agent._generate(batch, agent.beam_size, agent.label_truncate or 128)
+    return [agent._v2t(tokens) for tokens, *_ in beam_preds_scores]
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
+    tensor, _ = padded_tensor([list(r) for r in rows], pad_idx=pad)
+    return tensor
+
+
+# --- generators (§3.1, §3.2) ------------------------------------------------------------------
+class PpgGeneratorModel(EncoderDecoderGeneratorModel):
+    """:class:`EncoderDecoderGeneratorModel`, with GPT-2's GELU when warm-started from it."""
+
+    def __init__(self, opt: Opt, dictionary) -> None:
+        super().__init__(opt, dictionary)
+        set_gelu_approximation(self.seq2seq, opt.get('gelu_approximate') or 'none')
+
+
+class PpgPersonaGeneratorAgent(EncoderDecoderAgent):
+    """Partner personas generator (PPG, §3.1): P(p | s, c), trained by NLL on gold p.
+
+    Example::
+
+        parlai train_model -m ppg_persona_generator -t ppg_ext:persona -mf /tmp/ppg
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        add_hf_args(parser, 'a GPT-2-family model (e.g. DialoGPT) to warm-start from')
+        # a complete persona profile is about 40-70 words; this also bounds generation
+        parser.set_defaults(label_truncate=96)
+        return parser
+
+    @classmethod
+    def dictionary_class(cls):
+        return PpgDictionaryAgent
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        opt = copy.deepcopy(opt)
+        self._warm_start = False
+        if opt.get('hf_model_dir') and not shared:
+            for key, value in gpt2_dimensions(opt['hf_model_dir']).items():
+                opt[key] = value
+            init_model, _ = self._get_init_model(opt, shared)
+            self._warm_start = init_model is None
+        super().__init__(opt, shared)
+
+    def build_model(self) -> PpgGeneratorModel:
+        model = PpgGeneratorModel(self.opt, self.dict)
+        if self._warm_start:
+            logging.info(f'warm-starting from {self.opt["hf_model_dir"]}')
+            warm_start_from_gpt2(model.seq2seq, self.opt['hf_model_dir'])
+        return model
+
+
+class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
+    """Dialogue response generator (DRG, §3.2) and the Table 1 baselines.
+
+    The input is rebuilt from the ``ppg_ext`` fields (``context``, ``self_persona``,
+    ``partner_persona``) according to ``--partner-personas``; with ``generated``, inference
+    inputs get the partner personas that the PPG (``--ppg-model-file``) generates from
+    (context, self personas), one batch at a time, and the reply carries them in the
+    ``generated_partner_persona`` field.
+
+    Example::
+
+        parlai train_model -m ppg_response_generator -t ppg_ext -mf /tmp/drg \\
+            --partner-personas generated --ppg-model-file /tmp/ppg
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('PPG response generator')
+        group.add_argument(
+            '--partner-personas',
+            choices=PARTNER_MODES,
+            default='gold',
+            help='none: never; train_only: gold in training only; gold: gold in training and '
+            'inference; generated: gold in training, generated by --ppg-model-file at '
+            'inference (Table 1)',
+        )
+        group.add_argument(
+            '--partner-top-k',
+            type=int,
+            default=0,
+            help='>0: keep the K gold partner persona sentences most relevant to the context '
+            '(BM25; the paper: 3); 0: all',
+        )
+        group.add_argument(
+            '--ppg-model-file',
+            type=str,
+            default=None,
+            help='trained ppg_persona_generator whose outputs are the partner personas',
+        )
+        group.add_argument(
+            '--ppg-inference',
+            type=str,
+            default=None,
+            help="override the PPG's --inference (e.g. greedy, beam)",
+        )
+        group.add_argument(
+            '--ppg-beam-size', type=int, default=None, help="override the PPG's --beam-size"
+        )
+        parser.set_defaults(label_truncate=48)  # replies (also the generation limit)
+        return parser
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        super().__init__(opt, shared)
+        self.partner_mode = self.opt.get('partner_personas') or 'gold'
+        self.partner_top_k = int(self.opt.get('partner_top_k') or 0)
+        if shared:
+            self.persona_generator = shared.get('persona_generator')
+            self._persona_cache = shared.get('persona_cache', {})
+        else:
+            if not hasattr(self, 'persona_generator'):
+                self.persona_generator = None
+            self._persona_cache = {}
+        self._warned_fields = False
+
+    def share(self) -> dict:
+        shared = super().share()
+        shared['persona_generator'] = self.persona_generator
+        shared['persona_cache'] = self._persona_cache
+        return shared
+
+    # which partner personas an input gets
+    def gold_partner(self, obs: Message) -> str:
+        sentences = select_partner_persona(
+            obs['partner_persona'], obs['context'], self.partner_top_k
+        )
+        return persona_text(sentences)
+
+    def observe(self, observation):
+        observation = Message(observation)
+        if 'context' not in observation or 'self_persona' not in observation:
+            if observation.get('text') and not self._warned_fields:
+                logging.warning(
+                    'ppg_response_generator: no context/self_persona fields (use -t ppg_ext); '
+                    'the text is used as it is'
+                )
+                self._warned_fields = True
+            return super().observe(observation)
+        training = 'labels' in observation
+        mode = self.partner_mode
+        partner = None
+        if mode != 'none' and (training or mode == 'gold'):
+            partner = self.gold_partner(observation)
+        text = drg_source(observation['context'], observation['self_persona'], partner)
+        observation.force_set('text', text)
+        if not training and mode == 'generated':
+            observation['ppg_source'] = ppg_source(
+                observation['context'], observation['self_persona']
+            )
+        return super().observe(observation)
+
+    def _persona_generator_path(self) -> str:
+        path = self.opt.get('ppg_model_file')
+        if not path:
+            raise ValueError(
+                '--partner-personas generated needs --ppg-model-file (a trained '
+                'ppg_persona_generator) at inference'
+            )
+        return path
+
+    def _load_persona_generator(self, path: str):
+        overrides = {'datatype': 'valid'}
+        if self.opt.get('ppg_inference'):
+            overrides['inference'] = self.opt['ppg_inference']
+        if self.opt.get('ppg_beam_size'):
+            overrides['beam_size'] = self.opt['ppg_beam_size']
+        agent = create_agent_from_model_file(path, overrides)
+        if agent is None:
+            raise FileNotFoundError(f'no PPG model at {path}')
+        return agent
+
+    def generate_partner_personas(self, sources: Sequence[str]) -> list[str]:
+        """p̂ for each PPG input (memoised while the PPG is frozen)."""
+        if self.persona_generator is None:
+            self.persona_generator = self._load_persona_generator(self._persona_generator_path())
+        cache = None if self.persona_generator_trainable else self._persona_cache
+        todo = [s for s in dict.fromkeys(sources) if cache is None or s not in cache]
+        made = dict(zip(todo, generate_texts(self.persona_generator, todo)))
+        if cache is not None:
+            cache.update(made)
+            made = cache
+        return [made[s] for s in sources]
+
+    persona_generator_trainable = False
+
+    def batch_act(self, observations):
+        pending = [
+            i
+            for i, obs in enumerate(observations)
+            if isinstance(obs, Message) and obs.get('ppg_source') and 'text_vec' in obs
+        ]
+        generated = {}
+        if pending:
+            personas = self.generate_partner_personas(
+                [observations[i]['ppg_source'] for i in pending]
+            )
+            for i, partner in zip(pending, personas):
+                obs = observations[i]
+                text = drg_source(obs['context'], obs['self_persona'], partner)
+                vec = self._vectorize_text(text, truncate=self.text_truncate, truncate_left=True)
+                obs.force_set('text', text)
+                obs.force_set('full_text', text)
+                obs.force_set('text_vec', vec)
+                obs.force_set('generated_partner_persona', partner)
+                generated[i] = partner
+        replies = super().batch_act(observations)
+        for i, partner in generated.items():
+            replies[i]['generated_partner_persona'] = partner
+        return replies
+
+
+# --- critic (§3.3) -----------------------------------------------------------------------------
+class PpgCriticAgent(TorchClassifierAgent):
+    """The critic: P(L | persona, response), L = 1 when the response fits the persona (§3.3).
+
+    Trained with cross-entropy over the two classes (the binary cross-entropy of §3.3) on
+    ``-t ppg_ext:critic``. Inputs are the ``persona`` and ``response`` fields, or a text
+    ``persona\\nresponse`` (the last line is the response). From scratch (the shared
+    transformer block; ``--n-layers`` etc.) or from ``--hf-model-dir`` (a local HF encoder).
+
+    Example::
+
+        parlai train_model -m ppg_critic -t ppg_ext:critic -mf /tmp/critic
+    """
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        add_transformer_args(parser, 'PPG critic encoder (from scratch)')
+        add_hf_args(parser, 'an encoder (BERT, DistilBERT, MiniLM, ...) to start from')
+        group = parser.add_argument_group('PPG critic')
+        group.add_argument(
+            '--critic-response-len', type=int, default=64, help='response tokens kept'
+        )
+        parser.set_defaults(classes=['0', '1'], learningrate=1e-4, optimizer='adamw')
+        return parser
+
+    @classmethod
+    def dictionary_class(cls):
+        return PpgDictionaryAgent
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        opt = copy.deepcopy(opt)
+        init_model, _ = self._get_init_model(opt, shared)
+        self._fresh = init_model is None
+        super().__init__(opt, shared)
+        self.positive_index = self.class_list.index('1')
+
+    def build_model(self) -> PersonaCritic:
+        if self.opt.get('hf_model_dir'):
+            encoder = HfEncoder(self.opt['hf_model_dir'], from_config=not self._fresh)
+        else:
+            o = self.opt
+            encoder = ScratchEncoder(
+                len(self.dict),
+                dim=o['embedding_size'],
+                n_layers=o['n_layers'],
+                n_heads=o['n_heads'],
+                ffn_dim=o['ffn_size'],
+                n_positions=o['n_positions'],
+                dropout=o['dropout'],
+                attention_dropout=o['attention_dropout'],
+                activation=o['activation'],
+                padding_idx=self.NULL_IDX,
+            )
+        return PersonaCritic(encoder, self.NULL_IDX, self.END_IDX, self.opt['dropout'])
+
+    @property
+    def max_pair_len(self) -> int:
+        return min(self.opt['n_positions'], self.model.encoder.max_len or 512)
+
+    def pair_vector(self, persona: str, response: str) -> list[int]:
+        return pack_pair(
+            self.dict.txt2vec(persona),
+            self.dict.txt2vec(response),
+            self.START_IDX,
+            self.END_IDX,
+            self.max_pair_len,
+            self.opt.get('critic_response_len', 64),
+        )
+
+    def vectorize(self, obs, history, **kwargs):
+        obs = super().vectorize(obs, history, **kwargs)
+        if obs.get('text') is None:
+            return obs
+        persona, response = obs.get('persona'), obs.get('response')
+        if persona is None or response is None:
+            persona, _, response = obs['text'].rpartition('\n')
+        obs.force_set('text_vec', torch.LongTensor(self.pair_vector(persona, response)))
+        return obs
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch.text_vec)
+
+    @torch.no_grad()
+    def positive_probability(self, personas: Sequence[str], responses: Sequence[str]):
+        """P(L = 1 | persona, response) for each pair: ``(N,)`` (the RL reward's input)."""
+        rows = [self.pair_vector(p, r) for p, r in zip(personas, responses)]
+        ids = pad_rows(rows, self.NULL_IDX).to(next(self.model.parameters()).device)
+        self.model.eval()
+        return F.softmax(self.model(ids).float(), dim=-1)[:, self.positive_index]
+
+
+# --- RL stage (§3.3) -------------------------------------------------------------------------
+ARCHITECTURE_KEYS = (
+    'embedding_size',
+    'n_layers',
+    'n_encoder_layers',
+    'n_decoder_layers',
+    'n_heads',
+    'ffn_size',
+    'n_positions',
+    'activation',
+    'dropout',
+    'attention_dropout',
+    'gelu_approximate',
+    'hf_model_dir',
+    'text_truncate',
+    'label_truncate',
+    'dict_tokenizer',
+    'dict_lower',
+)
+
+
+class PpgRlAgent(PpgResponseGeneratorAgent):
+    """The RL stage (§3.3): joint REINFORCE of the PPG and the DRG with a frozen critic.
+
+    For each training example: p̂ ~ PPG(s, c), r̂ ~ DRG(s, p̂, c), L̂ = critic(p̂, r̂),
+    R = +1 / −1, and the loss −R log P(p̂ | s, c) − R log P(r̂ | s, p̂, c). Start from trained
+    models: ``--init-model DRG --ppg-model-file PPG --critic-model-file CRITIC`` (the DRG's
+    architecture options are taken from its ``.opt``). Evaluation is the DRG's with the
+    PPG's generated partner personas. Saving ``-mf M`` writes ``M`` (both generators and the
+    optimizer: ``train_model`` resumes from it), ``M.ppg`` (the PPG alone, a
+    ``ppg_persona_generator``) and ``M.drg`` (the DRG alone, a ``ppg_response_generator``
+    using ``M.ppg``).
+
+    Example::
+
+        parlai train_model -m ppg_rl -t ppg_ext -mf /tmp/rl --init-model /tmp/drg \\
+            --ppg-model-file /tmp/ppg --critic-model-file /tmp/critic -bs 20
+    """
+
+    persona_generator_trainable = True
+
+    @classmethod
+    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('PPG reinforcement learning')
+        group.add_argument('--critic-model-file', type=str, default=None, help='trained ppg_critic')
+        group.add_argument(
+            '--reward-type',
+            choices=REWARD_TYPES,
+            default='label',
+            help='label: R = +1/-1 from the predicted label (the paper); probability: '
+            'R = 2 P(L=1) - 1',
+        )
+        group.add_argument('--reward-scale', type=float, default=1.0, help='R is multiplied by it')
+        group.add_argument(
+            '--rl-train',
+            choices=['both', 'ppg', 'drg'],
+            default='both',
+            help='which generators RL updates (Table 7 ablation); the other stays frozen',
+        )
+        group.add_argument(
+            '--rl-decoding',
+            choices=['sample', 'greedy'],
+            default='sample',
+            help='how p̂ and r̂ are produced during RL (the paper does not say)',
+        )
+        group.add_argument('--rl-top-k', type=int, default=0, help='>0: top-k sampling')
+        group.add_argument('--rl-temperature', type=float, default=1.0)
+        group.add_argument('--rl-persona-max-len', type=int, default=64)
+        group.add_argument('--rl-response-max-len', type=int, default=32)
+        group.add_argument(
+            '--rl-normalise',
+            choices=NORMALISATIONS,
+            default='mean',
+            help="mean: batch mean of -R sum_t log p (the paper's per-example gradient)",
+        )
+        parser.set_defaults(partner_personas='generated', learningrate=5e-6, optimizer='adam')
+        return parser
+
+    def __init__(self, opt: Opt, shared=None) -> None:
+        opt = copy.deepcopy(opt)
+        if not shared:
+            self._take_drg_architecture(opt)
+        self.critic = None
+        super().__init__(opt, shared)
+        if shared:
+            self.critic = shared.get('critic')
+        elif 'train' in self.opt.get('datatype', '') and self.opt.get('critic_model_file'):
+            self._load_critic()
+
+    @staticmethod
+    def _take_drg_architecture(opt: Opt) -> None:
+        """A fresh run copies the architecture (and dropout) of the DRG it starts from
+        (``--init-model``), except the options given on the command line."""
+        model_file, init_model = opt.get('model_file'), opt.get('init_model')
+        if model_file and PathManager.exists(model_file):
+            return
+        if not init_model or not PathManager.exists(init_model + '.opt'):
+            return
+        drg_opt = Opt.load(init_model + '.opt')
+        given = opt.get('override') or {}
+        for key in ARCHITECTURE_KEYS:
+            if key in drg_opt and drg_opt[key] is not None and key not in given:
+                opt[key] = drg_opt[key]
+
+    def share(self) -> dict:
+        shared = super().share()
+        shared['critic'] = self.critic
+        return shared
+
+    def _load_critic(self) -> None:
+        path = self.opt.get('critic_model_file')
+        if not path:
+            raise ValueError('ppg_rl training needs --critic-model-file (a trained ppg_critic)')
+        critic = create_agent_from_model_file(path, {'datatype': 'valid'})
+        if critic is None:
+            raise FileNotFoundError(f'no critic model at {path}')
+        critic.model.eval()
+        critic.model.requires_grad_(False)  # frozen during RL (Appendix B)
+        self.critic = critic
+
+    def build_model(self):
+        model = super().build_model()
+        model_file = self.opt.get('model_file')
+        own_copy = f'{model_file}.ppg' if model_file else None
+        if own_copy and PathManager.exists(model_file) and PathManager.exists(own_copy):
+            path = own_copy  # resuming / evaluating: the PPG saved with this model
+        else:
+            path = self._persona_generator_path()
+        self.persona_generator = self._load_persona_generator(path)
+        # the PPG's network is a sub-module of the model: one optimizer, one gradient clip,
+        # one checkpoint for both generators
+        model.add_module('ppg', self.persona_generator.model)
+        train = self.opt.get('rl_train', 'both')
+        model.seq2seq.requires_grad_(train in ('both', 'drg'))
+        model.ppg.requires_grad_(train in ('both', 'ppg'))
+        return model
+
+    def load_state_dict(self, state_dict):
+        if not any(k.startswith('ppg.') for k in state_dict):  # a plain DRG (--init-model)
+            ppg_state = self.model.ppg.state_dict()
+            state_dict = {**state_dict, **{f'ppg.{k}': v for k, v in ppg_state.items()}}
+        super().load_state_dict(state_dict)
+
+    def save(self, path: str | None = None) -> None:
+        path = self.opt.get('model_file', None) if path is None else path
+        if path:
+            # train_model builds <model>.dict from the data before the agent exists, and
+            # TorchAgent.save keeps an existing one; ours is the --init-model DRG's: write it
+            self.dict.save(path + '.dict', sort=False)
+        super().save(path)
+        if not path or not PathManager.exists(path):
+            return
+        self.persona_generator.save(path + '.ppg')
+        drg_state = {k: v for k, v in self.model.state_dict().items() if not k.startswith('ppg.')}
+        atomic_save({'model': drg_state}, path + '.drg')
+        drg_opt = copy.deepcopy(self.opt)
+        drg_opt['model'] = 'ppg_response_generator'
+        drg_opt['model_file'] = path + '.drg'
+        drg_opt['ppg_model_file'] = path + '.ppg'
+        drg_opt['init_model'] = None
+        drg_opt.save(path + '.drg.opt')
+        self.dict.save(path + '.drg.dict', sort=False)
+
+    # the RL step
+    def _sample(self, agent, sources: Sequence[str], max_len: int):
+        """Vectorised sources and one decoded output each (no gradient)."""
+        rows = [
+            agent._vectorize_text(s, truncate=agent.text_truncate, truncate_left=True)
+            for s in sources
+        ]
+        source = pad_rows([r.tolist() for r in rows], agent.NULL_IDX)
+        device = next(agent.model.parameters()).device
+        source = source.to(device)
+        model = agent.model
+        was_training = model.training
+        model.eval()
+        sample = sample_sequences(
+            model.seq2seq,
+            source,
+            agent.START_IDX,
+            agent.END_IDX,
+            max_len,
+            banned=(agent.START_IDX, agent.NULL_IDX),
+            greedy=self.opt.get('rl_decoding') == 'greedy',
+            top_k=self.opt.get('rl_top_k') or 0,
+            temperature=self.opt.get('rl_temperature') or 1.0,
+        )
+        model.train(was_training)
+        texts = [agent._v2t(row) for row in sample.tolist()]
+        return source, sample, texts
+
+    @staticmethod
+    def _teacher_forced_logits(model, source: torch.Tensor, sample: torch.Tensor):
+        hidden, _ = model.seq2seq(source, decoder_input(sample, model.START_IDX))
+        return model.output(hidden)
+
+    def rl_loss(self, observations: Sequence[Message]) -> tuple[torch.Tensor, dict]:
+        """Sample p̂ and r̂, reward them with the critic, return the REINFORCE loss (§3.3)."""
+        if self.critic is None:
+            self._load_critic()
+        ppg = self.persona_generator
+        ppg_sources = [ppg_source(o['context'], o['self_persona']) for o in observations]
+        ppg_src, ppg_sample, personas = self._sample(
+            ppg, ppg_sources, self.opt.get('rl_persona_max_len', 64)
+        )
+        drg_sources = [
+            drg_source(o['context'], o['self_persona'], p) for o, p in zip(observations, personas)
+        ]
+        drg_src, drg_sample, responses = self._sample(
+            self, drg_sources, self.opt.get('rl_response_max_len', 32)
+        )
+        probability = self.critic.positive_probability(personas, responses).to(drg_src.device)
+        rewards = critic_rewards(
+            probability, self.opt.get('reward_type', 'label'), self.opt.get('reward_scale', 1.0)
+        )
+        normalise = self.opt.get('rl_normalise', 'mean')
+        train = self.opt.get('rl_train', 'both')
+        self.model.train()
+        loss = torch.zeros((), device=drg_src.device)
+        if train in ('both', 'drg'):
+            logits = self._teacher_forced_logits(self.model, drg_src, drg_sample)
+            loss = loss + generator_reinforce_loss(
+                logits, drg_sample, rewards, self.NULL_IDX, normalise
+            )
+        if train in ('both', 'ppg'):
+            logits = self._teacher_forced_logits(ppg.model, ppg_src, ppg_sample)
+            loss = loss + generator_reinforce_loss(
+                logits, ppg_sample, rewards, ppg.NULL_IDX, normalise
+            )
+        info = {
+            'rewards': rewards,
+            'probability': probability,
+            'personas': personas,
+            'responses': responses,
+            'persona_len': (ppg_sample != ppg.NULL_IDX).sum(-1).float(),
+            'response_len': (drg_sample != self.NULL_IDX).sum(-1).float(),
+        }
+        return loss, info
+
+    def batchify(self, obs_batch, sort: bool = False) -> Batch:
+        batch = super().batchify(obs_batch, sort)
+        if batch.valid_indices is not None:  # the structured fields the RL step needs
+            batch['ppg_observations'] = [obs_batch[int(i)] for i in batch.valid_indices]
+        return batch
+
+    def train_step(self, batch: Batch) -> Output:
+        observations = batch.get('ppg_observations') or []
+        if not observations:
+            return Output()
+        if any('context' not in o or 'self_persona' not in o for o in observations):
+            raise ValueError('ppg_rl needs the context/self_persona fields of -t ppg_ext')
+        self.zero_grad()
+        loss, info = self.rl_loss(observations)
+        self.backward(loss)
+        self.update_params()
+        self.record_local_metric('rl_loss', AverageMetric.many([loss.item()] * len(observations)))
+        self.record_local_metric('reward', AverageMetric.many(info['rewards'].tolist()))
+        positive = (info['probability'] > 0.5).float().tolist()
+        self.record_local_metric('critic_pos', AverageMetric.many(positive))
+        self.record_local_metric('ppg_len', AverageMetric.many(info['persona_len'].tolist()))
+        self.record_local_metric('drg_len', AverageMetric.many(info['response_len'].tolist()))
+        return Output(info['responses'])

@@ -1,0 +1,236 @@
+"""PPG agents end to end: generated partner personas at inference, the RL stage, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from parlai.core.agents import create_agent, create_agent_from_model_file
+from parlai.core.message import Message
+from parlai.core.params import ParlaiParser
+from parlai.scripts.train_model import TrainModel
+from test_ppg_data import make_teacher, messages, write_both
+
+from parlai_ext.agents.ppg import generate_texts
+from parlai_ext.modules.ppg import persona_text, ppg_source
+
+TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, dropout=0.0, batchsize=4)
+THREADS = {'OMP_NUM_THREADS': '1'}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A PPG, a DRG (ours: gold partner personas in training) and a critic, a few steps each."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp('ppg_models')
+    data = write_both(folder)
+    common = dict(personachat_file=str(data), max_train_steps=3, validation_every_n_steps=-1)
+    common.update(TINY, datapath=str(folder / 'parlai_data'))
+    TrainModel.main(
+        model='ppg_persona_generator',
+        task='ppg_ext:persona',
+        model_file=str(folder / 'ppg'),
+        label_truncate=12,
+        **common,
+    )
+    TrainModel.main(
+        model='ppg_response_generator',
+        task='ppg_ext',
+        model_file=str(folder / 'drg'),
+        label_truncate=8,
+        partner_personas='generated',
+        ppg_model_file=str(folder / 'ppg'),
+        **common,
+    )
+    TrainModel.main(
+        model='ppg_critic', task='ppg_ext:critic', model_file=str(folder / 'critic'), **common
+    )
+    return folder, data
+
+
+def agent_from(*args: str):
+    opt = ParlaiParser(True, True).parse_args(list(args))
+    return create_agent(opt)
+
+
+# --- the DRG and Table 1's partner-persona options -----------------------------------------------
+def test_drg_receives_generated_not_gold_partner_personas_at_inference(trained):
+    folder, data = trained
+    drg = create_agent_from_model_file(str(folder / 'drg'), {'datatype': 'valid'})
+    example = messages(make_teacher('ppg_ext', data))[7]  # zebra-stamps episode, turn 3
+    gold = persona_text(example['partner_persona'])
+    assert 'zebra' in gold
+    # training: gold partner personas in the input
+    train_obs = drg.observe(Message({**example, 'labels': example['labels']}))
+    assert gold in train_obs['text']
+    drg.reset()
+    # inference: the PPG's output, computed from (context, self personas) only
+    eval_msg = {k: v for k, v in example.items() if k != 'labels'}
+    eval_msg['eval_labels'] = example['labels']
+    obs = drg.observe(Message(eval_msg))
+    reply = drg.batch_act([obs])[0]
+    ppg = create_agent_from_model_file(str(folder / 'ppg'), {'datatype': 'valid'})
+    expected = generate_texts(ppg, [ppg_source(example['context'], example['self_persona'])])[0]
+    assert reply['generated_partner_persona'] == expected
+    used = drg.dict.vec2txt(obs['text_vec'].tolist())
+    assert "partner's persona" in obs['text'] and expected in obs['text']
+    assert gold not in obs['text'] and 'zebra' not in used
+    assert used == drg.dict.vec2txt(drg.dict.txt2vec(obs['text']))
+
+
+@pytest.mark.parametrize(
+    'mode,top_k,in_train,in_eval',
+    [
+        ('none', 0, None, None),
+        ('train_only', 0, 'all', None),
+        ('gold', 0, 'all', 'all'),
+        ('gold', 1, 'top', 'top'),
+    ],
+)
+def test_table1_partner_persona_options(tmp_path, mode, top_k, in_train, in_eval):
+    data = write_both(tmp_path)
+    example = messages(make_teacher('ppg_ext', data))[8]  # turn 4: "zebra stamps , a rare set"
+    agent = agent_from(
+        '-m', 'ppg_response_generator', '--partner-personas', mode,
+        '--partner-top-k', str(top_k), '--dict-file', str(tmp_path / 'd.dict'),
+        '--n-layers', '1', '--embedding-size', '8', '--n-heads', '2', '--ffn-size', '8',
+    )  # fmt: skip
+    # the context says "stamps" twice and "zebra": BM25's top-1 sentence is the stamps one
+    variants = {
+        'all': "partner's persona: i collect zebra stamps. i have a pet parrot.",
+        'top': "partner's persona: i collect zebra stamps.",
+    }
+    for labels_key, expected in (('labels', in_train), ('eval_labels', in_eval)):
+        msg = {k: v for k, v in example.items() if k != 'labels'}
+        msg[labels_key] = example['labels']
+        agent.reset()
+        text = agent.observe(Message(msg))['text']
+        last = text.split('\n')[-1]
+        if expected is None:
+            assert "partner's persona" not in text
+        else:
+            assert last == variants[expected]
+
+
+# --- the RL stage (§3.3) -----------------------------------------------------------------------
+def rl_agent(folder: Path, data: Path, model_file: Path, *extra: str):
+    return agent_from(
+        '-m', 'ppg_rl', '-t', 'ppg_ext', '--personachat-file', str(data),
+        '-mf', str(model_file), '--init-model', str(folder / 'drg'),
+        '--ppg-model-file', str(folder / 'ppg'), '--critic-model-file', str(folder / 'critic'),
+        '-dt', 'train', '--learningrate', '1e-3', '--gradient-clip', '-1',
+        '--rl-response-max-len', '6', '--rl-persona-max-len', '8', *extra,
+    )  # fmt: skip
+
+
+def state_copy(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def sequence_log_prob(agent, model, source, sample) -> torch.Tensor:
+    from parlai_ext.losses.reinforce import sequence_log_probs
+
+    model.eval()
+    with torch.no_grad():
+        logits = agent._teacher_forced_logits(model, source, sample)
+        per_token, mask = sequence_log_probs(logits, sample, model.NULL_IDX)
+    return (per_token * mask).sum(-1)
+
+
+@pytest.mark.parametrize('probability,direction', [(0.9, 1), (0.1, -1)])
+def test_rl_step_moves_both_generators_by_the_critic_reward(
+    trained, tmp_path, probability, direction
+):
+    folder, data = trained
+    agent = rl_agent(folder, data, tmp_path / 'rl')
+    # architecture and dropout taken from the DRG's .opt
+    assert agent.opt['embedding_size'] == 16 and agent.opt['dropout'] == 0.0
+    critic_before = state_copy(agent.critic.model)
+    optimised = {id(p) for group in agent.optimizer.param_groups for p in group['params']}
+    assert not optimised & {id(p) for p in agent.critic.model.parameters()}
+    assert {id(p) for p in agent.model.ppg.parameters()} <= optimised
+    # a critic that says "relevant" (R = +1) or "not relevant" (R = -1) for every pair
+    agent.critic.positive_probability = lambda personas, responses: torch.full(
+        (len(responses),), probability
+    )
+    samples = []
+    original = agent._sample
+
+    def recording(generator, sources, max_len):
+        out = original(generator, sources, max_len)
+        samples.append((generator.model, out[0], out[1]))
+        return out
+
+    agent._sample = recording
+    examples = messages(make_teacher('ppg_ext', data, datatype='train'))[:4]
+    observations = []
+    for example in examples:
+        agent.reset()
+        observations.append(agent.observe(Message(example)))
+    agent.reset()
+    torch.manual_seed(0)
+    agent.batch_act(observations)
+    (ppg_model, ppg_src, ppg_sample), (drg_model, drg_src, drg_sample) = samples
+    assert ppg_model is agent.model.ppg and drg_model is agent.model
+    # compare with the log-probs the same samples had before the update
+    fresh = rl_agent(folder, data, tmp_path / 'rl_fresh')
+    before_ppg = sequence_log_prob(fresh, fresh.model.ppg, ppg_src, ppg_sample)
+    before_drg = sequence_log_prob(fresh, fresh.model, drg_src, drg_sample)
+    after_ppg = sequence_log_prob(agent, agent.model.ppg, ppg_src, ppg_sample)
+    after_drg = sequence_log_prob(agent, agent.model, drg_src, drg_sample)
+    assert bool(((after_ppg - before_ppg) * direction > 0).all())
+    assert bool(((after_drg - before_drg) * direction > 0).all())
+    # the critic is frozen: not one weight moved
+    for key, value in agent.critic.model.state_dict().items():
+        assert torch.equal(value, critic_before[key]), key
+
+
+def test_rl_checkpoints_both_generators_and_resumes(trained, tmp_path, parlai_cli):
+    folder, data = trained
+    model_file = tmp_path / 'rl'
+    args = [
+        'train_model', '-m', 'ppg_rl', '-t', 'ppg_ext', '--personachat-file', str(data),
+        '--ppg-valid-episodes', '1', '-mf', str(model_file), '--init-model', str(folder / 'drg'),
+        '--ppg-model-file', str(folder / 'ppg'), '--critic-model-file', str(folder / 'critic'),
+        '-bs', '4', '--learningrate', '1e-2', '-vstep', '-1', '--rl-response-max-len', '6',
+        '--rl-persona-max-len', '8', '--ppg-inference', 'greedy', '--label-truncate', '6',
+    ]  # fmt: skip
+    parlai_cli(*args, '--max-train-steps', '2', env=THREADS)
+    for suffix in ('', '.opt', '.ppg', '.ppg.opt', '.ppg.dict', '.drg', '.drg.opt', '.drg.dict'):
+        assert Path(f'{model_file}{suffix}').exists(), suffix
+    saved = torch.load(model_file, map_location='cpu', weights_only=False)
+    assert saved['optimizer']  # resumable: the optimizer of both generators
+    joint = saved['model']
+    # the standalone files hold exactly the two halves of the joint model
+    ppg = create_agent_from_model_file(f'{model_file}.ppg', {'datatype': 'valid'})
+    for key, value in ppg.model.state_dict().items():
+        assert torch.equal(value, joint[f'ppg.{key}']), key
+    drg = create_agent_from_model_file(f'{model_file}.drg', {'datatype': 'valid'})
+    assert type(drg).__name__ == 'PpgResponseGeneratorAgent'
+    assert drg.opt['ppg_model_file'] == f'{model_file}.ppg'
+    for key, value in drg.model.state_dict().items():
+        assert torch.equal(value, joint[key]), key
+    # RL changed both generators
+    initial_ppg = torch.load(folder / 'ppg', map_location='cpu', weights_only=False)['model']
+    initial_drg = torch.load(folder / 'drg', map_location='cpu', weights_only=False)['model']
+    assert any(not torch.equal(v, joint[f'ppg.{k}']) for k, v in initial_ppg.items())
+    assert any(not torch.equal(v, joint[k]) for k, v in initial_drg.items())
+    # resume: train_model continues from the checkpoint (steps and both generators' weights)
+    resumed = rl_agent(folder, data, model_file)
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, joint[key]), key
+    parlai_cli(*args, '--max-train-steps', '4', env=THREADS)
+    stats = json.loads(Path(f'{model_file}.trainstats').read_text())
+    assert stats['train_steps'] == 4
+    again = torch.load(model_file, map_location='cpu', weights_only=False)['model']
+    assert any(not torch.equal(v, joint[k]) for k, v in again.items() if k.startswith('ppg.'))
