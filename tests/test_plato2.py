@@ -156,6 +156,16 @@ def test_k_latents_in_one_batch_equal_one_at_a_time(generator):
             assert torch.allclose(tiled.caches[1][0][rows], single.caches[1][0], atol=1e-5)
 
 
+def test_all_latents_in_one_pass_equal_one_latent_at_a_time(generator):
+    context, response = _batch()
+    with torch.no_grad():
+        every = generator.response_hidden_per_latent(context, response)  # (B, K, Lr, dim)
+        for z in range(5):
+            weights = F.one_hot(torch.full((2,), z), 5).float()
+            hidden, _ = generator.encode(context, response, generator.latent_vectors(weights))
+            assert torch.allclose(every[:, z], hidden[:, 6:], atol=1e-5)
+
+
 def test_copy_numbers_assigns_latent_values_per_copy():
     assert copy_numbers(torch.tensor([0, 0, 0, 1, 1, 1])).tolist() == [0, 1, 2, 0, 1, 2]
     assert copy_numbers(torch.tensor([3, 1, 3, 1])).tolist() == [0, 0, 1, 1]
@@ -407,6 +417,25 @@ def test_rerank_penalties_and_logprob_ranking(stage1, tmp_path):
         assert (score < -500) == bool(penalised), (text, score)
         if not penalised:
             assert -20 < score < 0  # a length-averaged log-probability
+
+
+def test_uniform_prior_ppl_with_one_latent_value_is_the_ppl(stage1, tmp_path):
+    model_file, _ = stage1
+    reports = {}
+    for n_latent in ('1', '3'):
+        agent = create_agent(
+            _opt('-m', 'plato2', '--init-model', model_file, '-mf', str(tmp_path / n_latent),
+                 '--n-latent', n_latent, '--uniform-prior-ppl', 'true')
+        )  # fmt: skip
+        agent.observe(
+            {'text': 'where do you live ?', 'eval_labels': ['i live in paris .'],
+             'episode_done': True}
+        )  # fmt: skip
+        metrics = agent.act()['metrics']  # per-example metrics, as the teacher receives them
+        reports[n_latent] = {key: float(value) for key, value in metrics.items()}
+    # K = 1: the posterior's z and the uniform prior's are the same single value
+    assert reports['1']['uniform_z_ppl'] == pytest.approx(reports['1']['ppl'], rel=1e-5)
+    assert 1 < reports['3']['uniform_z_ppl'] < 1e6 and reports['3']['z_used'] == 1
 
 
 def test_latent_usage_metric_counts_values_used():

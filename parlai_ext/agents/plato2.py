@@ -26,6 +26,7 @@ that never end, repeat a word trigram of a context turn, or repeat a trigram of 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from parlai.core.metrics import AverageMetric, Metric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch, Output
-from parlai.core.torch_generator_agent import NucleusSampling, TopKSampling, TreeSearch
+from parlai.core.torch_generator_agent import NucleusSampling, PPLMetric, TopKSampling, TreeSearch
 from parlai.core.torch_ranker_agent import TorchRankerAgent
 from parlai.utils import logging
 from torch import nn
@@ -282,6 +283,14 @@ class Plato2Agent(UnifiedTransformerAgent):
             'maximum length without ending, repeats a word trigram of a context turn, or '
             'repeats a trigram of its own',
         )
+        group.add_argument(
+            '--uniform-prior-ppl',
+            type='bool',
+            default=False,
+            help='in evaluation, also report uniform_z_ppl: the perplexity of '
+            'p(r|c) = 1/K sum_z p(r|c,z), z uniform (K passes per batch); the ppl metric '
+            'uses z read from the response by the posterior',
+        )
         parser.set_defaults(inference='topk', topk=10, beam_min_length=1)
         return parser
 
@@ -344,8 +353,26 @@ class Plato2Agent(UnifiedTransformerAgent):
         )
         counts = latent_counts(out.posterior_logits).tolist()
         self.record_local_metric('z_used', [LatentUsageMetric(tuple(c)) for c in counts])
+        if self.opt.get('uniform_prior_ppl') and not self.model.training:
+            self._record_uniform_prior_ppl(batch)
         loss = nll + bow
         return (loss, model_output) if return_output else loss
+
+    @torch.no_grad()
+    def _record_uniform_prior_ppl(self, batch: Batch) -> None:
+        """uniform_z_ppl: -log(1/K sum_z p(r|c,z)) per token (teacher forcing, all K z)."""
+        model = getattr(self.model, 'module', self.model)
+        labels = batch.label_vec
+        inputs = model._get_initial_forced_decoder_input(labels.size(0), labels[:, :-1])
+        hidden = model.transformer.response_hidden_per_latent(batch.text_vec, inputs)
+        log_probs = F.log_softmax(model.output(hidden.flatten(0, 1)).float(), dim=-1)
+        expanded = labels.repeat_interleave(self.n_latent, dim=0)
+        notnull = expanded != self.NULL_IDX
+        token_ll = log_probs.gather(-1, expanded.masked_fill(~notnull, 0)[..., None])[..., 0]
+        per_latent = (token_ll * notnull).sum(dim=-1).view(-1, self.n_latent)  # (B, K)
+        marginal = torch.logsumexp(per_latent, dim=-1) - math.log(self.n_latent)
+        n_tokens = (labels != self.NULL_IDX).sum(dim=-1)
+        self.record_local_metric('uniform_z_ppl', PPLMetric.many(-marginal, n_tokens))
 
     def rank_eval_label_candidates(self, batch, batchsize):
         raise NotImplementedError(

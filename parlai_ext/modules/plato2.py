@@ -122,6 +122,26 @@ class Plato2Generator(UnifiedTransformer):
             context=state,
         )
 
+    def response_hidden_per_latent(
+        self, context: torch.Tensor, response: torch.Tensor
+    ) -> torch.Tensor:
+        """Generation-pass response states for every latent value, in one batched pass.
+
+        :return: ``(batch, K, Lr, dim)``; row ``[b, z]`` is conditioned on one-hot z. With the
+            output layer this gives log p(r|c,z) for all z, e.g. for the marginal
+            p(r|c) = 1/K sum_z p(r|c,z) under a uniform prior (there is no prior network).
+        """
+        batch, n_latent = context.shape[0], self.n_latent
+        latent_ids = torch.arange(n_latent, device=context.device).repeat(batch)
+        weights = F.one_hot(latent_ids, n_latent).to(self.latent_embedding.dtype)
+        hidden, state = self.encode(
+            context.repeat_interleave(n_latent, dim=0),
+            response.repeat_interleave(n_latent, dim=0),
+            self.latent_vectors(weights),
+        )
+        response_hidden = hidden[:, state.valid.shape[1] :]
+        return response_hidden.view(batch, n_latent, *response_hidden.shape[1:])
+
     def encode_latent_context(
         self, context: torch.Tensor, latent_ids: torch.Tensor
     ) -> ContextState:

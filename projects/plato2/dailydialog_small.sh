@@ -39,11 +39,12 @@ step() {
     $PARLAI train_model -m plato2_evaluator --init-model "$OUT/stage1" "${TASK[@]}" \
       "${TRAIN[@]}" -mf "$OUT/stage22" -lr 1e-3 --warmup-updates 200 --num-epochs 0.5 \
       -vmt hits@1 -vmm max || test -f "$OUT/stage22" ;;
-  ppl)  # teacher-forced validation perplexity of both generators
-    for model in stage1 stage21; do
-      $PARLAI eval_model -mf "$OUT/$model" "${TASK[@]}" -dt valid --skip-generation true \
-        --report-filename "$OUT/ppl_$model.json"
-    done ;;
+  ppl)  # teacher-forced validation perplexity of both generators (stage 2.1: z from the
+         # posterior, and p(r|c) = 1/K sum_z p(r|c,z) with z uniform)
+    $PARLAI eval_model -mf "$OUT/stage1" "${TASK[@]}" -dt valid --skip-generation true \
+      --report-filename "$OUT/ppl_stage1.json"
+    $PARLAI eval_model -mf "$OUT/stage21" "${TASK[@]}" -dt valid --skip-generation true \
+      --uniform-prior-ppl true --report-filename "$OUT/ppl_stage21.json" ;;
   generate)  # K=20 candidates per context, three ways of choosing one
     for ranking in evaluator logprob random; do
       $PARLAI eval_model -mf "$OUT/stage21" "${TASK[@]}" -dt valid --num-examples "$GEN_EXS" \
