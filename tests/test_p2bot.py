@@ -392,3 +392,31 @@ def test_hf_receiver_encoder_mean_pools_over_tokens(tmp_path):
         got = encoder(tokens)
         alone = model(input_ids=tokens[:, :4]).last_hidden_state.mean(dim=1)
     assert torch.allclose(got, alone, atol=1e-5)
+
+
+def test_probe_metrics_rank_the_true_persona_and_its_sentences():
+    from parlai_ext.scripts.p2bot_probe import evaluate
+
+    examples = [
+        {'utterances': ['u'], 'personas': [['a1', 'a2'], ['t1', 't2', 't3'], ['b1']], 'true': 1},
+        {'utterances': ['u'], 'personas': [['t1'], ['a1', 'a2']], 'true': 0},
+    ]
+
+    def perfect(utterances, personas):
+        return [1.0 if p[0].startswith('t') else 0.0 for p in personas]
+
+    def perfect_sentences(utterances, sentences):
+        return [1.0 if s.startswith('t') else 0.0 for s in sentences]
+
+    def inverted(utterances, personas):
+        return [-x for x in perfect(utterances, personas)]
+
+    def ordered_sentences(utterances, sentences):  # t-sentences ranked 1, 2, 3 (tie-free)
+        return [10.0 - int(s[1]) if s.startswith('t') else 0.0 for s in sentences]
+
+    best = evaluate(examples, perfect, perfect_sentences)
+    assert best == {'hits@1': 1.0, 'mrr': 1.0, 'sent_mrr': 1.0, 'exs': 2}
+    worst = evaluate(examples, inverted, ordered_sentences)
+    assert worst['hits@1'] == 0.0
+    assert worst['mrr'] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert worst['sent_mrr'] == pytest.approx(((1 + 1 / 2 + 1 / 3) / 3 + 1.0) / 2)
