@@ -234,3 +234,23 @@ def test_rl_checkpoints_both_generators_and_resumes(trained, tmp_path, parlai_cl
     assert stats['train_steps'] == 4
     again = torch.load(model_file, map_location='cpu', weights_only=False)['model']
     assert any(not torch.equal(v, joint[k]) for k, v in again.items() if k.startswith('ppg.'))
+
+
+# --- cold start (§5.2) ----------------------------------------------------------------------
+def test_cold_start_script_evaluates_each_number_of_visible_turns(trained, tmp_path, parlai_cli):
+    folder, data = trained
+    report = tmp_path / 'cold.json'
+    proc = parlai_cli(
+        'ppg_cold_start', '-mf', str(folder / 'drg'), '-t', 'ppg_ext',
+        '--personachat-file', str(data), '-dt', 'valid', '--turns', '1,2,4',
+        '--partner-personas', 'generated', '--ppg-model-file', str(folder / 'ppg'),
+        '--skip-generation', 'true', '--cold-start-report', str(report),
+        env=THREADS,
+    )  # fmt: skip
+    rows = json.loads(report.read_text())['rows']
+    # every episode has turns 1 and 2; only the third (4 turns) has a 4th
+    assert [rows[n]['exs'] for n in ('1', '2', '4')] == [3, 3, 1]
+    assert all(rows[n]['ppl'] > 1 for n in rows)
+    assert rows['1']['ppl'] != rows['2']['ppl']
+    table = proc.stdout.split('   N')[-1].splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ['1', '2', '4']
