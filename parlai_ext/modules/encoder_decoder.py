@@ -20,6 +20,7 @@ from parlai_ext.modules.transformer import (
     Embeddings,
     LayerCache,
     TransformerStack,
+    bidirectional_mask,
     causal_mask,
     init_weights,
 )
@@ -84,9 +85,7 @@ class EncoderDecoder(nn.Module):
         valid = source != self.padding_idx
         positions = torch.arange(source.shape[1], device=source.device).expand_as(source)
         x = self.embeddings(source, positions)
-        # keys: valid tokens; a padded row also sees itself so attention never gets NaN
-        eye = torch.eye(source.shape[1], dtype=torch.bool, device=source.device)
-        hidden, _ = self.encoder(x, valid[:, None, None, :] | eye)
+        hidden, _ = self.encoder(x, bidirectional_mask(valid))
         memories = [
             layer.cross_attention.project_key_value(hidden) for layer in self.decoder.layers
         ]

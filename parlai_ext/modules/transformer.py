@@ -250,3 +250,62 @@ def causal_mask(query_len: int, key_len: int, device: torch.device) -> torch.Ten
     offset = key_len - query_len
     query_index = torch.arange(query_len, device=device)[:, None] + offset
     return torch.arange(key_len, device=device)[None, :] <= query_index
+
+
+def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, L, L)`` bool: every token sees every valid token (a padded row also sees
+    itself, so attention never gets an all-masked row and NaN)."""
+    length = valid.shape[1]
+    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
+    return valid[:, None, None, :] | eye
+
+
+class TransformerEncoder(nn.Module):
+    """A BERT-style bidirectional encoder trained from scratch: the one encoder of the project.
+
+    Token (+ type) + learned position embeddings and a :class:`TransformerStack`; returns the
+    last layer's states. Used by the retrieval/reward models (CORAL), critics (PPG) and
+    sentence encoders (P2Bot's receiver).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 256,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        ffn_dim: int = 1024,
+        n_positions: int = 512,
+        n_types: int = 2,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation: str = 'gelu',
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.hidden_size = dim
+        self.max_len = n_positions
+        self.embeddings = Embeddings(vocab_size, dim, n_positions, n_types, padding_idx, dropout)
+        self.stack = TransformerStack(
+            n_layers,
+            dim,
+            n_heads=n_heads,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation=activation,
+        )
+        init_weights(self.stack)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        type_ids: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(batch, L)`` ids (and types, validity) -> ``(batch, L, dim)`` states."""
+        if valid is None:
+            valid = ids != self.embeddings.tokens.padding_idx
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        hidden, _ = self.stack(self.embeddings(ids, positions, type_ids), bidirectional_mask(valid))
+        return hidden

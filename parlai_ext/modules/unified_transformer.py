@@ -36,6 +36,7 @@ from parlai_ext.modules.transformer import (
     Embeddings,
     LayerCache,
     TransformerStack,
+    bidirectional_mask,
     causal_mask,
     init_weights,
     prefix_lm_mask,
@@ -43,14 +44,6 @@ from parlai_ext.modules.transformer import (
 
 CONTEXT_TYPE = 0
 RESPONSE_TYPE = 1
-
-
-def bidirectional_mask(valid: torch.Tensor) -> torch.Tensor:
-    """``(batch, 1, L, L)`` bool: every position sees every valid one (and itself, so padded
-    rows never produce NaN)."""
-    length = valid.shape[1]
-    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
-    return (valid[:, None, :] | eye[None])[:, None]
 
 
 @dataclass
