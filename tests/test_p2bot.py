@@ -420,3 +420,28 @@ def test_probe_metrics_rank_the_true_persona_and_its_sentences():
     assert worst['hits@1'] == 0.0
     assert worst['mrr'] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert worst['sent_mrr'] == pytest.approx(((1 + 1 / 2 + 1 / 3) / 3 + 1.0) / 2)
+
+
+def test_paper_hyperparameters_are_the_defaults():
+    selfplay = ParlaiParser(True, True).parse_args(
+        ['-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay']
+    )
+    assert selfplay['learningrate'] == 1e-6  # self-play lr (§5.1)
+    assert (selfplay['rs_lambda1'], selfplay['rs_lambda2'], selfplay['rs_lambda3']) == (
+        0.4,
+        0.1,
+        0.5,
+    )
+    assert selfplay['rs_gamma'] == 0.5 and selfplay['rerank_alpha'] == 0.1
+    assert (selfplay['inference'], selfplay['beam_size'], selfplay['selfplay_turns']) == (
+        'beam',
+        2,
+        3,
+    )
+    assert selfplay['selfplay_max_len'] == 32
+    receiver = ParlaiParser(True, True).parse_args(
+        ['-m', 'p2bot_receiver', '-t', 'p2bot_selfplay:receiver']
+    )
+    assert (receiver['margin'], receiver['l1_beta']) == (0.4, 1e-4)
+    assert (receiver['tau_start'], receiver['tau_end']) == (10.0, 0.5)
+    assert (receiver['receiver_distractors'], receiver['receiver_eval_distractors']) == (1, 31)

@@ -196,6 +196,18 @@ def split_history(raw_turns: Sequence[str]) -> tuple[list[str], list[tuple[bool,
     return persona, [((last - i) % 2 == 1, text) for i, text in enumerate(texts)]
 
 
+def _fit_positions_to_hf(opt: Opt) -> Opt:
+    """``--n-positions`` no larger than the HF model's own position limit (if it has one)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
+    limit = getattr(config, 'max_position_embeddings', None) or getattr(config, 'n_positions', 0)
+    if limit and opt['n_positions'] > limit:
+        opt = Opt(opt)
+        opt['n_positions'] = limit
+    return opt
+
+
 class P2BotTransmitterModel(TorchGeneratorModel):
     """ParlAI's encoder/decoder interface over :class:`Transmitter` (for tree search)."""
 
@@ -332,6 +344,8 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
             beam_size=2,
             label_truncate=32,
         )
+        if (partial_opt or {}).get('task') == 'p2bot_selfplay':
+            parser.set_defaults(learningrate=1e-6)  # self-play fine-tuning (§5.1)
         init = (partial_opt or {}).get('init_model')
         if init and os.path.isfile(init + '.opt'):
             saved = Opt.load(init + '.opt')
@@ -343,6 +357,8 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
         return P2BotDictionaryAgent
 
     def __init__(self, opt: Opt, shared=None) -> None:
+        if opt.get('hf_model_dir') and not shared:
+            opt = _fit_positions_to_hf(opt)
         super().__init__(default_truncation(opt), shared)
         self.rng = random.Random(opt.get('seed') or 0)
         self.recent_labels: collections.deque[str] = collections.deque(maxlen=2000)
