@@ -326,6 +326,14 @@ def test_stage1_file_loads_into_stage_2_1_and_2_2(stage1, tmp_path):
         for name, tensor in backbone.items():
             assert torch.equal(state[name], tensor), name
     assert generator.model.transformer.latent_embedding.shape == (4, 32)
+    # train_model may have built another dictionary at MODEL.dict (from the data): saving
+    # writes the one the model uses (the stage-1 dictionary) over it
+    for agent, name in ((generator, 'g'), (evaluator, 'e')):
+        with open(str(tmp_path / f'{name}.dict'), 'w') as handle:
+            handle.write('zebra\t1\n')
+        agent.save()
+        saved = open(str(tmp_path / f'{name}.dict')).read()
+        assert saved == open(model_file + '.dict').read()
     # a checkpoint of the wrong kind is refused
     with pytest.raises(RuntimeError, match='does not match'):
         evaluator.load_state_dict(generator.model.state_dict())

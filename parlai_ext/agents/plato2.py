@@ -128,6 +128,18 @@ def load_with_fresh(model: nn.Module, state_dict: dict, fresh: tuple[str, ...]) 
     return list(missing)
 
 
+def save_model_dictionary(agent, path: str | None) -> None:
+    """Write the dictionary the model uses to ``PATH.dict``, replacing any other file there.
+
+    ``parlai train_model --init-model STAGE1`` without ``--dict-file`` builds a dictionary
+    from the data at ``MODEL.dict`` before the agent exists, while the agent (rightly) loads
+    ``STAGE1.dict``, whose ids the model has; ParlAI's ``save`` keeps an existing ``.dict``,
+    so the model file would be saved next to the wrong dictionary.
+    """
+    if path and hasattr(agent, 'dict') and agent.opt.get('dict_file') != path + '.dict':
+        agent.dict.save(path + '.dict', sort=False)
+
+
 class LatentUsageMetric(Metric):
     """How many of the K latent values the posterior's argmax picked at least once.
 
@@ -319,6 +331,11 @@ class Plato2Agent(UnifiedTransformerAgent):
 
     def load_state_dict(self, state_dict: dict) -> None:
         load_with_fresh(self.model, state_dict, GENERATOR_FRESH)
+
+    def save(self, path: str | None = None) -> None:
+        path = self.opt.get('model_file') if path is None else path
+        save_model_dictionary(self, path)
+        super().save(path)
 
     def share(self) -> dict:
         shared = super().share()
@@ -521,6 +538,11 @@ class Plato2EvaluatorAgent(TorchRankerAgent):
 
     def load_state_dict(self, state_dict: dict) -> None:
         load_with_fresh(self.model, state_dict, EVALUATOR_FRESH)
+
+    def save(self, path: str | None = None) -> None:
+        path = self.opt.get('model_file') if path is None else path
+        save_model_dictionary(self, path)
+        super().save(path)
 
     @property
     def _module(self) -> Plato2EvaluatorModel:

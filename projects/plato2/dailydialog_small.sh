@@ -32,12 +32,13 @@ step() {
       "${SIZE[@]}" "${TRAIN[@]}" -mf "$OUT/stage1" -lr 1e-3 --warmup-updates 500 \
       --num-epochs 1 --skip-generation true -vmt ppl -vmm min || test -f "$OUT/stage1" ;;
   stage21)  # fine-grained generation, Eq. 2-6 (sizes and dictionary from stage 1)
-    $PARLAI train_model -m plato2 --init-model "$OUT/stage1" "${TASK[@]}" "${TRAIN[@]}" \
+    $PARLAI train_model -m plato2 --init-model "$OUT/stage1" --dict-file "$OUT/stage1.dict" \
+      "${TASK[@]}" "${TRAIN[@]}" \
       -mf "$OUT/stage21" --n-latent 20 -lr 5e-4 --warmup-updates 200 --num-epochs 0.5 \
       --skip-generation true -vmt ppl -vmm min || test -f "$OUT/stage21" ;;
   stage22)  # evaluation model, Eq. 7-9 (sizes and dictionary from stage 1)
-    $PARLAI train_model -m plato2_evaluator --init-model "$OUT/stage1" "${TASK[@]}" \
-      "${TRAIN[@]}" -mf "$OUT/stage22" -lr 1e-3 --warmup-updates 200 --num-epochs 0.5 \
+    $PARLAI train_model -m plato2_evaluator --init-model "$OUT/stage1" \
+      --dict-file "$OUT/stage1.dict" "${TASK[@]}" "${TRAIN[@]}" -mf "$OUT/stage22" -lr 1e-3 --warmup-updates 200 --num-epochs 0.5 \
       -vmt hits@1 -vmm max || test -f "$OUT/stage22" ;;
   ppl)  # teacher-forced validation perplexity of both generators (stage 2.1: z from the
          # posterior, and p(r|c) = 1/K sum_z p(r|c,z) with z uniform)
