@@ -64,11 +64,13 @@ def test_receiver_trains_and_anneals_tau(trained):
     assert 'rec_hits@1' in final_report(trained['rx_out'].stdout + trained['rx_out'].stderr)
 
 
-def _selfplay_args(trained, model_file: Path, steps: int, log: Path) -> list[str]:
+def _selfplay_args(
+    trained, model_file: Path, steps: int, log: Path, init: bool = True
+) -> list[str]:
     root = trained['root']
     return [
-        'train_model', '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay',
-        *trained['common'], '--init-model', str(root / 'tx'), '-mf', str(model_file),
+        'train_model', '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay', *trained['common'],
+        *(['--init-model', str(root / 'tx')] if init else []), '-mf', str(model_file),
         '--selfplay-receiver-model', str(root / 'rx'), '-bs', '3', '-lr', '1e-6',
         '--max-train-steps', str(steps), '--log-every-n-steps', '1',
         '--selfplay-max-len', '6', '--selfplay-log-file', str(log),
@@ -88,8 +90,9 @@ def test_selfplay_runs_logs_rewards_and_resumes(trained, tmp_path):
     assert records[0]['dialogue'][0] in {t[1] + ' .' for t in TOPICS}  # opener from the data
     stats = json.loads(Path(str(model_file) + '.trainstats').read_text())
     assert stats['train_steps'] == 2
-    second = run_parlai(*_selfplay_args(trained, model_file, 4, log))
-    # resumed: counters, updates and the frozen user come back from the first run
+    # resumed without --init-model: counters, updates and the frozen user (remembered in the
+    # model's .opt) come back from the first run
+    second = run_parlai(*_selfplay_args(trained, model_file, 4, log, init=False))
     stats = json.loads(Path(str(model_file) + '.trainstats').read_text())
     assert stats['train_steps'] == 4
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -242,3 +245,15 @@ def test_receiver_from_a_local_hf_encoder(trained, tmp_path):
         ['my bees made honey again'], [['i keep bees in my garden.'], ['i play the cello.']]
     )
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_probe_script_ranks_personas_with_receiver_random_and_ir(trained):
+    out = run_parlai(
+        'p2bot_probe', '--personachat-file', str(trained['data']), '--p2bot-train-episodes',
+        '8', '-dt', 'valid', '--receiver-eval-distractors', '3', '--receiver-model-file',
+        str(trained['root'] / 'rx'), '--report-filename', str(trained['root'] / 'probe.json'),
+    )  # fmt: skip
+    report = json.loads((trained['root'] / 'probe.json').read_text())
+    assert set(report) == {'random', 'ir_tfidf', 'receiver'}
+    assert all(values['exs'] == 4 for values in report.values())  # 2 dialogues x 2 sides
+    assert 'receiver' in out.stdout and 'sent_mrr' in out.stdout
