@@ -106,3 +106,17 @@ def test_display_model_shows_model_replies(trained):
     )  # fmt: skip
     replies = [line for line in out.stdout.splitlines() if line.strip().startswith('model:')]
     assert len(replies) == 3 and all(line.split(':', 1)[1].strip() for line in replies)
+
+
+def test_converges_on_parlai_integration_tests_task(tmp_path):
+    """ParlAI's own offline copy task: the loss falls at least 10-fold and greedy decoding copies."""
+    model_file = str(tmp_path / 'model')
+    run_parlai(
+        'train_model', *TINY_MODEL, '-t', 'integration_tests:nocandidate', '-mf', model_file,
+        '-bs', '16', '-lr', '3e-3', '--num-epochs', '30', '--log-every-n-steps', '50',
+        '--skip-generation', 'false', '--inference', 'greedy', '-vtim', '120', timeout=900,
+    )  # fmt: skip
+    stats = json.load(open(model_file + '.trainstats'))
+    first, last = stats['train_reports'][0]['loss'], stats['train_reports'][-1]['loss']
+    assert last < first / 10, (first, last)
+    assert stats['final_valid_report']['token_acc'] > 0.9
