@@ -31,6 +31,7 @@ PATCHED_MODULES = {
     'parlai.nn.lr_scheduler': ((), ('patch_lr_scheduler',)),
     'parlai.utils.distributed': ((), ('patch_distributed',)),
     'parlai.utils.fsdp': ((), ('patch_fsdp_join',)),
+    'parlai.scripts.train_model': ((), ('patch_train_loop_seed',)),
     'parlai.agents.hugging_face.gpt2': ((), ('patch_hf_gpt2',)),
     'rouge.rouge': (
         ('ensure_pkg_resources',),

@@ -346,3 +346,24 @@ def patch_dict_class_agent(module: types.ModuleType) -> None:
         return original(self)
 
     module.TorchAgent.build_dictionary = build_dictionary
+
+
+# --- 10. ``--seed`` seeds the model's initialisation --------------------------------------------
+# parlai/scripts/train_model.py calls set_seed(opt['seed']) only after TrainLoop(opt) has built
+# the agent, so ``--seed`` never made the initial weights reproducible (two runs with the same
+# seed start from different models). The patch seeds ``random`` and torch at the start of
+# TrainLoop.__init__ as well, which also covers each ``multiprocessing_train`` worker.
+
+
+def patch_train_loop_seed(module: types.ModuleType) -> None:
+    import functools
+
+    original = module.TrainLoop.__init__
+
+    @functools.wraps(original)  # __wrapped__: the unpatched one (for the test)
+    def __init__(self, opt):
+        if opt.get('seed') is not None:
+            module.set_seed(opt['seed'])
+        original(self, opt)
+
+    module.TrainLoop.__init__ = __init__

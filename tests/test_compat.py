@@ -143,3 +143,26 @@ def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
         *workers, env=env, timeout=900,
     )  # fmt: skip
     assert 'ppl' in out.stdout + out.stderr
+
+
+def test_train_model_seed_makes_the_initial_weights_reproducible(tmp_path):
+    from parlai.scripts.train_model import TrainLoop, setup_args
+
+    def initial_weights(init) -> list[torch.Tensor]:
+        opt = setup_args().parse_args(
+            ['-m', 'unified_transformer', '-t', 'integration_tests:nocandidate',
+             '--n-layers', '1', '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32',
+             '-mf', str(tmp_path / 'model'), '--seed', '7']
+        )  # fmt: skip
+        loop = TrainLoop.__new__(TrainLoop)
+        init(loop, opt)
+        weights = [p.detach().clone() for p in loop.agent.model.parameters()]
+        torch.rand(5)  # move the global generator on, as anything else in a process would
+        return weights
+
+    patched = TrainLoop.__init__
+    first, second = initial_weights(patched), initial_weights(patched)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    unpatched = patched.__wrapped__
+    first, second = initial_weights(unpatched), initial_weights(unpatched)
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))

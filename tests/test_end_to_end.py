@@ -112,8 +112,11 @@ def test_converges_on_parlai_integration_tests_task(tmp_path):
     """ParlAI's own offline copy task: the loss falls at least 10-fold and greedy decoding copies."""
     model_file = str(tmp_path / 'model')
     run_parlai(
-        'train_model', *TINY_MODEL, '-t', 'integration_tests:nocandidate', '-mf', model_file,
-        '-bs', '16', '-lr', '3e-3', '--num-epochs', '30', '--log-every-n-steps', '50',
+        'train_model', '-m', 'unified_transformer', '--n-layers', '2', '--n-heads', '4',
+        '--embedding-size', '64', '--ffn-size', '128', '--dropout', '0', '--seed', '0',
+        '-t', 'integration_tests:nocandidate', '-mf', model_file,
+        '-bs', '16', '-opt', 'adamw', '-lr', '3e-3', '--warmup-updates', '100',
+        '--num-epochs', '60', '--log-every-n-steps', '50',
         '--skip-generation', 'false', '--inference', 'greedy', '-vtim', '120', timeout=900,
     )  # fmt: skip
     stats = json.load(open(model_file + '.trainstats'))

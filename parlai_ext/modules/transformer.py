@@ -184,7 +184,7 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.n_positions = n_positions
         nn.init.normal_(self.tokens.weight, std=dim**-0.5)
-        nn.init.normal_(self.positions.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=dim**-0.5)
         if padding_idx is not None:
             with torch.no_grad():
                 self.tokens.weight[padding_idx].zero_()
