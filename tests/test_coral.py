@@ -26,8 +26,8 @@ from parlai_ext.losses.coral import (
     roc_auc,
 )
 from parlai_ext.losses.reinforce import reward_weighted_nll, sequence_log_probs
-from parlai_ext.modules.coral import CrossEncoder, Esim, TransformerEncoder, pack_pairs
-from parlai_ext.modules.transformer import init_weights
+from parlai_ext.modules.coral import CrossEncoder, Esim, pack_pairs
+from parlai_ext.modules.transformer import TransformerEncoder, init_weights
 from parlai_ext.rewards import AgentReward, ConstantReward, load_reward_model
 
 

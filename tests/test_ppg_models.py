@@ -15,12 +15,12 @@ from parlai_ext.losses.reinforce import sequence_log_probs
 from parlai_ext.modules.encoder_decoder import EncoderDecoder
 from parlai_ext.modules.ppg import (
     PersonaCritic,
-    ScratchEncoder,
     decoder_input,
     pack_pair,
     sample_sequences,
     segment_ids,
 )
+from parlai_ext.modules.transformer import TransformerEncoder
 
 PAD, START, END = 0, 1, 2
 
@@ -121,7 +121,7 @@ def test_pair_packing_and_segments():
 
 def test_critic_output_ignores_padding():
     torch.manual_seed(0)
-    encoder = ScratchEncoder(30, dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.0)
+    encoder = TransformerEncoder(30, dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.0)
     critic = PersonaCritic(encoder, padding_idx=PAD, sep=END, dropout=0.0).eval()
     row = torch.tensor([[START, 5, 6, END, 7, END]])
     padded = torch.tensor([[START, 5, 6, END, 7, END, PAD, PAD]])

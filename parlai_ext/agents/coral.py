@@ -41,10 +41,9 @@ from parlai_ext.losses.reinforce import NORMALISATIONS, sequence_log_probs
 from parlai_ext.modules.coral import (
     CrossEncoder,
     Esim,
-    HfEncoder,
-    TransformerEncoder,
     reward_probability,
 )
+from parlai_ext.modules.transformer import HfEncoder, TransformerEncoder
 from parlai_ext.rewards import RewardModel, load_reward_model
 
 PAIRS_PER_PASS = 256  # (context, response) pairs scored per forward pass when scoring lists

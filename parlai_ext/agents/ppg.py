@@ -45,9 +45,7 @@ from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.losses.ppg import REWARD_TYPES, critic_rewards, generator_reinforce_loss
 from parlai_ext.losses.reinforce import NORMALISATIONS
 from parlai_ext.modules.ppg import (
-    HfEncoder,
     PersonaCritic,
-    ScratchEncoder,
     decoder_input,
     drg_source,
     gpt2_dimensions,
@@ -59,6 +57,7 @@ from parlai_ext.modules.ppg import (
     set_gelu_approximation,
     warm_start_from_gpt2,
 )
+from parlai_ext.modules.transformer import HfEncoder, TransformerEncoder
 
 PARTNER_MODES = ('none', 'train_only', 'gold', 'generated')
 
@@ -423,7 +422,7 @@ class PpgCriticAgent(TorchClassifierAgent):
             encoder = HfEncoder(self.opt['hf_model_dir'], from_config=not self._fresh)
         else:
             o = self.opt
-            encoder = ScratchEncoder(
+            encoder = TransformerEncoder(
                 len(self.dict),
                 dim=o['embedding_size'],
                 n_layers=o['n_layers'],

@@ -10,8 +10,8 @@ retrieval model trained on the same data with random negatives (§3.1, §4.1):
 - :class:`CrossEncoder`: the paper's "BERT" reward: a transformer encoder over
   ``[CLS] context [SEP] response [SEP]``, the ``[CLS]`` state (or the mean), an MLP with two
   hidden layers and a sigmoid. The encoder is either the project's shared pre-norm transformer
-  (:class:`TransformerEncoder`, from scratch) or any local Hugging Face encoder directory
-  (:class:`HfEncoder`, e.g. MiniLM).
+  (:class:`~parlai_ext.modules.transformer.TransformerEncoder`, from scratch) or any local
+  Hugging Face encoder directory (:class:`~parlai_ext.modules.transformer.HfEncoder`, e.g. MiniLM).
 
 Both take padded token rows ``context (N, Lc)`` and ``response (N, Lr)`` and return one logit
 per pair; ``sigmoid(logit)`` is f_R. Pure torch (and ``transformers`` for :class:`HfEncoder`).
@@ -19,13 +19,9 @@ per pair; ``sigmoid(logit)`` is f_R. Pure torch (and ``transformers`` for :class
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-from parlai_ext.modules.transformer import Embeddings, TransformerStack, init_weights
 
 NEG_FILL = -1e9  # masked attention logit (finite, so a fully masked row never gives NaN)
 
@@ -188,68 +184,6 @@ def pack_pairs(
         type_ids[i, : len(row)] = typ
         valid[i, : len(row)] = True
     return ids, type_ids, valid
-
-
-class TransformerEncoder(nn.Module):
-    """A bidirectional encoder on the project's shared pre-norm block (from scratch)."""
-
-    def __init__(
-        self,
-        vocab_size: int,
-        dim: int = 256,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        ffn_dim: int = 1024,
-        n_positions: int = 512,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: str = 'gelu',
-        padding_idx: int = 0,
-    ) -> None:
-        super().__init__()
-        self.hidden_size = dim
-        self.max_len = n_positions
-        self.embeddings = Embeddings(vocab_size, dim, n_positions, 2, padding_idx, dropout)
-        self.stack = TransformerStack(
-            n_layers,
-            dim,
-            n_heads=n_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation=activation,
-        )
-        init_weights(self.stack)
-
-    def forward(self, ids: torch.Tensor, type_ids: torch.Tensor, valid: torch.Tensor):
-        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        x = self.embeddings(ids, positions, type_ids)
-        eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
-        hidden, _ = self.stack(x, valid[:, None, None, :] | eye)
-        return hidden
-
-
-class HfEncoder(nn.Module):
-    """Any Hugging Face encoder (BERT, MiniLM, ...) loaded from a local directory."""
-
-    def __init__(self, path: str, from_config: bool = False) -> None:
-        super().__init__()
-        from transformers import AutoConfig, AutoModel
-
-        if from_config:  # weights come from a parlai checkpoint afterwards
-            self.model = AutoModel.from_config(AutoConfig.from_pretrained(path))
-        else:
-            self.model = AutoModel.from_pretrained(path)
-        config = self.model.config
-        self.hidden_size = config.hidden_size
-        self.max_len = getattr(config, 'max_position_embeddings', None)
-        parameters = inspect.signature(self.model.forward).parameters
-        self._types = 'token_type_ids' in parameters and getattr(config, 'type_vocab_size', 1) > 1
-
-    def forward(self, ids: torch.Tensor, type_ids: torch.Tensor, valid: torch.Tensor):
-        kwargs = {'token_type_ids': type_ids} if self._types else {}
-        out = self.model(input_ids=ids, attention_mask=valid.long(), **kwargs)
-        return out.last_hidden_state
 
 
 class CrossEncoder(nn.Module):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parlai_ext.modules.transformer import Embeddings, TransformerStack, init_weights
+from parlai_ext.modules.transformer import TransformerEncoder, init_weights
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
 
 # =============================================================================== transmitter
@@ -276,8 +276,8 @@ def eq3_score(
 # ================================================================================== receiver
 
 
-class SentenceEncoder(nn.Module):
-    """A bidirectional transformer encoder (shared block) with mean pooling over tokens."""
+class SentenceEncoder(TransformerEncoder):
+    """The shared bidirectional encoder (no type embeddings) with mean pooling over tokens."""
 
     def __init__(
         self,
@@ -290,25 +290,17 @@ class SentenceEncoder(nn.Module):
         dropout: float = 0.1,
         padding_idx: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            vocab_size, dim, n_layers, n_heads, ffn_dim, n_positions, n_types=0,
+            dropout=dropout, padding_idx=padding_idx,
+        )  # fmt: skip
         self.padding_idx = padding_idx
         self.dim = dim
-        self.embeddings = Embeddings(vocab_size, dim, n_positions, 0, padding_idx, dropout)
-        self.stack = TransformerStack(
-            n_layers, dim, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout
-        )
-        init_weights(self.stack)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``(S, T)`` token ids -> ``(S, dim)`` mean of the last layer over valid tokens."""
         valid = tokens != self.padding_idx
-        length = tokens.shape[1]
-        positions = torch.arange(length, device=tokens.device).expand_as(tokens)
-        x = self.embeddings(tokens, positions)
-        eye = torch.eye(length, dtype=torch.bool, device=tokens.device)
-        mask = (valid[:, None, :] | eye[None])[:, None]
-        hidden, _ = self.stack(x, mask)
-        return mean_pool(hidden, valid)
+        return mean_pool(super().forward(tokens, valid=valid), valid)
 
 
 class HFSentenceEncoder(nn.Module):

@@ -11,8 +11,8 @@ REINFORCE stage. This module holds what is PPG-specific and pure (no ParlAI):
 - BM25 (Robertson and Walker, 1994) for the "top-3 partner personas" baseline of Table 1
   (:func:`bm25_top_k`);
 - the critic's training pairs with speaker-swapped negatives (§3.3, :func:`critic_pairs`);
-- the critic network (:class:`PersonaCritic` over :class:`ScratchEncoder` or a local
-  Hugging Face encoder, :class:`HfEncoder`);
+- the critic network (:class:`PersonaCritic` over :class:`~parlai_ext.modules.transformer.TransformerEncoder`
+  or a local Hugging Face encoder, :class:`~parlai_ext.modules.transformer.HfEncoder`);
 - sampling from an :class:`EncoderDecoder` for the RL stage (:func:`sample_sequences`);
 - warm-starting an :class:`EncoderDecoder` from a GPT-2-family checkpoint such as DialoGPT,
   which the paper's generators start from (§5.1) (:func:`warm_start_from_gpt2`).
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parlai_ext.modules.encoder_decoder import EncoderDecoder
-from parlai_ext.modules.transformer import Embeddings, TransformerStack, init_weights
+from parlai_ext.modules.transformer import init_weights
 
 SELF_PREFIX = 'your persona:'
 PARTNER_PREFIX = "partner's persona:"
@@ -194,69 +194,6 @@ def segment_ids(ids: torch.Tensor, sep: int) -> torch.Tensor:
     seen = torch.cumsum((ids == sep).long(), dim=1)
     before = torch.cat([torch.zeros_like(seen[:, :1]), seen[:, :-1]], dim=1)
     return before.clamp(max=1)
-
-
-class ScratchEncoder(nn.Module):
-    """A bidirectional encoder on the shared pre-norm block (critic trained from scratch)."""
-
-    def __init__(
-        self,
-        vocab_size: int,
-        dim: int = 256,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        ffn_dim: int = 1024,
-        n_positions: int = 512,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: str = 'gelu',
-        padding_idx: int = 0,
-    ) -> None:
-        super().__init__()
-        self.hidden_size = dim
-        self.max_len = n_positions
-        self.embeddings = Embeddings(vocab_size, dim, n_positions, 2, padding_idx, dropout)
-        self.stack = TransformerStack(
-            n_layers,
-            dim,
-            n_heads=n_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation=activation,
-        )
-        init_weights(self.stack)
-
-    def forward(self, ids: torch.Tensor, types: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        x = self.embeddings(ids, positions, types)
-        eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
-        hidden, _ = self.stack(x, valid[:, None, None, :] | eye)
-        return hidden
-
-
-class HfEncoder(nn.Module):
-    """A Hugging Face encoder (BERT, DistilBERT, MiniLM, ...) from a local directory.
-
-    The paper initialises its critic with DistilBERT (Appendix B). ``from_config`` builds the
-    architecture only (the weights then come from a ParlAI checkpoint).
-    """
-
-    def __init__(self, path: str, from_config: bool = False) -> None:
-        super().__init__()
-        from transformers import AutoConfig, AutoModel
-
-        config = AutoConfig.from_pretrained(path)
-        self.model = (
-            AutoModel.from_config(config) if from_config else AutoModel.from_pretrained(path)
-        )
-        self.hidden_size = config.hidden_size
-        self.max_len = getattr(config, 'max_position_embeddings', 512)
-        self._types = getattr(config, 'type_vocab_size', 0) > 1
-
-    def forward(self, ids: torch.Tensor, types: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        kwargs = {'token_type_ids': types} if self._types else {}
-        return self.model(input_ids=ids, attention_mask=valid.long(), **kwargs).last_hidden_state
 
 
 class PersonaCritic(nn.Module):

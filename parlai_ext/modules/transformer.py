@@ -309,3 +309,39 @@ class TransformerEncoder(nn.Module):
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         hidden, _ = self.stack(self.embeddings(ids, positions, type_ids), bidirectional_mask(valid))
         return hidden
+
+
+class HfEncoder(nn.Module):
+    """A Hugging Face encoder (BERT, DistilBERT, MiniLM, ...) from a local directory, with the
+    interface of :class:`TransformerEncoder` (``hidden_size``, ``max_len``, ``forward``).
+
+    ``from_config`` builds the architecture only (the weights then come from a ParlAI
+    checkpoint). ``transformers`` is imported here, not at module import.
+    """
+
+    def __init__(self, path: str, from_config: bool = False) -> None:
+        super().__init__()
+        import inspect
+
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(path)
+        self.model = (
+            AutoModel.from_config(config) if from_config else AutoModel.from_pretrained(path)
+        )
+        self.hidden_size = config.hidden_size
+        self.max_len = getattr(config, 'max_position_embeddings', None)
+        accepts_types = 'token_type_ids' in inspect.signature(self.model.forward).parameters
+        self._types = accepts_types and getattr(config, 'type_vocab_size', 0) > 1
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        type_ids: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(batch, L)`` ids (types, validity) -> ``(batch, L, hidden_size)`` states."""
+        if valid is None:
+            valid = ids != self.model.config.pad_token_id
+        kwargs = {'token_type_ids': type_ids} if self._types and type_ids is not None else {}
+        return self.model(input_ids=ids, attention_mask=valid.long(), **kwargs).last_hidden_state

@@ -2,7 +2,8 @@
 # PLATO-2's curriculum on DailyDialog with a small model that trains on CPU (docs/results.md,
 # "PLATO-2"). Usage: bash projects/plato2/dailydialog_small.sh STEP [STEP...]
 #   STEP = dict | stage1 | stage21 | stage22 | ppl | generate | select | all
-# Environment: D (DailyDialog release folder), OUT (where models and logs go).
+# Environment: D (DailyDialog release folder), OUT (where models and logs go), MAX_TRAIN_TIME
+# (optional cap in seconds per training stage), GEN_EXS (validation examples generated for).
 # train_model ends with an evaluation on the test split, which ../shared/data lacks: it fails
 # there after the final validation has saved the model, so a stage counts as done when its
 # model file exists (full validation numbers come from the ppl/generate/select steps).
@@ -20,6 +21,8 @@ SIZE=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --n-positions
       --text-truncate 64 --label-truncate 32)
 TRAIN=(-bs 32 -vtim 1000000 --log-every-n-secs 120 --lr-scheduler invsqrt
        --validation-max-exs 1000 --short-final-eval true)
+# MAX_TRAIN_TIME (seconds) caps each training stage, e.g. for a short CPU session
+[ -n "${MAX_TRAIN_TIME:-}" ] && TRAIN+=(--max-train-time "$MAX_TRAIN_TIME")
 GEN_EXS=${GEN_EXS:-1000}
 
 step() {
