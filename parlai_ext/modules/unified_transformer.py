@@ -30,15 +30,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from parlai_ext.modules.transformer import (
-    Embeddings,
     LayerCache,
-    TransformerStack,
+    TransformerEncoder,
     bidirectional_mask,
     causal_mask,
-    init_weights,
     prefix_lm_mask,
 )
 
@@ -62,34 +59,16 @@ class ContextState:
         )
 
 
-class UnifiedTransformer(nn.Module):
-    def __init__(
-        self,
-        vocab_size: int,
-        dim: int = 256,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        ffn_dim: int = 1024,
-        n_positions: int = 512,
-        n_types: int = 2,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: str = 'gelu',
-        padding_idx: int = 0,
-    ) -> None:
-        super().__init__()
+class UnifiedTransformer(TransformerEncoder):
+    """:class:`TransformerEncoder`'s embeddings and stack, run with the prefix-LM mask.
+
+    Same constructor (and parameter names) as the shared encoder; type embeddings mark
+    context (0) and response (1) tokens.
+    """
+
+    def __init__(self, vocab_size: int, padding_idx: int = 0, **encoder_args) -> None:
+        super().__init__(vocab_size, padding_idx=padding_idx, **encoder_args)
         self.padding_idx = padding_idx
-        self.embeddings = Embeddings(vocab_size, dim, n_positions, n_types, padding_idx, dropout)
-        self.stack = TransformerStack(
-            n_layers,
-            dim,
-            n_heads=n_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation=activation,
-        )
-        init_weights(self.stack)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output layer tied to the token embeddings."""
@@ -178,7 +157,7 @@ class UnifiedTransformer(nn.Module):
         context_caches = [(k[:, :, :split], v[:, :, :split]) for k, v in caches]
         return hidden, ContextState(context_caches, context_valid, context_len)
 
-    def forward(
+    def forward(  # type: ignore[override]
         self, context: torch.Tensor, response: torch.Tensor, prefix: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ContextState]:
         """One pass over ``[prefix; context; response]`` with the prefix-LM mask.
