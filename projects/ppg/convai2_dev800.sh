@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# PPG on the 800-episode ConvAI2 dev file (both view, original personas), CPU, small models
+# trained from scratch: the runs behind the "## PPG" section of docs/results.md.
+#
+#   bash projects/ppg/convai2_dev800.sh [OUT]      (OUT default /tmp/ppg_real; logs in OUT/logs)
+#
+# Split: --ppg-valid-episodes 100: episodes 1-700 train, 701-800 held out (valid = test; no
+# model selection on it: fixed training lengths, no validation during training).
+set -euo pipefail
+OUT=${1:-/tmp/ppg_real}
+DATA=${PPG_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
+PARLAI=${PARLAI:-.venv/bin/parlai}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: far faster on a shared CPU
+mkdir -p "$OUT/logs"
+D=(--personachat-file "$DATA" --ppg-valid-episodes 100 --dict-file "$OUT/dict")
+GEN=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1
+     --text-truncate 256 -bs 32 -lr 1e-3 --optimizer adamw --num-epochs 3
+     -vstep -1 -vme 50 --short-final-eval true --log-every-n-secs 120)
+EVAL=(-dt valid --metrics default,ext_ppg,ext_bleu -bs 32)
+
+[ -f "$OUT/dict" ] || $PARLAI build_dict -t ppg_ext "${D[@]}" --dict-minfreq 2 > "$OUT/logs/dict.log" 2>&1
+
+drg() {  # name, extra options
+  local name=$1; shift
+  [ -f "$OUT/$name" ] || $PARLAI train_model -m ppg_response_generator -t ppg_ext "${D[@]}" \
+      "${GEN[@]}" --label-truncate 32 -mf "$OUT/$name" "$@" > "$OUT/logs/$name.train.log" 2>&1
+}
+
+# 1. PPG (§3.1) and the DRG trained with all gold partner personas (ours, §3.2), in parallel
+[ -f "$OUT/ppg" ] || $PARLAI train_model -m ppg_persona_generator -t ppg_ext:persona "${D[@]}" \
+    "${GEN[@]}" --label-truncate 96 --inference beam --beam-size 3 --beam-block-ngram 3 \
+    -mf "$OUT/ppg" > "$OUT/logs/ppg.train.log" 2>&1 &
+drg drg_ours --partner-personas gold &
+wait
+# 2. critic (§3.3) and two Table 1 baselines
+[ -f "$OUT/critic" ] || $PARLAI train_model -m ppg_critic -t ppg_ext:critic "${D[@]}" \
+    --n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1 \
+    --n-positions 256 -bs 64 -lr 1e-4 --num-epochs 3 -vstep -1 -vme 200 --short-final-eval true \
+    -mf "$OUT/critic" > "$OUT/logs/critic.train.log" 2>&1 &
+drg drg_none --partner-personas none &
+drg drg_train_only --partner-personas train_only --partner-top-k 3 &
+wait
+# 3. RL (§3.3, Appendix B: Adam lr 5e-6, an update every 20 instances), one epoch, no
+#    validation; beside it the last baseline
+[ -f "$OUT/rl" ] || $PARLAI train_model -m ppg_rl -t ppg_ext "${D[@]}" -mf "$OUT/rl" \
+    --init-model "$OUT/drg_ours" --ppg-model-file "$OUT/ppg" --critic-model-file "$OUT/critic" \
+    -bs 20 -lr 5e-6 --optimizer adam --num-epochs 1 -vstep -1 -vme 50 --short-final-eval true \
+    --rl-persona-max-len 96 --rl-response-max-len 32 --log-every-n-secs 120 \
+    > "$OUT/logs/rl.train.log" 2>&1 &
+drg drg_gold_top3 --partner-personas gold --partner-top-k 3 &
+wait
+
+# 4. evaluation on the 100 held-out episodes (777 examples)
+ev() {  # name, model file, task, extra
+  local name=$1 mf=$2 task=$3; shift 3
+  $PARLAI eval_model -mf "$mf" -t "$task" "${D[@]}" "${EVAL[@]}" "$@" \
+      --report-filename "$OUT/$name.report.json" > "$OUT/logs/$name.eval.log" 2>&1
+}
+ev ppg "$OUT/ppg" ppg_ext:persona &
+ev critic "$OUT/critic" ppg_ext:critic &
+wait
+ev drg_none "$OUT/drg_none" ppg_ext &
+ev drg_train_only "$OUT/drg_train_only" ppg_ext &
+wait
+ev drg_gold_top3 "$OUT/drg_gold_top3" ppg_ext &
+ev drg_gold_all "$OUT/drg_ours" ppg_ext &
+wait
+ev ours_no_rl "$OUT/drg_ours" ppg_ext --partner-personas generated --ppg-model-file "$OUT/ppg" &
+ev ours_rl "$OUT/rl" ppg_ext &
+wait
+ev ppg_rl "$OUT/rl.ppg" ppg_ext:persona
+echo done > "$OUT/logs/ALL_DONE"
