@@ -9,7 +9,8 @@ answers for two kinds of module names only:
    loaded as usual, and functions of :mod:`parlai_ext.compat` run before and/or after it
    executes (see that module for what each fix does and why).
 2. ParlAI short names of our agents and teachers (``parlai.agents.<name>[.agents]``,
-   ``parlai.tasks.<name>[.agents|.worlds]`` for names in :mod:`parlai_ext.registry`): these
+   ``parlai.tasks.<name>[.agents|.worlds]``, ``parlai.zoo.<name>[.build]`` for names in
+   :mod:`parlai_ext.registry`): these
    resolve to the real ``parlai_ext`` module object itself, so ``-m plato2`` and
    ``-m parlai_ext.agents.plato2:Plato2Agent`` give the very same class.
 
@@ -38,7 +39,7 @@ PATCHED_MODULES = {
         ('drop_pkg_resources_shim', 'patch_py_rouge'),
     ),
 }
-_ALIAS_ROOTS = ('parlai.agents.', 'parlai.tasks.')
+_ALIAS_ROOTS = ('parlai.agents.', 'parlai.tasks.', 'parlai.zoo.')
 _PATCHED_ATTR = '__parlai_ext_patched__'
 
 
@@ -103,6 +104,8 @@ def _alias_target(fullname):
     from parlai_ext import registry
 
     kind, short = parts[1], parts[2]
+    if kind == 'zoo':
+        return _zoo_target(registry.ZOO, short, parts)
     table = registry.AGENTS if kind == 'agents' else registry.TASKS
     if short not in table:
         return False, None
@@ -114,6 +117,18 @@ def _alias_target(fullname):
     if target is None:
         return False, None
     return True, target
+
+
+def _zoo_target(table, short, parts):
+    """``parlai.zoo.<system>[.<module>]`` -> our zoo package's module, if it has one."""
+    if short not in table:
+        return False, None
+    if len(parts) == 3:
+        return True, None
+    import importlib.util
+
+    target = f'{table[short]}.{parts[3]}'
+    return (True, target) if importlib.util.find_spec(target) is not None else (False, None)
 
 
 class ParlaiExtFinder:

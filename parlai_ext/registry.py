@@ -1,7 +1,8 @@
 """ParlAI short names of parlai-ext's agents and teachers (pure data, imported at lookup time).
 
 ``-m <name>`` resolves through ``parlai.agents.<name>.agents`` and ``-t <name>`` through
-``parlai.tasks.<name>.agents`` (teachers) and ``.worlds`` (self-chat / interactive worlds);
+``parlai.tasks.<name>.agents`` (teachers) and ``.worlds`` (self-chat / interactive worlds),
+``zoo:<name>/...`` through ``parlai.zoo.<name>.build`` (offline model zoo);
 the start-up hook (``_parlai_ext_hook``) maps those module paths onto the modules named here.
 Names must never shadow a ParlAI built-in (a test checks this against the installed ParlAI).
 """
@@ -39,4 +40,10 @@ TASKS: dict[str, dict[str, str]] = {
         'agents': 'parlai_ext.tasks.p2bot_selfplay.agents',
         'worlds': 'parlai_ext.tasks.p2bot_selfplay.worlds',
     },
+}
+
+# zoo system name -> package whose modules ParlAI's ``zoo:<system>/...`` lookup imports
+# (``parlai.zoo.<system>.build`` -> ``<package>.build``; see zoo/common.py)
+ZOO: dict[str, str] = {
+    'plato2': 'parlai_ext.zoo.plato2',
 }

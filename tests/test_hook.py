@@ -31,10 +31,13 @@ def test_pth_hook_runs_at_startup_without_importing_torch_or_parlai():
     assert out == "['_parlai_ext_hook']"
 
 
-@pytest.mark.parametrize('name', sorted(registry.AGENTS) + sorted(registry.TASKS))
+@pytest.mark.parametrize(
+    'name', sorted(registry.AGENTS) + sorted(registry.TASKS) + sorted(registry.ZOO)
+)
 def test_short_names_never_shadow_parlai_builtins(name):
     assert not (SITE_PARLAI / 'agents' / name).exists()
     assert not (SITE_PARLAI / 'tasks' / name).exists()
+    assert not (SITE_PARLAI / 'zoo' / name).exists()
 
 
 def test_every_short_name_resolves_to_the_one_real_class():

@@ -1,0 +1,79 @@
+"""The offline model zoo: export, install into the data folder, ``zoo:`` names, clear errors."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from parlai_ext.zoo.common import ZooEntryMissing, export_model, install_entry
+
+TINY = [
+    '--n-layers', '1', '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32',
+    '--dropout', '0',
+]  # fmt: skip
+
+
+def _tiny_generator(tmp_path):
+    """A saved, untrained unified_transformer with the ext_demo dictionary."""
+    from parlai.core.agents import create_agent
+    from parlai.scripts.build_dict import build_dict, setup_args
+
+    model_file = str(tmp_path / 'trained' / 'model')
+    os.makedirs(os.path.dirname(model_file))
+    args = ['-m', 'unified_transformer', '-t', 'ext_demo', '-mf', model_file, *TINY]
+    opt = setup_args().parse_args(args + ['--dict-file', model_file + '.dict'])
+    build_dict(opt)
+    agent = create_agent(opt)
+    agent.save(model_file)
+    return model_file
+
+
+def _reply(model_file, text='hello there , how are you ?'):
+    from parlai.core.agents import create_agent_from_model_file
+
+    agent = create_agent_from_model_file(model_file, {'inference': 'greedy', 'datatype': 'valid'})
+    agent.observe({'text': text, 'episode_done': True})
+    return agent.act()['text']
+
+
+def test_export_keeps_weights_drops_optimizer_and_local_paths(tmp_path):
+    model_file = _tiny_generator(tmp_path)
+    exported = export_model(model_file, str(tmp_path / 'zoo'), 'model')
+    states = torch.load(exported, weights_only=False)
+    assert list(states) == ['model']
+    assert all(v.dtype == torch.float16 for v in states['model'].values() if v.is_floating_point())
+    opt = json.load(open(exported + '.opt'))
+    assert 'dict_file' not in opt and 'model_file' not in opt
+    assert not any(isinstance(v, str) and v.startswith(str(tmp_path)) for v in opt.values())
+    assert os.path.exists(exported + '.dict')
+    # float16 storage, float32 model: the same greedy reply as the original
+    reply = _reply(model_file)
+    assert reply and _reply(exported) == reply
+
+
+def test_install_copies_once_and_names_the_build_command_when_files_are_missing(tmp_path):
+    source = tmp_path / 'shipped'
+    source.mkdir()
+    (source / 'model').write_text('weights')
+    datapath = str(tmp_path / 'data')
+    target = install_entry(datapath, 'sys', 'entry', str(source), ['model'], 'v1', 'make it')
+    assert open(os.path.join(target, 'model')).read() == 'weights'
+    (source / 'model').write_text('changed')  # same version: not copied again
+    install_entry(datapath, 'sys', 'entry', str(source), ['model'], 'v1', 'make it')
+    assert open(os.path.join(target, 'model')).read() == 'weights'
+    with pytest.raises(ZooEntryMissing, match='build it locally with\n    bash build.sh'):
+        install_entry(datapath, 'sys', 'other', str(source), ['model', 'x'], 'v1', 'bash build.sh')
+
+
+def test_zoo_names_resolve_through_parlai_modelzoo_path(tmp_path, monkeypatch):
+    """``zoo:plato2/...`` goes through ParlAI's own lookup to our package's download()."""
+    from parlai.core.build_data import modelzoo_path
+
+    import parlai_ext.zoo.plato2.build as build
+
+    calls = []
+    monkeypatch.setattr(build, 'download', lambda datapath: calls.append(datapath))
+    path = modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_small/model')
+    assert path == os.path.join(str(tmp_path), 'models', 'plato2', 'dailydialog_small', 'model')
+    assert calls == [str(tmp_path)]

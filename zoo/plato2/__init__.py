@@ -1,0 +1,1 @@
+"""PLATO-2 zoo entries (``zoo:plato2/...``)."""
