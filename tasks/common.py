@@ -145,6 +145,16 @@ def read_lines(source: Source, log: MalformedLog) -> Iterator[tuple[int, str | N
     unless skipping), then yielded as None so callers drop the unit it belongs to instead of
     shifting anything.
     """
+    for lineno, text, _raw in read_raw_lines(source, log):
+        yield lineno, text
+
+
+def read_raw_lines(source: Source, log: MalformedLog) -> Iterator[tuple[int, str | None, bytes]]:
+    """:func:`read_lines`, also yielding each line's raw bytes (BOM and line end removed).
+
+    For callers that must still read an undecodable line's ASCII parts (e.g. the leading
+    fbdialog index that says whether the line starts a new episode).
+    """
     with source.open_binary() as handle:
         for lineno, raw in enumerate(handle, 1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -160,9 +170,9 @@ def read_lines(source: Source, log: MalformedLog) -> Iterator[tuple[int, str | N
                     at(source, lineno),
                     f'not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})',
                 )
-                yield lineno, None
+                yield lineno, None, raw
                 continue
-            yield lineno, text
+            yield lineno, text, raw
 
 
 def load_json(source: Source) -> Any:

@@ -302,6 +302,24 @@ def test_skip_malformed_drops_episode_and_reports_count(tmp_path, caplog):
     assert 'skipped 2 malformed' in teacher.malformed.summary()
 
 
+def test_skip_malformed_undecodable_first_line_drops_only_its_episode(tmp_path):
+    # three episodes (8, 6, 8 lines in the 'both' view); line 9 opens episode 2 with a bad byte
+    text = fbdialog('both', False) + fbdialog('both', False).replace('good evening', 'good morning')
+    lines = text.encode('utf-8').splitlines()[:22]
+    assert lines[8] == b'1 your persona: i play the cello.'
+    lines[8] = b'1 your persona: i play the \xfe cello.'
+    path = write(tmp_path / 'first.txt', b'\n'.join(lines) + b'\n')
+    teacher = read_file(path, 'personachat_ext:both', '--skip-malformed', 'true')
+    eps = episodes(teacher)
+    # the episode before the bad line is kept; only episode 2 is left out and counted
+    assert teacher.num_episodes() == 2
+    assert eps[0][0]['text'].endswith('good evening , how was your day ?')
+    assert eps[1][0]['text'].endswith('good morning , how was your day ?')
+    assert teacher.malformed.problems[0][0] == f'{path}:9'
+    assert len(teacher.malformed.problems) == 1 and teacher.malformed.dropped == 1
+    assert '(1 episodes left out)' in teacher.malformed.summary()
+
+
 # --- stock parlai -----------------------------------------------------------------------------
 def test_stock_display_data(tmp_path, parlai_cli):
     write(tmp_path / 'ConvAI2' / 'valid_both_original.txt', fbdialog('both', True))

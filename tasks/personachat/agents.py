@@ -26,7 +26,7 @@ from parlai_ext.tasks.common import (
     Source,
     add_common_args,
     at,
-    read_lines,
+    read_raw_lines,
 )
 
 TASK = 'personachat_ext'
@@ -102,10 +102,16 @@ def parse_fbdialog(
         else:
             episodes.append(current)
 
-    for lineno, line in read_lines(source, log):
-        if line is None:  # undecodable, already reported
-            if current is not None:
-                current.bad = True
+    for lineno, line, raw in read_raw_lines(source, log):
+        if line is None:  # undecodable, already reported: drop the episode it belongs to
+            head = raw.lstrip(b' \x0b\x0c').split(b' ', 1)[0]
+            index = int(head) if head.isdigit() else None
+            if index == 1 or current is None:  # it starts an episode: not the previous one's
+                finish()
+                current = Episode(lineno=lineno)
+            current.bad = True
+            if index is not None:
+                last_index = index
             continue
         # strip spaces but not tabs: '5 hello\t' is an empty reply, not a context line
         line = line.strip(' \x0b\x0c').replace('\\n', '\n')
