@@ -308,10 +308,20 @@ def register_metrics(module: types.ModuleType) -> None:
 # (parlai/core/torch_agent.py) always builds the agent's own dictionary_class(). With these two
 # patches ``parlai train_model -m <any TorchAgent> --dict-class <module:Class> <its options>``
 # trains, saves and reloads with that dictionary (e.g. our SentencePiece one).
+# ParlaiParser.add_extra_args (parlai/core/params.py) calls add_model_subargs only when a model
+# is known (-m, or -mf with a .opt), so the class's options are also added there when no model
+# is given: ``parlai build_dict -t <task> --dict-class <module:Class> <its options>`` (without
+# -m) otherwise fails with ``unrecognized arguments``.
 
 
 def patch_dict_class_args(module: types.ModuleType) -> None:
     import argparse
+
+    def add_dict_class_args(parser, requested: str, partial) -> None:
+        try:
+            module.str2class(requested).add_cmdline_args(parser, partial)
+        except argparse.ArgumentError:
+            pass  # already added
 
     original = module.ParlaiParser.add_model_subargs
 
@@ -325,12 +335,24 @@ def patch_dict_class_args(module: types.ModuleType) -> None:
             agent.dictionary_class()
         ):
             return  # the agent's own dictionary: its options are already there
-        try:
-            module.str2class(requested).add_cmdline_args(self, partial)
-        except argparse.ArgumentError:
-            pass  # already added
+        add_dict_class_args(self, requested, partial)
+
+    original_extra = module.ParlaiParser.add_extra_args
+
+    def add_extra_args(self, args=None):
+        original_extra(self, args)
+        parsed = vars(self.parse_known_args(args, nohelp=True)[0])
+        requested = parsed.get('dict_class')
+        if not requested:
+            return
+        parsed = self._infer_datapath(parsed)
+        if module.get_model_name(parsed) is not None:
+            return  # add_model_subargs above has handled it
+        add_dict_class_args(self, requested, module.Opt(parsed))
+        self.set_defaults(**self._defaults)  # parser-level defaults win, as in add_extra_args
 
     module.ParlaiParser.add_model_subargs = add_model_subargs
+    module.ParlaiParser.add_extra_args = add_extra_args
 
 
 def patch_dict_class_agent(module: types.ModuleType) -> None:

@@ -256,9 +256,12 @@ def test_existing_model_file_with_own_special_pieces(tmp_path):
 
 
 def test_stock_build_dict_script(tmp_path):
-    """ParlAI's own build_dict loop (observe/act over the teacher, then save)."""
+    """ParlAI's own build_dict loop (observe/act over the teacher, then save).
+
+    The parser is build_dict's own, unchanged: the ``--spm-*`` options must come from
+    ``--dict-class`` alone (compat.patch_dict_class_args, also without a model).
+    """
     parser = build_dict_args()
-    SentencePieceDictionaryAgent.add_cmdline_args(parser, None)
     models = []
     for run in ('a', 'b'):
         dict_file = str(tmp_path / f'{run}.dict')
@@ -272,6 +275,19 @@ def test_stock_build_dict_script(tmp_path):
     assert models[0] == models[1]
     assert agent.vec2txt(agent.txt2vec('where do you live ?')) == 'where do you live ?'
     assert len(agent.txt2vec('where do you live ?')) < len('wheredoyoulive?')  # subwords
+
+
+def test_cli_build_dict_dict_class_without_model(parlai_cli, tmp_path):
+    """``parlai build_dict -t <task> --dict-class <ours> --spm-vocab-size N``, no ``-m``."""
+    dict_file = str(tmp_path / 'spm.dict')
+    parlai_cli(
+        'build_dict', '-t', 'ext_demo', '--dict-file', dict_file, '--dict-class', DICT_CLASS,
+        '--spm-vocab-size', '150',
+    )  # fmt: skip
+    assert os.path.exists(dict_file + SPM_MODEL_SUFFIX)
+    assert len(open(dict_file).readlines()) == 150
+    reloaded = SentencePieceDictionaryAgent(make_opt(dict_file))
+    assert len(reloaded) == 150
 
 
 AGENT_MODULE = '''
