@@ -158,6 +158,26 @@ def test_dstc7_test_split_answers_from_tsv(tmp_path):
     assert [list(m['labels']) for m in found] == [[a] for a in ANSWERS]
 
 
+def test_dstc7_malformed_answer_lines_drop_and_count_their_examples(tmp_path):
+    write_dstc7(tmp_path, 'test', [dstc7_example(i, with_answer=False) for i in range(3)])
+    tsv = (
+        f'1000\tok0\t{ANSWERS[0]}\n'
+        f'1001\tok1\t{ANSWERS[1]}\n'
+        '1001\tok1b\tan answer\twith a stray tab\n'  # 4 fields
+    ).encode() + b'1002\tok2\tbad \xff byte\n'
+    (tmp_path / 'ubuntu_responses_subtask_1.tsv').write_bytes(tsv)
+    with pytest.raises(MalformedDataError, match=r'subtask_1\.tsv:3: expected example-id'):
+        in_dir(tmp_path, 'ubuntu_ext:dstc7', 'test')
+    teacher = in_dir(tmp_path, 'ubuntu_ext:dstc7', 'test', '--skip-malformed', 'true')
+    # 1001 is not kept with half its answers; 1002 is not reported again for having none
+    assert [m['example_id'] for m in messages(teacher)] == ['1000']
+    assert [where for where, _ in teacher.malformed.problems] == [
+        f'{tmp_path / "ubuntu_responses_subtask_1.tsv"}:{n}' for n in (3, 4)
+    ]
+    assert teacher.malformed.dropped == 2
+    assert '(2 examples left out)' in teacher.malformed.summary()
+
+
 def test_dstc7_missing_file(tmp_path):
     with pytest.raises(DataNotFoundError) as err:
         make_teacher('ubuntu_ext:dstc7', '--datapath', str(tmp_path), datatype='train')

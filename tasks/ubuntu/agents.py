@@ -34,6 +34,7 @@ from parlai_ext.tasks.common import (
     at,
     load_json,
     read_lines,
+    read_raw_lines,
 )
 
 TASK = 'ubuntu_ext'
@@ -75,7 +76,7 @@ def _utterance(value: object) -> str | None:
 def read_dstc7(
     source: Source,
     data: object,
-    answers: dict[str, list[str]] | None,
+    answers: dict[str, list[str] | None] | None,
     ranking: bool,
     log: MalformedLog,
 ) -> list[list[dict]]:
@@ -122,6 +123,8 @@ def _dstc7_message(example, answers, ranking, number, where, log) -> dict | None
     example_id = str(example.get('example-id', number))
     correct = example.get('options-for-correct-answers')
     if correct is None and answers is not None:
+        if example_id in answers and answers[example_id] is None:
+            return None  # a malformed line of its answers, already reported: left out, counted
         labels = answers.get(example_id)
         if labels is None:
             log.report(where, f'no answer for example-id {example_id} in {DSTC7_RESPONSES}')
@@ -154,17 +157,37 @@ def _dstc7_message(example, answers, ranking, number, where, log) -> dict | None
     return message
 
 
-def read_dstc7_answers(source: Source, log: MalformedLog) -> dict[str, list[str]]:
-    """``example-id<TAB>candidate-id<TAB>utterance`` lines of the test answers file."""
-    answers: dict[str, list[str]] = {}
-    for lineno, line in read_lines(source, log):
-        if line is None or not line.strip():
+def read_dstc7_answers(source: Source, log: MalformedLog) -> dict[str, list[str] | None]:
+    """``example-id<TAB>candidate-id<TAB>utterance`` lines of the test answers file.
+
+    A malformed (or undecodable) line maps its example-id, when readable, to None: that example
+    is then left out and counted like any other bad entry, not kept with part of its answers
+    or reported a second time for having none.
+    """
+    answers: dict[str, list[str] | None] = {}
+    for lineno, line, raw in read_raw_lines(source, log):
+        if line is None:  # undecodable, already reported: its example-id may still be readable
+            try:
+                example_id = raw.split(b'\t', 1)[0].decode('utf-8').strip()
+            except UnicodeDecodeError:
+                example_id = ''
+            if example_id:
+                answers[example_id] = None
+            continue
+        if not line.strip():
             continue
         parts = line.split('\t')
-        if len(parts) != 3 or not parts[0].strip() or not parts[2].strip():
+        example_id = parts[0].strip()
+        if len(parts) != 3 or not example_id or not parts[2].strip():
             log.report(at(source, lineno), 'expected example-id<TAB>candidate-id<TAB>utterance')
+            if example_id:
+                answers[example_id] = None
             continue
-        answers.setdefault(parts[0].strip(), []).append(parts[2].strip())
+        if example_id not in answers:
+            answers[example_id] = []
+        found = answers[example_id]
+        if found is not None:
+            found.append(parts[2].strip())
     return answers
 
 
