@@ -166,6 +166,11 @@ class Embeddings(nn.Module):
 
     PLATO-2 (§2.1, Fig. 2): "the input embeddings are the sum of token, role/type and
     position embeddings". ``n_types = 0`` disables type embeddings.
+
+    All three tables start at the same scale, normal(0, dim^-0.5) (the scale of the tied
+    token embeddings), as the authors' code gives all three the same initialiser: a type or
+    position table left at PyTorch's normal(0, 1) would drown the token signal (a from-scratch
+    cross-encoder then could not learn to match a response to its context).
     """
 
     def __init__(
@@ -183,8 +188,9 @@ class Embeddings(nn.Module):
         self.types = nn.Embedding(n_types, dim) if n_types else None
         self.dropout = nn.Dropout(dropout)
         self.n_positions = n_positions
-        nn.init.normal_(self.tokens.weight, std=dim**-0.5)
-        nn.init.normal_(self.positions.weight, std=dim**-0.5)
+        for table in (self.tokens, self.positions, self.types):
+            if table is not None:
+                nn.init.normal_(table.weight, std=dim**-0.5)
         if padding_idx is not None:
             with torch.no_grad():
                 self.tokens.weight[padding_idx].zero_()
@@ -206,11 +212,16 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """GPT/BERT-style initialisation of linear layers (normal(0, std), zero bias)."""
+def init_weights(module: nn.Module) -> None:
+    """Xavier-normal linear layers, zero biases.
+
+    At the papers' sizes (hidden 1024-2048) this is the normal(0, ~0.02-0.03) of BERT, GPT and
+    the PLATO-2 code; at the small CPU sizes a fixed 0.02 would make the query/key products
+    (and so attention learning) several times weaker than at those sizes.
+    """
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, std=std)
+            nn.init.xavier_normal_(sub.weight)
             if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
 
