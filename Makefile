@@ -1,5 +1,5 @@
 # parlai-ext: the two commands of the README.
-#   make demo   create .venv if missing, install, train a small generator and chat with it
+#   make demo   create .venv if missing, install, chat with the zoo PLATO-2 (self-chat, then piped)
 #   make test   create .venv if missing, install, lint, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,13 +34,10 @@ test: lint
 
 demo: install
 	mkdir -p $(DEMO)
-	$(BIN)/parlai train_model -m unified_transformer -t ext_demo -mf $(DEMO)/model \
-		--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0 \
-		-bs 32 -lr 2e-3 --num-epochs 4 -vtim 120 --skip-generation false --inference greedy
-	$(BIN)/parlai self_chat -mf $(DEMO)/model --num-self-chats 3 --selfchat-max-turns 6 \
-		--inference nucleus --topp 0.9 --outfile $(DEMO)/selfchat
-	printf 'hi , how are you ?\nwhat do you do for work ?\nwhere do you live ?\n' | \
-		$(BIN)/parlai interactive -mf $(DEMO)/model --inference beam --beam-size 4
+	$(BIN)/parlai self_chat -mf zoo:plato2/dailydialog_small/model --num-self-chats 3 \
+		--selfchat-max-turns 6 --outfile $(DEMO)/selfchat
+	printf 'hi , how are you today ?\nwhat would you like to eat tonight ?\nhow much is it ?\n' | \
+		$(BIN)/parlai interactive -mf zoo:plato2/dailydialog_small/model
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

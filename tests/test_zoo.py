@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -77,3 +78,29 @@ def test_zoo_names_resolve_through_parlai_modelzoo_path(tmp_path, monkeypatch):
     path = modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_small/model')
     assert path == os.path.join(str(tmp_path), 'models', 'plato2', 'dailydialog_small', 'model')
     assert calls == [str(tmp_path)]
+
+
+def test_shipped_plato2_entry_chats_offline(parlai_cli):
+    """zoo:plato2/dailydialog_small: installed from the package, generate-then-rank answers."""
+    out = parlai_cli(
+        'interactive', '-mf', 'zoo:plato2/dailydialog_small/model',
+        '--display-add-fields', 'beam_texts', '--inference', 'greedy',  # deterministic
+        stdin='hi , how are you today ?\nwhat do you want to eat tonight ?\n', timeout=600,
+    )  # fmt: skip
+    replies = [line.split('[Plato2]:', 1)[1].strip() for line in out.stdout.splitlines()
+               if '[Plato2]:' in line]  # fmt: skip
+    assert len(replies) == 2 and all(replies)
+    # one candidate per latent value (K = 20; unfinished ones dropped), best evaluator score
+    # first, and the reply is that best candidate
+    shown = re.findall(r'\.\.\. \(5 of (\d+) shown\)', out.stdout)
+    assert len(shown) == 2 and all(10 <= int(n) <= 20 for n in shown)
+    best = re.findall(r'\[beam_texts\]: \((["\'])(.*?)\1, ([0-9.]+)\)', out.stdout)
+    assert [text for _, text, _ in best] == replies
+    installed = os.path.join(os.environ['PARLAI_DATAPATH'], 'models', 'plato2', 'dailydialog_small')
+    assert sorted(os.listdir(installed)) == sorted(['.built', *build_files()])
+
+
+def build_files():
+    from parlai_ext.zoo.plato2.build import FILES
+
+    return FILES

@@ -107,13 +107,22 @@ def export_model(
 
 if __name__ == '__main__':
     import argparse
+    import json
 
     parser = argparse.ArgumentParser(description='Export a trained model as zoo files.')
     parser.add_argument('model_file')
     parser.add_argument('target_dir')
     parser.add_argument('name')
     parser.add_argument('--float32', action='store_true', help='keep float32 weights')
-    parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE')
+    parser.add_argument(
+        '--set', nargs='*', default=[], metavar='KEY=VALUE', help='option values (JSON or text)'
+    )
     args = parser.parse_args()
-    overrides = dict(item.split('=', 1) for item in args.set)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split('=', 1)
+        try:
+            overrides[key] = json.loads(value)  # false, 0.9, ...
+        except json.JSONDecodeError:
+            overrides[key] = value
     print(export_model(args.model_file, args.target_dir, args.name, not args.float32, **overrides))

@@ -14,5 +14,6 @@ for stage in dict stage1 stage21 stage22; do
   [ -f "$f" ] || OUT=$OUT bash projects/plato2/dailydialog_small.sh "$stage"
 done
 python -m parlai_ext.zoo.common "$OUT/stage21" "$HERE/dailydialog_small" model \
-  --set evaluator_model_file=zoo:plato2/dailydialog_small/evaluator
+  --set evaluator_model_file=zoo:plato2/dailydialog_small/evaluator skip_generation=false \
+  inference=topk topk=10
 python -m parlai_ext.zoo.common "$OUT/stage22" "$HERE/dailydialog_small" evaluator
