@@ -128,7 +128,10 @@ def _zoo_target(table, short, parts):
     import importlib.util
 
     target = f'{table[short]}.{parts[3]}'
-    return (True, target) if importlib.util.find_spec(target) is not None else (False, None)
+    spec = importlib.util.find_spec(target)
+    # a real module only: an entry's data folder (a namespace package) is not one, so
+    # ParlAI's lookup falls back to ``<system>.build`` as it does for its own zoo
+    return (True, target) if spec is not None and spec.origin else (False, None)
 
 
 class ParlaiExtFinder:
