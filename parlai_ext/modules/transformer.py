@@ -346,13 +346,11 @@ class HfEncoder(nn.Module):
         self._types = accepts_types and getattr(config, 'type_vocab_size', 0) > 1
 
     def forward(
-        self,
-        ids: torch.Tensor,
-        type_ids: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
+        self, ids: torch.Tensor, type_ids: torch.Tensor | None, valid: torch.Tensor
     ) -> torch.Tensor:
-        """``(batch, L)`` ids (types, validity) -> ``(batch, L, hidden_size)`` states."""
-        if valid is None:
-            valid = ids != self.model.config.pad_token_id
+        """``(batch, L)`` ids, types and validity -> ``(batch, L, hidden_size)`` states.
+
+        ``valid`` is required: the padding id is the ParlAI dictionary's, not the HF config's.
+        """
         kwargs = {'token_type_ids': type_ids} if self._types and type_ids is not None else {}
         return self.model(input_ids=ids, attention_mask=valid.long(), **kwargs).last_hidden_state
