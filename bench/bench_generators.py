@@ -30,6 +30,7 @@ from harness import (  # noqa: E402
     machine_description,
     matmul_flops_per_second,
     measure_in_subprocess,
+    on_gpu,
 )
 
 DIMS = ['--embedding-size', '256', '--n-heads', '4', '--ffn-size', '1024', '--dropout', '0.1']
@@ -82,7 +83,13 @@ def main() -> None:
     build_dictionary(task, dict_file)
     peak = matmul_flops_per_second(args.threads)
     print(f'\nMachine: {machine_description(args.threads)}')
-    print(f'Measured matmul peak (1024², fp32): {peak / 1e9:.1f} GFLOP/s\n')
+    where = 'GPU' if on_gpu() else 'CPU'
+    print(f'Measured matmul peak ({where}, fp32): {peak / 1e9:.1f} GFLOP/s\n')
+
+    def memory(row) -> str:  # peak memory of the configuration's own process
+        if row.peak_gpu_mb is not None:
+            return f'{row.peak_gpu_mb:.0f} MB GPU'
+        return f'{row.peak_rss_mb:.0f} MB'
 
     def train(name, agent_args, batch=32, text_truncate=128):
         return measure_in_subprocess(
@@ -91,7 +98,7 @@ def main() -> None:
         )  # fmt: skip
 
     print('### Training throughput (batch 32, context ≤ 128 tokens)\n')
-    print('| model | params | tokens/s (median) | vs ParlAI | MFU | peak RSS MB |')
+    print('| model | params | tokens/s (median) | vs ParlAI | MFU | peak memory |')
     print('|---|---|---|---|---|---|')
     reference = train('ParlAI transformer/generator (2+2)', PARLAI_GENERATOR)
     rows = [reference] + [train(name, agent) for name, agent in OURS.items()]
@@ -99,7 +106,7 @@ def main() -> None:
         print(
             f'| {row.name} | {row.params / 1e6:.2f} M | {row.tokens_per_second:,.0f} | '
             f'{row.tokens_per_second / reference.tokens_per_second:.2f}× | '
-            f'{row.flops_per_second / peak:.1%} | {row.peak_rss_mb:.0f} |'
+            f'{row.flops_per_second / peak:.1%} | {memory(row)} |'
         )
 
     lengths = [64, 128] if args.quick else [64, 128, 256]
@@ -107,23 +114,23 @@ def main() -> None:
     configs = [('ParlAI transformer/generator', PARLAI_GENERATOR)] + [
         (name, agent) for name, agent in OURS.items() if name.startswith('unified')
     ]
-    print('\n### Cost vs context length (batch 32): tokens/s, peak RSS MB\n')
+    print('\n### Cost vs context length (batch 32): tokens/s, peak memory\n')
     print('| model | ' + ' | '.join(f'ctx {n}' for n in lengths) + ' |')
     print('|---|' + '---|' * len(lengths))
     for name, agent in configs:
         cells = []
         for n in lengths:
             row = train(name, agent, text_truncate=n)
-            cells.append(f'{row.tokens_per_second:,.0f} tok/s, {row.peak_rss_mb:.0f} MB')
+            cells.append(f'{row.tokens_per_second:,.0f} tok/s, {memory(row)}')
         print(f'| {name} | ' + ' | '.join(cells) + ' |')
-    print('\n### Cost vs batch size (context ≤ 128): tokens/s, peak RSS MB\n')
+    print('\n### Cost vs batch size (context ≤ 128): tokens/s, peak memory\n')
     print('| model | ' + ' | '.join(f'batch {b}' for b in batches) + ' |')
     print('|---|' + '---|' * len(batches))
     for name, agent in configs:
         cells = []
         for b in batches:
             row = train(name, agent, batch=b)
-            cells.append(f'{row.tokens_per_second:,.0f} tok/s, {row.peak_rss_mb:.0f} MB')
+            cells.append(f'{row.tokens_per_second:,.0f} tok/s, {memory(row)}')
         print(f'| {name} | ' + ' | '.join(cells) + ' |')
 
     print('\n### Generation latency per response (batch 1, untrained weights)\n')

@@ -10,7 +10,12 @@ process and thread count, for any ParlAI agent given as command-line style argum
   the agent's ``--inference`` settings;
 - the machine's matmul FLOP/s (torch, same threads) and each model's estimated training
   FLOP/s, hence model FLOP utilisation (MFU);
-- peak resident memory, measured in a fresh subprocess per configuration.
+- peak resident memory, measured in a fresh subprocess per configuration (and, on a GPU,
+  the peak of torch's CUDA allocator).
+
+On a machine with CUDA, ParlAI puts every agent on the GPU (unless ``--no-cuda`` is in the
+agent's arguments); timings then synchronise the device, the matmul peak is measured on it,
+and every script labels its tables as GPU numbers: they are never mixed with CPU ones.
 
 Each number is the median of ``repeats`` timed runs after a warm-up. Run scripts in
 ``bench/`` (e.g. ``python bench/bench_generators.py``) on a quiet machine; they print a
@@ -41,6 +46,7 @@ class Measurement:
     seconds_per_step: list[float] = field(default_factory=list)
     estimated_flops_per_step: float = 0.0
     peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
 
     @property
     def median_seconds(self) -> float:
@@ -55,27 +61,47 @@ class Measurement:
         return self.estimated_flops_per_step / self.median_seconds
 
 
+def on_gpu() -> bool:
+    """Whether ParlAI will place agents on a GPU here (it does whenever CUDA is available)."""
+    return torch.cuda.is_available()
+
+
+def _synchronize() -> None:
+    if on_gpu():
+        torch.cuda.synchronize()
+
+
 def machine_description(threads: int) -> str:
-    return (
+    cpu = (
         f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, '
         f'{threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}'
     )
+    if on_gpu():
+        return f'GPU {torch.cuda.get_device_name(0)} (fp32, TF32 off: torch default); {cpu}'
+    return cpu
 
 
 def matmul_flops_per_second(
-    threads: int, size: int = 1024, repeats: int = 5, dtype=torch.float32
+    threads: int, size: int | None = None, repeats: int = 5, dtype=torch.float32
 ) -> float:
-    """Measured peak: median FLOP/s of a ``size``×``size`` matmul (2·n³ FLOPs)."""
+    """Measured peak: median FLOP/s of a ``size``×``size`` matmul (2·n³ FLOPs).
+
+    On the device the agents run on: 1024² on the CPU (``threads`` threads), 8192² on a GPU.
+    """
     torch.set_num_threads(threads)
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    device = 'cuda' if on_gpu() else 'cpu'
+    size = size or (8192 if on_gpu() else 1024)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
+    _synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(4):
             a @ b
+        _synchronize()
         times.append((time.perf_counter() - start) / 4)
     return 2 * size**3 / statistics.median(times)
 
@@ -131,9 +157,11 @@ def time_training(
     world.reset_metrics()
     seconds = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         for _ in range(steps):
             world.parley()
+        _synchronize()
         seconds.append((time.perf_counter() - start) / steps)
     report = world.report()
     context = float(report['ctpb'])
@@ -164,9 +192,11 @@ def time_generation(
     batch_size = max(1, agent.opt.get('batchsize', 1))
     seconds = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         for _ in range(batches):
             world.parley()
+        _synchronize()
         seconds.append((time.perf_counter() - start) / (batches * batch_size))
     return Measurement(
         name=name,
@@ -199,6 +229,8 @@ def _child(payload: str) -> None:
     )
     # ru_maxrss is in KiB on Linux
     measurement.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if on_gpu():
+        measurement.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(asdict(measurement)))
 
 

@@ -110,12 +110,16 @@ class Runner:
     def run(self, steps: int) -> tuple[float, int]:
         """Seconds and label tokens of ``steps`` train steps."""
         tokens = 0
+        if torch.cuda.is_available():  # ParlAI put the agent on the GPU: time the device too
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(steps):
             index = self.step % len(self.batches)
             self.agent.batch_act(self.batches[index])
             tokens += self.label_tokens[index]
             self.step += 1
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return time.perf_counter() - start, tokens
 
 
