@@ -14,7 +14,8 @@
 # docs/results.md: the teacher with STEPS=2000 in runs/multiref_dd, the students with
 #   OUT=runs/multiref_dd/s1000 STEPS=1000 DICT=runs/multiref_dd/dd.dict \
 #   HYPS=runs/multiref_dd/hyps.jsonl projects/multiref/dailydialog.sh train MODEL DATA
-# Wall times go to $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
+# MAX_TRAIN_TIME (seconds) caps each training; EVAL_EXS evaluates the first N validation
+# examples only. Wall times go to $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
 # is far slower than one thread).
 set -euo pipefail
 
@@ -28,6 +29,8 @@ LATENT=${LATENT:-64}
 K=${K:-5}
 HYP_LEN=${HYP_LEN:-20}  # maximum hypothesis length: the authors' decode_max_len
 BS=${BS:-30}
+CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})  # optional cap in seconds per training
+EVAL_CAP=(${EVAL_EXS:+--num-examples $EVAL_EXS})  # optional: first N validation examples only
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PARLAI_DATAPATH=${PARLAI_DATAPATH:-$PWD/data}
 PARLAI=${PARLAI:-.venv/bin/parlai}
@@ -81,7 +84,7 @@ train)
         --n-components "$K" -bs "$BS" --max-train-steps "$STEPS" \
         --kl-anneal-steps $((STEPS / 2)) -vstep $((STEPS / 4)) -vtim 1000000 \
         --validation-max-exs 1000 --skip-generation true --short-final-eval true \
-        --log-every-n-steps 100
+        --log-every-n-steps 100 "${CAP[@]}"
     ;;
 hyps)
     timed hyps "$PARLAI" generate_pseudo_refs -mf "$TEACHER" -t "$TASK" \
@@ -94,7 +97,8 @@ eval)
     dir=$(model_dir "$model" "$data")
     timed "eval $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs 64 \
-        --metrics ext_multiref --report-filename "$dir/valid.json" > "$dir/eval.log" 2>&1
+        --metrics ext_multiref --report-filename "$dir/valid.json" "${EVAL_CAP[@]}" \
+        > "$dir/eval.log" 2>&1
     ;;
 all)
     "$0" dict

@@ -11,11 +11,12 @@ OUT=${1:-/tmp/ppg_real}
 DATA=${PPG_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
 PARLAI=${PARLAI:-.venv/bin/parlai}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: far faster on a shared CPU
+CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})  # optional cap in seconds per training
 mkdir -p "$OUT/logs"
 D=(--personachat-file "$DATA" --ppg-valid-episodes 100 --dict-file "$OUT/dict")
 GEN=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1
      --text-truncate 256 -bs 32 -lr 1e-3 --optimizer adamw --num-epochs 3
-     -vstep -1 -vme 50 --short-final-eval true --log-every-n-secs 120)
+     -vstep -1 -vme 50 --short-final-eval true --log-every-n-secs 120 "${CAP[@]}")
 EVAL=(-dt valid --metrics default,ext_ppg,ext_bleu -bs 32)
 
 [ -f "$OUT/dict" ] || $PARLAI build_dict -t ppg_ext "${D[@]}" --dict-minfreq 2 > "$OUT/logs/dict.log" 2>&1
@@ -35,7 +36,7 @@ wait
 # 2. critic (§3.3) and two Table 1 baselines
 [ -f "$OUT/critic" ] || $PARLAI train_model -m ppg_critic -t ppg_ext:critic "${D[@]}" \
     --n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1 \
-    --n-positions 256 -bs 64 -lr 1e-4 --num-epochs 3 -vstep -1 -vme 200 --short-final-eval true \
+    --n-positions 256 -bs 64 -lr 1e-4 --num-epochs 3 -vstep -1 -vme 200 --short-final-eval true "${CAP[@]}" \
     -mf "$OUT/critic" > "$OUT/logs/critic.train.log" 2>&1 &
 drg drg_none --partner-personas none &
 drg drg_train_only --partner-personas train_only --partner-top-k 3 &
@@ -45,7 +46,7 @@ wait
 [ -f "$OUT/rl" ] || $PARLAI train_model -m ppg_rl -t ppg_ext "${D[@]}" -mf "$OUT/rl" \
     --init-model "$OUT/drg_ours" --ppg-model-file "$OUT/ppg" --critic-model-file "$OUT/critic" \
     -bs 20 -lr 5e-6 --optimizer adam --num-epochs 1 -vstep -1 -vme 50 --short-final-eval true \
-    --rl-persona-max-len 96 --rl-response-max-len 32 --log-every-n-secs 120 \
+    --rl-persona-max-len 96 --rl-response-max-len 32 --log-every-n-secs 120 "${CAP[@]}" \
     > "$OUT/logs/rl.train.log" 2>&1 &
 drg drg_gold_top3 --partner-personas gold --partner-top-k 3 &
 wait

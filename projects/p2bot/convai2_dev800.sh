@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# P2Bot on the 800 ConvAI2 dev episodes (both view, original personas): the README's recipe from
+# scratch, with the Table 3 self-play variants. The runs behind "## P2Bot" in docs/results.md.
+#
+#   bash projects/p2bot/convai2_dev800.sh [OUT]        (OUT default runs/p2bot; logs in OUT/logs)
+#
+# Split: --p2bot-train-episodes 700 (episodes 1-700 train, 701-800 valid = test).
+# Variables: EPOCHS_TX, EPOCHS_RX (supervised epochs), SP_STEPS (self-play updates),
+# SIZE (model size options), MAX_TRAIN_TIME (seconds, caps every training), PARLAI.
+set -euo pipefail
+OUT=${1:-runs/p2bot}
+DATA=${P2BOT_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
+PARLAI=${PARLAI:-.venv/bin/parlai}
+EPOCHS_TX=${EPOCHS_TX:-2}
+EPOCHS_RX=${EPOCHS_RX:-5}
+SP_STEPS=${SP_STEPS:-500}
+read -r -a SIZE <<< "${SIZE:---n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512}"
+CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p "$OUT/logs"
+F=(--personachat-file "$DATA" --p2bot-train-episodes 700)
+EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 19
+      --rank-candidates true --metrics ext_p2bot,ppl -bs 16)
+
+# 1. supervised transmitter (Eq. 1 + NUP) and 3. receiver (Eq. 11-14), side by side;
+#    both validate every epoch and keep the best (ppl / receiver hits@1)
+[ -f "$OUT/tx" ] || $PARLAI train_model -m p2bot_transmitter -t p2bot_selfplay:supervised \
+    "${F[@]}" -mf "$OUT/tx" "${SIZE[@]}" --text-truncate 128 -bs 16 -lr 1e-3 \
+    --warmup-updates 50 --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true \
+    -vmt ppl -vmm min "${CAP[@]}" > "$OUT/logs/tx.train.log" 2>&1 &
+[ -f "$OUT/rx" ] || $PARLAI train_model -m p2bot_receiver -t p2bot_selfplay:receiver "${F[@]}" \
+    -mf "$OUT/rx" "${SIZE[@]}" --n-positions 40 -bs 16 -lr 1e-3 --tau-anneal-steps 300 \
+    -eps "$EPOCHS_RX" -veps 1 -vmt rec_hits@1 -vmm max "${CAP[@]}" \
+    > "$OUT/logs/rx.train.log" 2>&1 &
+wait
+
+# 2. supervised evaluation (ppl, F1, BLEU-4, hits@1 of 20), 4. persona-perception probe
+$PARLAI eval_model -mf "$OUT/tx" "${EVAL[@]}" --report-filename "$OUT/tx.valid.json" \
+    > "$OUT/logs/tx.eval.log" 2>&1 &
+$PARLAI p2bot_probe "${F[@]}" -dt valid --receiver-model-file "$OUT/rx" \
+    --report-filename "$OUT/probe.json" > "$OUT/logs/probe.log" 2>&1 &
+
+# 5. self-play fine-tuning, the Table 3 variants: RS.1 only, RS.1+RS.2, all three (P2Bot)
+selfplay() {  # name, extra options
+    local name=$1
+    shift
+    [ -f "$OUT/$name" ] || $PARLAI train_model -m p2bot_transmitter -t p2bot_selfplay "${F[@]}" \
+        --init-model "$OUT/tx" -mf "$OUT/$name" --selfplay-receiver-model "$OUT/rx" -bs 4 \
+        -lr 1e-6 --max-train-steps "$SP_STEPS" --selfplay-log-file "$OUT/$name.jsonl" \
+        --log-every-n-steps 10 --skip-generation true -vstep -1 -vme 200 \
+        --short-final-eval true "${CAP[@]}" "$@" > "$OUT/logs/$name.train.log" 2>&1
+    $PARLAI eval_model -mf "$OUT/$name" "${EVAL[@]}" --report-filename "$OUT/$name.valid.json" \
+        > "$OUT/logs/$name.eval.log" 2>&1
+}
+selfplay sp_rs1 --rs-lambda2 0 --rs-lambda3 0 &
+selfplay sp_rs12 --rs-lambda3 0 &
+selfplay sp &
+wait
+
+# 6. self-chat between two random personas of the file
+$PARLAI self_chat -mf "$OUT/sp" -t p2bot_selfplay "${F[@]}" --num-self-chats 10 \
+    --selfchat-max-turns 8 --outfile "$OUT/chats" > "$OUT/logs/selfchat.log" 2>&1
+echo done > "$OUT/logs/ALL_DONE"
