@@ -3,15 +3,15 @@
 # agent of the project, on the real data: the check that every code path runs on the device
 # ParlAI picks (CUDA when there is one; the CPU otherwise). Not a result: nothing learns here.
 #
-#   bash projects/gpu_smoke.sh OUT [DD_DIR] [CONVAI2_FILE]
+#   bash projects/smoke_all.sh OUT [DD_DIR] [CONVAI2_FILE]
 #
 # Each system runs in its own background chain (logs in OUT/<system>.log); the script prints
 # PASS/FAIL per system and exits non-zero if any failed.
 set -uo pipefail
-OUT=${1:?usage: gpu_smoke.sh OUT [DD_DIR] [CONVAI2_FILE]}
+OUT=${1:?usage: smoke_all.sh OUT [DD_DIR] [CONVAI2_FILE]}
 DD=${2:-../shared/data/dailydialog}
 CV=${3:-../shared/data/convai2/dev800_both_original_no_cands.txt}
-PARLAI=${PARLAI:-parlai}
+PARLAI=${PARLAI:-.venv/bin/parlai}
 mkdir -p "$OUT"
 T=(-t dailydialog_ext:no_start --dailydialog-data-dir "$DD")
 SHORT=(--max-train-steps 12 -vstep -1 -vme 32 --short-final-eval true --log-every-n-steps 4)
