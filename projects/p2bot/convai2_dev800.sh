@@ -20,7 +20,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
 F=(--personachat-file "$DATA" --p2bot-train-episodes 700)
 EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 19
-      --rank-candidates true --metrics ext_p2bot,ppl -bs 16)
+      --rank-candidates true --metrics ext_p2bot,ppl -bs 16 --skip-generation false
+      --inference beam --beam-size 2)
 
 # 1. supervised transmitter (Eq. 1 + NUP) and 3. receiver (Eq. 11-14), side by side;
 #    both validate every epoch and keep the best (ppl / receiver hits@1)
