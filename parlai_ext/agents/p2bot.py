@@ -38,6 +38,7 @@ from parlai.core.torch_generator_agent import (
     TorchGeneratorAgent,
     TorchGeneratorModel,
 )
+from parlai.utils.distributed import is_distributed
 from parlai.utils.misc import warn_once
 from parlai.utils.torch import neginf, padded_tensor
 
@@ -278,10 +279,11 @@ class P2BotTransmitterModel(TorchGeneratorModel):
         return self.transmitter.backbone.reorder_cache(incr_state, inds)
 
     def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None):
+        """``(masked LM logits, argmax, context state, NUP logits)`` of ``(xs[0], ys)``."""
         assert ys is not None, 'generation goes through the encoder/decoder interface'
         out = self.transmitter(xs[0], ys)
         logits = self.mask_logits(out.lm_logits)
-        return logits, logits.argmax(dim=-1), out.state
+        return logits, logits.argmax(dim=-1), out.state, out.nup_logits
 
     def score(self, context: torch.Tensor, targets: torch.Tensor, state=None):
         """``(log p/|x|, log p(y=1))`` per row (Eq. 2, Eq. 3), with the generation mask."""
@@ -456,10 +458,10 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
         """MLE (Eq. 1) + NUP against one distractor (§3.1); ParlAI's loss/ppl metrics."""
         if batch.label_vec is None:
             raise ValueError('Cannot compute loss without a label.')
-        model = self.model.module if hasattr(self.model, 'module') else self.model
-        out = model.transmitter(batch.text_vec, batch.label_vec)
-        scores = model.mask_logits(out.lm_logits)
-        preds = scores.argmax(dim=-1)
+        # through self.model's forward: under DDP that is what all-reduces the gradients (the
+        # distractor pass below reuses the encoded context, inside the same backward)
+        scores, preds, state, nup_logits = self.model(batch.text_vec, ys=batch.label_vec)
+        model = self._model()
         labels = batch.label_vec
         loss_per_token = self.criterion(scores.reshape(-1, scores.size(-1)), labels.view(-1))
         loss_per_token = loss_per_token.view(labels.shape)
@@ -474,9 +476,9 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
         loss = self.opt.get('mle_coef', 1.0) * mle
         distractors = getattr(batch, 'distractor_vec', None)
         if distractors is not None:
-            negative = model.transmitter(None, distractors.to(labels.device), state=out.state)
-            nup = nup_loss(out.nup_logits, negative.nup_logits)
-            positive_right = out.nup_logits.argmax(-1) == 1
+            negative = model.transmitter(None, distractors.to(labels.device), state=state)
+            nup = nup_loss(nup_logits, negative.nup_logits)
+            positive_right = nup_logits.argmax(-1) == 1
             negative_right = negative.nup_logits.argmax(-1) == 0
             self.record_local_metric('nup_loss', AverageMetric.many([nup.item()] * len(labels)))
             self.record_local_metric(
@@ -488,7 +490,7 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
             )
             loss = loss + self.opt.get('nup_coef', 1.0) * nup
         if return_output:
-            return loss, (scores, preds, out.state)
+            return loss, (scores, preds, state)
         return loss
 
     # ------------------------------------------------------------------------- inference
@@ -683,7 +685,17 @@ class P2BotReceiverAgent(TorchAgent):
                     is_finetune=is_finetune,
                 )
                 self.build_lr_scheduler(states, hard_reset=is_finetune or was_reset)
+                if is_distributed():  # TorchAgent never wraps; frozen copies stay unwrapped
+                    self.model = torch.nn.parallel.DistributedDataParallel(
+                        self.model,
+                        device_ids=[self.opt['gpu']] if self.use_cuda else None,
+                        broadcast_buffers=False,
+                    )
         self.reset()
+
+    @property
+    def _module(self) -> Receiver:
+        return getattr(self.model, 'module', self.model)  # unwrap DDP
 
     def build_model(self) -> Receiver:
         opt, d = self.opt, self.dict
@@ -822,7 +834,7 @@ class P2BotReceiverAgent(TorchAgent):
             self.opt['tau_end'],
             self.opt['tau_anneal_steps'],
         )
-        self.model.tau.fill_(tau)
+        self._module.tau.fill_(tau)
         self.zero_grad()
         out, scores = self._forward(batch)
         true = batch.true_index.to(scores.device)
@@ -881,7 +893,7 @@ class P2BotReceiverAgent(TorchAgent):
                 utt_tokens = padded_tensor(
                     [self.encode_sentence(u) for u in utts], pad_idx=self.NULL_IDX
                 )[0]
-                scores = self.model.perception_scores(
+                scores = self._module.perception_scores(
                     utt_tokens.to(device),
                     padded_tensor(rows, pad_idx=self.NULL_IDX)[0].to(device),
                     torch.LongTensor(index).to(device),

@@ -37,13 +37,14 @@ from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch, Output
 from parlai.core.torch_classifier_agent import TorchClassifierAgent
 from parlai.utils import logging
+from parlai.utils.distributed import is_distributed
 from parlai.utils.io import PathManager
 from parlai.utils.torch import atomic_save, padded_tensor
 
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent, EncoderDecoderGeneratorModel
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.losses.ppg import REWARD_TYPES, critic_rewards, generator_reinforce_loss
-from parlai_ext.losses.reinforce import NORMALISATIONS
+from parlai_ext.losses.reinforce import NORMALISATIONS, average_gradients
 from parlai_ext.modules.ppg import (
     PersonaCritic,
     decoder_input,
@@ -338,6 +339,9 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
         agent = create_agent_from_model_file(path, overrides)
         if agent is None:
             raise FileNotFoundError(f'no PPG model at {path}')
+        # under DDP, ParlAI wraps every generator it builds; this one is a frozen helper or
+        # (ppg_rl) a sub-module of a model that is wrapped as a whole
+        agent.model = getattr(agent.model, 'module', agent.model)
         return agent
 
     def generate_partner_personas(self, sources: Sequence[str]) -> list[str]:
@@ -416,6 +420,17 @@ class PpgCriticAgent(TorchClassifierAgent):
         self._fresh = init_model is None
         super().__init__(opt, shared)
         self.positive_index = self.class_list.index('1')
+        if shared is None and is_distributed() and self._should_initialize_optimizer():
+            # TorchClassifierAgent never wraps its model in DDP; frozen copies stay unwrapped
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.opt['gpu']] if self.use_cuda else None,
+                broadcast_buffers=False,
+            )
+
+    @property
+    def _module(self) -> PersonaCritic:
+        return getattr(self.model, 'module', self.model)  # unwrap DDP
 
     def build_model(self) -> PersonaCritic:
         if self.opt.get('hf_model_dir'):
@@ -438,7 +453,7 @@ class PpgCriticAgent(TorchClassifierAgent):
 
     @property
     def max_pair_len(self) -> int:
-        return min(self.opt['n_positions'], self.model.encoder.max_len or 512)
+        return min(self.opt['n_positions'], self._module.encoder.max_len or 512)
 
     def pair_vector(self, persona: str, response: str) -> list[int]:
         return pack_pair(
@@ -469,7 +484,7 @@ class PpgCriticAgent(TorchClassifierAgent):
         rows = [self.pair_vector(p, r) for p, r in zip(personas, responses)]
         ids = pad_rows(rows, self.NULL_IDX).to(next(self.model.parameters()).device)
         self.model.eval()
-        return F.softmax(self.model(ids).float(), dim=-1)[:, self.positive_index]
+        return F.softmax(self._module(ids).float(), dim=-1)[:, self.positive_index]
 
 
 # --- RL stage (§3.3) -------------------------------------------------------------------------
@@ -646,7 +661,7 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
         source = pad_rows([r.tolist() for r in rows], agent.NULL_IDX)
         device = next(agent.model.parameters()).device
         source = source.to(device)
-        model = agent.model
+        model = getattr(agent.model, 'module', agent.model)  # unwrap DDP
         was_training = model.training
         model.eval()
         sample = sample_sequences(
@@ -693,7 +708,8 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
         self.model.train()
         loss = torch.zeros((), device=drg_src.device)
         if train in ('both', 'drg'):
-            logits = self._teacher_forced_logits(self.model, drg_src, drg_sample)
+            drg = getattr(self.model, 'module', self.model)  # bare model: see train_step
+            logits = self._teacher_forced_logits(drg, drg_src, drg_sample)
             loss = loss + generator_reinforce_loss(
                 logits, drg_sample, rewards, self.NULL_IDX, normalise
             )
@@ -727,6 +743,9 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
         self.zero_grad()
         loss, info = self.rl_loss(observations)
         self.backward(loss)
+        # the log-probabilities came from the bare generators, not DDP's forward: average the
+        # gradients over the workers here (each worker's rewards are its own, no baseline)
+        average_gradients(self.model.parameters())
         self.update_params()
         self.record_local_metric('rl_loss', AverageMetric.many([loss.item()] * len(observations)))
         self.record_local_metric('reward', AverageMetric.many(info['rewards'].tolist()))

@@ -4,9 +4,14 @@ For a sampled (or given) sequence y with reward R and baseline b, the score-func
 estimator of ∇ E[R] is ``(R − b) ∇ Σ_t log p(y_t | y_<t, x)``; the surrogate loss whose
 gradient is its negative is ``−(R − b) Σ_t log p(y_t | y_<t, x)``. Rewards and baselines are
 constants (no gradient flows into the reward model or the baseline).
+
+Under ``multiprocessing_train`` (DDP), :func:`average_gradients` averages the gradients of an
+update whose surrogate was computed outside the DDP wrapper's forward (P2Bot self-play, PPG).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -67,3 +72,42 @@ def reward_weighted_nll(
     if normalise == 'token':
         return per_sequence.sum() / weights.sum().clamp(min=1.0)
     return (per_sequence / weights.sum(dim=-1).clamp(min=1.0)).mean()
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over the distributed workers (no-op in one process).
+
+    DDP all-reduces only the gradients of a backward pass that follows a forward through the
+    DDP wrapper; an RL loop that samples with the bare model and recomputes log-probabilities
+    with it calls this after ``backward`` and before the optimizer step, on every worker, with
+    the same parameters in the same order. A gradient missing (None) on some workers only is
+    taken as zeros there; one missing on all workers stays None (as in one process).
+    """
+    from parlai.utils.distributed import is_distributed
+
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], device=device, dtype=torch.int)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    grads = []
+    for p, anywhere in zip(params, present.tolist()):
+        if anywhere and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if anywhere:
+            grads.append(p.grad)
+    world = dist.get_world_size()
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault((grad.dtype, grad.device), []).append(grad)
+    for group in groups.values():  # one all-reduce per dtype and device
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat /= world
+        for grad, value in zip(group, flat.split([g.numel() for g in group])):
+            grad.copy_(value.view_as(grad))

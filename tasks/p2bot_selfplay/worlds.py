@@ -19,6 +19,8 @@ is supervised evaluation on the held-out episodes). Each parley is one REINFORCE
    ``R = λ1 R1 + λ2 R2 + λ3 R3`` (Eq. 10).
 4. REINFORCE (Eq. 5) with the mini-batch mean reward as baseline, through the learner's own
    optimizer, gradient clipping and lr scheduler (so ParlAI checkpoints and resumes it).
+   Under ``multiprocessing_train`` each worker plays its own ``--batchsize`` dialogues with
+   its own baseline (its mini-batch mean) and the gradients are averaged over the workers.
 
 Metrics (``parlai train_model`` logs them; ``--selfplay-log-file`` also writes them per
 update): ``rs1 rs2 rs3 reward`` (means over B's turns), ``rl_loss``, ``sp_reply_len``.
@@ -42,6 +44,7 @@ from parlai.core.params import ParlaiParser
 from parlai.core.worlds import DialogPartnerWorld, World
 from parlai.tasks.self_chat.worlds import SelfChatWorld as BaseSelfChatWorld
 from parlai.utils.data import DatatypeHelper
+from parlai.utils.distributed import get_rank, is_distributed, is_primary_worker
 from parlai.utils.torch import padded_tensor
 
 from parlai_ext.agents.p2bot import (
@@ -51,7 +54,11 @@ from parlai_ext.agents.p2bot import (
     load_transmitter,
 )
 from parlai_ext.losses.p2bot import discounted_persona_reward, total_reward
-from parlai_ext.losses.reinforce import reward_weighted_nll, sequence_log_probs
+from parlai_ext.losses.reinforce import (
+    average_gradients,
+    reward_weighted_nll,
+    sequence_log_probs,
+)
 from parlai_ext.tasks.p2bot_selfplay.agents import SupervisedTeacher
 
 
@@ -89,7 +96,12 @@ class SelfPlayWorld(World):
         self.episodes = self.teacher.selfplay_episodes()
         if len(self.episodes) < 3:
             raise ValueError('self-play needs at least 3 episodes to pair personas')
-        self.rng = random.Random(1000 + self.learner._number_training_updates)
+        # each worker of multiprocessing_train pairs personas and samples on its own streams:
+        # ParlAI seeds torch with 42 in every worker, so they would play the same dialogues
+        seed = 1000 + self.learner._number_training_updates + 7919 * get_rank()
+        self.rng = random.Random(seed)
+        if is_distributed():
+            torch.manual_seed(seed)
         self.order: list[int] = []
         self.episodes_seen = 0
         self.last_dialogue: list[str] = []
@@ -108,7 +120,8 @@ class SelfPlayWorld(World):
         self.lm = None
         if self.lambdas[0] != 0 and opt.get('rs1_lm', 'user') != 'user':
             self.lm = HFLanguageModelScorer(opt['rs1_lm'], opt.get('rs1_lm_gguf_file'))
-        self.log_file = opt.get('selfplay_log_file')
+        # one line per update: the first worker's dialogues and rewards under DDP
+        self.log_file = opt.get('selfplay_log_file') if is_primary_worker() else None
 
     def _user_model_file(self, opt: Opt) -> str:
         for candidate in (
@@ -248,6 +261,7 @@ class SelfPlayWorld(World):
             normalise=self.opt.get('rl_normalise', 'mean'),
         )
         learner.backward(loss)
+        average_gradients(model.parameters())  # the loss bypassed DDP's forward
         learner.update_params()
         model.train()
         return float(loss.item())

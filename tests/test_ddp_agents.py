@@ -1,0 +1,191 @@
+"""P2Bot and PPG under ``multiprocessing_train`` (DDP, gloo, 2 workers): both workers hold
+identical weights after every update, for the agents ParlAI does not wrap in DDP itself (the
+receiver, the critic), the transmitter's MLE + NUP loss, and the two RL loops whose surrogate
+is computed outside DDP's forward (P2Bot self-play, PPG); self-play workers play different
+dialogues. ``bench/ddp_check.sh`` runs every agent of the project this way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import run_parlai
+from parlai.scripts.train_model import TrainModel
+from test_p2bot import write_both
+
+from parlai_ext.losses.reinforce import average_gradients
+
+GENERATORS = ('transmitter', 'selfplay', 'ppg_rl')
+TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, batchsize=4)
+
+CHECKSUM_AGENTS = """
+import hashlib, os
+from parlai.utils.distributed import get_rank
+from parlai_ext.agents.p2bot import P2BotReceiverAgent, P2BotTransmitterAgent
+from parlai_ext.agents.ppg import PpgCriticAgent, PpgRlAgent
+
+
+def log(name, line):
+    with open(os.path.join(os.environ['CHECKSUM_DIR'], f'{name}{get_rank()}.txt'), 'a') as f:
+        f.write(line + '\\n')
+
+
+class Checksum:
+    \"\"\"Writes a hash of the trained parameters after every update, one file per worker.\"\"\"
+
+    def update_params(self):
+        super().update_params()
+        model = getattr(self.model, 'module', self.model)
+        weights = b''.join(p.detach().numpy().tobytes() for p in model.parameters())
+        log('rank', f'{self._number_training_updates} {hashlib.sha256(weights).hexdigest()}')
+
+
+class Transmitter(Checksum, P2BotTransmitterAgent):
+    def generate(self, contexts, sample=False, max_len=None):
+        replies = super().generate(contexts, sample, max_len)
+        if sample:  # the learner's self-play turns
+            log('samples', ' '.join(str(r.tolist()) for r in replies))
+        return replies
+
+
+class Receiver(Checksum, P2BotReceiverAgent):
+    pass
+
+
+class Critic(Checksum, PpgCriticAgent):
+    pass
+
+
+class Rl(Checksum, PpgRlAgent):
+    pass
+"""
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    """P2Bot transmitter + receiver and PPG persona generator + DRG + critic, a few steps each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp('ddp')
+    data = write_both(root, 16)
+    p2bot = dict(personachat_file=str(data), p2bot_train_episodes=12)
+    ppg = dict(personachat_file=str(data), ppg_valid_episodes=4)
+    common = dict(max_train_steps=2, validation_every_n_steps=-1, validation_max_exs=4, **TINY)
+    common['datapath'] = str(root / 'parlai_data')
+    TrainModel.main(
+        model='p2bot_transmitter', task='p2bot_selfplay:supervised', model_file=str(root / 'tx'),
+        label_truncate=8, skip_generation=True, **p2bot, **common,
+    )  # fmt: skip
+    TrainModel.main(
+        model='p2bot_receiver', task='p2bot_selfplay:receiver', model_file=str(root / 'rx'),
+        **p2bot, **common,
+    )  # fmt: skip
+    TrainModel.main(
+        model='ppg_persona_generator', task='ppg_ext:persona', model_file=str(root / 'ppg'),
+        label_truncate=12, skip_generation=True, **ppg, **common,
+    )  # fmt: skip
+    TrainModel.main(
+        model='ppg_response_generator', task='ppg_ext', model_file=str(root / 'drg'),
+        dict_file=str(root / 'ppg.dict'), label_truncate=8, skip_generation=True, **ppg, **common,
+    )  # fmt: skip
+    TrainModel.main(
+        model='ppg_critic', task='ppg_ext:critic', model_file=str(root / 'critic'),
+        dict_file=str(root / 'ppg.dict'), **ppg, **common,
+    )  # fmt: skip
+    torch.set_num_threads(threads)
+    (root / 'checksum_agents.py').write_text(CHECKSUM_AGENTS)
+    return root, data
+
+
+def _runs(root, data) -> dict[str, list[str]]:
+    p2bot = ['--personachat-file', str(data), '--p2bot-train-episodes', '12']
+    ppg = ['--personachat-file', str(data), '--ppg-valid-episodes', '4']
+    tiny = ['--n-layers', '1', '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32']
+    return {
+        'receiver': ['-m', 'checksum_agents:Receiver', '-t', 'p2bot_selfplay:receiver', *p2bot,
+                     '--dict-file', str(root / 'rx.dict'), *tiny],
+        'transmitter': ['-m', 'checksum_agents:Transmitter', '-t', 'p2bot_selfplay:supervised',
+                        *p2bot, '--dict-file', str(root / 'tx.dict'), *tiny,
+                        '--label-truncate', '8'],
+        'selfplay': ['-m', 'checksum_agents:Transmitter', '-t', 'p2bot_selfplay', *p2bot,
+                     '--dict-file', str(root / 'tx.dict'), '--init-model', str(root / 'tx'),
+                     '--selfplay-receiver-model', str(root / 'rx'), '-bs', '2', '-lr', '1e-4',
+                     '--selfplay-max-len', '5'],
+        'critic': ['-m', 'checksum_agents:Critic', '-t', 'ppg_ext:critic', *ppg,
+                   '--dict-file', str(root / 'critic.dict'), *tiny],
+        'ppg_rl': ['-m', 'checksum_agents:Rl', '-t', 'ppg_ext', *ppg,
+                   '--dict-file', str(root / 'drg.dict'), '--init-model', str(root / 'drg'),
+                   '--ppg-model-file', str(root / 'ppg'), '--critic-model-file',
+                   str(root / 'critic'), '-lr', '1e-3', '--rl-persona-max-len', '6',
+                   '--rl-response-max-len', '5'],
+    }  # fmt: skip
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize('run', ['receiver', 'transmitter', 'selfplay', 'critic', 'ppg_rl'])
+def test_workers_hold_identical_weights_after_every_update(models, tmp_path, run):
+    root, data = models
+    env = {
+        'PYTHONPATH': str(root),
+        'CHECKSUM_DIR': str(tmp_path),
+        'OMP_NUM_THREADS': '1',
+        'PARLAI_DATAPATH': str(root / 'parlai_data'),
+    }
+    run_parlai(
+        'multiprocessing_train', *_runs(root, data)[run], '-mf', str(tmp_path / 'model'),
+        '-bs', '2' if run == 'selfplay' else '4', '--max-train-steps', '4', '-vstep', '-1',
+        '-vme', '4', '--short-final-eval', 'true', '--distributed-world-size', '2',
+        *(['--skip-generation', 'true'] if run in GENERATORS else []), env=env, timeout=600,
+    )  # fmt: skip
+    logs = [dict(line.split() for line in _lines(tmp_path / f'rank{r}.txt')) for r in (0, 1)]
+    assert sorted(logs[0]) == sorted(logs[1]) == ['1', '2', '3', '4']
+    assert logs[0] == logs[1]  # the same weights on both workers after every update
+    assert len(set(logs[0].values())) == 4  # and they changed every update
+    if run == 'selfplay':  # each worker samples its own dialogues
+        samples = [_lines(tmp_path / f'samples{r}.txt') for r in (0, 1)]
+        assert len(samples[0]) == len(samples[1]) == 4 * 3  # 4 updates x 3 turns
+        assert samples[0] != samples[1]
+
+
+def _average_on_worker(rank: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        layer = torch.nn.Linear(2, 2)
+        extra = torch.nn.Parameter(torch.zeros(3))
+        unused = torch.nn.Parameter(torch.zeros(1))
+        frozen = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+        with torch.no_grad():
+            layer.weight.fill_(1.0)
+            layer.bias.fill_(0.0)
+        (layer(torch.full((1, 2), float(rank + 1))).sum()).backward()
+        if rank == 1:  # a gradient that only this worker has
+            extra.grad = torch.full((3,), 4.0)
+        average_gradients([layer.weight, layer.bias, extra, unused, frozen])
+        torch.save(
+            {
+                'weight': layer.weight.grad,
+                'bias': layer.bias.grad,
+                'extra': extra.grad,
+                'unused': unused.grad,
+                'frozen': frozen.grad,
+            },
+            f'{out_file}.{rank}',
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_is_the_mean_over_workers(tmp_path):
+    out = str(tmp_path / 'grads')
+    mp.spawn(_average_on_worker, args=(str(tmp_path / 'init'), out), nprocs=2)
+    for rank in (0, 1):
+        grads = torch.load(f'{out}.{rank}')
+        # d(sum W x)/dW = x: x = 1 on worker 0, 2 on worker 1 -> mean 1.5
+        assert torch.equal(grads['weight'], torch.full((2, 2), 1.5))
+        assert torch.equal(grads['bias'], torch.ones(2))
+        assert torch.equal(grads['extra'], torch.full((3,), 2.0))  # (0 + 4) / 2
+        assert grads['unused'] is None and grads['frozen'] is None
