@@ -374,7 +374,11 @@ def patch_dict_class_agent(module: types.ModuleType) -> None:
 # parlai/scripts/train_model.py calls set_seed(opt['seed']) only after TrainLoop(opt) has built
 # the agent, so ``--seed`` never made the initial weights reproducible (two runs with the same
 # seed start from different models). The patch seeds ``random`` and torch at the start of
-# TrainLoop.__init__ as well, which also covers each ``multiprocessing_train`` worker.
+# TrainLoop.__init__ as well, which also covers each ``multiprocessing_train`` worker. Under
+# DDP every worker would then draw the same data order and the same samples (both workers
+# training on identical batches), so once the agent is built (DDP makes the weights equal
+# anyway) each worker reseeds with ``seed + rank``: rank 0 continues exactly as one process.
+# Without ``--seed``, torch is reseeded with 42 + rank (ParlAI seeds it with 42 in every worker).
 
 
 def patch_train_loop_seed(module: types.ModuleType) -> None:
@@ -387,5 +391,23 @@ def patch_train_loop_seed(module: types.ModuleType) -> None:
         if opt.get('seed') is not None:
             module.set_seed(opt['seed'])
         original(self, opt)
+        reseed_per_worker(opt, module.set_seed)
 
     module.TrainLoop.__init__ = __init__
+
+
+def reseed_per_worker(opt, set_seed) -> None:
+    """Under DDP, worker ``r`` continues with ``seed + r`` (rank 0: as one process would).
+
+    Without ``--seed`` only torch is reseeded, with ParlAI's 42 + r (its distributed context
+    seeds torch with 42 in every worker; ``random`` is already seeded per process).
+    """
+    import torch
+    from parlai.utils import distributed
+
+    if not distributed.is_distributed():
+        return
+    if opt.get('seed') is not None:
+        set_seed(opt['seed'] + distributed.get_rank())
+    else:
+        torch.manual_seed(42 + distributed.get_rank())

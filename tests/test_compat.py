@@ -166,3 +166,20 @@ def test_train_model_seed_makes_the_initial_weights_reproducible(tmp_path):
     unpatched = patched.__wrapped__
     first, second = initial_weights(unpatched), initial_weights(unpatched)
     assert not all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_train_loop_seed_differs_per_worker_after_the_agent_is_built(monkeypatch):
+    """Under DDP, worker r continues with seed + r (data order, samples), not all with seed."""
+    from parlai.utils import distributed
+
+    from parlai_ext.compat import reseed_per_worker
+
+    seeds = []
+    for rank in (None, 0, 1, 3):
+        monkeypatch.setattr(distributed, 'is_distributed', lambda rank=rank: rank is not None)
+        monkeypatch.setattr(distributed, 'get_rank', lambda rank=rank: rank or 0)
+        reseed_per_worker({'seed': 7}, seeds.append)
+        reseed_per_worker({'seed': None}, seeds.append)
+        seeds.append(torch.initial_seed())
+    # one process: untouched (train_model seeds it itself); without --seed torch gets 42 + rank
+    assert seeds[1:] == [7, 42, 8, 43, 10, 45]
