@@ -346,11 +346,12 @@ def test_cross_encoder_from_a_local_hf_encoder(tmp_path, fixture_file):
     args = dict(SCRATCH_ARGS, hf_encoder_path=hf_dir)
     for key in ('n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions'):
         args.pop(key)
-    # the pretrained weights and the directory's tokenizer are used
+    # the pretrained weights and the directory's tokenizer are used (all but the unused pooler)
     agent = create_agent(ParlaiParser(True, True).parse_kwargs(**args))
     pretrained = AutoModel.from_pretrained(hf_dir).state_dict()
     mine = agent.model.encoder.model.state_dict()
-    assert all(torch.equal(mine[k], pretrained[k]) for k in pretrained)
+    assert set(pretrained) - set(mine) == {'pooler.dense.weight', 'pooler.dense.bias'}
+    assert all(torch.equal(mine[k], pretrained[k]) for k in mine)
     tokenizer = agent.dict.hf_tokenizer
     assert agent.dict.txt2vec('i love cats') == tokenizer.convert_tokens_to_ids(
         ['i', 'love', 'cats']

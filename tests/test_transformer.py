@@ -50,3 +50,34 @@ def test_from_scratch_cross_encoder_learns_to_match_response_to_context():
 
 
 STEPS = 600
+
+
+def test_hf_encoder_drops_the_unused_pooler_so_every_parameter_gets_a_gradient(tmp_path):
+    """DDP stops on a parameter without gradient: BERT's pooler is never used by our encoders.
+
+    Checkpoints saved with the pooler still load (its weights are ignored).
+    """
+    from transformers import BertConfig, BertModel
+
+    from parlai_ext.modules.transformer import HfEncoder
+
+    config = BertConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tmp_path)
+    with_pooler = {f'model.{k}': v for k, v in BertModel(config).state_dict().items()}
+    assert any('pooler' in k for k in with_pooler)
+
+    encoder = HfEncoder(str(tmp_path))
+    assert not any('pooler' in name for name, _ in encoder.named_parameters())
+    ids = torch.randint(1, 20, (2, 5))
+    encoder(ids, None, torch.ones_like(ids, dtype=torch.bool)).sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+
+    encoder.load_state_dict(with_pooler)  # strict: only the pooler keys are dropped
+    assert torch.equal(
+        encoder.model.embeddings.word_embeddings.weight,
+        with_pooler['model.embeddings.word_embeddings.weight'],
+    )

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parlai_ext.modules.transformer import TransformerEncoder, init_weights
+from parlai_ext.modules.transformer import TransformerEncoder, drop_unused_pooler, init_weights
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
 
 # =============================================================================== transmitter
@@ -309,6 +309,7 @@ class HFSentenceEncoder(nn.Module):
     def __init__(self, model: nn.Module, padding_idx: int) -> None:
         super().__init__()
         self.model = model
+        drop_unused_pooler(self, model)  # unused (mean pooling), and it would stall DDP
         self.padding_idx = padding_idx
         self.dim = model.config.hidden_size
 

@@ -322,6 +322,26 @@ class TransformerEncoder(nn.Module):
         return hidden
 
 
+def drop_unused_pooler(module: nn.Module, hf_model: nn.Module, attribute: str = 'model') -> None:
+    """Remove a Hugging Face encoder's pooler (BERT-like ``model.pooler``), which we never use.
+
+    Our encoders read token states (``last_hidden_state``), so the pooler gets no gradient; DDP
+    stops at the second update on a parameter without one. BERT-like forwards skip a ``None``
+    pooler. ``module`` (holding ``hf_model`` as ``attribute``) then ignores pooler weights in
+    checkpoints saved before this change.
+    """
+    if getattr(hf_model, 'pooler', None) is None:
+        return
+    hf_model.pooler = None
+    prefix = f'{attribute}.pooler.'
+
+    def drop_pooler_keys(state_dict, module_prefix, *_args) -> None:
+        for key in [k for k in state_dict if k.startswith(module_prefix + prefix)]:
+            del state_dict[key]
+
+    module._register_load_state_dict_pre_hook(drop_pooler_keys)
+
+
 class HfEncoder(nn.Module):
     """A Hugging Face encoder (BERT, DistilBERT, MiniLM, ...) from a local directory, with the
     interface of :class:`TransformerEncoder` (``hidden_size``, ``max_len``, ``forward``).
@@ -340,6 +360,7 @@ class HfEncoder(nn.Module):
         self.model = (
             AutoModel.from_config(config) if from_config else AutoModel.from_pretrained(path)
         )
+        drop_unused_pooler(self, self.model)
         self.hidden_size = config.hidden_size
         self.max_len = getattr(config, 'max_position_embeddings', None)
         accepts_types = 'token_type_ids' in inspect.signature(self.model.forward).parameters
