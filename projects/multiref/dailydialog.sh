@@ -14,6 +14,8 @@
 # docs/results.md: the teacher with STEPS=2000 in runs/multiref_dd, the students with
 #   OUT=runs/multiref_dd/s1000 STEPS=1000 DICT=runs/multiref_dd/dd.dict \
 #   HYPS=runs/multiref_dd/hyps.jsonl projects/multiref/dailydialog.sh train MODEL DATA
+# GT_FROM_HYPS=1: the "gt" students read the ground truth of the contexts in $HYPS only (Table 4's
+# 1 GT on the same contexts as N hyp; needed when $HYPS covers part of the training set).
 # MAX_TRAIN_TIME (seconds) caps each training; EVAL_EXS evaluates the first N validation
 # examples only. Wall times go to $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
 # is far slower than one thread).
@@ -68,7 +70,7 @@ train)
     model=$2 data=$3
     dir=$(model_dir "$model" "$data")
     mkdir -p "$dir"
-    if [ "$data" = gt ]; then
+    if [ "$data" = gt ] && [ -z "${GT_FROM_HYPS:-}" ]; then
         task=(-t "$TASK")
     else
         task=(-t multiref_ext --multiref-file "$HYPS" --multiref-mode "$data"
