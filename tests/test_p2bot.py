@@ -445,3 +445,57 @@ def test_paper_hyperparameters_are_the_defaults():
     assert (receiver['margin'], receiver['l1_beta']) == (0.4, 1e-4)
     assert (receiver['tau_start'], receiver['tau_end']) == (10.0, 0.5)
     assert (receiver['receiver_distractors'], receiver['receiver_eval_distractors']) == (1, 31)
+
+
+def test_receiver_learns_to_match_utterances_with_their_persona():
+    """From scratch, the receiver (Eq. 11-14 + Eq. 12 loss) learns a synthetic persona match:
+    each utterance mentions a topic word of its speaker's persona sentences, the distractor
+    persona has other topics."""
+    import random
+
+    from parlai_ext.losses.p2bot import receiver_loss
+    from parlai_ext.modules.p2bot import Receiver, SentenceEncoder
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    vocab, topics = 60, list(range(10, 50))
+
+    def sentence(topic: int) -> list[int]:
+        filler = [rng.randrange(3, 10) for _ in range(5)]
+        return filler[:3] + [topic] + filler[3:]
+
+    def pad(rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor([row + [0] * (6 - len(row)) for row in rows])
+
+    def encoder() -> SentenceEncoder:
+        return SentenceEncoder(vocab, 64, 2, 4, 128, n_positions=8, dropout=0.0)
+
+    receiver = Receiver(encoder(), encoder(), tau=10.0)
+    optimizer = torch.optim.Adam(receiver.parameters(), lr=1e-3)
+    for step in range(250):
+        utterances, utterance_index, sentences, persona_index = [], [], [], []
+        for _ in range(16):
+            own = rng.sample(topics, 3)
+            other = rng.sample([t for t in topics if t not in own], 3)
+            utterance_index.append(list(range(len(utterances), len(utterances) + 4)))
+            utterances += [sentence(rng.choice(own)) for _ in range(4)]
+            candidates = []
+            for persona in (own, other):
+                candidates.append(list(range(len(sentences), len(sentences) + 3)))
+                sentences += [sentence(topic) for topic in persona]
+            persona_index.append(candidates)
+        receiver.tau.fill_(max(0.5, 10 - 9.5 * step / 200))
+        out = receiver(
+            pad(utterances),
+            torch.tensor(utterance_index),
+            pad(sentences),
+            torch.tensor(persona_index),
+        )
+        loss, margin, _ = receiver_loss(
+            out.scores, torch.zeros(16, dtype=torch.long), out.relevance, out.mask
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert margin.item() < 0.05
+    assert bool((out.scores[:, 0] > out.scores[:, 1]).all())
