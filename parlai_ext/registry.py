@@ -46,4 +46,8 @@ TASKS: dict[str, dict[str, str]] = {
 # (``parlai.zoo.<system>.build`` -> ``<package>.build``; see zoo/common.py)
 ZOO: dict[str, str] = {
     'plato2': 'parlai_ext.zoo.plato2',
+    'p2bot': 'parlai_ext.zoo.p2bot',
+    'ppg': 'parlai_ext.zoo.ppg',
+    'coral': 'parlai_ext.zoo.coral',
+    'multiref': 'parlai_ext.zoo.multiref',
 }
