@@ -104,3 +104,59 @@ def build_files():
     from parlai_ext.zoo.plato2.build import FILES
 
     return FILES
+
+
+# every other shipped entry: (system, entry, the generator's name in ParlAI's chat output,
+# [secondary model files that are loaded and used below])
+ENTRIES = [
+    ('p2bot', 'convai2_dev_small', 'P2BotTransmitter', ['receiver']),
+    ('ppg', 'convai2_dev_small', 'PpgResponseGenerator', ['ppg', 'critic']),
+]
+
+
+@pytest.mark.parametrize('system,entry,speaker,_', ENTRIES, ids=[e[0] for e in ENTRIES])
+def test_shipped_entry_chats_offline(parlai_cli, system, entry, speaker, _):
+    """zoo:<system>/<entry>/model installs from the package and answers two piped turns."""
+    out = parlai_cli(
+        'interactive', '-mf', f'zoo:{system}/{entry}/model', '--inference', 'greedy',
+        '--beam-size', '1', stdin='hi , how are you today ?\nwhat do you do for fun ?\n', timeout=600,
+    )  # fmt: skip
+    tag = f'[{speaker}]:'
+    replies = [line.split(tag, 1)[1].strip() for line in out.stdout.splitlines() if tag in line]
+    assert len(replies) == 2 and all(replies), out.stdout[-2000:]
+    module = __import__(f'parlai_ext.zoo.{system}.build', fromlist=['FILES'])
+    installed = os.path.join(os.environ['PARLAI_DATAPATH'], 'models', system, entry)
+    assert sorted(os.listdir(installed)) == sorted(['.built', *module.FILES])
+
+
+def test_shipped_secondary_models_load_and_score(tmp_path):
+    """The receiver, the PPG persona generator and the critic of the zoo entries work."""
+    from parlai.core.agents import create_agent_from_model_file
+    from parlai.core.build_data import modelzoo_path
+
+    from parlai_ext.agents.p2bot import load_receiver
+
+    def path(name: str) -> str:
+        return modelzoo_path(str(tmp_path), name)
+
+    receiver = load_receiver(path('zoo:p2bot/convai2_dev_small/receiver'))
+    scores = receiver.perception_scores(
+        ['i walk my two dogs every morning'] * 2,
+        [['i have two dogs.', 'i like to ski.'], ['i am a nurse.', 'i hate winter.']],
+    )
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+    ppg = create_agent_from_model_file(
+        path('zoo:ppg/convai2_dev_small/ppg'),
+        {'inference': 'greedy', 'beam_size': 1, 'datatype': 'valid'},
+    )
+    ppg.observe(
+        {'text': 'your persona: i have two dogs.\nhi , i love my dogs !', 'episode_done': True}
+    )
+    assert ppg.act()['text'].strip()
+
+    critic = create_agent_from_model_file(
+        path('zoo:ppg/convai2_dev_small/critic'), {'datatype': 'valid'}
+    )
+    probability = critic.positive_probability(['i have two dogs.'], ['my dogs are great'])
+    assert probability.shape == (1,) and 0.0 <= float(probability) <= 1.0

@@ -86,23 +86,36 @@ def export_model(
     torch.save({'model': weights}, target)
     with open(model_file + '.opt') as handle:
         opt = json.load(handle)
+    opt = _without_local_paths(opt, option_overrides)
+    with open(target + '.opt', 'w') as handle:
+        json.dump(opt, handle, indent=2, sort_keys=True)
+    dict_file = model_file + '.dict'
+    for suffix in ('', '.spm.model'):
+        if os.path.exists(dict_file + suffix):
+            shutil.copyfile(dict_file + suffix, target + '.dict' + suffix)
+    if os.path.exists(dict_file + '.opt'):  # the dictionary's options: the run's, cleaned too
+        with open(dict_file + '.opt') as handle:
+            dict_opt = _without_local_paths(json.load(handle), {})
+        with open(target + '.dict.opt', 'w') as handle:
+            json.dump(dict_opt, handle, indent=2, sort_keys=True)
+    return target
+
+
+def _without_local_paths(opt: dict, option_overrides: dict) -> dict:
+    """``opt`` without the training machine's paths and times, with ``option_overrides`` set."""
     for key in _LOCAL_OPTIONS:
         opt.pop(key, None)
     override = {k: v for k, v in opt.get('override', {}).items() if k not in _LOCAL_OPTIONS}
     override.update(option_overrides)
     opt['override'] = override
     opt.update(option_overrides)
-    for key, value in list(opt.items()):  # other local paths (data folders, log files)
-        if isinstance(value, str) and os.path.isabs(value):
+    for key, value in list(opt.items()):  # other local paths (data folders, files, logs)
+        if key in option_overrides or not isinstance(value, str) or '/' not in value:
+            continue
+        if os.path.isabs(value) or value.startswith('.') or os.path.exists(value):
             opt.pop(key)
             opt['override'].pop(key, None)
-    with open(target + '.opt', 'w') as handle:
-        json.dump(opt, handle, indent=2, sort_keys=True)
-    dict_file = model_file + '.dict'
-    for suffix in ('', '.opt', '.spm.model'):
-        if os.path.exists(dict_file + suffix):
-            shutil.copyfile(dict_file + suffix, target + '.dict' + suffix)
-    return target
+    return opt
 
 
 if __name__ == '__main__':

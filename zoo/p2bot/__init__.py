@@ -1,0 +1,1 @@
+"""P2Bot zoo entries (``zoo:p2bot/...``)."""

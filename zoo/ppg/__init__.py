@@ -1,0 +1,1 @@
+"""PPG zoo entries (``zoo:ppg/...``)."""
