@@ -23,14 +23,16 @@ EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 
       --rank-candidates true --metrics ext_p2bot,ppl -bs 16 --skip-generation false
       --inference beam --beam-size 2)
 
-# 1. supervised transmitter (Eq. 1 + NUP) and 3. receiver (Eq. 11-14), side by side;
+# 1. supervised transmitter (Eq. 1 + NUP) and 3. receiver (Eq. 11-14), side by side (the
+#    receiver with lr 1e-4 and warm-up: at 1e-3 without it, it collapsed to one vector);
 #    both validate every epoch and keep the best (ppl / receiver hits@1)
 [ -f "$OUT/tx" ] || $PARLAI train_model -m p2bot_transmitter -t p2bot_selfplay:supervised \
     "${F[@]}" -mf "$OUT/tx" "${SIZE[@]}" --text-truncate 128 -bs 16 -lr 1e-3 \
     --warmup-updates 50 --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true \
     -vmt ppl -vmm min "${CAP[@]}" > "$OUT/logs/tx.train.log" 2>&1 &
 [ -f "$OUT/rx" ] || $PARLAI train_model -m p2bot_receiver -t p2bot_selfplay:receiver "${F[@]}" \
-    -mf "$OUT/rx" "${SIZE[@]}" --n-positions 40 -bs 16 -lr 1e-3 --tau-anneal-steps 300 \
+    -mf "$OUT/rx" "${SIZE[@]}" --n-positions 40 -bs 16 -lr 1e-4 --warmup-updates 100 \
+    --tau-anneal-steps 300 \
     -eps "$EPOCHS_RX" -veps 1 -vmt rec_hits@1 -vmm max "${CAP[@]}" \
     > "$OUT/logs/rx.train.log" 2>&1 &
 wait
