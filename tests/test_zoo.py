@@ -111,6 +111,7 @@ def build_files():
 ENTRIES = [
     ('p2bot', 'convai2_dev_small', 'P2BotTransmitter', ['receiver']),
     ('ppg', 'convai2_dev_small', 'PpgResponseGenerator', ['ppg', 'critic']),
+    ('multiref', 'dailydialog_small', 'VhredLgm', []),
 ]
 
 

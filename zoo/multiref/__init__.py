@@ -1,0 +1,1 @@
+"""Multi-referenced training zoo entries (``zoo:multiref/...``)."""
