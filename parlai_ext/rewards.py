@@ -87,7 +87,8 @@ def load_reward_model(spec: str, opt_overrides: dict | None = None) -> RewardMod
     from parlai.core.agents import create_agent_from_model_file
     from parlai.utils.io import PathManager
 
-    if not PathManager.exists(spec):
+    # zoo:<system>/<entry>/<file> names are resolved (and installed) by ParlAI's model-file loader
+    if not spec.startswith('zoo:') and not PathManager.exists(spec):
         raise FileNotFoundError(f'reward model file {spec} does not exist')
     overrides = {'datatype': 'valid', 'interactive_mode': False}
     overrides.update(opt_overrides or {})

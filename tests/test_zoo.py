@@ -112,6 +112,7 @@ ENTRIES = [
     ('p2bot', 'convai2_dev_small', 'P2BotTransmitter', ['receiver']),
     ('ppg', 'convai2_dev_small', 'PpgResponseGenerator', ['ppg', 'critic']),
     ('multiref', 'dailydialog_small', 'VhredLgm', []),
+    ('coral', 'dailydialog_small', 'Coral', ['reward']),
 ]
 
 
@@ -131,7 +132,7 @@ def test_shipped_entry_chats_offline(parlai_cli, system, entry, speaker, _):
 
 
 def test_shipped_secondary_models_load_and_score(tmp_path):
-    """The receiver, the PPG persona generator and the critic of the zoo entries work."""
+    """The receiver, PPG persona generator, critic and CORAL reward model of the zoo work."""
     from parlai.core.agents import create_agent_from_model_file
     from parlai.core.build_data import modelzoo_path
 
@@ -155,6 +156,12 @@ def test_shipped_secondary_models_load_and_score(tmp_path):
         {'text': 'your persona: i have two dogs.\nhi , i love my dogs !', 'episode_done': True}
     )
     assert ppg.act()['text'].strip()
+
+    reward = create_agent_from_model_file(
+        path('zoo:coral/dailydialog_small/reward'), {'datatype': 'valid'}
+    )
+    values = reward.score(['how much is it ?', 'how much is it ?'], ['it is ten dollars .', 'no'])
+    assert values.shape == (2,) and bool(((values > 0) & (values < 1)).all())
 
     critic = create_agent_from_model_file(
         path('zoo:ppg/convai2_dev_small/critic'), {'datatype': 'valid'}

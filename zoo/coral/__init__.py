@@ -1,0 +1,1 @@
+"""CORAL zoo entries (``zoo:coral/...``)."""
