@@ -7,7 +7,10 @@
 set -euo pipefail
 OUT=${OUT:-runs/p2bot}
 HERE=$(cd "$(dirname "$0")" && pwd)
-[ -f "$OUT/sp" ] || bash projects/p2bot/convai2_dev800.sh "$OUT"
-python -m parlai_ext.zoo.common "$OUT/sp" "$HERE/convai2_dev_small" model \
+# SP / RX: which self-play transmitter and receiver of the run to ship (the shipped entry:
+# SP=sp_rx2 RX=rx_lr1e4, see the model card)
+SP=${SP:-sp} RX=${RX:-rx}
+[ -f "$OUT/$SP" ] || bash projects/p2bot/convai2_dev800.sh "$OUT"
+python -m parlai_ext.zoo.common "$OUT/$SP" "$HERE/convai2_dev_small" model \
   --set skip_generation=false inference=beam beam_size=2
-python -m parlai_ext.zoo.common "$OUT/rx" "$HERE/convai2_dev_small" receiver
+python -m parlai_ext.zoo.common "$OUT/$RX" "$HERE/convai2_dev_small" receiver
