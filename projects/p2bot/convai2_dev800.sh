@@ -12,7 +12,7 @@ OUT=${1:-runs/p2bot}
 DATA=${P2BOT_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
 PARLAI=${PARLAI:-.venv/bin/parlai}
 EPOCHS_TX=${EPOCHS_TX:-2}
-EPOCHS_RX=${EPOCHS_RX:-5}
+EPOCHS_RX=${EPOCHS_RX:-8}
 SP_STEPS=${SP_STEPS:-500}
 read -r -a SIZE <<< "${SIZE:---n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512}"
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})
