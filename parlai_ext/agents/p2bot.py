@@ -43,6 +43,7 @@ from parlai.utils.misc import warn_once
 from parlai.utils.torch import neginf, padded_tensor
 
 from parlai_ext.agents.unified_transformer import add_transformer_args, default_truncation
+from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.losses.p2bot import nup_loss, receiver_loss
 from parlai_ext.modules.p2bot import (
     HFCausalBackbone,
@@ -686,11 +687,7 @@ class P2BotReceiverAgent(TorchAgent):
                 )
                 self.build_lr_scheduler(states, hard_reset=is_finetune or was_reset)
                 if is_distributed():  # TorchAgent never wraps; frozen copies stay unwrapped
-                    self.model = torch.nn.parallel.DistributedDataParallel(
-                        self.model,
-                        device_ids=[self.opt['gpu']] if self.use_cuda else None,
-                        broadcast_buffers=False,
-                    )
+                    self.model = wrap_in_ddp(self.model, self.opt, self.use_cuda)
         self.reset()
 
     @property

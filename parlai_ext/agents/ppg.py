@@ -43,6 +43,7 @@ from parlai.utils.torch import atomic_save, padded_tensor
 
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent, EncoderDecoderGeneratorModel
 from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.losses.ppg import REWARD_TYPES, critic_rewards, generator_reinforce_loss
 from parlai_ext.losses.reinforce import NORMALISATIONS, average_gradients
 from parlai_ext.modules.ppg import (
@@ -422,11 +423,7 @@ class PpgCriticAgent(TorchClassifierAgent):
         self.positive_index = self.class_list.index('1')
         if shared is None and is_distributed() and self._should_initialize_optimizer():
             # TorchClassifierAgent never wraps its model in DDP; frozen copies stay unwrapped
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.opt['gpu']] if self.use_cuda else None,
-                broadcast_buffers=False,
-            )
+            self.model = wrap_in_ddp(self.model, self.opt, self.use_cuda)
 
     @property
     def _module(self) -> PersonaCritic:
