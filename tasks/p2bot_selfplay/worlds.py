@@ -44,7 +44,7 @@ from parlai.core.params import ParlaiParser
 from parlai.core.worlds import DialogPartnerWorld, World
 from parlai.tasks.self_chat.worlds import SelfChatWorld as BaseSelfChatWorld
 from parlai.utils.data import DatatypeHelper
-from parlai.utils.distributed import get_rank, is_distributed, is_primary_worker
+from parlai.utils.distributed import get_rank, is_primary_worker
 from parlai.utils.torch import padded_tensor
 
 from parlai_ext.agents.p2bot import (
@@ -96,12 +96,10 @@ class SelfPlayWorld(World):
         self.episodes = self.teacher.selfplay_episodes()
         if len(self.episodes) < 3:
             raise ValueError('self-play needs at least 3 episodes to pair personas')
-        # each worker of multiprocessing_train pairs personas and samples on its own streams:
-        # ParlAI seeds torch with 42 in every worker, so they would play the same dialogues
+        # each worker of multiprocessing_train pairs personas on its own stream; torch (the
+        # sampling) is reseeded per worker by compat fix 10 once TrainLoop has built this world
         seed = 1000 + self.learner._number_training_updates + 7919 * get_rank()
         self.rng = random.Random(seed)
-        if is_distributed():
-            torch.manual_seed(seed)
         self.order: list[int] = []
         self.episodes_seen = 0
         self.last_dialogue: list[str] = []
