@@ -124,6 +124,36 @@ def test_any_generator_model_file_works(tmp_path):
     assert len(lines) == 6 and all(len(r['hypotheses']) == 3 for r in lines)
 
 
+@pytest.mark.parametrize('model_args', [HRED, ['-m', 'unified_transformer', '--n-layers', '1',
+    '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32']])  # fmt: skip
+def test_batched_decoder_drives_the_model_as_parlai_search(model_args, tmp_path):
+    """With a nucleus this small both decoders are greedy: the batched loop must reproduce
+    ParlAI's search token for token (encoder, incremental decoder, min length, forced end)."""
+    model_file = _save_model(tmp_path, model_args)
+    texts = {}
+    for decoder in ('batched', 'parlai'):
+        out = tmp_path / f'{decoder}.jsonl'
+        _generate(model_file, out, '--max-new-contexts', '12', '--hyp-topp', '1e-9',
+                  '--hyp-max-len', '7', '--hyp-decoder', decoder)  # fmt: skip
+        texts[decoder] = [r['hypotheses'] for r in _lines(out)]
+        assert json.load(open(str(out) + '.meta.json'))['decoder'] == decoder
+    assert texts['batched'] == texts['parlai']
+    assert any(h[0] for h in texts['batched'])  # untrained, but not all empty
+    with pytest.raises(ValueError, match='other settings'):  # no mixing decoders in a file
+        _generate(model_file, tmp_path / 'parlai.jsonl', '--hyp-decoder', 'batched',
+                  '--hyp-topp', '1e-9', '--hyp-max-len', '7')  # fmt: skip
+
+
+def test_auto_decoder_falls_back_to_parlai_for_agents_with_their_own_generation(tmp_path):
+    model_file = _save_model(tmp_path, HRED)
+    out = tmp_path / 'blocked.jsonl'
+    _generate(model_file, out, '--max-new-contexts', '2', '--beam-block-ngram', '2')
+    assert json.load(open(str(out) + '.meta.json'))['decoder'] == 'parlai'
+    with pytest.raises(ValueError, match='--hyp-decoder parlai'):
+        _generate(model_file, tmp_path / 'x.jsonl', '--beam-block-ngram', '2',
+                  '--hyp-decoder', 'batched')  # fmt: skip
+
+
 # --- the multi-reference teacher -----------------------------------------------------------
 RECORDS = [
     {'index': 0, 'context': ['hi'], 'response': 'hello', 'hypotheses': ['h0a', 'h0b', 'h0c']},

@@ -34,7 +34,13 @@ from parlai_ext.losses.plato2 import (
     mlm_loss,
 )
 from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator
-from parlai_ext.modules.sampling import gumbel_softmax, sample, top_k_filter, top_p_filter
+from parlai_ext.modules.sampling import (
+    gumbel_softmax,
+    nucleus_sample,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
 from parlai_ext.modules.unified_transformer import UnifiedTransformer
 
 SIZES = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, n_positions=64, dropout=0.0)
@@ -281,6 +287,25 @@ def test_top_k_and_top_p_filters():
     assert torch.equal(parlai_drop, ours_drop)
     draws = sample(random_logits, top_k=1)
     assert torch.equal(draws, random_logits.argmax(-1))
+
+
+def test_nucleus_sample_draws_from_the_renormalised_nucleus():
+    """Rejection sampling (no sort) must give top_p_filter's distribution, ParlAI's nucleus."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0], [0.0, 0.0, 5.0, 0.0, 1.0, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = nucleus_sample(logits.repeat_interleave(50_000, 0).view(2, 50_000, 6), 0.8, generator)
+    assert draws.shape == (2, 50_000)
+    expected = top_p_filter(logits, 0.8).softmax(-1)
+    observed = F.one_hot(draws, 6).float().mean(1)
+    assert torch.allclose(observed, expected, atol=0.01)
+    assert observed[expected == 0].sum() == 0  # never a token outside the nucleus
+    # a tiny nucleus is greedy (the sorting fallback takes the rows rejection cannot)
+    random_logits = torch.randn(64, 50)
+    assert torch.equal(nucleus_sample(random_logits, 1e-9), random_logits.argmax(-1))
+    again = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(nucleus_sample(random_logits, 0.9, again[0]),
+                       nucleus_sample(random_logits, 0.9, again[1]))  # fmt: skip
+    assert torch.equal(sample(random_logits, top_p=1e-9), random_logits.argmax(-1))
 
 
 # --- agents: loading, saving, generate-then-rank -------------------------------------------------

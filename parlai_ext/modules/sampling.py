@@ -2,10 +2,10 @@
 
 - :func:`gumbel_softmax`: the relaxed categorical sample that PLATO-2 (Eq. 2) and other
   discrete-latent models train through; the noise is the authors' Knover form.
-- :func:`top_k_filter`, :func:`top_p_filter`, :func:`sample`: filtering and drawing for code
-  that samples outside ParlAI's tree search (e.g. latent samples, self-play rollouts). For
-  response generation prefer ParlAI's own ``TopKSampling`` / ``NucleusSampling`` (selected with
-  ``--inference topk|nucleus``), which the agents reuse.
+- :func:`top_k_filter`, :func:`top_p_filter`, :func:`nucleus_sample`, :func:`sample`:
+  filtering and drawing for code that samples outside ParlAI's tree search (latent samples,
+  self-play rollouts, batched pseudo references). For response generation prefer ParlAI's own
+  ``TopKSampling`` / ``NucleusSampling`` (``--inference topk|nucleus``), which the agents reuse.
 
 Every function takes an optional :class:`torch.Generator` so that callers can make samples
 reproducible without touching the global RNG.
@@ -75,6 +75,56 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float('-inf'))
 
 
+def _nucleus_by_sorting(probs: torch.Tensor, p: float, generator) -> torch.Tensor:
+    """Rows of ``probs (N, V)``: sort, keep ParlAI's nucleus, draw by inverse CDF."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    n_kept = ((cumulative - sorted_probs) < p).sum(dim=-1, keepdim=True).clamp_min(1)
+    kept_mass = cumulative.gather(1, n_kept - 1)
+    uniform = torch.rand(kept_mass.shape, device=probs.device, generator=generator)
+    position = torch.searchsorted(cumulative, uniform * kept_mass, right=True)
+    return order.gather(1, torch.minimum(position, n_kept - 1))[:, 0]
+
+
+def nucleus_sample(
+    logits: torch.Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+    max_rounds: int = 8,
+) -> torch.Tensor:
+    """One draw per row of ``(..., vocab)`` logits from the nucleus of mass ``p``, renormalised.
+
+    The distribution of :func:`top_p_filter` + a multinomial draw (token i is in the nucleus
+    when the mass of the tokens more probable than i is below ``p``: ParlAI's rule), drawn by
+    rejection instead of sorting: draw i from the full distribution (inverse CDF), accept it
+    when it is in the nucleus (one masked sum), redraw the rejected rows. A row is accepted
+    with probability = its nucleus mass (>= ``p``), so one or two rounds suffice for usual
+    ``p``; rows still rejected after ``max_rounds`` (tiny ``p``) are drawn by sorting. On a CPU
+    with flat distributions over 10k words this is about 10x cheaper than sorting every row.
+    """
+    vocab = logits.shape[-1]
+    probs = logits.float().softmax(dim=-1).reshape(-1, vocab)
+    rows = probs.shape[0]
+    cumulative = probs.cumsum(dim=-1)
+    chosen = torch.empty(rows, dtype=torch.long, device=probs.device)
+    pending = torch.arange(rows, device=probs.device)
+    for _ in range(max_rounds):
+        if pending.numel() == 0:
+            break
+        row_probs, row_cumulative = probs[pending], cumulative[pending]
+        uniform = torch.rand((len(pending), 1), device=probs.device, generator=generator)
+        token = torch.searchsorted(row_cumulative, uniform * row_cumulative[:, -1:], right=True)
+        token = token.clamp_max(vocab - 1)
+        token_prob = row_probs.gather(1, token)
+        mass_above = (row_probs * (row_probs > token_prob)).sum(dim=-1)
+        accepted = mass_above < p
+        chosen[pending[accepted]] = token[accepted, 0]
+        pending = pending[~accepted]
+    if pending.numel():
+        chosen[pending] = _nucleus_by_sorting(probs[pending], p, generator)
+    return chosen.view(logits.shape[:-1])
+
+
 def sample(
     logits: torch.Tensor,
     top_k: int = 0,
@@ -85,7 +135,9 @@ def sample(
     """One draw per row of ``(..., vocab)`` logits after temperature, top-k and top-p."""
     if temperature <= 0:
         raise ValueError(f'temperature must be > 0, got {temperature}')
-    filtered = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    filtered = top_k_filter(logits / temperature, top_k)
+    if top_p < 1.0:
+        return nucleus_sample(filtered, top_p, generator)
     probs = filtered.softmax(dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
     draws = torch.multinomial(flat, 1, generator=generator)

@@ -12,8 +12,18 @@ context by nucleus sampling (p = 0.95; N = 100 in the paper); the student then t
 
 The teacher is read once, in order (default ``-dt train:evalmode``). Each context is observed by
 the model exactly as in ``eval_model`` (its own history and truncation), then copied N times
-into one batch and decoded with ``--inference nucleus --topp`` (beam size 1), so the N
-hypotheses are independent samples.
+into one batch and decoded by nucleus sampling (beam size 1), so the N hypotheses are
+independent samples. Two decoders draw from the same distribution (``--hyp-decoder``):
+
+- ``batched`` (the default where it applies): one vectorised loop over the whole batch through
+  the model's own ParlAI interface (``encoder``, ``decoder``, ``output``, incremental state),
+  the project's :func:`~parlai_ext.modules.sampling.sample` for the draw. ParlAI's
+  ``_generate`` runs one ``TreeSearch`` object per row, each sorting the whole vocabulary at
+  every step; with hundreds of rows per batch that loop, not the model, is the cost (about 15x
+  slower for a small HRED teacher on a CPU). Used for every ``TorchGeneratorAgent`` that keeps
+  ParlAI's ``_generate`` and has no n-gram blocking or block list.
+- ``parlai``: ``TorchGeneratorAgent._generate`` with ``--inference nucleus --topp`` (what
+  ``auto`` picks for agents with a generation of their own, e.g. PLATO-2's latent reranking).
 
 Output: one JSON object per line, one line per teacher example, in teacher order::
 
@@ -22,8 +32,11 @@ Output: one JSON object per line, one line per teacher example, in teacher order
 
 ``context`` holds every earlier turn of the episode (texts and gold labels, as the teacher
 gives them; a multi-line text stays one string) and ends with the example's own text;
-``logprobs`` are the search's scores of each hypothesis (sum of token log-probabilities).
-``<outfile>.meta.json`` records model, task, datatype, N, p, maximum length and seed.
+``logprobs`` score each hypothesis: with ``batched``, the sum of its tokens' log-probabilities
+under the teacher's full (unfiltered) distribution, end token included; with ``parlai``,
+ParlAI's search score (log-probabilities under the renormalised nucleus, divided by its length
+penalty). ``<outfile>.meta.json`` records model, task, datatype, N, p, maximum length, seed and
+decoder.
 
 Resumable: lines are written a whole batch at a time and flushed. Re-running the same command
 keeps every complete line, drops a partial last line (an interrupted write), checks that the
@@ -39,17 +52,25 @@ import os
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from parlai.core.agents import create_agent
 from parlai.core.message import Message
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.script import ParlaiScript, register_script
 from parlai.core.teachers import create_task_agent_from_taskname
+from parlai.core.torch_agent import Batch
+from parlai.core.torch_generator_agent import TorchGeneratorAgent
 from parlai.utils import logging
 from tqdm import tqdm
 
+from parlai_ext.modules.sampling import sample
+
 FORMAT = 'parlai_ext.pseudo_refs/1'
-META_KEYS = ('format', 'model_file', 'task', 'datatype', 'num_hyps', 'topp', 'max_len')
+META_KEYS = (
+    'format', 'model_file', 'task', 'datatype', 'num_hyps', 'topp', 'max_len', 'decoder',
+)  # fmt: skip
+DECODERS = ('auto', 'batched', 'parlai')
 
 
 def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
@@ -68,6 +89,13 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
         help='stop after writing this many new lines (for chunked runs); -1: to the end',
     )
     group.add_argument('--progress', type='bool', default=True, help='show a progress bar')
+    group.add_argument(
+        '--hyp-decoder',
+        choices=DECODERS,
+        default='auto',
+        help="batched: one vectorised sampling loop per batch (fast); parlai: ParlAI's "
+        'per-row tree search; auto: batched where the agent allows it (see the docstring)',
+    )
     parser.set_defaults(datatype='train:evalmode', batchsize=8)
     return parser
 
@@ -83,6 +111,7 @@ def _meta(opt: Opt) -> dict:
         'topp': opt['hyp_topp'],
         'max_len': opt['hyp_max_len'],
         'seed': opt['hyp_seed'],
+        'decoder': opt['hyp_decoder'],
     }
 
 
@@ -95,6 +124,7 @@ def prepare_resume(outfile: str, meta: dict) -> tuple[int, dict | None]:
     if os.path.exists(meta_path):
         with open(meta_path) as handle:
             old = json.load(handle)
+        old.setdefault('decoder', 'parlai')  # files written before --hyp-decoder existed
         different = [k for k in META_KEYS if old.get(k) != meta.get(k)]
         if different:
             raise ValueError(
@@ -155,7 +185,78 @@ def iterate_examples(teacher) -> Iterator[tuple[dict, Message]]:
             context = []
 
 
-def sample_hypotheses(agent, observations: list[Message], n: int, max_len: int) -> list[list]:
+def batched_decoder_applies(agent) -> bool:
+    """True when the batched loop decodes exactly as ParlAI's search would, one row at a time.
+
+    That is: a ``TorchGeneratorAgent`` that keeps ParlAI's ``_generate`` (no latent sampling or
+    reranking of its own) and blocks nothing (n-gram, context n-gram, block list).
+    """
+    return (
+        isinstance(agent, TorchGeneratorAgent)
+        and type(agent)._generate is TorchGeneratorAgent._generate
+        and (agent.opt.get('beam_block_ngram') or -1) <= 0
+        and (agent.opt.get('beam_context_block_ngram') or -1) <= 0
+        and not agent.opt.get('beam_block_list_filename')
+    )
+
+
+def resolve_decoder(agent, requested: str) -> str:
+    if requested == 'auto':
+        return 'batched' if batched_decoder_applies(agent) else 'parlai'
+    if requested == 'batched' and not batched_decoder_applies(agent):
+        raise ValueError(
+            f'--hyp-decoder batched: {type(agent).__name__} has a generation of its own or '
+            'n-gram blocking; use --hyp-decoder parlai (or auto)'
+        )
+    return requested
+
+
+@torch.no_grad()
+def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tuple[str, float]]:
+    """One nucleus sample per row of ``batch``, all rows in one vectorised loop.
+
+    The model is driven through the same calls as ParlAI's ``_generate`` (encoder, initial
+    decoder input, incremental decoder, output layer, ``--temperature``, ``--beam-min-length``),
+    so any ``TorchGeneratorAgent`` works; only the per-row ``TreeSearch`` is replaced. Returns
+    (text, sum of token log-probabilities under the full distribution) per row.
+    """
+    model = getattr(agent.model, 'module', agent.model)
+    encoder_states = model.encoder(*agent._encoder_input(batch))
+    rows = batch.batchsize
+    device = (batch.text_vec if batch.text_vec is not None else batch.label_vec).device
+    same_rows = torch.arange(rows, device=device)
+    encoder_states = model.reorder_encoder_states(encoder_states, same_rows)
+    decoder_input = agent._get_initial_decoder_input(rows, 1, device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    total = torch.zeros(rows, device=device)
+    tokens, incr_state = [], None
+    for step in range(max_len):
+        hidden, incr_state = model.decoder(decoder_input, encoder_states, incr_state)
+        logits = model.output(hidden[:, -1:, :])[:, 0].float()
+        if agent.temperature != 1.0:
+            logits = logits / agent.temperature
+        if step < agent.beam_min_length:
+            logits[:, agent.END_IDX] = float('-inf')
+        logprobs = F.log_softmax(logits, dim=-1)
+        active = (~done).nonzero().squeeze(1)  # finished rows are not sampled again
+        chosen = torch.full_like(done, agent.END_IDX, dtype=torch.long)
+        chosen[active] = sample(logprobs[active], top_p=top_p)
+        if step == max_len - 1:  # ParlAI forces an end token when a hypothesis never ends
+            chosen = chosen.masked_fill(~done, agent.END_IDX)
+        total += logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(done, 0.0)
+        tokens.append(chosen.masked_fill(done, agent.END_IDX))
+        done = done | (chosen == agent.END_IDX)
+        if bool(done.all()):
+            break
+        incr_state = model.reorder_decoder_incremental_state(incr_state, same_rows)
+        decoder_input = agent._get_next_decoder_input(decoder_input, chosen[:, None], same_rows)
+    ids = torch.stack(tokens, dim=1).tolist()
+    return [(agent._v2t(row), float(score)) for row, score in zip(ids, total.tolist())]
+
+
+def sample_hypotheses(
+    agent, observations: list[Message], n: int, max_len: int, decoder: str = 'parlai'
+) -> list[list]:
     """n independent nucleus samples for each observation: [(text, logprob)] per observation."""
     rows = [obs for obs in observations for _ in range(n)]
     results: list[tuple[str, float]] = [('', float('-inf'))] * len(rows)
@@ -168,10 +269,14 @@ def sample_hypotheses(agent, observations: list[Message], n: int, max_len: int) 
         if agent.use_cuda:
             batch = batch.to(0 if agent.opt['gpu'] == -1 else agent.opt['gpu'])
         agent.model.eval()
-        with torch.no_grad():
-            preds, _ = agent._generate(batch, 1, max_len)
-        for i, (tokens, score, *_rest) in zip(batch.valid_indices.tolist(), preds):
-            results[start + i] = (agent._v2t(tokens), float(score))
+        if decoder == 'batched':
+            samples = batched_nucleus(agent, batch, max_len, agent.opt['topp'])
+        else:
+            with torch.no_grad():
+                preds, _ = agent._generate(batch, 1, max_len)
+            samples = [(agent._v2t(tokens), float(score)) for tokens, score, *_rest in preds]
+        for i, text_score in zip(batch.valid_indices.tolist(), samples):
+            results[start + i] = text_score
     return [results[k * n : (k + 1) * n] for k in range(len(observations))]
 
 
@@ -180,7 +285,6 @@ def generate_pseudo_refs(opt: Opt) -> dict:
     outfile, n = opt['outfile'], opt['num_hyps']
     if n < 1:
         raise ValueError('--num-hyps must be >= 1')
-    done, last = prepare_resume(outfile, _meta(opt))
     agent = create_agent(opt, requireModelExists=True)
     agent.opt['inference'], agent.opt['topp'], agent.opt['beam_size'] = (
         'nucleus',
@@ -188,6 +292,9 @@ def generate_pseudo_refs(opt: Opt) -> dict:
         1,
     )
     agent.beam_size = 1
+    decoder = resolve_decoder(agent, opt['hyp_decoder'])
+    logging.info(f'decoder: {decoder}')
+    done, last = prepare_resume(outfile, {**_meta(opt), 'decoder': decoder})
     teacher_opt = opt.copy()
     teacher_opt['batchsize'] = 1  # a teacher with bsz > 1 steps over episodes in eval modes
     teacher = create_task_agent_from_taskname(teacher_opt)[0]
@@ -205,7 +312,9 @@ def generate_pseudo_refs(opt: Opt) -> dict:
 
         def flush() -> None:
             nonlocal written
-            hyps = sample_hypotheses(agent, [obs for _, obs in pending], n, opt['hyp_max_len'])
+            hyps = sample_hypotheses(
+                agent, [obs for _, obs in pending], n, opt['hyp_max_len'], decoder
+            )
             lines = []
             for (position, _), samples in zip(pending, hyps):
                 record = dict(position)
