@@ -245,6 +245,15 @@ def test_receiver_from_a_local_hf_encoder(trained, tmp_path):
         ['my bees made honey again'], [['i keep bees in my garden.'], ['i play the cello.']]
     )
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+    # a checkpoint reloads to the same scores, building the encoders from the config only
+    # (the pretrained weight file is not needed any more)
+    agent.save(str(tmp_path / 'hf_rx'))
+    (directory / 'model.safetensors').unlink()
+    reloaded = create_agent_from_model_file(str(tmp_path / 'hf_rx'))
+    again = reloaded.persona_scores(
+        ['my bees made honey again'], [['i keep bees in my garden.'], ['i play the cello.']]
+    )
+    assert torch.allclose(again, scores)
 
 
 def test_probe_script_ranks_personas_with_receiver_random_and_ir(trained):

@@ -673,6 +673,7 @@ class P2BotReceiverAgent(TorchAgent):
                 self.optimizer = shared['optimizer']
         else:
             self.criterion = None
+            self._fresh = init_model is None  # no checkpoint: HF encoders take pretrained weights
             self.model = self.build_model()
             if self.use_cuda:
                 self.model.cuda()
@@ -700,9 +701,13 @@ class P2BotReceiverAgent(TorchAgent):
 
         def encoder():
             if opt.get('hf_model_dir'):
-                from transformers import AutoModel
+                from transformers import AutoConfig, AutoModel
 
-                model = AutoModel.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
+                if getattr(self, '_fresh', True):
+                    model = AutoModel.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
+                else:  # the checkpoint overwrites every weight: build the architecture only
+                    config = AutoConfig.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
+                    model = AutoModel.from_config(config)
                 model.resize_token_embeddings(len(d), mean_resizing=False)
                 return HFSentenceEncoder(model, pad)
             return SentenceEncoder(
