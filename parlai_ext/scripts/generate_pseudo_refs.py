@@ -19,8 +19,8 @@ independent samples. Two decoders draw from the same distribution (``--hyp-decod
   the model's own ParlAI interface (``encoder``, ``decoder``, ``output``, incremental state),
   the project's :func:`~parlai_ext.modules.sampling.sample` for the draw. ParlAI's
   ``_generate`` runs one ``TreeSearch`` object per row, each sorting the whole vocabulary at
-  every step; with hundreds of rows per batch that loop, not the model, is the cost (about 15x
-  slower for a small HRED teacher on a CPU). Used for every ``TorchGeneratorAgent`` that keeps
+  every step; with hundreds of rows per batch that loop, not the model, is the cost (4.3x
+  slower than ``batched`` for a small HRED teacher on a CPU: ``bench/pseudo_refs_speed.py``). Used for every ``TorchGeneratorAgent`` that keeps
   ParlAI's ``_generate`` and has no n-gram blocking or block list.
 - ``parlai``: ``TorchGeneratorAgent._generate`` with ``--inference nucleus --topp`` (what
   ``auto`` picks for agents with a generation of their own, e.g. PLATO-2's latent reranking).
@@ -101,7 +101,8 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
 
 
 # --- resuming --------------------------------------------------------------------------------
-def _meta(opt: Opt) -> dict:
+def _meta(opt: Opt, decoder: str) -> dict:
+    """What a file was written with (``decoder``: the resolved one, never ``auto``)."""
     return {
         'format': FORMAT,
         'model_file': os.path.abspath(opt['model_file']),
@@ -111,7 +112,7 @@ def _meta(opt: Opt) -> dict:
         'topp': opt['hyp_topp'],
         'max_len': opt['hyp_max_len'],
         'seed': opt['hyp_seed'],
-        'decoder': opt['hyp_decoder'],
+        'decoder': decoder,
     }
 
 
@@ -294,7 +295,7 @@ def generate_pseudo_refs(opt: Opt) -> dict:
     agent.beam_size = 1
     decoder = resolve_decoder(agent, opt['hyp_decoder'])
     logging.info(f'decoder: {decoder}')
-    done, last = prepare_resume(outfile, {**_meta(opt), 'decoder': decoder})
+    done, last = prepare_resume(outfile, _meta(opt, decoder))
     teacher_opt = opt.copy()
     teacher_opt['batchsize'] = 1  # a teacher with bsz > 1 steps over episodes in eval modes
     teacher = create_task_agent_from_taskname(teacher_opt)[0]
