@@ -20,8 +20,9 @@ independent samples. Two decoders draw from the same distribution (``--hyp-decod
   the project's :func:`~parlai_ext.modules.sampling.sample` for the draw. ParlAI's
   ``_generate`` runs one ``TreeSearch`` object per row, each sorting the whole vocabulary at
   every step; with hundreds of rows per batch that loop, not the model, is the cost (4.3x
-  slower than ``batched`` for a small HRED teacher on a CPU: ``bench/pseudo_refs_speed.py``). Used for every ``TorchGeneratorAgent`` that keeps
-  ParlAI's ``_generate`` and has no n-gram blocking or block list.
+  slower than ``batched`` for a small HRED teacher on a CPU: ``bench/pseudo_refs_speed.py``).
+  Used for every ``TorchGeneratorAgent`` that keeps ParlAI's ``_generate`` and has no n-gram
+  blocking or block list.
 - ``parlai``: ``TorchGeneratorAgent._generate`` with ``--inference nucleus --topp`` (what
   ``auto`` picks for agents with a generation of their own, e.g. PLATO-2's latent reranking).
 
@@ -216,9 +217,10 @@ def resolve_decoder(agent, requested: str) -> str:
 def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tuple[str, float]]:
     """One nucleus sample per row of ``batch``, all rows in one vectorised loop.
 
-    The model is driven through the same calls as ParlAI's ``_generate`` (encoder, initial
-    decoder input, incremental decoder, output layer, ``--temperature``, ``--beam-min-length``),
-    so any ``TorchGeneratorAgent`` works; only the per-row ``TreeSearch`` is replaced. Returns
+    The model is driven through the calls ParlAI's ``_generate`` makes (encoder and its
+    reorder, initial and next decoder input, incremental decoder, output layer,
+    ``--temperature``, ``--beam-min-length``), so any ``TorchGeneratorAgent`` works; only the
+    per-row ``TreeSearch`` (and its identity cache reorders) is replaced. Returns
     (text, sum of token log-probabilities under the full distribution) per row.
     """
     model = getattr(agent.model, 'module', agent.model)
@@ -226,6 +228,10 @@ def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tup
     rows = batch.batchsize
     device = (batch.text_vec if batch.text_vec is not None else batch.label_vec).device
     same_rows = torch.arange(rows, device=device)
+    # kept: part of the encoder contract (a model may finish its encoding here, as PLATO-2's
+    # pending context does); the per-step incremental-state reorder that ParlAI also makes is
+    # left out: with beam size 1 and no row ever dropped it would copy the whole key/value
+    # cache unchanged at every step
     encoder_states = model.reorder_encoder_states(encoder_states, same_rows)
     decoder_input = agent._get_initial_decoder_input(rows, 1, device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -245,11 +251,10 @@ def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tup
         if step == max_len - 1:  # ParlAI forces an end token when a hypothesis never ends
             chosen = chosen.masked_fill(~done, agent.END_IDX)
         total += logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(done, 0.0)
-        tokens.append(chosen.masked_fill(done, agent.END_IDX))
+        tokens.append(chosen)  # finished rows already hold the end token
         done = done | (chosen == agent.END_IDX)
         if bool(done.all()):
             break
-        incr_state = model.reorder_decoder_incremental_state(incr_state, same_rows)
         decoder_input = agent._get_next_decoder_input(decoder_input, chosen[:, None], same_rows)
     ids = torch.stack(tokens, dim=1).tolist()
     return [(agent._v2t(row), float(score)) for row, score in zip(ids, total.tolist())]
