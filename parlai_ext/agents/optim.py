@@ -1,0 +1,72 @@
+"""Weight decay as Knover applies it: never on biases or LayerNorm parameters.
+
+Knover (PLATO-2's code) builds AdamW with ``apply_decay_param_fun`` that exempts every bias and
+every LayerNorm scale/shift from weight decay; BERT and GPT-2 fine-tuning recipes do the same.
+ParlAI's :meth:`TorchAgent.init_optim` hands the optimizer one flat parameter list, so weight
+decay (``--weight-decay``, or AdamW's own default of 0.01 when none is given) lands on them too.
+
+:class:`DecayExemptOptimizerMixin` goes first in an agent's bases; it splits the parameters
+ParlAI passes into two groups and leaves everything else (learning rate, betas, optimizer
+state loading, schedulers) to ParlAI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
+
+
+def decay_exempt_names(model: nn.Module) -> set[str]:
+    """Names of ``model``'s parameters that take no weight decay: biases and norm parameters.
+
+    A parameter is exempt when it is called ``bias``, belongs to a normalisation module (torch's
+    own or any class whose name ends in ``Norm``, as Hugging Face's ``LlamaRMSNorm``), or is a
+    vector (``ndim < 2``: the shape every bias and norm scale has).
+    """
+    exempt = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, NORM_TYPES) or type(module).__name__.endswith('Norm')
+        for name, param in module.named_parameters(recurse=False):
+            full = f'{module_name}.{name}' if module_name else name
+            if is_norm or name == 'bias' or param.ndim < 2:
+                exempt.add(full)
+    return exempt
+
+
+def decay_param_groups(
+    model: nn.Module, params: Iterable[torch.nn.Parameter]
+) -> list[dict[str, list[torch.nn.Parameter] | float]]:
+    """``params`` split into ``[{'params': decayed}, {'params': exempt, 'weight_decay': 0.0}]``.
+
+    Only the given parameters appear (ParlAI passes the trainable ones), in their given order
+    within each group. The first group takes the optimizer's weight decay; an empty group is
+    dropped.
+    """
+    exempt_ids = {id(p) for n, p in model.named_parameters() if n in decay_exempt_names(model)}
+    decayed, exempt = [], []
+    for param in params:
+        (exempt if id(param) in exempt_ids else decayed).append(param)
+    groups: list[dict] = []
+    if decayed:
+        groups.append({'params': decayed})
+    if exempt:
+        groups.append({'params': exempt, 'weight_decay': 0.0})
+    return groups
+
+
+class DecayExemptOptimizerMixin:
+    """Put before a ParlAI ``TorchAgent`` subclass: biases and norms get no weight decay."""
+
+    def init_optim(self, params, optim_states=None, saved_optim_type=None, is_finetune=False):
+        model = self.model.module if hasattr(self.model, 'module') else self.model
+        groups = decay_param_groups(model, params)
+        return super().init_optim(
+            groups,
+            optim_states=optim_states,
+            saved_optim_type=saved_optim_type,
+            is_finetune=is_finetune,
+        )
