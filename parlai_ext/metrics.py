@@ -42,7 +42,9 @@ DISTINCT = ('ext_dist-1', 'ext_dist-2', 'ext_dist_types-1', 'ext_dist_types-2')
 CORPUS_BLEU = tuple(f'ext_bleu-{k}' for k in range(1, MAX_BLEU_ORDER + 1))
 SENTENCE_BLEU = tuple(f'ext_sent_bleu-{k}' for k in range(1, MAX_BLEU_ORDER + 1))
 ROUGE = ('ext_rouge_l',)
-EMBEDDING = ('ext_emb_avg', 'ext_emb_extrema', 'ext_emb_greedy')
+# ext_emb_greedy: both directions averaged (Rus & Lintean 2012); ext_emb_greedy_ref: the
+# multi-reference authors' one direction (each reference word's best hypothesis word)
+EMBEDDING = ('ext_emb_avg', 'ext_emb_extrema', 'ext_emb_greedy', 'ext_emb_greedy_ref')
 LENGTH = ('ext_len',)
 RANKING = ('ext_hits@1', 'ext_hits@5', 'ext_mrr', 'ext_map', 'ext_p@1')
 FIXED_NAMES = frozenset(
@@ -395,20 +397,27 @@ def _extrema(vectors: np.ndarray) -> np.ndarray:
 
 
 def _greedy(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over a's words of the best cosine with a word of b."""
+    """Mean over a's words of the best cosine with a word of b (one direction, a -> b)."""
     norms = np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None, :]
     sims = np.divide(a @ b.T, norms, out=np.zeros((len(a), len(b))), where=norms > 0)
     return float(sims.max(axis=1).mean())
 
 
 def embedding_scores(hyp: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Average, extrema (Forgues et al. 2014) and greedy (Rus & Lintean 2012) similarities."""
+    """Average, extrema (Forgues et al. 2014) and greedy (Rus & Lintean 2012) similarities.
+
+    ``ext_emb_greedy`` averages the two directions (hypothesis -> reference and reference ->
+    hypothesis); ``ext_emb_greedy_ref`` is the multi-reference authors' one direction: for
+    each reference word the best cosine with a hypothesis word, averaged over reference words.
+    """
     if len(hyp) == 0:
         return dict.fromkeys(EMBEDDING, 0.0)
+    ref_to_hyp = _greedy(ref, hyp)
     return {
         'ext_emb_avg': _cosine(hyp.mean(axis=0), ref.mean(axis=0)),
         'ext_emb_extrema': _cosine(_extrema(hyp), _extrema(ref)),
-        'ext_emb_greedy': (_greedy(hyp, ref) + _greedy(ref, hyp)) / 2,
+        'ext_emb_greedy': (_greedy(hyp, ref) + ref_to_hyp) / 2,
+        'ext_emb_greedy_ref': ref_to_hyp,
     }
 
 

@@ -225,6 +225,32 @@ def test_embedding_metrics_by_hand(word_vectors):
     assert scores['ext_emb_extrema'] == pytest.approx(1 / math.sqrt(5))  # extrema (-2, 1)
     # b -> best of a, d: 1/sqrt5; a -> b: 0, d -> b: 1/sqrt5 (mean 1/(2 sqrt5))
     assert scores['ext_emb_greedy'] == pytest.approx((1 / math.sqrt(5) + 0.5 / math.sqrt(5)) / 2)
+    # the authors' one direction: reference word b -> its best hypothesis word d
+    assert scores['ext_emb_greedy_ref'] == pytest.approx(1 / math.sqrt(5))
+
+
+def test_greedy_directions_by_hand(word_vectors):
+    """hypothesis "a", reference "a b": hyp -> ref: a finds a (1); ref -> hyp: a finds a (1),
+    b finds a (0), mean 1/2. Two-directional: (1 + 1/2) / 2; the authors': 1/2 only."""
+    scores = report(['a'], [['a b']], ['ext_emb_greedy', 'ext_emb_greedy_ref'])
+    assert scores == pytest.approx({'ext_emb_greedy': 0.75, 'ext_emb_greedy_ref': 0.5})
+    # and the other way round: the reference's single word finds its match in the hypothesis
+    scores = report(['a b'], [['a']], ['ext_emb_greedy', 'ext_emb_greedy_ref'])
+    assert scores == pytest.approx({'ext_emb_greedy': 0.75, 'ext_emb_greedy_ref': 1.0})
+    # a greedy match is the best cosine, not the first or the mean: c=(1,1) vs a, b, d
+    scores = report(['a d'], [['c']], ['ext_emb_greedy_ref'])
+    assert scores['ext_emb_greedy_ref'] == pytest.approx(1 / math.sqrt(2))
+    assert 'ext_emb_greedy_ref' in M.GROUPS['ext_multiref']
+    assert 'ext_emb_greedy_ref' in M.expand_metric_names(['ext_embedding'])
+
+
+def test_embedding_extrema_takes_the_largest_magnitude_per_dimension(word_vectors):
+    """hypothesis a=(1,0), d=(-2,1): extrema (-2, 1), not the maximum (1, 1) nor the mean;
+    reference c=(1,1) and b=(0,1): extrema (1, 1)."""
+    scores = report(['a d'], [['c b']], ['ext_emb_extrema', 'ext_emb_avg'])
+    assert scores['ext_emb_extrema'] == pytest.approx(-1 / math.sqrt(10))
+    # average: (-0.5, 0.5) vs (0.5, 1): cosine 0.25 / (sqrt(0.5) sqrt(1.25))
+    assert scores['ext_emb_avg'] == pytest.approx(0.25 / math.sqrt(0.5 * 1.25))
 
 
 def test_embedding_unknown_words_and_references(word_vectors):
