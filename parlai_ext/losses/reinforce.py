@@ -5,6 +5,11 @@ estimator of ∇ E[R] is ``(R − b) ∇ Σ_t log p(y_t | y_<t, x)``; the surrog
 gradient is its negative is ``−(R − b) Σ_t log p(y_t | y_<t, x)``. Rewards and baselines are
 constants (no gradient flows into the reward model or the baseline).
 
+Every RL loop of the project (CORAL's Eq. 3, PPG's joint RL, P2Bot's self-play) computes its
+surrogate with :func:`reward_weighted_nll`, which refuses a NaN or infinite reward or baseline
+(:class:`NonFiniteRewardError`) before anything reaches the gradients: one such value would turn
+every weight into NaN after the optimizer step.
+
 Under ``multiprocessing_train`` (DDP), :func:`average_gradients` averages the gradients of an
 update whose surrogate was computed outside the DDP wrapper's forward (P2Bot self-play, PPG).
 """
@@ -17,6 +22,30 @@ import torch
 import torch.nn.functional as F
 
 NORMALISATIONS = ('sum', 'mean', 'token', 'length')
+
+
+class NonFiniteRewardError(ValueError):
+    """A reward (or baseline) of a REINFORCE update is NaN or infinite."""
+
+
+def check_finite_rewards(values: torch.Tensor, what: str = 'reward') -> None:
+    """Raise :class:`NonFiniteRewardError` naming the bad entries when ``values`` is not finite.
+
+    A single NaN or infinite reward makes the surrogate (and, after the optimizer step, every
+    weight it touches) NaN; stop the update instead, with the positions and values.
+    """
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    flat = values.detach().reshape(-1).float().cpu()
+    bad = (~finite.reshape(-1).cpu()).nonzero().flatten().tolist()
+    shown = ', '.join(f'[{i}]={flat[i].item()}' for i in bad[:8])
+    more = f' (and {len(bad) - 8} more)' if len(bad) > 8 else ''
+    raise NonFiniteRewardError(
+        f'{len(bad)} of {flat.numel()} {what} values are NaN or infinite: {shown}{more}; the '
+        'REINFORCE update stops here so the weights stay finite. Check the reward model (its '
+        'inputs, its dtype, a division by zero in a normalisation) or the reward options.'
+    )
 
 
 def sequence_log_probs(
@@ -54,14 +83,19 @@ def reward_weighted_nll(
         ``'length'`` each sequence's sum divided by its own length, then the mean over
         sequences (changes the relative weights: long sequences count less).
     :return: a scalar loss.
+    :raises NonFiniteRewardError: a reward or the baseline is NaN or infinite.
     """
     if normalise not in NORMALISATIONS:
         raise ValueError(f'normalise must be one of {NORMALISATIONS}, got {normalise!r}')
+    check_finite_rewards(rewards, 'reward')
     advantages = rewards.detach().to(log_probs_per_token.dtype)
     if baseline is not None:
         if torch.is_tensor(baseline):
             baseline = baseline.detach().to(advantages.dtype)
-        advantages = advantages - baseline
+        else:
+            baseline = torch.tensor(float(baseline), dtype=advantages.dtype)
+        check_finite_rewards(baseline, 'baseline')
+        advantages = advantages - baseline.to(advantages.device)
     weights = mask.to(log_probs_per_token.dtype)
     sequence_log_prob = (log_probs_per_token * weights).sum(dim=-1)
     per_sequence = -advantages * sequence_log_prob
