@@ -14,7 +14,10 @@ from parlai.core.params import ParlaiParser
 from parlai.core.teachers import create_task_agent_from_taskname
 
 from parlai_ext.scripts.generate_pseudo_refs import GeneratePseudoRefs, iterate_examples
+from parlai_ext.tasks import common
+from parlai_ext.tasks.common import MalformedDataError
 from parlai_ext.tasks.demo.agents import generate_split
+from parlai_ext.tasks.multiref.agents import RECORD_FORMAT
 
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 HRED = [
@@ -262,3 +265,104 @@ def test_cli_trains_on_hypotheses_and_validates_on_the_original(hred_model, tmp_
     assert stats['train_reports'][0]['total_exs'] == 4 * 16  # first log after 4 steps
     assert stats['final_valid_report']['exs'] == 16  # ext_demo valid examples
     assert lines == sum(len(d) for d in generate_split('valid'))
+
+
+# --- validation of the pseudo-reference file (issue 19.4) ----------------------------------
+GOOD = json.dumps(RECORDS[0])
+
+
+def _record(**changes) -> bytes:
+    record = {**RECORDS[1], **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not ...}).encode()
+
+
+BAD_LINES = {  # line 2 of a file whose lines 1 and 3 are good -> expected message
+    'context_string': (_record(context='hi there'), '"context" is a string, expected a list'),
+    'hypotheses_string': (_record(hypotheses='h1a'), '"hypotheses" is a string, expected a list'),
+    'context_empty_list': (_record(context=[]), '"context" is an empty list'),
+    'context_number_turn': (_record(context=['hi', 3]), r'"context"\[1\] is a number'),
+    'response_empty': (_record(response='  '), '"response" is empty'),
+    'response_null': (_record(response=None), '"response" is null, expected a non-empty string'),
+    'hypotheses_empty_list': (_record(hypotheses=[]), '"hypotheses" is an empty list'),
+    'hypothesis_empty': (_record(hypotheses=['h1a', '']), r'"hypotheses"\[1\] is empty'),
+    'hypothesis_null': (_record(hypotheses=['h1a', None]), r'"hypotheses"\[1\] is null'),
+    'null': (b'null', 'the line is null, expected one JSON object per line'),
+    'list': (b'["hi", "hello"]', 'the line is a list, expected one JSON object'),
+    'missing_keys': (_record(response=..., hypotheses=...), 'missing response, hypotheses'),
+    'not_json': (b'{"context": ["hi"', 'not JSON'),
+    'not_utf8': (b'{"context": ["caf\xe9"], "response": "x", "hypotheses": ["y"]}',
+                 'not valid UTF-8 \\(byte 0xe9'),
+    'wrong_index': (_record(index=7), '"index" is 7, expected 1'),
+}  # fmt: skip
+
+
+def _write_lines(path, *lines: bytes) -> None:
+    path.write_bytes(b''.join(line + b'\n' for line in lines))
+
+
+def _third() -> bytes:
+    return json.dumps({**RECORDS[0], 'index': 2, 'hypotheses': ['h2a', 'h2b', 'h2c']}).encode()
+
+
+@pytest.mark.parametrize('case', sorted(BAD_LINES))
+def test_each_malformed_record_names_file_and_line(case, tmp_path):
+    line, message = BAD_LINES[case]
+    path = tmp_path / 'refs.jsonl'
+    _write_lines(path, GOOD.encode(), line, _third())
+    with pytest.raises(MalformedDataError, match=rf'^{path}:2: {message}') as err:
+        _teacher_examples(path)
+    assert '--skip-malformed true' in str(err.value)
+    # skipped: the bad context (all its references) is left out, the others are kept
+    kept = _teacher_examples(path, 'train:ordered', '--skip-malformed', 'true')
+    assert [label for _, label, _ in kept] == ['h0a', 'h0b', 'h0c', 'h2a', 'h2b', 'h2c']
+
+
+def test_skip_malformed_counts_and_reports_once(tmp_path, monkeypatch):
+    path = tmp_path / 'refs.jsonl'
+    fourth = json.dumps({**RECORDS[0], 'index': 3, 'hypotheses': ['h3a']}).encode()
+    _write_lines(path, GOOD.encode(), b'null', _record(index=2, hypotheses='x'), fourth)
+    warnings = []
+    monkeypatch.setattr(common.logging, 'warning', warnings.append)
+    kept = _teacher_examples(path, 'train:ordered', '--skip-malformed', 'true')
+    assert [label for _, label, _ in kept] == ['h0a', 'h0b', 'h0c', 'h3a']
+    assert warnings == [
+        f'multiref_ext: skipped 2 malformed line(s)/entries (2 contexts left out); first: '
+        f'{path}:2: the line is null, expected {RECORD_FORMAT}'
+    ]
+
+
+def test_fewer_hypotheses_than_asked_is_a_record_error(refs_file, tmp_path):
+    path = tmp_path / 'refs.jsonl'
+    _write_lines(path, GOOD.encode(), _record(hypotheses=['h1a']))
+    with pytest.raises(MalformedDataError, match=rf'^{path}:2: 1 hypotheses, expected at least'):
+        _teacher_examples(path, 'train:ordered', '--multiref-n-hyps', '2')
+    kept = _teacher_examples(
+        path, 'train:ordered', '--multiref-n-hyps', '2', '--skip-malformed', 'true'
+    )
+    assert [label for _, label, _ in kept] == ['h0a', 'h0b']
+    # ground truth only: the hypotheses are not used, so their number does not matter
+    assert len(_teacher_examples(path, 'train:ordered', '--multiref-mode', 'gt')) == 2
+
+
+@pytest.mark.parametrize('content', [b'', b'\n\n  \n'])
+def test_empty_file_is_an_error(content, tmp_path):
+    path = tmp_path / 'refs.jsonl'
+    path.write_bytes(content)
+    with pytest.raises(MalformedDataError, match=rf'^{path}:1: the file is empty, expected'):
+        _teacher_examples(path)
+
+
+def test_everything_skipped_is_an_error(tmp_path):
+    path = tmp_path / 'refs.jsonl'
+    _write_lines(path, b'null', b'[]')
+    with pytest.raises(MalformedDataError, match='no usable examples'):
+        _teacher_examples(path, 'train:ordered', '--skip-malformed', 'true')
+
+
+def test_blank_lines_crlf_bom_and_extra_keys_are_accepted(tmp_path):
+    path = tmp_path / 'refs.jsonl'
+    first = json.dumps({**RECORDS[0], 'logprobs': [-1.0, -2.0, -3.0], 'episode': 0})
+    path.write_bytes(b'\xef\xbb\xbf' + first.encode() + b'\r\n\r\n')
+    assert _teacher_examples(path, 'train:ordered', '--multiref-mode', 'gt') == [
+        ('hi', 'hello', 'gt')
+    ]
