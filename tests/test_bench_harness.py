@@ -1,0 +1,131 @@
+"""The benchmark harness (bench/harness.py): statistics, interleaving, atomic output, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench')
+sys.path.insert(0, BENCH)
+
+import harness  # noqa: E402
+
+
+def test_spread_median_quartiles_min_max():
+    s = harness.spread([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (s.median, s.q1, s.q3, s.min, s.max, s.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+    even = harness.spread([1.0, 2.0, 3.0, 10.0])
+    assert even.median == 2.5
+    assert even.q1 == pytest.approx(1.75) and even.q3 == pytest.approx(4.75)
+    assert even.iqr_relative == pytest.approx(3.0 / 2.5)
+    one = harness.spread([7.0])
+    assert (one.median, one.q1, one.q3) == (7.0, 7.0, 7.0)
+    assert harness.spread([2000.0, 3000.0, 2500.0]).format() == '2,500 (2,250-2,750)'
+    with pytest.raises(ValueError):
+        harness.spread([])
+
+
+def test_paired_ratios_are_per_round():
+    assert harness.paired_ratios([2.0, 6.0], [1.0, 3.0]) == [2.0, 2.0]
+    with pytest.raises(ValueError):
+        harness.paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_interleaved_order_alternates_and_balances_positions():
+    order = harness.interleaved_order(['A', 'B', 'C'], 4)
+    assert order == [list('ABC'), list('CBA'), list('ABC'), list('CBA')]
+    flat = [n for rnd in harness.interleaved_order(['A', 'B'], 4) for n in rnd]
+    assert flat == list('ABBAABBA')  # never AAAA BBBB
+    # every name sits at the same mean position: a linear load drift hits all alike
+    positions = {n: [rnd.index(n) for rnd in order] for n in 'ABC'}
+    assert {sum(p) for p in positions.values()} == {4}
+
+
+def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / 'sub' / 'out.json'
+    harness.write_atomic(str(path), 'old')
+    harness.write_atomic(str(path), 'new')
+    assert path.read_text() == 'new'
+    assert os.listdir(path.parent) == ['out.json']
+
+    # a failing write keeps the old file and removes its temporary
+    with pytest.raises(TypeError):
+        harness.write_atomic(str(path), 123)  # type: ignore[arg-type]
+    assert path.read_text() == 'new'
+    assert os.listdir(path.parent) == ['out.json']
+
+
+def test_write_results_json_and_markdown(tmp_path):
+    stem = str(tmp_path / 'r')
+    json_path, md_path = harness.write_results(stem, {'x': 1}, harness.markdown_table(
+        ['a', 'b'], [[1, 2]]))  # fmt: skip
+    data = json.loads(open(json_path).read())
+    assert data['x'] == 1 and 'written' in data and 'command' in data
+    assert open(md_path).read() == '| a | b |\n|---|---|\n| 1 | 2 |\n'
+
+
+def test_machine_load_counts_a_busy_process():
+    import subprocess
+
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.2)
+        busy = harness.busy_pids(window=0.3)
+        without = harness.busy_pids(window=0.3, exclude=[spinner.pid])
+        idle = harness.busy_pids(window=0.3, share=1.01)  # no process uses more than a core
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert spinner.pid in busy and spinner.pid not in without
+    assert spinner.pid not in idle
+    load = harness.machine_load(window=0.01)
+    assert set(load) >= {'loadavg_1m', 'busy_processes', 'cpu_count'}
+
+
+class LoggingWorkload:
+    """A worker workload that appends its name to a shared log on every timed run."""
+
+    def __init__(self, name: str, log: str, seconds: float) -> None:
+        self.name, self.log, self.seconds = name, log, seconds
+        self.info = {'params': len(name)}
+
+    def run(self, n: int) -> dict[str, float]:
+        start = time.perf_counter()
+        time.sleep(self.seconds * n)
+        with open(self.log, 'a') as handle:
+            handle.write(self.name)
+        return {'seconds': time.perf_counter() - start, 'units': n, 'tokens': 10.0 * n}
+
+
+def test_workers_run_interleaved_and_ratios_pair_rounds(tmp_path, monkeypatch):
+    log = str(tmp_path / 'order.txt')
+    specs = {
+        name: {
+            'kind': 'factory',
+            'factory': 'test_bench_harness:LoggingWorkload',
+            'kw': {'name': name, 'log': log, 'seconds': seconds},
+        }
+        for name, seconds in (('A', 0.02), ('B', 0.06))
+    }
+    monkeypatch.setenv('PYTHONPATH', os.path.dirname(__file__))  # the workers import this file
+    group = harness.run_interleaved(
+        specs, rounds=3, units=2, progress=None, load_window=0.01, warm=0
+    )
+    assert open(log).read() == 'ABBAAB'
+    assert group.info['B']['params'] == 1
+    assert [s.round for s in group.samples['A']] == [0, 1, 2]
+    assert [s.position for s in group.samples['A']] == [0, 1, 0]
+    assert all('busy_processes' in s.load for s in group.samples['B'])
+    ratios = harness.paired_ratios(group.per_unit('B'), group.per_unit('A'))
+    assert 1.5 < harness.spread(ratios).median < 4.5  # 0.06 vs 0.02 s per unit
+    assert harness.spread(group.rate('A')).median == pytest.approx(10 / 0.02, rel=0.5)
+    assert group.final['A']['peak_rss_mb'] > 0
+
+
+def test_worker_error_is_raised_with_its_message():
+    with pytest.raises(RuntimeError, match='unknown workload kind'):
+        harness.Worker('bad', {'kind': 'nonsense'})
