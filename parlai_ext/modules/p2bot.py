@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parlai_ext.modules.sampling import sample
 from parlai_ext.modules.transformer import TransformerEncoder, drop_unused_pooler, init_weights
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
 
@@ -111,6 +112,13 @@ class HFContext:
     length: torch.Tensor  # (B,) valid context tokens = first response position
 
 
+@dataclass
+class PrefixCache:
+    """The response tokens decoded so far, for an HF model that returns no key/value cache."""
+
+    tokens: torch.Tensor  # (B, t) every response token fed so far (START first)
+
+
 class HFCausalBackbone(nn.Module):
     """A local Hugging Face causal LM (``AutoModelForCausalLM``) as the transmitter's LM.
 
@@ -172,9 +180,19 @@ class HFCausalBackbone(nn.Module):
         return hidden
 
     def decode(self, tokens: torch.Tensor, state: HFContext, cache: Any = None):
-        """First call: context + tokens in one pass (fresh cache); later calls: new tokens."""
+        """First call: context + tokens in one pass (fresh cache); later calls: new tokens.
+
+        A model that keeps no key/value cache (OpenAI-GPT, the paper's backbone, returns
+        none) gets a :class:`PrefixCache` instead: each later call recomputes the context and
+        every response token so far, and returns the hidden states of the new tokens.
+        """
         if cache is None:
-            return self._joint(state, tokens, use_cache=True)
+            hidden, past = self._joint(state, tokens, use_cache=True)
+            return hidden, (PrefixCache(tokens) if past is None else past)
+        if isinstance(cache, PrefixCache):
+            prefix = torch.cat([cache.tokens, tokens], dim=1)
+            hidden, _ = self._joint(state, prefix, use_cache=False)
+            return hidden[:, prefix.shape[1] - tokens.shape[1] :], PrefixCache(prefix)
         batch, new = tokens.shape
         past = cache.get_seq_length() - state.tokens.shape[1]  # response tokens decoded so far
         device = tokens.device
@@ -194,6 +212,8 @@ class HFCausalBackbone(nn.Module):
 
     @staticmethod
     def reorder_cache(cache: Any, indices: torch.Tensor) -> Any:
+        if isinstance(cache, PrefixCache):
+            return PrefixCache(cache.tokens.index_select(0, indices))
         cache.reorder_cache(indices)  # in place; ParlAI never reuses the old order
         return cache
 
@@ -271,6 +291,49 @@ def eq3_score(
 ) -> torch.Tensor:
     """``α · log p(x|w,h)/|x| + (1 − α) · log p(y=1|w,h,x)`` (Eq. 3; α = 1 gives Eq. 2)."""
     return alpha * length_normalised + (1.0 - alpha) * nup_log_prob
+
+
+def sample_responses(
+    transmitter: Transmitter,
+    context: torch.Tensor,
+    max_len: int,
+    banned: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Multinomial sampling over the whole output distribution, token by token (§3.2).
+
+    "The agent samples tokens one by one through multinomial sampling over the output
+    distribution of B, until [EOS] is sampled or exceeding the maximum allowed decoding step."
+    Unlike ParlAI's tree search, a row that reaches ``max_len`` without END keeps the tokens it
+    sampled: no END is written over its last token, so REINFORCE never scores an END that was
+    not drawn.
+
+    :param context: ``(B, Lc)`` right-padded contexts.
+    :param banned: token ids never produced (START, padding, the P2Bot markers).
+    :return: ``(B, T ≤ max_len)`` sampled ids; after a row's END, ``transmitter.padding_idx``.
+    """
+    backbone = transmitter.backbone
+    state = backbone.encode_context(context)
+    batch = context.shape[0]
+    pad, end = transmitter.padding_idx, transmitter.end_idx
+    tokens = context.new_full((batch, 1), transmitter.start_idx)
+    done = torch.zeros(batch, dtype=torch.bool, device=context.device)
+    cache = None
+    out = []
+    for _ in range(max_len):
+        hidden, cache = backbone.decode(tokens, state, cache)
+        logits = backbone.logits(hidden[:, -1]).float()
+        if banned is not None and len(banned):
+            logits[:, banned] = float('-inf')
+        chosen = sample(logits, generator=generator).masked_fill(done, pad)
+        out.append(chosen)
+        done = done | (chosen == end)
+        tokens = chosen[:, None]
+        if bool(done.all()):
+            break
+    if not out:
+        return context.new_zeros((batch, 0))
+    return torch.stack(out, dim=1)
 
 
 # ================================================================================== receiver

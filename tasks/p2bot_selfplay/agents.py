@@ -71,8 +71,9 @@ def add_selfplay_args(parser: ParlaiParser) -> None:
         '--rs1-lm',
         type=str,
         default='user',
-        help='the frozen LM of RS.1 (Eq. 6): "user" (the supervised transmitter, scoring the '
-        'reply with an empty persona and history) or a local HF causal-LM directory',
+        help='the frozen LM of RS.1 (Eq. 6): a local HF causal-LM directory (the paper: a '
+        'pretrained GPT; the recipe: SmolLM2) or "user" (the frozen supervised transmitter '
+        'the learner starts from, scoring the reply with an empty persona and history; warns)',
     )
     group.add_argument('--rs1-lm-gguf-file', type=str, default=None, help='GGUF file in --rs1-lm')
     group.add_argument(
@@ -86,6 +87,14 @@ def add_selfplay_args(parser: ParlaiParser) -> None:
     group.add_argument('--rs-lambda2', type=float, default=0.1, help='λ2 (RS.2), Eq. 10')
     group.add_argument('--rs-lambda3', type=float, default=0.5, help='λ3 (RS.3), Eq. 10')
     group.add_argument('--rs-gamma', type=float, default=0.5, help='γ of Eq. 8')
+    group.add_argument(
+        '--rl-baseline',
+        choices=['batch', 'turn'],
+        default='batch',
+        help="REINFORCE baseline: 'batch' = the mean reward of the mini-batch (§3.2); 'turn' = "
+        "the mean over the mini-batch's dialogues of the same turn (authors' code; RS.3's "
+        'discounting makes the expected reward differ by turn)',
+    )
     group.add_argument(
         '--rl-normalise',
         choices=['sum', 'mean', 'token', 'length'],

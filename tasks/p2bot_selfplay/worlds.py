@@ -10,20 +10,28 @@ is supervised evaluation on the held-out episodes). Each parley is one REINFORCE
    episode and that episode's partner persona ``w^A``; the learning agent B gets the persona
    ``w^B`` of another random episode (§3.2, Fig. 4).
 2. For n = 1..N (``--selfplay-turns``, 3): B *samples* its reply token by token from the full
-   output distribution (multinomial, at most ``--selfplay-max-len`` = 32 tokens); A, a frozen
-   copy of the supervised transmitter, answers with its normal inference (beam search +
-   Eq. 3), except after B's last turn.
+   output distribution (multinomial, at most ``--selfplay-max-len`` = 32 tokens; a reply that
+   reaches the cap keeps its sampled tokens and has no END); A, a frozen copy of the
+   supervised transmitter, answers with its normal inference (beam search + Eq. 3), except
+   after B's last turn.
 3. Rewards of each B turn: RS.1 (Eq. 6) the length-normalised log-likelihood of the reply
    under a frozen LM (``--rs1-lm``), RS.2 (Eq. 7) ``log p(y=1)`` of the NUP head, RS.3 (Eq. 8)
    the receiver's persona-perception scores (Eq. 9, Eq. 15) discounted with γ;
    ``R = λ1 R1 + λ2 R2 + λ3 R3`` (Eq. 10).
-4. REINFORCE (Eq. 5) with the mini-batch mean reward as baseline, through the learner's own
-   optimizer, gradient clipping and lr scheduler (so ParlAI checkpoints and resumes it).
+4. REINFORCE (Eq. 5) with the mini-batch mean reward as baseline (``--rl-baseline batch``; or
+   the mean per turn, ``turn``, as the authors' code), through the learner's own optimizer,
+   gradient clipping and lr scheduler (so ParlAI checkpoints and resumes it). A NaN or
+   infinite reward stops the run (:class:`~parlai_ext.losses.reinforce.NonFiniteRewardError`).
    Under ``multiprocessing_train`` each worker plays its own ``--batchsize`` dialogues with
    its own baseline (its mini-batch mean) and the gradients are averaged over the workers.
 
 Metrics (``parlai train_model`` logs them; ``--selfplay-log-file`` also writes them per
 update): ``rs1 rs2 rs3 reward`` (means over B's turns), ``rl_loss``, ``sp_reply_len``.
+
+Resuming (the same command after a crash: ParlAI loads ``<mf>.checkpoint``) keeps the frozen
+user A of the first run (recorded as ``selfplay_user_model`` in the checkpoint's ``.opt``,
+never the learner's own checkpoint) and drops the self-play log lines of the updates after the
+checkpoint, which the resumed run redoes: the log holds each update once.
 
 ``parlai self_chat -mf <transmitter> -t p2bot_selfplay --personachat-file F`` uses
 :class:`SelfChatWorld`: two random personas of the file and, as opener, the first utterance of
@@ -33,7 +41,9 @@ the episode whose partner persona the first speaker gets.
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 from typing import Any
 
 import parlai.utils.logging as logging
@@ -53,7 +63,11 @@ from parlai_ext.agents.p2bot import (
     load_receiver,
     load_transmitter,
 )
-from parlai_ext.losses.p2bot import discounted_persona_reward, total_reward
+from parlai_ext.losses.p2bot import (
+    discounted_persona_reward,
+    reinforce_baseline,
+    total_reward,
+)
 from parlai_ext.losses.reinforce import (
     average_gradients,
     reward_weighted_nll,
@@ -105,6 +119,14 @@ class SelfPlayWorld(World):
         self.last_dialogue: list[str] = []
 
         user_file = self._user_model_file(opt)
+        own = opt.get('model_file')
+        if own and os.path.abspath(user_file) in {
+            os.path.abspath(own + suffix) for suffix in ('', '.checkpoint')
+        }:
+            raise ValueError(
+                f'the frozen user A would be the learner itself ({user_file}); give the '
+                'supervised transmitter with --selfplay-user-model'
+            )
         logging.info(f'self-play: frozen user A = {user_file}')
         self.user = load_transmitter(user_file)
         if dict(self.user.dict.tok2ind) != dict(self.learner.dict.tok2ind):
@@ -118,14 +140,31 @@ class SelfPlayWorld(World):
         self.lm = None
         if self.lambdas[0] != 0 and opt.get('rs1_lm', 'user') != 'user':
             self.lm = HFLanguageModelScorer(opt['rs1_lm'], opt.get('rs1_lm_gguf_file'))
+        elif self.lambdas[0] != 0:
+            logging.warning(
+                '--rs1-lm user: RS.1 (Eq. 6) scores the replies with the frozen supervised '
+                'transmitter, i.e. the model the learner itself starts from, not an independent '
+                "language model as the paper's GPT; give a separate LM with --rs1-lm <HF dir>"
+            )
+        self.baseline = opt.get('rl_baseline', 'batch')
+        reinforce_baseline(torch.zeros(1, 1), self.baseline)  # checks the option up front
         # one line per update: the first worker's dialogues and rewards under DDP
         self.log_file = opt.get('selfplay_log_file') if is_primary_worker() else None
+        if self.log_file:
+            truncate_log(self.log_file, self.learner._number_training_updates)
 
     def _user_model_file(self, opt: Opt) -> str:
+        """The frozen user A: given, remembered by the learner, remembered in the ``.opt`` of
+        the model being resumed (``<mf>.checkpoint`` after a crash), or ``--init-model``."""
+        init = opt.get('init_model')
+        remembered = None
+        if init and os.path.isfile(init + '.opt'):
+            remembered = Opt.load(init + '.opt').get('selfplay_user_model')
         for candidate in (
             opt.get('selfplay_user_model'),
             self.learner.opt.get('selfplay_user_model'),
-            opt.get('init_model'),
+            remembered,
+            init,
         ):
             if candidate:
                 return candidate
@@ -182,7 +221,7 @@ class SelfPlayWorld(World):
             turn_contexts = [
                 learner.context_vec(p['agent_persona'], d) for p, d in zip(pairs, dialogues)
             ]
-            sampled = learner.generate(turn_contexts, sample=True, max_len=self.max_len)
+            sampled = learner.sample_replies(turn_contexts, self.max_len)
             for i, tokens in enumerate(sampled):
                 contexts[i].append(turn_contexts[i])
                 replies[i].append(tokens)
@@ -233,7 +272,8 @@ class SelfPlayWorld(World):
         return total_reward(r1, r2, r3, self.lambdas), (r1, r2, r3)
 
     def update(self, contexts, replies, rewards: torch.Tensor) -> float:
-        """REINFORCE (Eq. 5), baseline = the mean reward of the mini-batch (§3.2).
+        """REINFORCE (Eq. 5) on ``rewards (rollouts, turns)``; the baseline is the mean reward
+        of the mini-batch (§3.2) or of the turn (``--rl-baseline``).
 
         The log-probabilities are recomputed with gradients in eval mode (no dropout), i.e.
         under the distribution the replies were sampled from.
@@ -247,6 +287,7 @@ class SelfPlayWorld(World):
         targets, _ = padded_tensor(flat_replies, pad_idx=learner.NULL_IDX)
         context, targets = context.to(device), targets.to(device)
         flat_rewards = rewards.reshape(-1).to(device)
+        baseline = reinforce_baseline(rewards, self.baseline).reshape(-1).to(device)
         model.eval()
         learner.zero_grad()
         logits = model.mask_logits(model.transmitter(context, targets).lm_logits)
@@ -255,7 +296,7 @@ class SelfPlayWorld(World):
             log_probs,
             mask,
             flat_rewards,
-            baseline=flat_rewards.mean(),
+            baseline=baseline,
             normalise=self.opt.get('rl_normalise', 'mean'),
         )
         learner.backward(loss)
@@ -289,6 +330,40 @@ class SelfPlayWorld(World):
             }
             with open(self.log_file, 'a', encoding='utf-8') as handle:
                 handle.write(json.dumps(record) + '\n')
+
+
+def truncate_log(path: str, updates: int) -> None:
+    """Keep the self-play log records of updates ``<= updates`` (the model being resumed).
+
+    A run killed after its last checkpoint logged updates that the resumed run redoes; their
+    lines (and a line cut by the kill) are dropped, atomically, so every update appears once.
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding='utf-8') as handle:
+        lines = handle.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(record, dict) and record.get('update', 0) <= updates:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return
+    logging.info(
+        f'self-play log {path}: {len(lines) - len(kept)} lines after update {updates} dropped'
+    )
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.selfplay_log.')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            handle.write(''.join(line + '\n' for line in kept))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 class DefaultWorld(World):
