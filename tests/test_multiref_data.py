@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -366,3 +367,55 @@ def test_blank_lines_crlf_bom_and_extra_keys_are_accepted(tmp_path):
     assert _teacher_examples(path, 'train:ordered', '--multiref-mode', 'gt') == [
         ('hi', 'hello', 'gt')
     ]
+
+
+# --- the batched nucleus decoder against its exact law ---------------------------------------
+def _first_token_law(agent, observation, top_p: float) -> torch.Tensor:
+    """Exact law of the first sampled token: the teacher's next-token distribution after the
+    start token (temperature applied, END banned by ``--beam-min-length`` 1), restricted to
+    its nucleus of mass ``top_p``."""
+    batch = agent.batchify([observation])
+    model = agent.model
+    with torch.no_grad():
+        states = model.encoder(*agent._encoder_input(batch))
+        start = agent._get_initial_decoder_input(1, 1, batch.text_vec.device)
+        hidden, _ = model.decoder(start, states, None)
+        logits = model.output(hidden[:, -1:, :])[0, 0].double() / agent.temperature
+    assert agent.beam_min_length == 1  # ParlAI's default
+    logits[agent.END_IDX] = float('-inf')
+    probs = torch.softmax(logits, dim=-1)
+    kept = torch.tensor([float(probs[probs > q].sum()) < top_p for q in probs])
+    return probs * kept / (probs * kept).sum(), probs
+
+
+@pytest.mark.parametrize('temperature', [1.0, 0.7])
+def test_batched_nucleus_decoder_chi_square_at_p_0_9(hred_model, temperature):
+    from scipy.stats import chisquare
+
+    from parlai_ext.scripts.generate_pseudo_refs import batched_nucleus
+
+    agent = create_agent(
+        ParlaiParser(True, True).parse_args(['-mf', hred_model, '--temperature', str(temperature)])
+    )
+    agent.model.eval()
+    with torch.no_grad():  # a peaked, untrained teacher: some tokens fall out of the nucleus
+        agent.model.net.output_bias.copy_(torch.linspace(4, -4, len(agent.dict)))
+    observation = agent.observe({'text': 'hello , how are you ?', 'episode_done': True})
+    law, full = _first_token_law(agent, observation, 0.9)
+    assert 3 < int((law > 0).sum()) < len(law) - 10  # the nucleus really cuts
+    n = 6000
+    batch = agent.batchify([observation] * n)
+    torch.manual_seed(0)
+    samples = batched_nucleus(agent, batch, max_len=2, top_p=0.9)  # token, then forced END
+    assert all(text for text, _ in samples)  # END is banned at the first step
+    ids = [agent.dict.tok2ind[text] for text, _ in samples]
+    counts = torch.bincount(torch.tensor(ids), minlength=len(law)).double()
+    assert counts[law == 0].sum() == 0  # nothing outside the nucleus
+    support = law > 0
+    pvalue = chisquare(counts[support].numpy(), (law[support] * n).numpy()).pvalue
+    assert pvalue > 1e-3
+    possible = full > 0  # power: the untruncated law is rejected
+    assert chisquare(counts[possible].numpy(), (full[possible] * n).numpy()).pvalue < 1e-6
+    # the score: log p(token) + log p(END | token) under the full (tempered) distribution
+    text, score = samples[0]
+    assert score <= math.log(full[agent.dict.tok2ind[text]]) + 1e-5
