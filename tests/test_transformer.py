@@ -1,9 +1,22 @@
-"""The shared transformer's initialisation: what made from-scratch matching models learnable."""
+"""The shared transformer block: its math by value (attention, pre-norm block, dropouts, masks,
+embeddings) and the initialisation that made from-scratch matching models learnable."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from parlai_ext.modules.transformer import Embeddings, TransformerEncoder
+from parlai_ext.modules.transformer import (
+    Embeddings,
+    FeedForward,
+    MultiHeadAttention,
+    TransformerBlock,
+    TransformerEncoder,
+    TransformerStack,
+    bidirectional_mask,
+    causal_mask,
+    init_weights,
+    prefix_lm_mask,
+)
 
 
 def test_token_type_and_position_tables_start_on_one_scale():
@@ -81,3 +94,198 @@ def test_hf_encoder_drops_the_unused_pooler_so_every_parameter_gets_a_gradient(t
         encoder.model.embeddings.word_embeddings.weight,
         with_pooler['model.embeddings.word_embeddings.weight'],
     )
+
+
+# --- the block's math, pinned by value (issue #18) ------------------------------------------------
+
+
+def _randomise_norms(module: torch.nn.Module) -> None:
+    """LayerNorms away from (1, 0), so that using the wrong one (or none) changes values."""
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.LayerNorm):
+            torch.nn.init.normal_(sub.weight, 1.0, 0.5)
+            torch.nn.init.normal_(sub.bias, 0.0, 0.5)
+        if isinstance(sub, torch.nn.Linear) and sub.bias is not None:
+            torch.nn.init.normal_(sub.bias, 0.0, 0.3)
+
+
+def _reference_attention(mha, x, mask, source=None):
+    """softmax(Q K^T / sqrt(d_head), masked) V, per head, from the raw weight matrices."""
+    source = x if source is None else source
+    batch, time, dim = x.shape
+    heads, d = mha.n_heads, dim // mha.n_heads
+    w_kv, b_kv = mha.key_value.weight, mha.key_value.bias
+    q = F.linear(x, mha.query.weight, mha.query.bias)
+    k = F.linear(source, w_kv[:dim], b_kv[:dim])  # keys: the first half of key_value
+    v = F.linear(source, w_kv[dim:], b_kv[dim:])
+
+    def split(t):
+        return t.view(batch, t.shape[1], heads, d).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-1, -2) / d**0.5
+    scores = scores.masked_fill(~mask, float('-inf'))
+    attended = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(batch, time, dim)
+    return F.linear(attended, mha.out.weight, mha.out.bias)
+
+
+def test_attention_equals_scaled_dot_product_by_hand():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    _randomise_norms(mha)
+    x = torch.randn(2, 5, 16)
+    mask = torch.rand(2, 1, 5, 5) > 0.4
+    mask |= torch.eye(5, dtype=torch.bool)  # every row sees something
+    out, (keys, values) = mha(x, mask)
+    assert torch.allclose(out, _reference_attention(mha, x, mask), atol=1e-5)
+    assert keys.shape == values.shape == (2, 4, 5, 4)
+    # the cache holds the keys/values; with a cache, new keys/values are appended after it
+    out2, (keys2, _) = mha(x[:, 3:], mask[:, :, 3:], cache=(keys[:, :, :3], values[:, :, :3]))
+    assert torch.allclose(keys2, keys, atol=1e-6)
+    assert torch.allclose(out2, out[:, 3:], atol=1e-5)
+    # cross-attention reads the given memory
+    memory_source = torch.randn(2, 3, 16)
+    memory = mha.project_key_value(memory_source)
+    full = torch.ones(2, 1, 5, 3, dtype=torch.bool)
+    crossed, returned = mha(x, full, memory=memory)
+    assert returned is memory
+    assert torch.allclose(crossed, _reference_attention(mha, x, full, memory_source), atol=1e-5)
+
+
+def test_feed_forward_and_its_inner_dropout():
+    torch.manual_seed(0)
+    for activation, act in (('gelu', F.gelu), ('relu', F.relu)):
+        ffn = FeedForward(8, 16, activation).eval()
+        _randomise_norms(ffn)
+        x = torch.randn(3, 8)
+        hand = F.linear(act(F.linear(x, ffn.fc_in.weight, ffn.fc_in.bias)), ffn.fc_out.weight)
+        assert torch.allclose(ffn(x), hand + ffn.fc_out.bias, atol=1e-6)
+    # inner dropout 1: the activations vanish, only fc_out's bias is left (training mode)
+    ffn = FeedForward(8, 16, dropout=1.0).train()
+    _randomise_norms(ffn)
+    assert torch.allclose(ffn(torch.randn(3, 8)), ffn.fc_out.bias.expand(3, 8))
+
+
+def test_block_is_pre_norm_x_plus_f_of_layernorm_x():
+    """x + Attn(LN1(x)), then h + FFN(LN2(h)); not LN(x + f(x)) (post-norm)."""
+    torch.manual_seed(0)
+    block = TransformerBlock(16, n_heads=4, ffn_dim=32).eval()
+    _randomise_norms(block)
+    x = torch.randn(2, 5, 16) * 3 + 1
+    mask = causal_mask(5, 5, torch.device('cpu'))
+    out, _ = block(x, mask)
+    h = x + _reference_attention(block.attention, F.layer_norm(
+        x, (16,), block.norm_attention.weight, block.norm_attention.bias), mask)  # fmt: skip
+    ln2 = F.layer_norm(h, (16,), block.norm_ffn.weight, block.norm_ffn.bias, eps=1e-5)
+    hand = h + block.ffn(ln2)
+    assert torch.allclose(out, hand, atol=1e-5)
+
+
+def test_decoder_block_cross_attends_between_self_attention_and_ffn():
+    torch.manual_seed(0)
+    block = TransformerBlock(16, n_heads=4, ffn_dim=32, cross_attention=True).eval()
+    _randomise_norms(block)
+    x, source = torch.randn(2, 4, 16), torch.randn(2, 3, 16)
+    memory = block.cross_attention.project_key_value(source)
+    memory_mask = torch.tensor([[True, True, False], [True, True, True]])[:, None, None, :]
+    mask = causal_mask(4, 4, torch.device('cpu'))
+    out, _ = block(x, mask, memory=memory, memory_mask=memory_mask)
+    h = x + block.attention(block.norm_attention(x), mask)[0]
+    h = h + _reference_attention(block.cross_attention, block.norm_cross(h),
+                                 memory_mask.expand(2, 1, 4, 3), source)  # fmt: skip
+    assert torch.allclose(out, h + block.ffn(block.norm_ffn(h)), atol=1e-5)
+
+
+def test_block_dropouts_act_on_the_branches_only():
+    """Residual dropout 1 zeroes both branches: the block is the identity. FFN dropout is its
+    own option (default 0): with --dropout only, the FFN keeps its activations."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 16)
+    mask = causal_mask(4, 4, torch.device('cpu'))
+    block = TransformerBlock(16, n_heads=4, ffn_dim=32, dropout=1.0).train()
+    assert torch.equal(block(x, mask)[0], x)
+    assert block.ffn.dropout.p == 0.0 and block.attention.dropout == 0.0
+    block = TransformerBlock(16, 4, 32, ffn_dropout=1.0, attention_dropout=1.0).train()
+    _randomise_norms(block)
+    # attention weights all dropped: the attention branch is its output bias; FFN: fc_out bias
+    h = x + block.attention.out.bias
+    assert torch.allclose(block(x, mask)[0], h + block.ffn.fc_out.bias, atol=1e-6)
+    assert torch.equal(block.eval()(x, mask)[0], block(x, mask)[0])  # eval: no dropout at all
+    assert not torch.allclose(block(x, mask)[0], h + block.ffn.fc_out.bias, atol=1e-3)
+
+
+def test_stack_runs_the_blocks_in_order_then_the_final_norm():
+    torch.manual_seed(0)
+    stack = TransformerStack(2, 16, n_heads=4, ffn_dim=32).eval()
+    _randomise_norms(stack)
+    x = torch.randn(2, 3, 16)
+    mask = causal_mask(3, 3, torch.device('cpu'))
+    out, caches = stack(x, mask)
+    h = stack.layers[1](stack.layers[0](x, mask)[0], mask)[0]
+    assert torch.allclose(out, stack.final_norm(h), atol=1e-6)
+    assert len(caches) == 2 and caches[1][0].shape == (2, 4, 3, 4)
+
+
+def test_embeddings_sum_token_type_position_and_check_range():
+    torch.manual_seed(0)
+    emb = Embeddings(10, 8, n_positions=6, n_types=2, padding_idx=0).eval()
+    tokens = torch.tensor([[3, 4, 0]])
+    positions = torch.tensor([[0, 1, 5]])
+    types = torch.tensor([[0, 1, 1]])
+    hand = emb.tokens.weight[tokens] + emb.positions.weight[positions] + emb.types.weight[types]
+    assert torch.equal(emb(tokens, positions, types), hand)
+    assert torch.equal(emb.tokens.weight[0], torch.zeros(8))  # the padding row
+    no_types = Embeddings(10, 8, n_positions=6, n_types=0)
+    assert no_types.types is None
+    assert torch.equal(no_types(tokens, positions, types),
+                       no_types.tokens(tokens) + no_types.positions(positions))  # fmt: skip
+    with pytest.raises(ValueError, match='n-positions'):
+        emb(tokens, torch.tensor([[0, 1, 6]]))
+
+
+def test_init_weights_xavier_normal_with_zero_biases():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(400, 600)
+    torch.nn.init.normal_(layer.bias)
+    init_weights(layer)
+    assert torch.equal(layer.bias, torch.zeros(600))
+    assert layer.weight.std().item() == pytest.approx((2 / 1000) ** 0.5, rel=0.02)
+
+
+def test_masks_with_variable_lengths_exact_values():
+    context_valid = torch.tensor([[True, True, True], [True, False, False]])
+    response_valid = torch.tensor([[True, True], [True, True]])
+    mask = prefix_lm_mask(context_valid, response_valid)[:, 0].int()
+    assert mask.shape == (2, 5, 5)
+    assert mask[0].tolist() == [
+        [1, 1, 1, 0, 0],  # context rows: all valid context, no response
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],  # response rows: context + causal response
+        [1, 1, 1, 1, 1],
+    ]
+    assert mask[1].tolist() == [
+        [1, 0, 0, 0, 0],  # one valid context token
+        [1, 1, 0, 0, 0],  # padded rows see only what they must (themselves), no NaN
+        [1, 0, 1, 0, 0],
+        [1, 0, 0, 1, 0],
+        [1, 0, 0, 1, 1],
+    ]
+    bidir = bidirectional_mask(torch.tensor([[True, True, False]]))[0, 0].int()
+    assert bidir.tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert causal_mask(3, 3, torch.device('cpu')).int().tolist() == [
+        [1, 0, 0], [1, 1, 0], [1, 1, 1]]  # fmt: skip
+
+
+def test_encoder_reads_positions_from_zero_and_ignores_padding():
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(30, dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.0)
+    encoder.eval()
+    _randomise_norms(encoder)
+    ids = torch.tensor([[5, 6, 7, 0]])
+    types = torch.tensor([[0, 0, 1, 1]])
+    out = encoder(ids, types)
+    x = encoder.embeddings(ids, torch.arange(4)[None], types)
+    hand, _ = encoder.stack(x, bidirectional_mask(ids != 0))
+    assert torch.allclose(out, hand, atol=1e-6)
+    longer = encoder(torch.tensor([[5, 6, 7, 0, 0, 0]]), torch.tensor([[0, 0, 1, 1, 1, 1]]))
+    assert torch.allclose(out[:, :3], longer[:, :3], atol=1e-5)

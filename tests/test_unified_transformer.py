@@ -109,3 +109,90 @@ def test_too_long_input_gives_a_clear_error(model):
     context = torch.ones(1, 70, dtype=torch.long)
     with pytest.raises(ValueError, match='n-positions'):
         model(context, torch.ones(1, 2, dtype=torch.long))
+
+
+# --- inputs by value: positions, types, prefix slots, [MASK] replacement, tied output ------------
+def _spy_embed(model):
+    calls = []
+    original = model.embed
+
+    def spy(tokens, positions, types, *args, **kwargs):
+        calls.append((tokens, positions, types))
+        return original(tokens, positions, types, *args, **kwargs)
+
+    model.embed = spy
+    return calls
+
+
+def test_positions_continue_after_the_valid_context_and_types_mark_the_response(model):
+    context, response = _batch()
+    calls = _spy_embed(model)
+    with torch.no_grad():
+        model(context, response)
+    tokens, positions, types = calls[0]
+    assert torch.equal(tokens, torch.cat([context, response], 1))
+    assert positions.tolist() == [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8],  # 5 context tokens, the response from 5
+        [0, 1, 2, 3, 4, 3, 4, 5, 6],  # 3 valid context tokens: the response starts at 3
+    ]
+    assert types.tolist() == [[0] * 5 + [1] * 4] * 2
+
+
+def test_decoding_positions_and_types_continue_the_context(model):
+    context, response = _batch()
+    seen = []
+    original = model.embeddings.forward
+    model.embeddings.forward = lambda t, p, ty=None: seen.append((p, ty)) or original(t, p, ty)
+    with torch.no_grad():
+        state = model.encode_context(context)
+        _, caches = model.decode(response[:, :2], state)
+        model.decode(response[:, 2:3], state, caches)
+    assert seen[0][0].tolist() == [[0, 1, 2, 3, 4]] * 2 and seen[0][1].tolist() == [[0] * 5] * 2
+    assert seen[1][0].tolist() == [[5, 6], [3, 4]] and seen[1][1].tolist() == [[1, 1]] * 2
+    assert seen[2][0].tolist() == [[7], [5]] and seen[2][1].tolist() == [[1], [1]]
+
+
+def test_prefix_slots_carry_no_position_or_type_and_mask_replaces_token_embedding(model):
+    tokens = torch.tensor([[5, 6, 7]])
+    positions = torch.tensor([[0, 1, 2]])
+    types = torch.tensor([[0, 0, 1]])
+    prefix = torch.randn(1, 2, 32)
+    emb = model.embeddings
+    plain = emb.tokens(tokens) + emb.positions(positions) + emb.types(types)
+    with torch.no_grad():
+        x = model.embed(tokens, positions, types, prefix)
+        assert torch.equal(x[:, :2], prefix) and torch.allclose(x[:, 2:], plain)
+        replacement = torch.randn(32)
+        replaced = torch.tensor([[False, True, False]])
+        y = model.embed(tokens, positions, types, None, replaced, replacement)
+    expected = plain.clone()
+    expected[0, 1] = replacement + emb.positions.weight[1] + emb.types.weight[0]
+    assert torch.allclose(y, expected, atol=1e-6)
+    with pytest.raises(ValueError, match='n-positions'):
+        model.embed(tokens, positions + 62, types, None, replaced, replacement)
+
+
+def test_output_layer_is_tied_to_the_token_embeddings(model):
+    hidden = torch.randn(2, 3, 32)
+    assert torch.allclose(model.logits(hidden), hidden @ model.embeddings.tokens.weight.T)
+
+
+def test_prefix_lm_pass_equals_its_mask_applied_by_hand(model):
+    """encode(): [context; response] through the stack with prefix_lm_mask over valid tokens;
+    bidirectional=True uses the full (padding-masked) mask instead."""
+    context, response = _batch()
+    from parlai_ext.modules.transformer import bidirectional_mask
+
+    with torch.no_grad():
+        tokens = torch.cat([context, response], 1)
+        positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 3, 4, 5, 6]])
+        types = torch.tensor([[0] * 5 + [1] * 4] * 2)
+        x = model.embed(tokens, positions, types)
+        causal, _ = model.stack(x, prefix_lm_mask(context != 0, response != 0))
+        bidir, _ = model.stack(x, bidirectional_mask(tokens != 0))
+        hidden, _ = model.encode(context, response)
+        hidden_bidir, _ = model.encode(context, response, bidirectional=True)
+    valid = tokens != 0
+    assert torch.allclose(hidden[valid], causal[valid], atol=1e-5)
+    assert torch.allclose(hidden_bidir[valid], bidir[valid], atol=1e-5)
+    assert not torch.allclose(hidden[valid], hidden_bidir[valid], atol=1e-3)

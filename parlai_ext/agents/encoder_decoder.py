@@ -15,6 +15,7 @@ from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
 from parlai.utils.torch import neginf
 
+from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.modules.encoder_decoder import EncoderDecoder, EncoderState
 
@@ -40,6 +41,7 @@ class EncoderDecoderGeneratorModel(TorchGeneratorModel):
             n_positions=opt['n_positions'],
             dropout=opt['dropout'],
             attention_dropout=opt['attention_dropout'],
+            ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
             activation=opt['activation'],
             padding_idx=self.NULL_IDX,
         )
@@ -68,8 +70,10 @@ class EncoderDecoderGeneratorModel(TorchGeneratorModel):
         return [(k.index_select(0, inds), v.index_select(0, inds)) for k, v in incr_state]
 
 
-class EncoderDecoderAgent(TorchGeneratorAgent):
+class EncoderDecoderAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
     """Transformer encoder-decoder generator trained with NLL.
+
+    Weight decay spares biases and LayerNorm parameters (:mod:`parlai_ext.agents.optim`).
 
     Example::
 

@@ -7,8 +7,9 @@ The curriculum (paper §2.2) as ParlAI agents; every stage trains with ``parlai 
    :mod:`parlai_ext.agents.unified_transformer`.
 2. ``-m plato2 --init-model STAGE1``: stage 2.1, the fine-grained generator
    (:class:`Plato2Agent`; Eq. 2-6). The backbone comes from stage 1, the latent, recognition
-   and BOW parameters start fresh; the model sizes are read from the stage-1 ``.opt`` unless
-   given on the command line.
+   and BOW parameters start fresh; the model sizes and the truncation limits
+   (``--text-truncate``, ``--label-truncate``) are read from the stage-1 ``.opt`` unless given
+   on the command line.
 3. ``-m plato2_evaluator --init-model STAGE1``: stage 2.2, the evaluation model
    (:class:`Plato2EvaluatorAgent`; Eq. 7-9), a ParlAI ranker: ``eval_model`` on a task with
    candidates reports hits@1 / MRR (and ``--metrics ext_plato2`` MAP / MRR / P@1).
@@ -20,7 +21,9 @@ batch by ParlAI's own tree search (``--inference topk`` (default, k=10 as the au
 reranked (:meth:`Plato2Agent._rerank_beams`): by the evaluator's coherence probability when
 ``--evaluator-model-file`` is given, else by length-averaged log-probability; with
 ``--rerank-penalties true`` (default) the authors' heuristics subtract 1000 from candidates
-that never end, repeat a word trigram of a context turn, or repeat a trigram of their own.
+that never end, repeat a word trigram of a context turn, or repeat a trigram of their own
+(of words or of token ids). Decoding never produces the unknown token and stops after
+``--max-dec-len`` (64) tokens, as the authors' code.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from parlai.core.torch_ranker_agent import TorchRankerAgent
 from parlai.utils import logging
 from torch import nn
 
+from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import (
     UnifiedTransformerAgent,
     UnifiedTransformerGeneratorModel,
@@ -57,6 +61,7 @@ from parlai_ext.losses.plato2 import (
     latent_counts,
     mlm_corrupt,
     mlm_loss,
+    negative_entropy_loss,
     posterior_entropy,
 )
 from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator, Plato2Output
@@ -66,6 +71,8 @@ from parlai_ext.modules.unified_transformer import ContextState
 ARCHITECTURE_KEYS = (
     'n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions', 'activation',
 )  # fmt: skip
+# ... and its truncation limits: the stage-2 models see the inputs stage 1 was trained on
+TRUNCATION_KEYS = ('text_truncate', 'label_truncate')
 DICTIONARY_PREFIXES = ('dict_', 'spm_')
 # parameters that a stage-1 checkpoint lacks; they start fresh in stage 2.1 / 2.2
 GENERATOR_FRESH = (
@@ -82,7 +89,8 @@ PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
 
 # --- shared helpers ----------------------------------------------------------------------------
 def inherit_architecture(opt: Opt) -> Opt:
-    """Take the sizes and dictionary options of ``--init-model``'s ``.opt`` unless given.
+    """Take the sizes, truncation limits and dictionary options of ``--init-model``'s ``.opt``
+    unless given (``--truncate`` given on the command line counts for both limits).
 
     The token ids of the stage-1 model are those of its dictionary, so its dictionary class
     and options (``--dict-*``, ``--spm-*``; e.g. the SentencePiece dictionary) come along;
@@ -100,6 +108,8 @@ def inherit_architecture(opt: Opt) -> Opt:
     opt = copy.deepcopy(opt)
     for key, value in saved.items():
         inherited = key in ARCHITECTURE_KEYS or key.startswith(DICTIONARY_PREFIXES)
+        if key in TRUNCATION_KEYS:
+            inherited = 'truncate' not in given and value is not None
         if inherited and key not in given and key != 'dict_file':
             opt[key] = value
     return opt
@@ -170,15 +180,26 @@ def word_trigrams(text: str) -> list[tuple[str, ...]]:
     return list(zip(words, words[1:], words[2:]))
 
 
-def repetition_reason(response: str, context_turns: list[str]) -> str | None:
+def has_repeated_trigram(items: list) -> bool:
+    """Whether some trigram of ``items`` occurs twice."""
+    grams = list(zip(items, items[1:], items[2:]))
+    return len(set(grams)) < len(grams)
+
+
+def repetition_reason(
+    response: str, context_turns: list[str], token_ids: list[int] | None = None
+) -> str | None:
     """Why the authors' heuristics would penalise ``response``, or None.
 
-    Cross-turn repetition: a trigram of the response occurs in a context turn; in-turn
-    repetition: a trigram occurs twice in the response.
+    Cross-turn repetition: a word trigram of the response occurs in a context turn; in-turn
+    repetition: a word trigram occurs twice in the response, or (given ``token_ids``, the
+    generated ids without start and end tokens) a trigram of token ids occurs twice.
     """
     grams = word_trigrams(response)
     if len(set(grams)) < len(grams):
         return 'in-turn trigram repetition'
+    if token_ids is not None and has_repeated_trigram(list(token_ids)):
+        return 'in-turn token trigram repetition'
     context_grams = set()
     for turn in context_turns:
         context_grams.update(word_trigrams(turn))
@@ -245,17 +266,27 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
             return self.transformer.encode_latent_context(tokens, latent_ids)
         return super().reorder_encoder_states(context, indices.to(context.valid.device))
 
+    def response_inputs(self, ys: torch.Tensor) -> torch.Tensor:
+        """Teacher-forcing inputs ``[START, r_1, ..., r_m]``: the labels shifted right, without
+        their end token (padded), in every row, as the authors' code feeds the response.
+
+        The recognition pass is bidirectional, so an end token left in the shorter rows
+        (``ys[:, :-1]`` drops it only from the longest) would be seen by their posterior;
+        in the causal generation pass that position only predicts padding.
+        """
+        inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
+        return inputs.masked_fill(inputs == self.END_IDX, self.NULL_IDX)
+
     def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None):
         if ys is None or prev_enc is not None:
             raise NotImplementedError('PLATO-2 generates through the encoder/decoder interface')
         self.longest_label = max(self.longest_label, ys.size(1))
-        inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
-        out: Plato2Output = self.transformer(xs[0], inputs)
+        out: Plato2Output = self.transformer(xs[0], self.response_inputs(ys))
         logits = self.output(out.response_hidden)
         return logits, logits.argmax(dim=-1), out
 
 
-class Plato2Agent(UnifiedTransformerAgent):
+class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its base
     """PLATO-2 stage 2.1 (Eq. 2-6) and generate-then-rank inference.
 
     Example::
@@ -271,6 +302,22 @@ class Plato2Agent(UnifiedTransformerAgent):
         group.add_argument('--n-latent', type=int, default=20, help='K, latent values')
         group.add_argument(
             '--gumbel-tau', type=float, default=0.67, help='Gumbel-softmax temperature'
+        )
+        group.add_argument(
+            '--entropy-coef',
+            type=float,
+            default=0.0,
+            help="weight c of the authors' optional entropy term (use_entropy, off by "
+            'default): loss += c * mean(sum_z p(z|c,r) log p(z|c,r)), i.e. minus c times the '
+            "posterior's entropy (c = 1 is the authors' use_entropy true)",
+        )
+        group.add_argument(
+            '--max-dec-len',
+            type=int,
+            default=64,
+            help="at most this many generated tokens (the authors' max_dec_len; ParlAI's "
+            'limit --label-truncate applies too); a candidate that reaches it without '
+            'ending is penalised',
         )
         group.add_argument(
             '--evaluator-model-file',
@@ -309,6 +356,8 @@ class Plato2Agent(UnifiedTransformerAgent):
     def __init__(self, opt: Opt, shared=None) -> None:
         super().__init__(inherit_architecture(opt), shared)
         self.n_latent = self.opt['n_latent']
+        if self.opt.get('max_dec_len', 64) < 1:
+            raise ValueError(f'--max-dec-len must be >= 1, got {self.opt["max_dec_len"]}')
         if self.opt['inference'] not in ('topk', 'nucleus', 'greedy'):
             raise ValueError(
                 'plato2 decodes one candidate per latent value: use --inference topk, '
@@ -358,6 +407,8 @@ class Plato2Agent(UnifiedTransformerAgent):
 
     # --- training: Eq. 6 = NLL (Eq. 2, ParlAI's loss) + BOW (Eq. 4) ---------------------------
     def compute_loss(self, batch: Batch, return_output: bool = False):
+        """Eq. 6: token-mean NLL + token-mean BOW (equal weights, as the authors' code), plus
+        ``--entropy-coef`` times the mean of sum_z p log p (0 by default)."""
         nll, model_output = super().compute_loss(batch, return_output=True)
         out: Plato2Output = model_output[2]
         labels = batch.label_vec
@@ -373,6 +424,9 @@ class Plato2Agent(UnifiedTransformerAgent):
         if self.opt.get('uniform_prior_ppl') and not self.model.training:
             self._record_uniform_prior_ppl(batch)
         loss = nll + bow
+        entropy_coef = self.opt.get('entropy_coef') or 0.0
+        if entropy_coef:
+            loss = loss + entropy_coef * negative_entropy_loss(out.posterior_logits)
         return (loss, model_output) if return_output else loss
 
     @torch.no_grad()
@@ -380,7 +434,7 @@ class Plato2Agent(UnifiedTransformerAgent):
         """uniform_z_ppl: -log(1/K sum_z p(r|c,z)) per token (teacher forcing, all K z)."""
         model = getattr(self.model, 'module', self.model)
         labels = batch.label_vec
-        inputs = model._get_initial_forced_decoder_input(labels.size(0), labels[:, :-1])
+        inputs = model.response_inputs(labels)
         hidden = model.transformer.response_hidden_per_latent(batch.text_vec, inputs)
         log_probs = F.log_softmax(model.output(hidden.flatten(0, 1)).float(), dim=-1)
         expanded = labels.repeat_interleave(self.n_latent, dim=0)
@@ -399,7 +453,9 @@ class Plato2Agent(UnifiedTransformerAgent):
 
     # --- generation: K candidates in one batch, then rerank -----------------------------------
     def _generate(self, batch, beam_size, max_ts, prefix_tokens=None):
-        """One candidate per latent value: ParlAI's search with K hypotheses per context."""
+        """One candidate per latent value: ParlAI's search with K hypotheses per context, at
+        most ``--max-dec-len`` tokens each."""
+        max_ts = min(max_ts, self.opt.get('max_dec_len') or max_ts)
         self._max_ts = max_ts
         return super()._generate(batch, self.n_latent, max_ts, prefix_tokens)
 
@@ -461,7 +517,8 @@ class Plato2Agent(UnifiedTransformerAgent):
             for (tokens, _, meta), score in zip(cands, scores[i]):
                 if self.opt.get('rerank_penalties', True):
                     unfinished = len(tokens) - 1 >= self._max_ts
-                    if unfinished or repetition_reason(self._v2t(tokens), turns):
+                    ids = [t for t in tokens.tolist() if t not in (self.START_IDX, self.END_IDX)]
+                    if unfinished or repetition_reason(self._v2t(tokens), turns, ids):
                         score -= PENALTY
                 ranked.append((tokens, torch.tensor(score), meta))
             ranked.sort(key=lambda cand: float(cand[1]), reverse=True)
@@ -502,7 +559,7 @@ class Plato2EvaluatorModel(nn.Module):
         return logits, mlm
 
 
-class Plato2EvaluatorAgent(TorchRankerAgent):
+class Plato2EvaluatorAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
     """PLATO-2 stage 2.2: response coherence estimation (Eq. 7) + masked LM (Eq. 8), Eq. 9.
 
     Training pairs every example with its own response (coherent) and with the response of

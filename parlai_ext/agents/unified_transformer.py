@@ -5,6 +5,11 @@ generator base that the other transformer agents of parlai-ext share. It is an o
 :class:`~parlai.core.torch_generator_agent.TorchGeneratorAgent`: ParlAI's training loop,
 checkpoints, lr schedulers and every ``--inference`` mode (greedy, beam, topk, nucleus,
 delayedbeam) work unchanged.
+
+The agent builds its optimizer through :class:`~parlai_ext.agents.optim.DecayExemptOptimizerMixin`
+(no weight decay on biases and LayerNorm parameters, as the PLATO-2 code). Generation never
+produces the unknown token (nor a ``[MASK]`` token, where the dictionary has one), as the
+PLATO-2 code's ``ignore_unk``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
 from parlai.utils.torch import neginf
 
+from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
+
+# dictionary tokens that a [MASK] input may be called; generation never produces them
+MASK_TOKENS = ('[MASK]', '__mask__', '<mask>')
 
 
 def add_transformer_args(parser: ParlaiParser, title: str) -> None:
@@ -29,6 +38,13 @@ def add_transformer_args(parser: ParlaiParser, title: str) -> None:
     group.add_argument('--ffn-size', type=int, default=1024, help='feed-forward hidden size')
     group.add_argument('--dropout', type=float, default=0.1)
     group.add_argument('--attention-dropout', type=float, default=0.0)
+    group.add_argument(
+        '--relu-dropout',
+        type=float,
+        default=0.0,
+        help="dropout inside the feed-forward layers, after the activation (ParlAI's name; "
+        'the PLATO-2 code has none there)',
+    )
     group.add_argument('--activation', choices=['gelu', 'relu'], default='gelu')
     group.add_argument(
         '--n-positions',
@@ -48,6 +64,7 @@ def transformer_args(opt: Opt, dictionary) -> dict:
         n_positions=opt['n_positions'],
         dropout=opt['dropout'],
         attention_dropout=opt['attention_dropout'],
+        ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
         activation=opt['activation'],
         padding_idx=dictionary[dictionary.null_token],
     )
@@ -128,7 +145,16 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         return logits, logits.argmax(dim=-1), context
 
 
-class UnifiedTransformerAgent(TorchGeneratorAgent):
+def generation_banned_ids(dictionary) -> list[int]:
+    """Ids generation must never produce: the unknown token and any [MASK] token."""
+    banned = (
+        [dictionary[dictionary.unk_token]] if dictionary.unk_token in dictionary.tok2ind else []
+    )
+    banned += [dictionary.tok2ind[t] for t in MASK_TOKENS if t in dictionary.tok2ind]
+    return sorted(set(banned))
+
+
+class UnifiedTransformerAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
     """Prefix-LM transformer generator (PLATO-2 stage 1, Eq. 1).
 
     Example::
@@ -145,6 +171,14 @@ class UnifiedTransformerAgent(TorchGeneratorAgent):
 
     def __init__(self, opt: Opt, shared=None) -> None:
         super().__init__(default_truncation(opt), shared)
+        self.generation_banned = generation_banned_ids(self.dict)
 
     def build_model(self) -> UnifiedTransformerGeneratorModel:
         return UnifiedTransformerGeneratorModel(self.opt, self.dict)
+
+    def _generation_activation(self, score: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities for the search, with UNK (and [MASK]) banned before the softmax."""
+        if self.generation_banned:
+            score = score.clone()
+            score[..., self.generation_banned] = neginf(score.dtype)
+        return super()._generation_activation(score)

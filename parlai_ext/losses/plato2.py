@@ -6,6 +6,7 @@
 - :func:`coherence_pairs`, :func:`coherence_loss`: response coherence estimation (Eq. 7) with
   one random negative response per example.
 - :func:`mlm_corrupt`, :func:`mlm_loss`: the masked LM of the evaluation model (Eq. 8).
+- :func:`negative_entropy_loss`: the authors' optional entropy term (``use_entropy``).
 - :func:`posterior_entropy`, :func:`latent_counts`: diagnostics of the latent posterior.
 
 Reductions follow the authors' code: every loss is a mean over its targets in the batch
@@ -119,6 +120,16 @@ def posterior_entropy(posterior_logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of p(z|c,r) per example: ``(batch,)``."""
     log_p = F.log_softmax(posterior_logits.float(), dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def negative_entropy_loss(posterior_logits: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of sum_z p(z|c,r) log p(z|c,r), i.e. minus the mean entropy.
+
+    The authors' ``use_entropy`` adds it to the loss (weight 1; here ``--entropy-coef``), so
+    minimising the loss pushes the posterior towards higher entropy (more latent values used).
+    """
+    log_p = F.log_softmax(posterior_logits.float(), dim=-1)
+    return (log_p.exp() * log_p).sum(dim=-1).mean()
 
 
 def latent_counts(posterior_logits: torch.Tensor) -> torch.Tensor:

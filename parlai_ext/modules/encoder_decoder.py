@@ -61,6 +61,7 @@ class EncoderDecoder(nn.Module):
         attention_dropout: float = 0.0,
         activation: str = 'gelu',
         padding_idx: int = 0,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.padding_idx = padding_idx
@@ -71,6 +72,7 @@ class EncoderDecoder(nn.Module):
             dropout=dropout,
             attention_dropout=attention_dropout,
             activation=activation,
+            ffn_dropout=ffn_dropout,
         )
         self.encoder = TransformerStack(n_encoder_layers, dim, **block_args)
         self.decoder = TransformerStack(n_decoder_layers, dim, cross_attention=True, **block_args)

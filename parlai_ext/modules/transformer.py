@@ -80,6 +80,9 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """``fc_out(Dropout(act(fc_in(x))))``; the inner dropout is ParlAI's ``--relu-dropout``
+    (0 by default: the PLATO-2 code has none there)."""
+
     def __init__(self, dim: int, hidden: int, activation: str = 'gelu', dropout: float = 0.0):
         super().__init__()
         self.fc_in = nn.Linear(dim, hidden)
@@ -92,7 +95,15 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), memory)] + FFN(LN(x))."""
+    """Pre-norm block (PLATO-2 code: ``preprocess_cmd="n"``, ``postprocess_cmd="da"``)::
+
+        x = x + Dropout(SelfAttn(LN(x)))
+        x = x + Dropout(CrossAttn(LN(x), memory))     (decoder blocks only)
+        x = x + Dropout(FFN(LN(x)))
+
+    ``dropout`` is the residual dropout; ``attention_dropout`` acts on the attention weights;
+    ``ffn_dropout`` inside the feed-forward layer, after its activation (default 0).
+    """
 
     def __init__(
         self,
@@ -103,6 +114,7 @@ class TransformerBlock(nn.Module):
         attention_dropout: float = 0.0,
         activation: str = 'gelu',
         cross_attention: bool = False,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm_attention = nn.LayerNorm(dim)
@@ -112,7 +124,7 @@ class TransformerBlock(nn.Module):
             self.norm_cross = nn.LayerNorm(dim)
             self.cross_attention = MultiHeadAttention(dim, n_heads, attention_dropout)
         self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ffn_dim, activation, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, activation, ffn_dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -292,6 +304,7 @@ class TransformerEncoder(nn.Module):
         attention_dropout: float = 0.0,
         activation: str = 'gelu',
         padding_idx: int = 0,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.hidden_size = dim
@@ -305,6 +318,7 @@ class TransformerEncoder(nn.Module):
             dropout=dropout,
             attention_dropout=attention_dropout,
             activation=activation,
+            ffn_dropout=ffn_dropout,
         )
         init_weights(self.stack)
 
