@@ -63,7 +63,7 @@ def _net(prior: str, attention: str = 'general', lgm_kl: str = 'exact', bow: boo
     )  # fmt: skip
     net = HierarchicalEncoderDecoder(config).double().eval()
     with torch.no_grad():  # larger weights than the init, so every nonlinearity matters
-        for name, param in net.named_parameters():
+        for param in net.parameters():
             param.copy_(torch.randn_like(param) * 0.6)
         net.embedding.weight[PAD].zero_()
     return net
@@ -232,14 +232,16 @@ def test_padding_never_changes_an_example():
 # --- KL terms by value and direction ------------------------------------------------------------
 def _hand_kl(mq, vq, mp, vp) -> float:
     """KL(N(mq, vq) || N(mp, vp)) of diagonal Gaussians, written out."""
-    mq, vq, mp, vp = (torch.as_tensor(x).detach().tolist() for x in (mq, vq, mp, vp))
+    mq, vq, mp, vp = (
+        torch.as_tensor(x, dtype=torch.float64).detach().tolist() for x in (mq, vq, mp, vp)
+    )
     return sum(
         0.5 * (math.log(b / a) + (a + (m - n) ** 2) / b - 1) for m, a, n, b in zip(mq, vq, mp, vp)
     )
 
 
 def _hand_log_normal(z, mu, var) -> float:
-    z, mu, var = (torch.as_tensor(x).tolist() for x in (z, mu, var))
+    z, mu, var = (torch.as_tensor(x, dtype=torch.float64).tolist() for x in (z, mu, var))
     return sum(
         -0.5 * math.log(2 * math.pi * v) - (x - m) ** 2 / (2 * v) for x, m, v in zip(z, mu, var)
     )
