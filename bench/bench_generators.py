@@ -1,20 +1,26 @@
 """Our transformer generators vs ParlAI's ``transformer/generator``, side by side.
 
-Same process conditions (one fresh subprocess per configuration, same thread count), same
-dictionary, same data, same batch size, equal dimensions:
+Equal dimensions (hidden 256, 4 heads, FFN 1024), the same dictionary, data, batch and thread
+count; every configuration in its own worker process, all of a table interleaved round by
+round (``bench/harness.py``), every ratio taken between chunks of the same round:
 
-- training tokens/s: ``unified_transformer`` with 2 layers (equal dimensions: the depth of
-  each side of ParlAI's model) and 4 layers (≈ equal parameters), and ``encoder_decoder``
-  (2+2 layers) vs ``transformer/generator`` (2+2 layers, pre-norm, GELU, learned positions),
-  and the model FLOP utilisation of each against measured matmul FLOP/s;
-- how training cost grows with context length (64, 128, 256) and batch size (16, 32, 64);
-- generation latency per response: greedy and beam 20.
+1. training tokens/s at fp32 and at bf16 (``torch.autocast``), each precision its own table
+   (fp32 against fp32, bf16 against bf16), with the model FLOP utilisation (MFU) against the
+   matmul peak measured in the same rounds at the same precision: ``unified_transformer`` with
+   2 layers (the depth of each side of ParlAI's 2+2) and 4 layers (≈ equal parameters) and
+   ``encoder_decoder`` (2+2) vs ``transformer/generator`` (2+2);
+2. generation latency per response (batch 1, every response exactly ``--gen-length`` tokens):
+   greedy and beam 20;
+3. (full grid only) how training cost and memory grow with context length (64, 128, 256) and
+   batch size (16, 32, 64).
 
-Usage (on a quiet machine)::
+Usage::
 
-    python bench/bench_generators.py --data ../shared/data/dailydialog --threads 2
+    python bench/bench_generators.py --quick       # a check, under five minutes
+    python bench/bench_generators.py               # the full grid, for the docs
 
-Prints markdown tables; paste them into docs/results.md with the command and machine line.
+Writes ``runs/bench/bench_generators[-quick]-<time>.{json,md}`` (or ``--out STEM``) and prints
+the markdown. Numbers taken while other jobs run are not final: the tables say the load.
 """
 
 from __future__ import annotations
@@ -26,129 +32,186 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import configs  # noqa: E402
 from harness import (  # noqa: E402
-    machine_description,
-    matmul_flops_per_second,
-    measure_in_subprocess,
+    default_out_stem,
+    load_line,
+    load_summary,
+    machine_info,
+    markdown_table,
     on_gpu,
+    paired_ratios,
+    run_interleaved,
+    spread,
+    write_results,
 )
 
-DIMS = ['--embedding-size', '256', '--n-heads', '4', '--ffn-size', '1024', '--dropout', '0.1']
-PARLAI_GENERATOR = [
-    '-m', 'transformer/generator', '--n-layers', '2', '--variant', 'prelayernorm',
-    '--activation', 'gelu', '--learn-positional-embeddings', 'true', '--n-positions', '512',
-    *DIMS,
-]  # fmt: skip
-OURS = {
-    # equal dimensions: as many layers as each side of ParlAI's 2+2 (≈ half its parameters;
-    # every token goes through all layers of a unified stack)
-    'unified_transformer (2 layers)': ['-m', 'unified_transformer', '--n-layers', '2', *DIMS],
-    # ≈ equal parameters
-    'unified_transformer (4 layers)': ['-m', 'unified_transformer', '--n-layers', '4', *DIMS],
-    'encoder_decoder (2+2 layers)': ['-m', 'encoder_decoder', '--n-layers', '2', *DIMS],
+REFERENCE = 'ParlAI transformer/generator (2+2)'
+MODELS = {
+    REFERENCE: configs.PARLAI_GENERATOR,
+    'unified_transformer (2 layers)': configs.UNIFIED_2,
+    'unified_transformer (4 layers)': configs.UNIFIED_4,
+    'encoder_decoder (2+2 layers)': configs.ENCODER_DECODER,
 }
+QUICK_MODELS = [REFERENCE, 'unified_transformer (2 layers)']
 
 
-def build_dictionary(task_args: list[str], dict_file: str) -> None:
-    from parlai.scripts.build_dict import build_dict, setup_args
+def memory(group, name: str) -> str:
+    final = group.final[name]
+    if final.get('peak_gpu_mb') is not None:
+        return f'{final["peak_gpu_mb"]:.0f} MB GPU'
+    return f'{final["peak_rss_mb"]:.0f} MB'
 
-    opt = setup_args().parse_args([*task_args, '--dict-file', dict_file])
-    build_dict(opt)
 
-
-def common(dict_file: str, batch: int, text_truncate: int) -> list[str]:
-    return [
-        '--dict-file', dict_file, '-bs', str(batch), '--optimizer', 'adamw', '-lr', '1e-3',
-        '--text-truncate', str(text_truncate), '--label-truncate', '64',
-        '--skip-generation', 'true',
-    ]  # fmt: skip
+def training_table(group, precision: str) -> tuple[str, dict]:
+    """Markdown and JSON summary of one precision's training group."""
+    reference = group.rate(REFERENCE)
+    rows, summary = [], {}
+    for name in group.names:
+        tokens = spread(group.rate(name))
+        ratio = spread(paired_ratios(group.rate(name), reference))
+        mfu = spread(group.mfu(name, precision))
+        summary[name] = {'tokens_per_s': tokens, 'vs_reference': ratio, 'mfu': mfu}
+        rows.append(
+            [
+                name,
+                f'{group.info[name]["params"] / 1e6:.2f} M',
+                tokens.format(),
+                ratio.format('.2f', '×'),
+                f'{mfu.median:.1%} ({mfu.q1:.1%}-{mfu.q3:.1%})',
+                memory(group, name),
+            ]
+        )
+    headers = ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'MFU', 'peak memory']
+    return markdown_table(headers, rows), summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default='../shared/data/dailydialog')
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--steps', type=int, default=10)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--quick', action='store_true', help='fewer configurations')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--quick', action='store_true', help='a check: fewer configurations')
+    parser.add_argument('--rounds', type=int, default=None, help='default 4 (quick) / 8')
+    parser.add_argument('--steps', type=int, default=None, help='timed steps per chunk')
+    parser.add_argument('--gen-length', type=int, default=20)
+    parser.add_argument('--precisions', default='fp32,bf16')
+    parser.add_argument('--out', default=None, help='output stem (default runs/bench/...)')
     args = parser.parse_args()
-
-    if os.path.isdir(args.data):
-        task = ['-t', 'dailydialog_ext', '--dailydialog-data-dir', os.path.abspath(args.data)]
-    else:
-        print(f'({args.data} not found: using the synthetic ext_demo dialogues)')
-        task = ['-t', 'ext_demo']
+    rounds = args.rounds or (4 if args.quick else 8)
+    steps = args.steps or (2 if args.quick else 5)
+    precisions = args.precisions.split(',')
+    task = configs.task_args(args.data)
     workdir = tempfile.mkdtemp(prefix='bench_generators_')
     dict_file = os.path.join(workdir, 'dict')
-    build_dictionary(task, dict_file)
-    peak = matmul_flops_per_second(args.threads)
-    print(f'\nMachine: {machine_description(args.threads)}')
+    configs.build_dictionary(task, dict_file)
     where = 'GPU' if on_gpu() else 'CPU'
-    print(f'Measured matmul peak ({where}, fp32): {peak / 1e9:.1f} GFLOP/s\n')
-
-    def memory(row) -> str:  # peak memory of the configuration's own process
-        if row.peak_gpu_mb is not None:
-            return f'{row.peak_gpu_mb:.0f} MB GPU'
-        return f'{row.peak_rss_mb:.0f} MB'
-
-    def train(name, agent_args, batch=32, text_truncate=128):
-        return measure_in_subprocess(
-            'train', name, agent_args + common(dict_file, batch, text_truncate), task,
-            args.threads, steps=args.steps, repeats=args.repeats,
-        )  # fmt: skip
-
-    print('### Training throughput (batch 32, context ≤ 128 tokens)\n')
-    print('| model | params | tokens/s (median) | vs ParlAI | MFU | peak memory |')
-    print('|---|---|---|---|---|---|')
-    reference = train('ParlAI transformer/generator (2+2)', PARLAI_GENERATOR)
-    rows = [reference] + [train(name, agent) for name, agent in OURS.items()]
-    for row in rows:
-        print(
-            f'| {row.name} | {row.params / 1e6:.2f} M | {row.tokens_per_second:,.0f} | '
-            f'{row.tokens_per_second / reference.tokens_per_second:.2f}× | '
-            f'{row.flops_per_second / peak:.1%} | {memory(row)} |'
-        )
-
-    lengths = [64, 128] if args.quick else [64, 128, 256]
-    batches = [16, 32] if args.quick else [16, 32, 64]
-    configs = [('ParlAI transformer/generator', PARLAI_GENERATOR)] + [
-        (name, agent) for name, agent in OURS.items() if name.startswith('unified')
+    machine = machine_info(args.threads)
+    out = [
+        f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}.',
+        f'Every configuration in its own process, interleaved over {rounds} rounds '
+        f'(forward/reverse order); median (quartiles) over rounds; ratios per round.',
     ]
-    print('\n### Cost vs context length (batch 32): tokens/s, peak memory\n')
-    print('| model | ' + ' | '.join(f'ctx {n}' for n in lengths) + ' |')
-    print('|---|' + '---|' * len(lengths))
-    for name, agent in configs:
-        cells = []
-        for n in lengths:
-            row = train(name, agent, text_truncate=n)
-            cells.append(f'{row.tokens_per_second:,.0f} tok/s, {memory(row)}')
-        print(f'| {name} | ' + ' | '.join(cells) + ' |')
-    print('\n### Cost vs batch size (context ≤ 128): tokens/s, peak memory\n')
-    print('| model | ' + ' | '.join(f'batch {b}' for b in batches) + ' |')
-    print('|---|' + '---|' * len(batches))
-    for name, agent in configs:
-        cells = []
-        for b in batches:
-            row = train(name, agent, batch=b)
-            cells.append(f'{row.tokens_per_second:,.0f} tok/s, {memory(row)}')
-        print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    groups, results = [], {}
 
-    print('\n### Generation latency per response (batch 1, untrained weights)\n')
-    print('| model | greedy s | beam 20 s |')
-    print('|---|---|---|')
-    for name, agent in [('ParlAI transformer/generator (2+2)', PARLAI_GENERATOR), *OURS.items()]:
-        cells = []
-        for inference in (
-            ['--inference', 'greedy'],
-            ['--inference', 'beam', '--beam-size', '20', '--beam-min-length', '5'],
-        ):
-            gen_args = agent + common(dict_file, 1, 128) + inference
-            gen_args[gen_args.index('--skip-generation') + 1] = 'false'
-            row = measure_in_subprocess(
-                'generate', name, gen_args, task, args.threads, batches=5, repeats=args.repeats
+    names = QUICK_MODELS if args.quick else list(MODELS)
+    for precision in precisions:
+        specs = {
+            name: {
+                'kind': 'train',
+                'agent_args': MODELS[name] + configs.train_args(dict_file),
+                'task_args': task,
+                'precision': precision,
+            }
+            for name in names
+        }
+        print(f'training, {precision}:')
+        group = run_interleaved(specs, rounds, steps, [precision], args.threads, workdir)
+        groups.append(group)
+        table, summary = training_table(group, precision)
+        peak = spread(group.peaks[precision])
+        results[f'train_{precision}'] = {'group': group.to_json(), 'summary': summary}
+        out += [
+            f'\n### Training throughput, {precision} ({where}; batch 32, context ≤ 128, label '
+            f'≤ 64 tokens, {steps} steps per chunk)\n',
+            f'Matmul peak ({precision}, same rounds): {peak.median / 1e9:,.0f} GFLOP/s '
+            f'({peak.q1 / 1e9:,.0f}-{peak.q3 / 1e9:,.0f}).\n',
+            table,
+        ]
+
+    gen_names = QUICK_MODELS if args.quick else list(MODELS)
+    decodings = {
+        'greedy': ['--inference', 'greedy'],
+        'beam 20': ['--inference', 'beam', '--beam-size', '20'],
+    }
+    specs = {
+        f'{name} | {decoding}': {
+            'kind': 'generate',
+            'agent_args': MODELS[name] + configs.generate_args(dict_file, 1, args.gen_length)
+            + flags,
+            'task_args': task,
+            'kw': {'warmup': 2},
+        }
+        for name in gen_names
+        for decoding, flags in decodings.items()
+    }  # fmt: skip
+    print('generation:')
+    group = run_interleaved(specs, rounds, 3, (), args.threads, workdir)
+    groups.append(group)
+    rows, gen_summary = [], {}
+    for name in gen_names:
+        cells = [name]
+        for decoding in decodings:
+            key = f'{name} | {decoding}'
+            seconds = spread(group.per_unit(key))
+            ratio = spread(
+                paired_ratios(group.per_unit(key), group.per_unit(f'{REFERENCE} | {decoding}'))
             )
-            cells.append(f'{row.median_seconds:.3f}')
-        print(f'| {name} | ' + ' | '.join(cells) + ' |')
+            gen_summary[key] = {'seconds': seconds, 'vs_reference': ratio}
+            cells += [seconds.format('.3f'), ratio.format('.2f', '×')]
+        rows.append(cells)
+    results['generate'] = {'group': group.to_json(), 'summary': gen_summary}
+    out += [
+        f'\n### Generation latency per response ({where}; batch 1, exactly {args.gen_length} '
+        'tokens, untrained weights)\n',
+        markdown_table(
+            ['model', 'greedy s', 'vs ParlAI', 'beam 20 s', 'vs ParlAI'], rows
+        ),
+    ]  # fmt: skip
+
+    if not args.quick:
+        grid = {'ctx 64': (32, 64), 'ctx 128 / batch 32': (32, 128), 'ctx 256': (32, 256),
+                'batch 16': (16, 128), 'batch 64': (64, 128)}  # fmt: skip
+        rows = []
+        for name in [REFERENCE, 'unified_transformer (2 layers)', 'unified_transformer (4 layers)']:
+            specs = {
+                cell: {
+                    'kind': 'train',
+                    'agent_args': MODELS[name] + configs.train_args(dict_file, batch, text),
+                    'task_args': task,
+                }
+                for cell, (batch, text) in grid.items()
+            }
+            print(f'growth, {name}:')
+            group = run_interleaved(specs, max(3, rounds // 2), steps, (), args.threads, workdir)
+            groups.append(group)
+            results[f'growth {name}'] = {'group': group.to_json()}
+            rows.append(
+                [name]
+                + [f'{spread(group.rate(c)).median:,.0f} tok/s, {memory(group, c)}' for c in grid]
+            )
+        out += [
+            f'\n### Growth with context length and batch size ({where}, fp32): tokens/s, '
+            'peak memory\n',
+            markdown_table(['model', *grid], rows),
+        ]
+
+    load = load_summary(groups)
+    out.insert(2, load_line(load) + ' Numbers measured under load are not final.')
+    markdown = '\n'.join(out)
+    stem = args.out or default_out_stem(__file__, args.quick)
+    data = {'machine': machine, 'settings': vars(args), 'load': load, 'results': results}
+    json_path, md_path = write_results(stem, data, markdown)
+    print('\n' + markdown + f'\n\n(written {json_path} and {md_path})')
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ import importlib
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -46,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Protocol
 
 import torch
@@ -480,7 +481,14 @@ def _worker_main() -> None:
     spec = json.loads(sys.stdin.readline())
     try:
         torch.set_num_threads(spec['threads'])
+        # the same seed everywhere: workers of one table then draw the same training batches
+        # in the same rounds (ParlAI's teachers shuffle with ``random``), so ratios are paired
+        random.seed(spec['seed'])
         torch.manual_seed(spec['seed'])
+        with contextlib.suppress(ImportError):
+            import numpy
+
+            numpy.random.seed(spec['seed'])
         precision = spec['precision']
         device = 'cuda' if on_gpu() else 'cpu'
 
@@ -669,7 +677,11 @@ def write_results(stem: str, data: dict[str, Any], markdown: str) -> tuple[str, 
         'command': [os.path.basename(sys.argv[0]), *sys.argv[1:]],
         **data,
     }
-    write_atomic(stem + '.json', json.dumps(data, indent=1, default=str) + '\n')
+
+    def encode(value: Any) -> Any:  # Spread, Sample, ... as their fields
+        return asdict(value) if is_dataclass(value) else str(value)
+
+    write_atomic(stem + '.json', json.dumps(data, indent=1, default=encode) + '\n')
     write_atomic(stem + '.md', markdown.rstrip() + '\n')
     return stem + '.json', stem + '.md'
 
