@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from parlai.core.agents import create_agent, create_agent_from_model_file
 from parlai.core.message import Message
 from parlai.core.params import ParlaiParser
@@ -14,7 +15,7 @@ from parlai.scripts.train_model import TrainModel
 from test_ppg_data import make_teacher, messages, write_both
 
 from parlai_ext.agents.ppg import generate_texts
-from parlai_ext.modules.ppg import persona_text, ppg_source
+from parlai_ext.modules.ppg import drg_source, persona_text, ppg_source
 
 TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, dropout=0.0, batchsize=4)
 THREADS = {'OMP_NUM_THREADS': '1'}
@@ -168,7 +169,7 @@ def test_rl_step_moves_both_generators_by_the_critic_reward(
 
     def recording(generator, sources, max_len):
         out = original(generator, sources, max_len)
-        samples.append((generator.model, out[0], out[1]))
+        samples.append((generator.model, out.source, out.sample))
         return out
 
     agent._sample = recording
@@ -195,6 +196,182 @@ def test_rl_step_moves_both_generators_by_the_critic_reward(
     # the critic is frozen: not one weight moved
     for key, value in agent.critic.model.state_dict().items():
         assert torch.equal(value, critic_before[key]), key
+
+
+# the joint REINFORCE step, against a hand computation -------------------------------------------
+PROBABILITIES = [0.9, 0.2, 0.7, 0.4]  # the fake critic's P(L = 1) for examples 1-4
+
+
+def boost_end(seq2seq, end_idx: int, amount: float = 3.0) -> None:
+    """Add ``amount`` to END's logit (sampling and recomputation alike): rows end early."""
+    original = seq2seq.logits
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = original(hidden)
+        return out + F.one_hot(torch.tensor(end_idx), out.shape[-1]).to(out.dtype) * amount
+
+    seq2seq.logits = logits
+
+
+def set_dropout(module: torch.nn.Module, p: float) -> None:
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout):
+            sub.p = p
+
+
+def until_end(row: list[int], end: int) -> list[int]:
+    return row[: row.index(end)] if end in row else row
+
+
+def hand_log_prob(model, source, sample, start: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(sample | source) per row, written out (eval mode: no dropout), and its lengths."""
+    model.eval()
+    shifted = torch.cat([torch.full_like(sample[:, :1], start), sample[:, :-1]], dim=1)
+    hidden, _ = model.seq2seq(source, shifted)
+    logits = model.seq2seq.logits(hidden).float()
+    logits = logits.index_fill(-1, torch.tensor([start, pad]), float('-inf'))  # never produced
+    per_token = logits.log_softmax(-1).gather(-1, sample.unsqueeze(-1)).squeeze(-1)
+    real = sample != pad
+    return per_token.masked_fill(~real, 0.0).sum(-1), real.sum(-1)
+
+
+def hand_surrogate(log_prob, lengths, rewards, normalise: str) -> torch.Tensor:
+    per_sequence = -rewards * log_prob
+    if normalise == 'sum':
+        return per_sequence.sum()
+    if normalise == 'mean':
+        return per_sequence.sum() / len(rewards)
+    if normalise == 'token':
+        return per_sequence.sum() / lengths.sum()
+    return (per_sequence / lengths).sum() / len(rewards)  # 'length'
+
+
+def rl_step(agent, data: Path, dropout: float = 0.0, seed: int = 0):
+    """One train step of ``agent`` on 4 examples with a fake critic; the optimizer step is
+    replaced by a record of the gradients. Returns (gradients, rl_loss info, critic calls)."""
+    set_dropout(agent.model.ppg, dropout)
+    boost_end(agent.model.seq2seq, agent.END_IDX)
+    boost_end(agent.model.ppg.seq2seq, agent.persona_generator.END_IDX)
+    calls = []
+
+    def critic(personas, responses):
+        calls.append((list(personas), list(responses)))
+        return torch.tensor(PROBABILITIES[: len(responses)])
+
+    agent.critic.positive_probability = critic
+    infos, grads = [], {}
+    rl_loss = agent.rl_loss
+
+    def recording_loss(observations):
+        loss, info = rl_loss(observations)
+        infos.append(info)
+        return loss, info
+
+    def record_gradients():
+        for name, param in agent.model.named_parameters():
+            grads[name] = None if param.grad is None else param.grad.detach().clone()
+
+    agent.rl_loss = recording_loss
+    agent.update_params = record_gradients
+    examples = messages(make_teacher('ppg_ext', data, datatype='train'))[:4]
+    observations = []
+    for example in examples:
+        agent.reset()
+        observations.append(agent.observe(Message(example)))
+    agent.reset()
+    torch.manual_seed(seed)
+    agent.batch_act(observations)
+    return grads, infos[0], calls, examples
+
+
+@pytest.mark.parametrize(
+    'normalise,reward_type,scale,train',
+    [
+        ('mean', 'label', 1.0, 'both'),
+        ('sum', 'label', 1.0, 'both'),
+        ('token', 'probability', 1.0, 'both'),
+        ('length', 'label', 10.0, 'both'),
+        ('mean', 'label', 1.0, 'ppg'),
+        ('mean', 'probability', 1.0, 'drg'),
+    ],
+)
+def test_rl_train_step_gradient_is_minus_reward_times_both_log_probs(
+    trained, tmp_path, normalise, reward_type, scale, train
+):
+    """§3.3 end to end: the train step's gradient is that of
+    −R_i log P(p̂_i | s_i, c_i) − R_i log P(r̂_i | s_i, p̂_i, c_i), normalised as asked, with
+    R_i from the critic on (p̂_i, r̂_i), samples of different lengths (padding masked), in the
+    sampling mode (dropout on in the options, off in the update)."""
+    folder, data = trained
+    agent = rl_agent(
+        folder, data, tmp_path / 'rl', '--dropout', '0.3', '--rl-normalise', normalise,
+        '--reward-type', reward_type, '--reward-scale', str(scale), '--rl-train', train,
+    )  # fmt: skip
+    grads, info, calls, examples = rl_step(agent, data, dropout=0.3)
+    ppg, drg = agent.persona_generator, agent
+    persona, response = info['persona_rollout'], info['response_rollout']
+    # samples of different lengths, END kept, padding after it
+    for rollout, gen in ((persona, ppg), (response, drg)):
+        lengths = (rollout.sample != gen.NULL_IDX).sum(-1)
+        assert len(set(lengths.tolist())) > 1, rollout.sample
+        assert bool((rollout.sample == gen.NULL_IDX).any())
+    # p̂_i is the decoded PPG sample of example i; the DRG input of example i ends with it
+    personas = [ppg.dict.vec2txt(until_end(r, ppg.END_IDX)) for r in persona.sample.tolist()]
+    responses = [drg.dict.vec2txt(until_end(r, drg.END_IDX)) for r in response.sample.tolist()]
+    for i, example in enumerate(examples):
+        drg_input = drg_source(example['context'], example['self_persona'], personas[i])
+        expected = drg.dict.txt2vec(drg_input)[-drg.text_truncate :]
+        assert [t for t in response.source[i].tolist() if t != drg.NULL_IDX] == expected
+        expected = ppg.dict.txt2vec(ppg_source(example['context'], example['self_persona']))
+        assert [t for t in persona.source[i].tolist() if t != ppg.NULL_IDX] == expected
+    # the critic scored exactly (p̂_i, r̂_i), once, in example order
+    assert calls == [(personas, responses)]
+    probability = torch.tensor(PROBABILITIES)
+    if reward_type == 'label':
+        rewards = torch.tensor([1.0, -1.0, 1.0, -1.0]) * scale
+    else:
+        rewards = (2 * probability - 1) * scale
+    assert torch.allclose(info['rewards'], rewards)
+    # the gradient of the hand-written surrogate, on the same (unchanged) weights
+    agent.model.zero_grad()
+    total = torch.zeros(())
+    if train in ('both', 'ppg'):
+        log_prob, lengths = hand_log_prob(
+            agent.model.ppg, persona.source, persona.sample, ppg.START_IDX, ppg.NULL_IDX
+        )
+        total = total + hand_surrogate(log_prob, lengths, rewards, normalise)
+    if train in ('both', 'drg'):
+        log_prob, lengths = hand_log_prob(
+            agent.model, response.source, response.sample, drg.START_IDX, drg.NULL_IDX
+        )
+        total = total + hand_surrogate(log_prob, lengths, rewards, normalise)
+    total.backward()
+    compared = 0
+    for name, param in agent.model.named_parameters():
+        frozen = (train == 'ppg' and not name.startswith('ppg.')) or (
+            train == 'drg' and name.startswith('ppg.')
+        )
+        if frozen:
+            assert grads[name] is None or not grads[name].any(), name
+            continue
+        expected = torch.zeros_like(param) if param.grad is None else param.grad
+        assert grads[name] is not None, name
+        assert torch.allclose(grads[name], expected, rtol=1e-4, atol=1e-6), name
+        compared += int(bool(expected.any()))
+    assert compared > 10
+
+
+def test_rl_recomputes_log_probs_in_the_sampling_mode(trained, tmp_path):
+    """With dropout > 0 the recomputed log P of each sample equals its sampling-time value
+    (both in eval mode), for both generators: the update is on-policy."""
+    folder, data = trained
+    agent = rl_agent(folder, data, tmp_path / 'rl', '--dropout', '0.3')
+    assert agent.opt['dropout'] == 0.3
+    _, info, _, _ = rl_step(agent, data, dropout=0.3)
+    recomputed = info['recomputed_log_prob']
+    for name, rollout in (('ppg', info['persona_rollout']), ('drg', info['response_rollout'])):
+        assert torch.allclose(recomputed[name], rollout.log_prob, atol=1e-4), name
+    assert agent.model.training  # ParlAI's train mode is restored after the step
 
 
 def test_rl_checkpoints_both_generators_and_resumes(trained, tmp_path, parlai_cli):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parlai_ext.modules.encoder_decoder import EncoderDecoder
+from parlai_ext.modules.sampling import sample
 from parlai_ext.modules.transformer import init_weights
 
 SELF_PREFIX = 'your persona:'
@@ -173,6 +174,58 @@ def critic_pairs(
     return pairs
 
 
+def speaker_utterances(
+    self_persona: Sequence[str], partner_persona: Sequence[str], turns: Sequence[tuple[str, str]]
+) -> list[tuple[tuple[str, ...], str]]:
+    """The episode's utterances in dialogue order, each with its speaker's persona.
+
+    Seen from speaker A (``self_persona`` s_A), a turn (r_B, r_A) gives (s_B, r_B) then
+    (s_A, r_A); ``__SILENCE__`` and empty utterances are left out. Both views of one
+    dialogue give the same list, up to the last utterance that only one view holds.
+    """
+    s_a, s_b = tuple(self_persona), tuple(partner_persona)
+    out = []
+    for r_b, r_a in turns:
+        for persona, response in ((s_b, r_b), (s_a, r_a)):
+            if response.strip() and response.strip() != SILENCE:
+                out.append((persona, response))
+    return out
+
+
+def unique_dialogues(
+    episodes: Sequence[tuple[Sequence[str], Sequence[str], Sequence[tuple[str, str]]]],
+) -> list[int]:
+    """Indices of the episodes to keep when every dialogue should count once.
+
+    ConvAI2's train file holds each dialogue twice, once from each speaker's side: the
+    personas swapped and the turns shifted by one utterance (the side that spoke first
+    starts with ``__SILENCE__``). Two episodes are one dialogue when their
+    :func:`speaker_utterances` agree on every utterance both hold and differ by at most the
+    last one; of such a group the episode with the most utterances is kept (its pairs contain
+    all of the other's), at the place of the first one. Episodes are ``(self persona,
+    partner persona, [(text, reply), ...])``.
+    """
+    utterances = [speaker_utterances(*episode) for episode in episodes]
+    kept: list[int] = []
+    groups: dict[tuple[tuple[str, ...], str], list[int]] = {}  # first utterance -> kept slots
+    for index, own in enumerate(utterances):
+        if not own:
+            kept.append(index)
+            continue
+        slots = groups.setdefault(own[0], [])
+        for slot in slots:
+            other = utterances[kept[slot]]
+            common = min(len(own), len(other))
+            if abs(len(own) - len(other)) <= 1 and own[:common] == other[:common]:
+                if len(own) > len(other):
+                    kept[slot] = index
+                break
+        else:
+            slots.append(len(kept))
+            kept.append(index)
+    return kept
+
+
 # --- critic network (§3.3) ------------------------------------------------------------------
 def pack_pair(
     persona_ids: Sequence[int],
@@ -228,12 +281,19 @@ def sample_sequences(
     greedy: bool = False,
     top_k: int = 0,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    generator: torch.Generator | None = None,
+    with_log_probs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decode one sequence per source row: ancestral sampling (or greedy), with the cache.
 
-    Returns ``(N, T)`` token ids, each row ending with ``end_idx`` (if produced within
-    ``max_len``) and padded with ``seq2seq.padding_idx`` after it. ``banned`` ids (start,
-    padding) are never produced, as in the agents' output layer.
+    Each step draws from ``softmax(top_k(logits / temperature))`` over the ids not ``banned``
+    (start, padding: never produced, as in the agents' output layer), with the shared
+    :func:`parlai_ext.modules.sampling.sample`. Returns ``(N, T)`` token ids, each row ending
+    with ``end_idx`` (if produced within ``max_len``: a capped row keeps the tokens actually
+    drawn) and padded with ``seq2seq.padding_idx`` after it. ``with_log_probs`` also returns
+    ``(N, T)`` log P(token) under the model's own distribution at sampling time (banned ids
+    removed, no temperature or top-k: the policy whose log-probability REINFORCE
+    differentiates, §3.3), 0 at padding.
     """
     state = seq2seq.encode(source)
     batch = source.shape[0]
@@ -241,7 +301,7 @@ def sample_sequences(
     tokens = torch.full((batch, 1), start_idx, dtype=torch.long, device=source.device)
     done = torch.zeros(batch, dtype=torch.bool, device=source.device)
     caches = None
-    out = []
+    out, log_probs = [], []
     for _ in range(max_len):
         hidden, caches = seq2seq.decode(tokens, state, caches)
         logits = seq2seq.logits(hidden[:, -1]).float()
@@ -250,18 +310,18 @@ def sample_sequences(
         if greedy:
             chosen = logits.argmax(dim=-1)
         else:
-            logits = logits / temperature
-            if top_k > 0:
-                kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float('-inf'))
-            chosen = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(-1)
+            chosen = sample(logits, top_k=top_k, temperature=temperature, generator=generator)
         chosen = chosen.masked_fill(done, pad)
+        if with_log_probs:
+            picked = F.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+            log_probs.append(picked.masked_fill(done, 0.0))
         out.append(chosen)
         done = done | (chosen == end_idx)
         tokens = chosen[:, None]
         if bool(done.all()):
             break
-    return torch.stack(out, dim=1)
+    sampled = torch.stack(out, dim=1)
+    return (sampled, torch.stack(log_probs, dim=1)) if with_log_probs else sampled
 
 
 def decoder_input(sample: torch.Tensor, start_idx: int) -> torch.Tensor:

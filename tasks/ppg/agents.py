@@ -10,7 +10,8 @@ dialogue turn, the whole context inside it, so that any agent sees the same inpu
 - ``ppg_ext:persona``: the PPG task (§3.1): text = :func:`ppg_source` (context + self
   personas), label = the complete gold partner persona profile;
 - ``ppg_ext:critic``: the critic's (persona, response) pairs with speaker-swapped negatives
-  (§3.3), labels ``1`` / ``0``.
+  (§3.3), labels ``1`` / ``0``; each dialogue once, although ConvAI2's train file holds it
+  from both sides (``--critic-deduplicate``).
 
 Every message of ``response`` and ``persona`` also carries ``self_persona`` and
 ``partner_persona`` (lists of sentences), ``context`` (the utterances so far, the partner's
@@ -27,7 +28,13 @@ from __future__ import annotations
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
-from parlai_ext.modules.ppg import critic_pairs, drg_source, persona_text, ppg_source
+from parlai_ext.modules.ppg import (
+    critic_pairs,
+    drg_source,
+    persona_text,
+    ppg_source,
+    unique_dialogues,
+)
 from parlai_ext.tasks.personachat.agents import Episode, PersonachatTeacher, parse_fbdialog
 
 TASK = 'ppg_ext'
@@ -89,6 +96,13 @@ class PpgTeacher(PersonachatTeacher):
             help="ppg_ext:critic: pair responses with their speaker's own persona (the "
             "paper's choice, §3.3 footnote 3) or with the speaker's partner's persona",
         )
+        group.add_argument(
+            '--critic-deduplicate',
+            type='bool',
+            default=True,
+            help="ppg_ext:critic: count each dialogue once (ConvAI2's train file holds every "
+            'dialogue twice, once from each side, which would give every pair twice)',
+        )
         return parser
 
     @property
@@ -100,7 +114,7 @@ class PpgTeacher(PersonachatTeacher):
         return self.kind
 
     def option_prefixes(self) -> tuple[str, ...]:
-        return (*super().option_prefixes(), 'ppg_', 'critic_persona')
+        return (*super().option_prefixes(), 'ppg_', 'critic_')
 
     def split_episodes(self, episodes: list[Episode]) -> list[Episode]:
         held_out = int(self.opt.get('ppg_valid_episodes') or 0)
@@ -159,10 +173,15 @@ class CriticTeacher(PpgTeacher):
         episodes = parse_fbdialog(self.sources[0], self.view, False, self.malformed)
         episodes = self.split_episodes(episodes)
         which = self.opt.get('critic_persona') or 'self'
+        views = [
+            (e.self_persona, e.partner_persona, [(t.text, t.labels[0]) for t in e.turns])
+            for e in episodes
+        ]
+        if self.opt.get('critic_deduplicate', True):
+            views = [views[i] for i in unique_dialogues(views)]
         out = []
-        for episode in episodes:
-            turns = [(t.text, t.labels[0]) for t in episode.turns]
-            for pair in critic_pairs(episode.self_persona, episode.partner_persona, turns, which):
+        for self_persona, partner_persona, turns in views:
+            for pair in critic_pairs(self_persona, partner_persona, turns, which):
                 persona = persona_text(pair.persona)
                 out.append(
                     [
