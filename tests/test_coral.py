@@ -499,13 +499,20 @@ def test_nucleus_negatives_come_from_the_current_model(dict_file):
     drawn = agent.sample_negatives(batch, [0, 3, 5])
     assert agent.model.training  # the mode is restored
     agent.model.eval()
-    greedy, _ = agent._generate(batch, 1, 12)
+    # ParlAI's greedy search one step longer: its first 12 tokens are the 12 we may sample
+    # (ParlAI overwrites the last token of a search that reaches its cap with the end token)
+    greedy, _ = agent._generate(batch, 1, 13)
+    capped = 0
     for (text, tokens), row in zip(drawn, [0, 3, 5]):
         expected = greedy[row][0]
-        expected = expected[expected != agent.START_IDX]
+        expected = expected[expected != agent.START_IDX][:12]
         assert torch.equal(tokens, expected)
-        assert tokens[-1] == agent.END_IDX and (tokens == agent.START_IDX).sum() == 0
+        assert (tokens == agent.START_IDX).sum() == 0 and (tokens == agent.NULL_IDX).sum() == 0
+        if tokens[-1] != agent.END_IDX:  # reached the cap: the 12 tokens actually sampled
+            assert len(tokens) == 12 and (tokens == agent.END_IDX).sum() == 0
+            capped += 1
         assert text == agent._v2t(expected)
+    assert capped  # this untrained model repeats itself: the cap case is exercised
 
 
 def test_reward_model_is_frozen_during_generator_training(tmp_path, dict_file, esim_file):

@@ -24,11 +24,11 @@ from parlai.core.metrics import AverageMetric, Metric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch, Output
-from parlai.core.torch_generator_agent import NucleusSampling
 from parlai.core.torch_ranker_agent import TorchRankerAgent
 from parlai.utils.misc import warn_once
 
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent
+from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.losses.coral import (
     UtterancePool,
@@ -42,6 +42,7 @@ from parlai_ext.modules.coral import (
     CrossEncoder,
     Esim,
     reward_probability,
+    sample_responses,
 )
 from parlai_ext.modules.transformer import HfEncoder, TransformerEncoder
 from parlai_ext.rewards import RewardModel, load_reward_model
@@ -118,8 +119,11 @@ class CoralCrossEncoderDictionaryAgent(DictionaryAgent):
 
 
 # --- reward models -----------------------------------------------------------------------------
-class _RewardAgent(TorchRankerAgent):
+class _RewardAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
     """A response-retrieval model f_R(c, r) trained on positives vs random negatives.
+
+    Weight decay (``--weight-decay``, AdamW's default) skips biases and norm parameters
+    (:class:`~parlai_ext.agents.optim.DecayExemptOptimizerMixin`).
 
     Training (§4.2): each example gives the pair (context, its response), label 1, and
     (context, a response drawn uniformly from the training responses seen so far), label 0;
@@ -380,6 +384,7 @@ class CoralCrossEncoderAgent(_RewardAgent):
                 attention_dropout=opt['attention_dropout'],
                 activation=opt['activation'],
                 padding_idx=self.NULL_IDX,
+                **({'ffn_dropout': opt['relu_dropout']} if opt.get('relu_dropout') else {}),
             )
         return CrossEncoder(
             encoder,
@@ -441,7 +446,11 @@ class CoralAgent(EncoderDecoderAgent):
         )
         group.add_argument('--negative-topp', type=float, default=0.9, help='nucleus p')
         group.add_argument(
-            '--negative-max-len', type=int, default=60, help='tokens per sampled negative'
+            '--negative-max-len',
+            type=int,
+            default=None,
+            help='most tokens per sampled negative; never more than --label-truncate '
+            "(the ground truth's limit), which is the default",
         )
         group.add_argument(
             '--negative-pool-size',
@@ -470,9 +479,21 @@ class CoralAgent(EncoderDecoderAgent):
         )
         return parser
 
+    @staticmethod
+    def check_coral_options(opt: Opt) -> None:
+        """Reject impossible CORAL settings before anything is built."""
+        if not 0.0 <= opt['p_positive'] <= 1.0:
+            raise ValueError(f'--p-positive must be in [0, 1], got {opt["p_positive"]}')
+        if not 0.0 < opt['negative_topp'] <= 1.0:
+            raise ValueError(f'--negative-topp must be in (0, 1], got {opt["negative_topp"]}')
+        if opt.get('negative_max_len') is not None and opt['negative_max_len'] < 1:
+            raise ValueError(f'--negative-max-len must be >= 1, got {opt["negative_max_len"]}')
+        if opt['ce_warmup_updates'] < 0:
+            raise ValueError(f'--ce-warmup-updates must be >= 0, got {opt["ce_warmup_updates"]}')
+
     def __init__(self, opt: Opt, shared=None) -> None:
+        self.check_coral_options(opt)
         super().__init__(opt, shared)
-        self._sampling_negatives = False
         if shared is not None:
             self.reward = shared['coral_reward']
             self.maude = shared['coral_maude']
@@ -493,42 +514,39 @@ class CoralAgent(EncoderDecoderAgent):
         return shared
 
     # -- negatives --
-    def _treesearch_factory(self, device, verbose=False):
-        if not self._sampling_negatives:
-            return super()._treesearch_factory(device, verbose=verbose)
-        return NucleusSampling(
-            self.opt['negative_topp'],
-            1,
-            min_length=1,
-            block_ngram=-1,
-            context_block_ngram=-1,
-            length_penalty=self.opt.get('beam_length_penalty', 0.65),
-            padding_token=self.NULL_IDX,
-            bos_token=self.START_IDX,
-            eos_token=self.END_IDX,
-            device=device,
-        )
+    @property
+    def negative_max_len(self) -> int:
+        """Tokens per sampled negative: ``--negative-max-len``, at most ``--label-truncate``
+        (a ground-truth response never has more tokens, its end token included)."""
+        cap = self.label_truncate
+        wanted = self.opt.get('negative_max_len')
+        return cap if wanted is None else min(wanted, cap)
 
     @torch.no_grad()
     def sample_negatives(self, batch: Batch, rows: list[int]) -> list[tuple[str, torch.Tensor]]:
-        """Nucleus samples from the current model for the given batch rows (eval mode: no
-        dropout), through ParlAI's own ``NucleusSampling`` tree search."""
+        """Nucleus samples r− ~ Nucleus(c | θ) from the current model for the given batch rows
+        (Algorithm 1), in evaluation mode (no dropout); at least one token before the end
+        token, at most :attr:`negative_max_len` tokens (a sample that reaches it has no end
+        token, as a truncated ground truth). Returns ``(text, token ids)`` per row."""
         index = torch.tensor(rows, device=batch.text_vec.device)
-        sub = Batch(batchsize=len(rows), text_vec=batch.text_vec.index_select(0, index))
+        source = batch.text_vec.index_select(0, index)
         was_training = self.model.training
         self.model.eval()
-        self._sampling_negatives = True
         try:
-            preds, _ = self._generate(sub, 1, self.opt['negative_max_len'])
+            samples = sample_responses(
+                getattr(self.model, 'module', self.model),
+                source,
+                self.START_IDX,
+                self.END_IDX,
+                self.NULL_IDX,
+                self.negative_max_len,
+                self.opt['negative_topp'],
+            )
         finally:
-            self._sampling_negatives = False
             self.model.train(was_training)
         out = []
-        for tokens, _, _ in preds:
-            tokens = tokens[tokens != self.START_IDX].cpu()
-            ends = (tokens == self.END_IDX).nonzero()
-            if len(ends):
-                tokens = tokens[: int(ends[0]) + 1]
+        for tokens in samples.cpu():
+            tokens = tokens[tokens != self.NULL_IDX]  # the padding after the end token
             out.append((self._v2t(tokens), tokens))
         return out
 
@@ -564,7 +582,7 @@ class CoralAgent(EncoderDecoderAgent):
         labels = [row[row != self.NULL_IDX].cpu() for row in batch.label_vec]
         texts = list(batch.labels)
         source = self.opt['negative_source']
-        if source == 'random':
+        if source == 'random' and self.opt['p_positive'] < 1.0:
             self.pool.add(texts, labels)
         positive = choose_positives(len(texts), self.opt['p_positive'])
         negative_rows = (~positive).nonzero().flatten().tolist()

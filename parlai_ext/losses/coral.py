@@ -91,17 +91,27 @@ class UtterancePool:
                 if slot < self.capacity:
                     self.items[slot] = item
 
-    def sample(self, excluded: Sequence[str], tries: int = 10) -> list[tuple[str, Any]]:
-        """One uniform draw per entry of ``excluded``, avoiding that text when possible."""
+    def sample(self, excluded: Sequence[str], tries: int = 16) -> list[tuple[str, Any]]:
+        """One draw per entry of ``excluded``: uniform over the pool's utterances whose text
+        differs from that entry (a negative is never the example's own response); uniform
+        over the whole pool only if every utterance in it has that text.
+
+        ``tries`` rejection draws first (exactly uniform over the allowed items), then one
+        uniform choice among the allowed items found by a scan.
+        """
         if not self.items:
             raise ValueError('the utterance pool is empty')
         out = []
         for text in excluded:
-            item = self.items[self.random.randrange(len(self.items))]
-            for _ in range(tries - 1):
-                if item[0] != text:
+            item = None
+            for _ in range(tries):
+                candidate = self.items[self.random.randrange(len(self.items))]
+                if candidate[0] != text:
+                    item = candidate
                     break
-                item = self.items[self.random.randrange(len(self.items))]
+            if item is None:
+                allowed = [it for it in self.items if it[0] != text] or self.items
+                item = allowed[self.random.randrange(len(allowed))]
             out.append(item)
         return out
 

@@ -15,6 +15,9 @@ retrieval model trained on the same data with random negatives (§3.1, §4.1):
 
 Both take padded token rows ``context (N, Lc)`` and ``response (N, Lr)`` and return one logit
 per pair; ``sigmoid(logit)`` is f_R. Pure torch (and ``transformers`` for :class:`HfEncoder`).
+
+:func:`sample_responses` draws the mix-policy negatives r− ~ Nucleus(c | θ) of Algorithm 1 from
+any ParlAI ``TorchGeneratorModel``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from parlai_ext.modules.sampling import nucleus_sample
 
 NEG_FILL = -1e9  # masked attention logit (finite, so a fully masked row never gives NaN)
 
@@ -220,3 +225,53 @@ class CrossEncoder(nn.Module):
 def reward_probability(logits: torch.Tensor) -> torch.Tensor:
     """f_R = sigmoid(logit) in (0, 1), computed in float32."""
     return torch.sigmoid(logits.float())
+
+
+# --- mix-policy negatives ---------------------------------------------------------------------
+@torch.no_grad()
+def sample_responses(
+    model: nn.Module,
+    source: torch.Tensor,
+    start_idx: int,
+    end_idx: int,
+    pad_idx: int,
+    max_len: int,
+    top_p: float,
+    min_len: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One nucleus-sampled response per source row: r− ~ Nucleus(c | θ) (Algorithm 1, §3.3).
+
+    ``model`` is a ParlAI ``TorchGeneratorModel`` (``encoder``, incremental ``decoder``,
+    ``output``; its output layer may ban tokens with −inf). Each step draws from the nucleus
+    of mass ``top_p`` of the next-token distribution (:func:`~parlai_ext.modules.sampling.
+    nucleus_sample`); the end token is banned for the first ``min_len`` steps. The episode
+    ends at the end token or after ``max_len`` tokens (§3.2's T).
+
+    Returns ``(N, T)`` token ids, right-padded with ``pad_idx``: a row that ends within
+    ``max_len`` ends with ``end_idx``; a row that reaches ``max_len`` holds the ``max_len``
+    tokens actually sampled and no end token (ParlAI's tree search would overwrite its last
+    sampled token with the end token, whose log-probability the loss would then train). Runs
+    in the model's current mode; the caller puts it in evaluation mode.
+    """
+    if max_len < 1:
+        raise ValueError(f'max_len must be >= 1, got {max_len}')
+    batch = source.shape[0]
+    device = source.device
+    encoder_state = model.encoder(source)
+    tokens = torch.full((batch, 1), start_idx, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    incremental = None
+    out = []
+    for step in range(max_len):
+        hidden, incremental = model.decoder(tokens, encoder_state, incremental)
+        logits = model.output(hidden[:, -1:]).squeeze(1).float()
+        if step < min_len:
+            logits[:, end_idx] = float('-inf')
+        chosen = nucleus_sample(logits, top_p, generator).masked_fill(done, pad_idx)
+        out.append(chosen)
+        done = done | (chosen == end_idx)
+        tokens = torch.cat([tokens, chosen[:, None]], dim=1)
+        if bool(done.all()):
+            break
+    return torch.stack(out, dim=1)
