@@ -23,16 +23,20 @@ import sys
 
 # module name -> (callbacks before exec, callbacks after exec), names in parlai_ext.compat
 PATCHED_MODULES = {
-    'parlai.core.opt': (('ensure_pkg_resources',), ('drop_pkg_resources_shim',)),
-    'parlai.core.dict': ((), ('patch_dict_numpy',)),
+    'parlai.core.opt': (('ensure_pkg_resources',), ('drop_pkg_resources_shim', 'patch_opt_io')),
+    'parlai.core.dict': ((), ('patch_dict_numpy', 'patch_dict_save')),
     'parlai.core.params': ((), ('patch_dict_class_args',)),
-    'parlai.core.torch_agent': ((), ('patch_dict_class_agent',)),
+    'parlai.core.build_data': ((), ('patch_modelzoo_path',)),
+    'parlai.core.torch_agent': ((), ('patch_dict_class_agent', 'patch_torch_agent_reliability')),
+    'parlai.core.torch_generator_agent': ((), ('patch_generation_options',)),
+    'parlai.agents.local_human.local_human': ((), ('patch_local_human',)),
     'parlai.core.script': ((), ('patch_script_registry',)),
     'parlai.core.metrics': ((), ('register_metrics',)),
     'parlai.nn.lr_scheduler': ((), ('patch_lr_scheduler',)),
     'parlai.utils.distributed': ((), ('patch_distributed',)),
     'parlai.utils.fsdp': ((), ('patch_fsdp_join',)),
-    'parlai.scripts.train_model': ((), ('patch_train_loop_seed',)),
+    # the seed patch wraps the reliability one (its __wrapped__ skips only the seeding)
+    'parlai.scripts.train_model': ((), ('patch_train_loop_reliability', 'patch_train_loop_seed')),
     'parlai.agents.hugging_face.gpt2': ((), ('patch_hf_gpt2',)),
     'rouge.rouge': (
         ('ensure_pkg_resources',),

@@ -39,6 +39,8 @@ from parlai.core.params import ParlaiParser
 from parlai.utils import logging
 from parlai.utils.io import PathManager
 
+from parlai_ext.io import atomic_write
+
 SPM_MODEL_SUFFIX = '.spm.model'
 DEFAULT_NEWLINE_TOKEN = '__newln__'
 NORMALIZATION_RULES = ('nmt_nfkc', 'nfkc', 'nmt_nfkc_cf', 'nfkc_cf', 'identity')
@@ -350,7 +352,10 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
         """Write ``filename`` (token listing), ``filename.spm.model`` and ``filename.opt``.
 
         Trains the model first if ``build_dict`` just collected the texts. ``sort`` and
-        ``append`` are ignored: the ids are those of the SentencePiece model.
+        ``append`` are ignored: the ids are those of the SentencePiece model. Each file is
+        written atomically (a kill during a save leaves the old file or the new one), and a
+        file whose content is unchanged is not rewritten (agents save their dictionary with
+        every checkpoint).
         """
         filename = self.opt['dict_file'] if filename is None else filename
         if self._spm is None:
@@ -358,16 +363,13 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
         state = self._state()
         make_dir(os.path.dirname(filename))
         logging.info(f'Saving SentencePiece dictionary to {filename}')
-        with PathManager.open(filename + SPM_MODEL_SUFFIX, 'wb') as handle:
-            handle.write(state.model_bytes)
+        atomic_write(filename + SPM_MODEL_SUFFIX, state.model_bytes)
         lines = [
             f'{escape(self.ind2tok[i])}\t{self.freq.get(self.ind2tok[i], 0)}\n'
             for i in range(len(self.ind2tok))
         ]
-        with PathManager.open(filename, 'w', encoding='utf-8') as handle:
-            handle.writelines(lines)
-        with PathManager.open(filename + '.opt', 'w', encoding='utf-8') as handle:
-            json.dump(self.opt, handle, indent=4)
+        atomic_write(filename, ''.join(lines))
+        atomic_write(filename + '.opt', json.dumps(self.opt, indent=4))
 
     def load(self, filename: str) -> None:
         """Load a dictionary saved by :meth:`save` (needs ``filename.spm.model`` beside it)."""
@@ -384,6 +386,12 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
             rows = [line.rstrip('\n\r').split('\t') for line in handle]
         tokens = [unescape(row[0]) for row in rows]
         expected = [self.ind2tok[i] for i in range(len(self.ind2tok))]
+        if len(tokens) < len(expected) and tokens == expected[: len(tokens)]:
+            raise ValueError(
+                f'{filename}: lists {len(tokens)} of the {len(expected)} pieces of {model_path} '
+                '(cut by an interrupted save of an older version). Remedy: restore it from a '
+                'copy of the run; it is the token listing of that model, one piece a line'
+            )
         if tokens[: len(expected)] != expected:
             raise ValueError(
                 f'{filename} does not list the pieces of {model_path} (mismatched files, '

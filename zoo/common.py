@@ -5,18 +5,72 @@ ParlAI resolves ``-mf zoo:plato2/dailydialog_small/model`` by importing
 ``download(datapath)``, then reading ``<datapath>/models/plato2/dailydialog_small/model``.
 The start-up hook maps ``parlai.zoo.<system>`` onto ``parlai_ext.zoo.<system>`` for the names in
 :data:`parlai_ext.registry.ZOO`; ``download`` here copies the shipped files into the data
-folder (no network), once per version. An entry whose files are not in the package (too big to
-ship) stops with the command that builds it locally.
+folder (no network), once per version, each file atomically. An entry whose files are not in
+the package (too big to ship) stops with the command that builds it locally; a name that is not
+an entry (``zoo:plato2/no_such/model``) stops before anything is installed, listing the entries
+that exist (:func:`check_zoo_name`, called by compat fix 15 from ParlAI's ``modelzoo_path``).
 """
 
 from __future__ import annotations
 
+import io
 import os
-import shutil
+
+from parlai_ext.io import atomic_copy, atomic_open, atomic_write
 
 
 class ZooEntryMissing(FileNotFoundError):
     """A zoo entry's files are neither shipped nor built locally."""
+
+
+class ZooNameUnknown(FileNotFoundError):
+    """A ``zoo:<system>/...`` name of one of our systems that is not one of its entries."""
+
+
+def zoo_entries() -> dict[str, list[str]]:
+    """``{system: ['zoo:<system>/<entry>/<file>', ...]}`` for every file our zoo serves."""
+    import importlib
+
+    from parlai_ext import registry
+
+    entries = {}
+    for system, package in sorted(registry.ZOO.items()):
+        build = importlib.import_module(f'{package}.build')
+        entries[system] = [f'zoo:{system}/{build.ENTRY}/{name}' for name in build.FILES]
+    return entries
+
+
+def zoo_listing() -> str:
+    """The models (files with an ``.opt``) of our zoo, one ``zoo:`` name each, comma-separated."""
+    names = []
+    for files in zoo_entries().values():
+        present = set(files)
+        names += [name for name in files if name + '.opt' in present]
+    return ', '.join(names)
+
+
+def check_zoo_name(path: str) -> None:
+    """Raise :class:`ZooNameUnknown` if ``path`` names one of our systems but no entry of it.
+
+    Names of other systems (ParlAI's own zoo) pass unchanged.
+    """
+    from parlai_ext import registry
+
+    name = path.split(':', 1)[1]
+    parts = name.split('/')
+    if parts[0] not in registry.ZOO:
+        return
+    files = zoo_entries()[parts[0]]
+    entries = {f.rsplit('/', 1)[0] for f in files}
+    prefix = path.split(':', 1)[0]
+    normalised = 'zoo:' + name
+    if normalised in files or (len(parts) == 2 and normalised in entries):
+        return
+    raise ZooNameUnknown(
+        f'{path}: no such entry in the parlai-ext zoo (nothing was installed). Entries of '
+        f'{prefix}:{parts[0]}: {", ".join(f for f in files if f + ".opt" in set(files))}; '
+        f'all models: {zoo_listing()}'
+    )
 
 
 def shipped_folder(package_file: str, entry: str) -> str:
@@ -52,7 +106,7 @@ def install_entry(
         )
     os.makedirs(target, exist_ok=True)
     for name in files:
-        shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+        atomic_copy(os.path.join(source, name), os.path.join(target, name))
     mark_done(target, version)
     return target
 
@@ -83,20 +137,22 @@ def export_model(
         key: value.half() if half and value.is_floating_point() else value
         for key, value in states['model'].items()
     }
-    torch.save({'model': weights}, target)
+    buffer = io.BytesIO()
+    torch.save({'model': weights}, buffer)
+    atomic_write(target, buffer.getvalue())
     with open(model_file + '.opt') as handle:
         opt = json.load(handle)
     opt = _without_local_paths(opt, option_overrides)
-    with open(target + '.opt', 'w') as handle:
+    with atomic_open(target + '.opt', 'w') as handle:
         json.dump(opt, handle, indent=2, sort_keys=True)
     dict_file = model_file + '.dict'
     for suffix in ('', '.spm.model'):
         if os.path.exists(dict_file + suffix):
-            shutil.copyfile(dict_file + suffix, target + '.dict' + suffix)
+            atomic_copy(dict_file + suffix, target + '.dict' + suffix)
     if os.path.exists(dict_file + '.opt'):  # the dictionary's options: the run's, cleaned too
         with open(dict_file + '.opt') as handle:
             dict_opt = _without_local_paths(json.load(handle), {})
-        with open(target + '.dict.opt', 'w') as handle:
+        with atomic_open(target + '.dict.opt', 'w') as handle:
             json.dump(dict_opt, handle, indent=2, sort_keys=True)
     return target
 
