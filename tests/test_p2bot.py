@@ -415,11 +415,37 @@ def test_probe_metrics_rank_the_true_persona_and_its_sentences():
         return [10.0 - int(s[1]) if s.startswith('t') else 0.0 for s in sentences]
 
     best = evaluate(examples, perfect, perfect_sentences)
-    assert best == {'hits@1': 1.0, 'mrr': 1.0, 'sent_mrr': 1.0, 'exs': 2}
+    assert best == {'hits@1': 1.0, 'mrr': 1.0, 'sent_mrr': 1.0, 'cand_sent_mrr': 1.0, 'exs': 2}
     worst = evaluate(examples, inverted, ordered_sentences)
     assert worst['hits@1'] == 0.0
     assert worst['mrr'] == pytest.approx((1 / 3 + 1 / 2) / 2)
-    assert worst['sent_mrr'] == pytest.approx(((1 + 1 / 2 + 1 / 3) / 3 + 1.0) / 2)
+    assert worst['cand_sent_mrr'] == pytest.approx(((1 + 1 / 2 + 1 / 3) / 3 + 1.0) / 2)
+
+
+def test_sent_mrr_ranks_among_all_profile_sentences_of_the_split():
+    """§5.4: MRR over "the complete set of profile sentences", not the candidates' only."""
+    from parlai_ext.scripts.p2bot_probe import evaluate, split_sentences
+
+    examples = [
+        {'utterances': ['u'], 'personas': [['a1', 'a2'], ['t1', 't2']], 'true': 1},
+        {'utterances': ['u'], 'personas': [['x1'], ['a1', 'a2']], 'true': 0},
+        {'utterances': ['u'], 'personas': [['a1', 'a2'], ['t2', 'y1']], 'true': 0},
+    ]
+    assert split_sentences(examples) == ['a1', 'a2', 't1', 't2', 'x1']
+
+    def persona(utterances, personas):
+        return [0.0 for _ in personas]
+
+    def sentences(utterances, pool):  # x1 > t* > a*, y1 lowest
+        return [{'x': 3.0, 't': 2.0, 'a': 1.0, 'y': 0.0}[s[0]] for s in pool]
+
+    got = evaluate(examples, persona, sentences)
+    # 1: t1, t2 rank 2 among the split's 5 (x1 above; ties optimistic), 1 among the candidates
+    # 2: x1 ranks 1 in both; 3: a1, a2 rank 4 among the split (x1, t1, t2 above), 2 among
+    #    the candidates (t2 above)
+    assert got['sent_mrr'] == pytest.approx((1 / 2 + 1 + 1 / 4) / 3)
+    assert got['cand_sent_mrr'] == pytest.approx((1 + 1 + 1 / 2) / 3)
+    assert got['mrr'] == 1.0 and got['hits@1'] == 1.0  # all tied: optimistic rank 1
 
 
 def test_paper_hyperparameters_are_the_defaults():

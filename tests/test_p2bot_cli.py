@@ -4,6 +4,7 @@ self-chat, and the HF-initialised transmitter/receiver (tiny checkpoints made he
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def _selfplay_args(
     ]  # fmt: skip
 
 
-def test_selfplay_runs_logs_rewards_and_resumes(trained, tmp_path):
+def test_selfplay_runs_and_logs_rewards(trained, tmp_path):
     model_file, log = tmp_path / 'sp', tmp_path / 'sp.jsonl'
     first = run_parlai(*_selfplay_args(trained, model_file, 2, log))
     text = first.stdout + first.stderr
@@ -88,19 +89,13 @@ def test_selfplay_runs_logs_rewards_and_resumes(trained, tmp_path):
     assert [r['update'] for r in records] == [1, 2]
     assert len(records[0]['dialogue']) == 6  # x1, a1, x2, a2, x3, a3 (N = 3)
     assert records[0]['dialogue'][0] in {t[1] + ' .' for t in TOPICS}  # opener from the data
+    for r in records:  # Eq. 10 with the paper's λ holds for the logged means, by value
+        assert math.isfinite(r['reward']) and r['rs2'] <= 0.0  # RS.2 is a log-probability
+        assert r['reward'] == pytest.approx(0.4 * r['rs1'] + 0.1 * r['rs2'] + 0.5 * r['rs3'])
+        assert 1 <= r['sp_reply_len'] <= 6  # --selfplay-max-len 6
     stats = json.loads(Path(str(model_file) + '.trainstats').read_text())
     assert stats['train_steps'] == 2
-    # resumed without --init-model: counters, updates and the frozen user (remembered in the
-    # model's .opt) come back from the first run
-    second = run_parlai(*_selfplay_args(trained, model_file, 4, log, init=False))
-    stats = json.loads(Path(str(model_file) + '.trainstats').read_text())
-    assert stats['train_steps'] == 4
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r['update'] for r in records] == [1, 2, 3, 4]
-    user_lines = [
-        line for line in (second.stdout + second.stderr).splitlines() if 'frozen user A' in line
-    ]
-    assert user_lines and user_lines[0].endswith(str(trained['root'] / 'tx'))
+    # resuming after a crash: test_selfplay_killed_and_resumed_keeps_user_a_and_logs_each_update_once
 
 
 def test_frozen_user_does_not_change_while_the_learner_does(trained):
@@ -265,4 +260,49 @@ def test_probe_script_ranks_personas_with_receiver_random_and_ir(trained):
     report = json.loads((trained['root'] / 'probe.json').read_text())
     assert set(report) == {'random', 'ir_tfidf', 'receiver'}
     assert all(values['exs'] == 4 for values in report.values())  # 2 dialogues x 2 sides
-    assert 'receiver' in out.stdout and 'sent_mrr' in out.stdout
+    assert 'receiver' in out.stdout and 'cand_sent_mrr' in out.stdout
+    for name in ('ir_tfidf', 'receiver'):
+        values = report[name]
+        assert 0.0 < values['sent_mrr'] <= values['cand_sent_mrr'] <= 1.0
+        assert 0.25 <= values['mrr'] <= 1.0  # 4 candidates: the worst rank is 4
+
+
+def test_selfplay_killed_and_resumed_keeps_user_a_and_logs_each_update_once(trained, tmp_path):
+    """kill -9 in the middle of self-play, then the same command again (issue #19.1)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import PARLAI_BIN
+
+    model_file, log = tmp_path / 'sp', tmp_path / 'sp.jsonl'
+    args = _selfplay_args(trained, model_file, 400, log)
+    args += ['--save-every-n-secs', '0.01']  # a checkpoint after (nearly) every update
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    proc = subprocess.Popen(
+        [str(PARLAI_BIN), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, 'self-play ended before it could be killed'
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not model_file.exists() and Path(str(model_file) + '.checkpoint').exists()
+    done = json.loads(Path(str(model_file) + '.checkpoint.trainstats').read_text())['train_steps']
+    assert done >= 1
+    # the same command again (ParlAI resumes from <mf>.checkpoint), two more updates
+    resumed = run_parlai(*_selfplay_args(trained, model_file, done + 2, log))
+    user_lines = [
+        line for line in (resumed.stdout + resumed.stderr).splitlines() if 'frozen user A' in line
+    ]
+    assert user_lines and user_lines[0].endswith(str(trained['root'] / 'tx'))
+    saved = json.loads(Path(str(model_file) + '.opt').read_text())
+    assert saved['selfplay_user_model'] == str(trained['root'] / 'tx')
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r['update'] for r in records] == list(range(1, done + 3))

@@ -9,11 +9,18 @@ true persona is ranked among ``--receiver-eval-distractors`` (31) other personas
   ``TfidfVectorizer`` fitted on the split's utterances and personas; Sordoni et al.-style IR);
 - **Receiver**: the cumulative score ``c`` of Eq. 14 (``--receiver-model-file``).
 
-Reported: ``hits@1`` and ``mrr`` over the 32 personas, and the paper's sentence-level MRR
-(``sent_mrr``: "given a dialogue and the complete set of profile sentences, the average
-reciprocal rank of the dialogue-relevant profile sentences" - every sentence of the 32
-candidates is scored alone, the true persona's sentences' reciprocal ranks are averaged;
-ties rank optimistically)::
+Reported: ``hits@1`` and ``mrr`` over the 32 personas, and two sentence-level MRRs (every
+sentence is scored alone against the dialogue side; the reciprocal ranks of the true persona's
+sentences are averaged; ties rank optimistically):
+
+- ``sent_mrr``, the paper's (§5.4: "given a dialogue and the complete set of profile
+  sentences, MRR is the average reciprocal ranks of the dialogue-relevant profile
+  sentences"): ranked among **all profile sentences of the split** (each distinct sentence of
+  every persona of the split once);
+- ``cand_sent_mrr``: ranked among the sentences of the 32 candidate personas only (an easier,
+  smaller pool; what earlier versions reported as ``sent_mrr``).
+
+::
 
     parlai p2bot_probe --personachat-file dev800_both_original_no_cands.txt \\
         --p2bot-train-episodes 700 -dt valid --receiver-model-file /tmp/rx
@@ -22,7 +29,9 @@ ties rank optimistically)::
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 
 import numpy as np
 from parlai.core.params import ParlaiParser
@@ -72,23 +81,42 @@ def probe_examples(opt) -> list[dict]:
     return examples
 
 
-def evaluate(examples: list[dict], persona_score, sentence_score) -> dict[str, float]:
-    """Mean hits@1, persona MRR and sentence MRR of one scorer over the examples."""
-    hits, mrr, sent_mrr = [], [], []
+def split_sentences(examples: list[dict]) -> list[str]:
+    """Every distinct profile sentence of the split (of all its speakers' true personas)."""
+    return sorted({s for ex in examples for s in ex['personas'][ex['true']]})
+
+
+def sentence_mrr(utterances: list[str], pool: list[str], relevant: list[str], sentence_score):
+    """Mean reciprocal rank of the ``relevant`` sentences among ``pool`` (which holds them)."""
+    scores = np.asarray(sentence_score(utterances, pool), dtype=float)
+    position = {s: k for k, s in enumerate(pool)}
+    return float(np.mean([1.0 / rank_of(scores, position[s]) for s in relevant]))
+
+
+def evaluate(
+    examples: list[dict], persona_score, sentence_score, pool: list[str] | None = None
+) -> dict[str, float]:
+    """Mean hits@1, persona MRR and the two sentence MRRs of one scorer over the examples.
+
+    :param pool: all profile sentences of the split (the paper's ``sent_mrr``); default
+        :func:`split_sentences` of ``examples``.
+    """
+    pool = split_sentences(examples) if pool is None else pool
+    hits, mrr, sent_mrr, cand_sent_mrr = [], [], [], []
     for ex in examples:
         scores = np.asarray(persona_score(ex['utterances'], ex['personas']), dtype=float)
         rank = rank_of(scores, ex['true'])
         hits.append(float(rank == 1))
         mrr.append(1.0 / rank)
-        sentences = [s for p in ex['personas'] for s in p]
-        owners = [i for i, p in enumerate(ex['personas']) for _ in p]
-        s_scores = np.asarray(sentence_score(ex['utterances'], sentences), dtype=float)
-        relevant = [k for k, owner in enumerate(owners) if owner == ex['true']]
-        sent_mrr.append(float(np.mean([1.0 / rank_of(s_scores, k) for k in relevant])))
+        relevant = list(dict.fromkeys(ex['personas'][ex['true']]))
+        candidates = list(dict.fromkeys(s for p in ex['personas'] for s in p))
+        cand_sent_mrr.append(sentence_mrr(ex['utterances'], candidates, relevant, sentence_score))
+        sent_mrr.append(sentence_mrr(ex['utterances'], pool, relevant, sentence_score))
     return {
         'hits@1': float(np.mean(hits)),
         'mrr': float(np.mean(mrr)),
         'sent_mrr': float(np.mean(sent_mrr)),
+        'cand_sent_mrr': float(np.mean(cand_sent_mrr)),
         'exs': len(examples),
     }
 
@@ -163,15 +191,21 @@ class P2BotProbe(ParlaiScript):
         report = probe(self.opt)
         n = next(iter(report.values()))['exs']
         lines = [f'persona perception probe: {n} dialogue sides, {self.opt["datatype"]}']
-        lines.append(f'{"method":<10} {"hits@1":>8} {"mrr":>8} {"sent_mrr":>9}')
-        for name, values in report.items():
+        lines.append(
+            f'{"method":<10} {"hits@1":>8} {"mrr":>8} {"sent_mrr":>9} {"cand_sent_mrr":>14}'
+        )
+        for name, v in report.items():
             lines.append(
-                f'{name:<10} {values["hits@1"]:8.4f} {values["mrr"]:8.4f} {values["sent_mrr"]:9.4f}'
+                f'{name:<10} {v["hits@1"]:8.4f} {v["mrr"]:8.4f} {v["sent_mrr"]:9.4f} '
+                f'{v["cand_sent_mrr"]:14.4f}'
             )
         print('\n'.join(lines))
         if self.opt.get('report_filename'):
-            with open(self.opt['report_filename'], 'w', encoding='utf-8') as handle:
+            path = self.opt['report_filename']
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)))
+            with os.fdopen(fd, 'w', encoding='utf-8') as handle:
                 json.dump(report, handle, indent=2)
+            os.replace(tmp, path)
         return report
 
 
