@@ -592,3 +592,18 @@ def test_ffn_dropout_is_its_own_option_and_old_files_load(stage1_file, tmp_path)
     shutil.copy(stage1_file + '.dict', old + '.dict')
     loaded = create_agent_from_model_file(old)
     assert loaded.model.transformer.stack.layers[0].ffn.dropout.p == 0.0
+
+
+def test_recipes_select_stage21_checkpoints_on_uniform_z_ppl():
+    """The posterior-z ppl reads z from the response itself; the recipes select on the
+    uniform-prior marginal (the model as inference uses it)."""
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1] / 'projects' / 'plato2'
+    for name in ('README.md', 'dailydialog_small.sh'):
+        text = (project / name).read_text().replace('\\\n', ' ')
+        commands = [line for line in text.splitlines() if 'train_model -m plato2 ' in line]
+        assert commands, name
+        for command in commands:
+            assert '--uniform-prior-ppl true' in command and '-vmt uniform_z_ppl' in command
+            assert '-vmm min' in command

@@ -38,7 +38,8 @@ step() {
     $PARLAI train_model -m plato2 --init-model "$OUT/stage1" --dict-file "$OUT/stage1.dict" \
       "${TASK[@]}" "${TRAIN[@]}" \
       -mf "$OUT/stage21" --n-latent 20 -lr 5e-4 --warmup-updates 200 --num-epochs 0.5 \
-      --skip-generation true -vmt ppl -vmm min || test -f "$OUT/stage21" ;;
+      --skip-generation true --uniform-prior-ppl true -vmt uniform_z_ppl -vmm min \
+      || test -f "$OUT/stage21" ;;
   stage22)  # evaluation model, Eq. 7-9 (sizes and dictionary from stage 1)
     $PARLAI train_model -m plato2_evaluator --init-model "$OUT/stage1" \
       --dict-file "$OUT/stage1.dict" "${TASK[@]}" "${TRAIN[@]}" -mf "$OUT/stage22" -lr 1e-3 --warmup-updates 200 --num-epochs 0.5 \
