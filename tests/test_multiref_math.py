@@ -564,3 +564,61 @@ def test_generation_draws_z_from_the_prior(tmp_path, test_z):
     torch.manual_seed(12)
     z = net.prior.mean(params) if test_z == 'mean' else net.prior.sample(params)
     assert torch.allclose(state.dec_context, net.decoder_context(encoded.context, z), atol=1e-6)
+
+
+# --- gradients: which terms train which parameters ----------------------------------------------
+def test_gmm_monte_carlo_kl_is_differentiable_through_the_posterior_sample():
+    """With one component the mean gradient of log q(z) - log p(z), z = mu_q + sigma_q eps,
+    is the closed-form KL's: d/dmu_q = (mu_q - mu_p) / var_p, d/dvar_q = (1/var_p - 1/var_q)/2
+    (a z cut from the graph would give 0 and -1/(2 var_q) + ... on average)."""
+    n = 50_000
+    mu_q = torch.full((n, 1), 0.7, dtype=torch.float64, requires_grad=True)
+    var_q = torch.full((n, 1), 0.5, dtype=torch.float64, requires_grad=True)
+    mu_p, var_p = -0.3, 2.0
+    torch.manual_seed(13)
+    z = Gaussian(mu_q, var_q).sample()
+    kl = L.gmm_kl_mc(
+        z, mu_q, var_q, torch.ones(n, 1, dtype=torch.float64),
+        torch.full((n, 1, 1), mu_p, dtype=torch.float64),
+        torch.full((n, 1, 1), var_p, dtype=torch.float64),
+    )  # fmt: skip
+    kl.sum().backward()
+    assert mu_q.grad.mean().item() == pytest.approx((0.7 - mu_p) / var_p, abs=0.02)
+    assert var_q.grad.mean().item() == pytest.approx((1 / var_p - 1 / 0.5) / 2, abs=0.02)
+
+
+def _grads(net, loss: torch.Tensor) -> dict[str, float]:
+    net.zero_grad()
+    loss.backward()
+    return {
+        name: 0.0 if p.grad is None else p.grad.abs().sum().item()
+        for name, p in net.named_parameters()
+    }
+
+
+@pytest.mark.parametrize('prior', ['gaussian', 'gmm', 'lgm'])
+def test_each_loss_term_trains_the_parts_it_should(prior):
+    """Reconstruction and BoW reach the posterior through z (reparameterised, not detached);
+    the KL reaches both the posterior and the prior; the NLL reaches the context encoder."""
+    net = _net(prior)
+    utts, floors, n_utts, decoder_input, ys = _batch()
+    torch.manual_seed(14)
+    out = net(utts, floors, n_utts, decoder_input=decoder_input, ys=ys)
+    nll = L.token_nll(net.logits(out.features), ys, PAD).sum()
+    grads = _grads(net, nll)
+    assert grads['posterior.heads.mu.weight'] > 1e-6 and grads['posterior.heads.var.weight'] > 1e-6
+    assert grads['context_encoder.rnn.weight_hh_l0'] > 1e-6
+    assert grads['prior.heads.mu.weight'] == 0  # the prior does not decode in training
+    torch.manual_seed(14)
+    out = net(utts, floors, n_utts, decoder_input=decoder_input, ys=ys)
+    grads = _grads(net, L.bow_loss(out.bow_logits, ys, PAD).sum())
+    assert grads['posterior.heads.mu.weight'] > 1e-6 and grads['bow.3.weight'] > 1e-6
+    assert grads['decoder.rnn.weight_hh_l0'] == 0  # order-free: no decoder
+    torch.manual_seed(14)
+    out = net(utts, floors, n_utts, decoder_input=decoder_input, ys=ys)
+    grads = _grads(net, out.kl.sum())
+    assert grads['posterior.heads.mu.weight'] > 1e-6 and grads['prior.heads.mu.weight'] > 1e-6
+    assert grads['prior.heads.var.weight'] > 1e-6
+    assert grads['utterance_encoder.rnn.weight_hh_l0'] > 1e-6  # response and context encodings
+    if prior != 'gaussian':
+        assert grads['prior.heads.pi.weight'] > 1e-6
