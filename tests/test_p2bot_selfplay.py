@@ -480,3 +480,75 @@ def test_truncate_log_keeps_each_update_once(tmp_path):
     assert log.read_text() == '\n'.join(lines[:2]) + '\n'
     truncate_log(str(tmp_path / 'missing.jsonl'), 3)  # no log yet: nothing happens
     assert not (tmp_path / 'missing.jsonl').exists()
+
+
+# ----------------------------------------------------------- transmitter: losses, Eq. 2/3
+
+
+def test_transmitter_loss_is_weighted_mle_plus_nup_by_value(setup):
+    from parlai.core.torch_agent import Batch
+
+    world = make_world(setup, '--mle-coef', '0.6', '--nup-coef', '0.4')
+    agent = world.learner
+    model = agent._model().eval()  # no dropout: the hand computation below is exact
+    context = agent._pad_contexts(
+        [agent.context_vec(['i play the cello.'], ['hello .']), agent.context_vec([], ['hi'])]
+    )  # variable lengths: the second row is padded
+    labels = agent._pad_tensor(
+        [reply_vec(agent, 'the cello'), reply_vec(agent, 'my bees made')], is_label=True
+    )[0]
+    distractors = agent._pad_tensor(
+        [reply_vec(agent, 'honey'), reply_vec(agent, 'a big dog')], is_label=True
+    )[0]
+    batch = Batch(batchsize=2, text_vec=context, label_vec=labels, distractor_vec=distractors)
+    agent.criterion = torch.nn.CrossEntropyLoss(ignore_index=agent.NULL_IDX, reduction='none')
+    with torch.no_grad():
+        loss = agent.compute_loss(batch).item()
+        pos = model.transmitter(context, labels)
+        neg = model.transmitter(context, distractors)
+        log_probs = F.log_softmax(model.mask_logits(pos.lm_logits).float(), -1)
+        mask = labels != agent.NULL_IDX
+        picked = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        mle = -(picked * mask).sum() / mask.sum()  # Eq. 1, mean over target tokens
+        nup = (
+            -(
+                F.log_softmax(pos.nup_logits, -1)[:, 1].sum()
+                + F.log_softmax(neg.nup_logits, -1)[:, 0].sum()
+            )
+            / 4
+        )  # class 1 for the true reply, 0 for the distractor
+    assert loss == pytest.approx(0.6 * mle.item() + 0.4 * nup.item(), rel=1e-4)
+
+
+def test_beam_hypotheses_and_candidates_are_ranked_by_eq3(setup):
+    from parlai.core.torch_agent import Batch
+
+    world = make_world(setup, '--rerank-alpha', '0.3')
+    agent = world.learner
+    model = agent._model().eval()
+    with torch.no_grad():  # a NUP head that disagrees with the LM somewhere
+        model.transmitter.nup_head.weight.normal_(0, 2.0)
+    context = agent.context_vec(['i play the cello.'], ['hello .'])
+    texts = ['the cello', 'my bees made honey', 'a big dog', 'cello']
+    replies = [reply_vec(agent, t) for t in texts]
+
+    def eq3(reply):
+        with torch.no_grad():
+            out = model.transmitter(context[None], reply[None])
+        lp = F.log_softmax(model.mask_logits(out.lm_logits).float(), -1)[0]
+        lennorm = sum(lp[t, reply[t]].item() for t in range(len(reply))) / len(reply)  # Eq. 2
+        return 0.3 * lennorm + 0.7 * F.log_softmax(out.nup_logits.float(), -1)[0, 1].item()
+
+    expected = [eq3(r) for r in replies]
+    batch = Batch(batchsize=1, text_vec=context[None])
+    hyps = [[(torch.cat([torch.tensor([agent.START_IDX]), r]), torch.tensor(0.0)) for r in replies]]
+    with torch.no_grad():
+        ranked = agent._rerank_beams(batch, hyps)[0]
+    order = sorted(range(4), key=lambda i: -expected[i])
+    assert [texts.index(agent.decode_text(h[0][1:])) for h in ranked] == order
+    assert [float(h[1]) for h in ranked] == pytest.approx([expected[i] for i in order], rel=1e-4)
+    # hits@1 ranking of label candidates: the same scores
+    batch = Batch(batchsize=1, text_vec=context[None], candidate_vecs=[replies], candidates=[texts])
+    choices, scores = agent.rank_eval_label_candidates(batch, 1)
+    assert choices[0] == [texts[i] for i in order]
+    assert scores[0] == pytest.approx([expected[i] for i in order], rel=1e-4)
