@@ -853,20 +853,34 @@ def patch_train_loop_reliability(module: types.ModuleType) -> None:
     def load_eval_worlds(agent, opt, datatype):
         if not datatype.startswith('test'):
             return original_eval_worlds(agent, opt, datatype)
-        tasks = (opt.get('evaltask') or opt['task']).split(',')
-        worlds = []
-        for task in tasks:
+        from parlai.utils import logging
+
+        missing, worlds = [], []
+        for task in (opt.get('evaltask') or opt['task']).split(','):
             task_opt = opt.copy()
             task_opt['evaltask'] = task
-            try:
+            try:  # building a teacher is what finds its files
                 worlds += original_eval_worlds(agent, task_opt, datatype)
             except FileNotFoundError as err:
-                from parlai.utils import logging
-
-                logging.warning(f'{task}: no test split, final test evaluation skipped: {err}')
+                missing.append(task)
+                logging.warning(f'{task}: no test split: {err}')
+        if missing:
+            logging.warning(f'final test evaluation skipped: no test split for {missing}')
+            for world in worlds:
+                world.shutdown()
+            return []
         return worlds
 
     module.load_eval_worlds = load_eval_worlds
+
+    original_run_eval = loop_cls._run_eval
+
+    def _run_eval(self, valid_worlds, opt, datatype, *args, **kwargs):
+        if not valid_worlds and datatype.startswith('test'):
+            return {}  # skipped above: no test split
+        return original_run_eval(self, valid_worlds, opt, datatype, *args, **kwargs)
+
+    loop_cls._run_eval = _run_eval
 
 
 def finished_training_reports(model_file: str):

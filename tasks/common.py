@@ -175,6 +175,39 @@ def read_raw_lines(source: Source, log: MalformedLog) -> Iterator[tuple[int, str
             yield lineno, text, raw
 
 
+def ends_without_line_end(source: Source) -> int | None:
+    """The number of the last line if the file's last byte is not a line end, else None.
+
+    Release files end every line with ``\\n``; a last line without one usually means the file
+    was cut (an interrupted copy, download or save). Empty files give None.
+    """
+    if source.member is None:  # the last byte only (release files are large)
+        with open(source.path, 'rb') as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return None
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) == b'\n':
+                return None
+    data = source.read_bytes()
+    if not data or data.endswith(b'\n'):
+        return None
+    return data.count(b'\n') + 1
+
+
+def warn_if_cut(source: Source, what: str = 'line') -> str | None:
+    """Log (and return) a ``file:line`` warning when the last line has no line end."""
+    lineno = ends_without_line_end(source)
+    if lineno is None:
+        return None
+    message = (
+        f'{at(source, lineno)}: the last {what} has no line end, so the file may be cut '
+        '(an interrupted copy or download); it was read as it is. Expected every line to end '
+        'with a newline: compare the file with the official release.'
+    )
+    logging.warning(message)
+    return message
+
+
 def load_json(source: Source) -> Any:
     """Parse a whole JSON file; decoding and syntax errors name file, line and column."""
     data = source.read_bytes()

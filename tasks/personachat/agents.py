@@ -27,6 +27,7 @@ from parlai_ext.tasks.common import (
     add_common_args,
     at,
     read_raw_lines,
+    warn_if_cut,
 )
 
 TASK = 'personachat_ext'
@@ -293,6 +294,7 @@ class PersonachatTeacher(ReleaseDialogTeacher):
         )
 
     def load_episodes(self) -> list[list[dict]]:
+        self.cut_warning = warn_if_cut(self.sources[0])  # ParlAI's files end every line
         episodes = parse_fbdialog(self.sources[0], self.view, self.with_candidates, self.malformed)
         return [episode_messages(e, self.with_candidates) for e in episodes]
 
