@@ -14,7 +14,7 @@ from parlai.core.params import ParlaiParser
 from parlai.scripts.train_model import TrainModel
 from test_ppg_data import make_teacher, messages, write_both
 
-from parlai_ext.agents.ppg import generate_texts
+from parlai_ext.agents.ppg import generate_texts, pad_rows
 from parlai_ext.modules.ppg import drg_source, persona_text, ppg_source
 
 TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, dropout=0.0, batchsize=4)
@@ -408,7 +408,8 @@ def test_rl_checkpoints_both_generators_and_resumes(trained, tmp_path, parlai_cl
     resumed = rl_agent(folder, data, model_file)
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, joint[key]), key
-    parlai_cli(*args, '--max-train-steps', '4', env=THREADS)
+    # (a finished training is left alone unless asked: --overwrite-finished, compat fix 16)
+    parlai_cli(*args, '--max-train-steps', '4', '--overwrite-finished', 'true', env=THREADS)
     stats = json.loads(Path(f'{model_file}.trainstats').read_text())
     assert stats['train_steps'] == 4
     again = torch.load(model_file, map_location='cpu', weights_only=False)['model']
@@ -433,3 +434,75 @@ def test_cold_start_script_evaluates_each_number_of_visible_turns(trained, tmp_p
     assert rows['1']['ppl'] != rows['2']['ppl']
     table = proc.stdout.split('   N')[-1].splitlines()
     assert [line.split()[0] for line in table[1:4]] == ['1', '2', '4']
+
+
+# --- supervised losses of both generators (§3.1, §3.2), by hand -----------------------------------
+def hand_nll(agent, sources: list[str], labels: list[str]) -> torch.Tensor:
+    """Token-averaged −log P(label | source) over the batch, written out (labels with END,
+    cut at ``--label-truncate`` as ParlAI does)."""
+    model = agent.model.eval()
+    source = pad_rows([agent.dict.txt2vec(s) for s in sources], agent.NULL_IDX)
+    cut = agent.label_truncate
+    rows = [(agent.dict.txt2vec(lab) + [agent.END_IDX])[:cut] for lab in labels]
+    target = pad_rows(rows, agent.NULL_IDX)
+    shifted = torch.cat([torch.full_like(target[:, :1], agent.START_IDX), target[:, :-1]], 1)
+    with torch.no_grad():
+        hidden, _ = model.seq2seq(source, shifted)
+        logits = model.seq2seq.logits(hidden)
+    banned = torch.tensor([agent.START_IDX, agent.NULL_IDX])
+    log_probs = logits.index_fill(-1, banned, float('-inf')).log_softmax(-1)
+    picked = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    real = target != agent.NULL_IDX
+    return -picked[real].sum() / real.sum()
+
+
+@pytest.mark.parametrize('which', ['ppg', 'drg'])
+def test_generators_teacher_forced_loss_by_hand(trained, which):
+    folder, data = trained
+    overrides = {'datatype': 'valid', 'label_truncate': 40}  # whole labels: padding differs
+    agent = create_agent_from_model_file(str(folder / which), overrides)
+    task = 'ppg_ext:persona' if which == 'ppg' else 'ppg_ext'
+    examples = [messages(make_teacher(task, data))[i] for i in (0, 7)]  # labels of two lengths
+    observations = []
+    for example in examples:
+        agent.reset()
+        observations.append(agent.observe(Message(example)))
+    agent.reset()
+    if which == 'ppg':  # (c, s) -> the complete partner persona p (§3.1)
+        sources = [ppg_source(e['context'], e['self_persona']) for e in examples]
+        labels = [persona_text(e['partner_persona']) for e in examples]
+    else:  # (c, s, gold p) -> the reply r (§3.2: gold partner personas in training)
+        sources = [
+            drg_source(e['context'], e['self_persona'], persona_text(e['partner_persona']))
+            for e in examples
+        ]
+        labels = [e['response'] for e in examples]
+    lengths = [min(len(agent.dict.txt2vec(lab)) + 1, agent.label_truncate) for lab in labels]
+    assert lengths[0] != lengths[1]  # padding in the batch
+    batch = agent.batchify(observations)
+    agent.model.eval()
+    with torch.no_grad():
+        loss = agent.compute_loss(batch)
+    assert torch.allclose(loss, hand_nll(agent, sources, labels), atol=1e-5)
+
+
+# --- the generated partner personas reach the DRG at inference ------------------------------------
+def test_generated_persona_changes_the_drg_output(trained):
+    folder, data = trained
+    drg = create_agent_from_model_file(str(folder / 'drg'), {'datatype': 'valid'})
+    example = messages(make_teacher('ppg_ext', data))[7]
+    eval_msg = {k: v for k, v in example.items() if k != 'labels'}
+    eval_msg['eval_labels'] = example['labels']
+    results = {}
+    for persona in ('i keep bees in my garden.', 'i drive a red tractor every morning.'):
+        drg.generate_partner_personas = lambda sources, p=persona: [p] * len(sources)
+        drg.reset()
+        obs = drg.observe(Message(eval_msg))
+        reply = drg.batch_act([obs])[0]
+        expected = drg_source(example['context'], example['self_persona'], persona)
+        assert obs['text_vec'].tolist() == drg.dict.txt2vec(expected)
+        assert reply['generated_partner_persona'] == persona
+        results[persona] = float(reply['metrics']['loss'])
+    # the same label scores differently under the two personas
+    first, second = results.values()
+    assert abs(first - second) > 1e-4

@@ -17,6 +17,8 @@ from parlai_ext.modules.ppg import (
     persona_text,
     ppg_source,
     select_partner_persona,
+    speaker_utterances,
+    unique_dialogues,
 )
 
 # (self persona, partner persona, [(partner utterance, reply), ...]); speaker A = "self".
@@ -223,3 +225,70 @@ def test_input_layouts_put_the_personas_last():
         'your persona: i am a chef.'
     )
     assert ppg_source(context, ['i am a chef.']).split('\n')[-1] == 'your persona: i am a chef.'
+
+
+# --- ConvAI2's train file holds every dialogue from both sides: the critic counts it once -------
+def mirrored(episode, last_word: str | None = None):
+    """The same dialogue seen from the other speaker (as ConvAI2's train file holds it);
+    ``last_word``: the other speaker's final line, which the first view does not hold."""
+    mine, theirs, turns = episode
+    utterances = [u for turn in turns for u in turn if u != '__SILENCE__']
+    utterances += [last_word] if last_word else []
+    if turns[0][0] == '__SILENCE__':  # A spoke first: B's view starts with A's first line
+        pairs = list(zip(utterances[0::2], utterances[1::2]))
+    else:  # B spoke first: B's view starts with silence
+        pairs = [('__SILENCE__', utterances[0])]
+        pairs += list(zip(utterances[1::2], utterances[2::2]))
+    return (theirs, mine, pairs)
+
+
+def test_unique_dialogues_keeps_one_view_of_each_dialogue():
+    a_first, b_first, other = EPISODES
+    assert mirrored(a_first)[2] == [
+        ('hello , my bees kept me busy today .', 'i spent the day on my red tractor .'),
+        ('what colour is your tractor ?', 'red , and my sisters love it .'),
+    ]  # one utterance fewer than A's view: A had the last word
+    b_last = mirrored(b_first, 'i sleep .')
+    views = [a_first, b_first, mirrored(a_first), other, b_last, mirrored(other)]
+    # the mirror of episode 1 is shorter (dropped); that of episode 2 is longer (it replaces it)
+    assert unique_dialogues(views) == [0, 4, 3]
+    assert len(speaker_utterances(*b_last)) == len(speaker_utterances(*b_first)) + 1
+    assert speaker_utterances(*b_last)[-1] == (tuple(b_first[1]), 'i sleep .')
+    # both views of one dialogue give the same utterances, with the same speakers' personas
+    assert speaker_utterances(*a_first)[:4] == speaker_utterances(*mirrored(a_first))
+    assert speaker_utterances(*a_first)[0] == (tuple(a_first[0]), turns_first_reply(a_first))
+    # an exact repeat is dropped; a dialogue that only shares its opening is kept
+    same_start = (a_first[0], a_first[1], [a_first[2][0], ('something else', 'else again')])
+    assert unique_dialogues([a_first, a_first, same_start]) == [0, 2]
+    # views two utterances apart are different dialogues
+    cut = (a_first[0], a_first[1], a_first[2][:2])
+    longer = (a_first[0], a_first[1], [*a_first[2], ('one more', 'and another')])
+    assert unique_dialogues([cut, longer]) == [0, 1]
+
+
+def turns_first_reply(episode) -> str:
+    return episode[2][0][1]
+
+
+def test_critic_teacher_counts_a_mirrored_dialogue_once(tmp_path):
+    plain = write_both(tmp_path, EPISODES, 'plain.txt')
+    both_sides = [EPISODES[0], mirrored(EPISODES[0]), *EPISODES[1:], mirrored(EPISODES[1], 'ok')]
+    doubled = write_both(tmp_path, both_sides, 'doubled.txt')
+
+    def pairs(path, *args):
+        got = messages(make_teacher('ppg_ext:critic', path, *args))
+        return [(m['persona'], m['response'], m['labels'][0]) for m in got]
+
+    once = pairs(plain)
+    deduplicated = pairs(doubled)
+    # episode 2's mirror holds one utterance more (B's last line): its 2 pairs are new
+    mine, theirs, _ = EPISODES[1]
+    extra = 'ok'
+    assert sorted(deduplicated) == sorted(
+        once + [(persona_text(theirs), extra, '1'), (persona_text(mine), extra, '0')]
+    )
+    assert len(set(deduplicated)) == len(deduplicated)  # no pair twice
+    kept_all = pairs(doubled, '--critic-deduplicate', 'false')
+    mirror_pairs = critic_pairs(*mirrored(EPISODES[0])) + critic_pairs(*EPISODES[1])
+    assert len(kept_all) == len(deduplicated) + len(mirror_pairs)
+    assert len(set(kept_all)) < len(kept_all)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,142 @@ def test_critic_starts_from_a_local_hf_encoder(tmp_path):
     assert vec.count(tokenizer.sep_token_id) == 2
     probability = agent.positive_probability(['i like dogs', 'i keep bees'], ['hello', 'you'])
     assert probability.shape == (2,) and bool(((probability > 0) & (probability < 1)).all())
+
+
+# --- the RL sampler against its exact distribution ----------------------------------------------
+def exact_two_step_distribution(model, source, banned, top_k, temperature) -> dict:
+    """P(y1, y2) of ``sample_sequences(max_len=2)`` by enumeration (END at step 1 ends it)."""
+    allowed = torch.ones(model.embeddings.tokens.weight.shape[0], dtype=torch.bool)
+    allowed[list(banned)] = False
+
+    def step_probs(prefix: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            hidden, _ = model(source[:1], torch.tensor([[START, *prefix]]))
+            logits = model.logits(hidden)[0, -1] / temperature
+        logits = logits.masked_fill(~allowed, float('-inf'))
+        kth = logits.topk(top_k).values[-1] if top_k else float('-inf')
+        return logits.masked_fill(logits < kth, float('-inf')).softmax(-1)
+
+    first = step_probs([])
+    out = {}
+    for y1 in range(len(first)):
+        if first[y1] == 0:
+            continue
+        if y1 == END:
+            out[(END, PAD)] = float(first[y1])
+            continue
+        second = step_probs([y1])
+        for y2 in range(len(second)):
+            if second[y2] > 0:
+                out[(y1, y2)] = float(first[y1] * second[y2])
+    return out
+
+
+@pytest.mark.parametrize('top_k,temperature', [(0, 1.0), (3, 1.0), (0, 0.5), (4, 2.0)])
+def test_sampler_draws_from_its_exact_distribution(top_k, temperature):
+    from scipy.stats import chisquare
+
+    model = tiny_seq2seq(vocab=8).eval()
+    n = 4000
+    source = torch.tensor([[5, 6, 7]]).expand(n, 3)
+    banned = (START, PAD)
+    generator = torch.Generator().manual_seed(0)
+    sample = sample_sequences(
+        model, source, START, END, 2, banned, top_k=top_k, temperature=temperature,
+        generator=generator,
+    )  # fmt: skip
+    counts = Counter(tuple(row) for row in sample.tolist())
+    exact = exact_two_step_distribution(model, source, banned, top_k, temperature)
+    assert set(counts) <= set(exact)  # nothing outside the support (banned, beyond top-k)
+    if top_k:
+        assert len({y1 for y1, _ in exact}) == top_k
+    assert exact.get((END, PAD), 0) * n > 5 or top_k  # the END-first outcome is in play
+    assert chisquare(*binned(counts, exact, n)).pvalue > 1e-3
+    # and the test has power: the same draws reject the distribution at another temperature
+    other = exact_two_step_distribution(model, source, banned, top_k, temperature * 2)
+    assert chisquare(*binned(counts, other, n)).pvalue < 1e-6
+
+
+def binned(counts: Counter, probabilities: dict, n: int) -> tuple[list, list]:
+    """Observed and expected counts, outcomes expected fewer than 5 times pooled in one bin."""
+    big = [o for o in probabilities if probabilities[o] * n >= 5]
+    observed = [counts.get(o, 0) for o in big] + [n - sum(counts.get(o, 0) for o in big)]
+    expected = [probabilities[o] * n for o in big]
+    expected.append(max(n - sum(expected), 1e-9))
+    total = sum(expected)
+    return observed, [e * n / total for e in expected]
+
+
+def test_sampler_log_probs_are_the_models_own_at_sampling_time():
+    model = tiny_seq2seq().eval()
+    with torch.no_grad():
+        model.embeddings.tokens.weight[END] *= 4
+    source = torch.tensor([[5, 6, 7], [8, 9, PAD], [10, 11, 12]] * 4)
+    generator = torch.Generator().manual_seed(1)
+    sample, log_probs = sample_sequences(
+        model, source, START, END, 7, (START, PAD), temperature=0.7, top_k=5,
+        generator=generator, with_log_probs=True,
+    )  # fmt: skip
+    assert (sample == PAD).any() and (sample == END).any()
+    # teacher-forced, untempered, unfiltered log P with START and PAD removed; 0 at padding
+    with torch.no_grad():
+        hidden, _ = model(source, decoder_input(sample, START))
+        logits = model.logits(hidden).index_fill(-1, torch.tensor([START, PAD]), float('-inf'))
+    expected = logits.log_softmax(-1).gather(-1, sample.unsqueeze(-1)).squeeze(-1)
+    expected = expected.masked_fill(sample == PAD, 0.0)
+    assert torch.allclose(log_probs, expected, atol=1e-5)
+    assert (log_probs[sample == PAD] == 0).all() and (log_probs[sample != PAD] < 0).all()
+
+
+def test_decoder_input_is_start_then_the_sample_shifted_right():
+    sample = torch.tensor([[9, 10, END], [11, END, PAD]])
+    assert decoder_input(sample, START).tolist() == [[START, 9, 10], [START, 11, END]]
+
+
+# --- the critic agent: label mapping, the paper's optimiser, decay exemption -------------------
+def tiny_critic(tmp_path: Path, *extra: str):
+    return make_agent(
+        '-m', 'ppg_critic', '--dict-file', str(tmp_path / 'critic.dict'), '--n-layers', '1',
+        '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32', *extra,
+    )  # fmt: skip
+
+
+def test_critic_positive_probability_reads_the_consistent_class(tmp_path):
+    """Class '1' (the response fits the persona, §3.3) is the one whose probability becomes
+    the reward; the head's other row is class '0'."""
+    agent = tiny_critic(tmp_path)
+    assert agent.class_list == ['0', '1'] and agent.positive_index == 1
+    head = agent.model.head
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([-1.0, 2.0]))  # logits of class '0', class '1'
+    probability = agent.positive_probability(['i like dogs', 'i keep bees'], ['hello', 'you'])
+    assert torch.allclose(probability, torch.full((2,), torch.tensor([-1.0, 2.0]).softmax(0)[1]))
+    assert agent.model.training is False  # scored in eval mode (no dropout)
+
+
+@pytest.mark.parametrize('label,direction', [('1', 1), ('0', -1)])
+def test_critic_training_on_a_label_moves_that_class_probability(tmp_path, label, direction):
+    agent = tiny_critic(tmp_path, '-lr', '0.1', '--optimizer', 'sgd', '-dt', 'train')
+    pair = {'persona': 'i like dogs', 'response': 'hello you', 'episode_done': True}
+    before = agent.positive_probability([pair['persona']], [pair['response']]).item()
+    agent.observe({**pair, 'text': 'i like dogs\nhello you', 'labels': [label]})
+    agent.act()
+    after = agent.positive_probability([pair['persona']], [pair['response']]).item()
+    assert (after - before) * direction > 1e-3
+
+
+def test_critic_defaults_are_the_papers_adam_and_decay_skips_biases_and_norms(tmp_path):
+    agent = tiny_critic(tmp_path, '-dt', 'train', '--weight-decay', '0.01')
+    assert agent.opt['learningrate'] == 5e-6 and agent.opt['optimizer'] == 'adam'  # Appendix B
+    assert isinstance(agent.optimizer, torch.optim.Adam)
+    names = {id(p): n for n, p in agent.model.named_parameters()}
+    groups = {
+        g['weight_decay']: {names[id(p)] for p in g['params']} for g in agent.optimizer.param_groups
+    }
+    assert set(groups) == {0.01, 0.0}
+    assert 'head.weight' in groups[0.01] and 'head.bias' in groups[0.0]
+    assert all(n.endswith('bias') or 'norm' in n for n in groups[0.0])
+    assert any('norm' in n and n.endswith('weight') for n in groups[0.0])
+    assert all(not n.endswith('bias') for n in groups[0.01])
+    assert all(g['lr'] == 5e-6 for g in agent.optimizer.param_groups)
