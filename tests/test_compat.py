@@ -183,3 +183,69 @@ def test_train_loop_seed_differs_per_worker_after_the_agent_is_built(monkeypatch
         seeds.append(torch.initial_seed())
     # one process: untouched (train_model seeds it itself); without --seed torch gets 42 + rank
     assert seeds[1:] == [7, 42, 8, 43, 10, 45]
+
+
+# --- fix 9: --dict-class swaps the dictionary only when asked (issue #25) --------------------
+
+
+def test_agent_with_its_own_dictionary_keeps_it_under_another_models_default_dict_class():
+    """ParlAI's test_torch_agent::test_truncate_metrics: the parser's default ``dict_class``
+    comes from ``-m test_agents/unigram`` (ParlAI's DictionaryAgent); MockTorchAgent must still
+    build its own MockDict (a swap gave clen 18 instead of 9)."""
+    from parlai.agents.test_agents.test_agents import MockDict, MockTorchAgent
+    from parlai.core.params import ParlaiParser
+
+    parser = ParlaiParser()
+    MockTorchAgent.add_cmdline_args(parser, partial_opt=None)
+    parser.set_params(model='test_agents/unigram', truncate=5, no_cuda=True)
+    opt = parser.parse_args([])
+    assert opt['dict_class'] == 'parlai.core.dict:DictionaryAgent'  # the default at issue
+    agent = MockTorchAgent(opt)
+    assert isinstance(agent.dict, MockDict)
+    text = "I'll be back. I'll be back. I'll be back."
+    agent.observe({'text': text, 'labels': [text], 'episode_done': True})
+    agent.act()
+    assert agent._local_metrics['clen'][0].value() == 9
+    assert agent._local_metrics['ctrunclen'][0].value() == 4
+
+
+def test_requested_dict_class_only_when_asked_or_a_subclass():
+    from parlai.agents.test_agents.test_agents import MockDict, MockTorchAgent
+    from parlai.core.dict import DictionaryAgent
+
+    from parlai_ext.agents.unified_transformer import UnifiedTransformerAgent
+    from parlai_ext.compat import requested_dict_class
+    from parlai_ext.sentencepiece_dict import SentencePieceDictionaryAgent
+
+    spm_name = 'parlai_ext.sentencepiece_dict:SentencePieceDictionaryAgent'
+
+    class SubDict(MockDict):
+        pass
+
+    def swap(agent_class, **opt):
+        agent = agent_class.__new__(agent_class)
+        agent.opt = opt
+        return requested_dict_class(agent)
+
+    default = 'parlai.core.dict:DictionaryAgent'
+    # another model's default in the opt: the agent's own class
+    assert swap(MockTorchAgent, dict_class=default, model='test_agents/unigram') is None
+    assert swap(MockTorchAgent, dict_class=spm_name, model='transformer/generator') is None
+    # asked for on the command line
+    assert (
+        swap(MockTorchAgent, dict_class=default, model='test_agents/unigram',
+             override={'dict_class': default}) is DictionaryAgent
+    )  # fmt: skip
+    # the opt saved with this very agent (e.g. reloading a model trained with --dict-class)
+    assert swap(UnifiedTransformerAgent, dict_class=spm_name, model='unified_transformer') is (
+        SentencePieceDictionaryAgent
+    )
+    # a subclass of the agent's own dictionary: always safe
+    name = f'{__name__}:SubDict'
+    globals()['SubDict'] = SubDict
+    try:
+        assert swap(MockTorchAgent, dict_class=name, model='test_agents/unigram') is SubDict
+    finally:
+        del globals()['SubDict']
+    # the agent's own class: nothing to swap
+    assert swap(UnifiedTransformerAgent, dict_class=default, model='x') is None

@@ -85,10 +85,11 @@ def test_self_chat_produces_turns(trained, tmp_path):
 
 
 def test_interactive_answers_piped_input(trained):
+    # empty and blank lines are skipped (compat fix 14), not the end of the chat
     model_file, env = trained
     out = run_parlai(
         'interactive', '-mf', model_file, '--inference', 'greedy',
-        stdin='hi , how are you ?\nwhat is your name ?\n', env=env,
+        stdin='hi , how are you ?\n\n   \nwhat is your name ?\n', env=env,
     )  # fmt: skip
     replies = [
         line.split(']:', 1)[1].strip()

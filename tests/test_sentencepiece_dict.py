@@ -197,6 +197,27 @@ def test_save_load_identical_encodings(built, tmp_path):
         SentencePieceDictionaryAgent(make_opt(str(tmp_path / 'plain.dict')))
 
 
+def test_save_is_atomic_skips_identical_files_and_a_cut_listing_names_itself(built, tmp_path):
+    """Agents save their dictionary with every checkpoint (issue #19): no rewrite when unchanged,
+    never a cut file; an old cut listing names the file instead of a size mismatch later."""
+    agent, _ = built
+    dict_file = str(tmp_path / 'model.dict')
+    agent.save(dict_file)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ['model.dict', 'model.dict.opt', 'model.dict' + SPM_MODEL_SUFFIX]
+    stats = {name: os.stat(tmp_path / name) for name in names}
+    agent.save(dict_file)
+    assert sorted(os.listdir(tmp_path)) == names  # no temporaries left
+    for name, stat in stats.items():
+        assert os.stat(tmp_path / name).st_ino == stat.st_ino, name  # not replaced
+    lines = open(dict_file).read().splitlines(keepends=True)
+    open(dict_file, 'w').writelines(lines[:180])  # what an in-place write cut by kill -9 left
+    with pytest.raises(ValueError, match=rf'{dict_file}: lists 180 of the 300 pieces.*Remedy'):
+        SentencePieceDictionaryAgent(make_opt(dict_file))
+    agent.save(dict_file)  # a save repairs it (the content differs: rewritten)
+    assert len(SentencePieceDictionaryAgent(make_opt(dict_file))) == 300
+
+
 def released_model(path: str, **special) -> bytes:
     """A SentencePiece model made the way released ones are (default pieces, no pad)."""
     spm.SentencePieceTrainer.train(

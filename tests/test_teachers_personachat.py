@@ -286,6 +286,17 @@ def test_non_utf8_and_persona_only_episode(tmp_path):
         read_file(path, 'personachat_ext:self')
 
 
+def test_file_cut_in_its_last_line_warns(tmp_path):
+    """A copy cut mid-line parses (the cut reply is still a reply) but must not pass silently."""
+    content = fbdialog('both', False)
+    path = write(tmp_path / 'cut.txt', content[: content.rindex('night')])  # mid-word, no '\n'
+    teacher = read_file(path)
+    assert teacher.num_examples() == N_EXAMPLES
+    last_line = content.count('\n')
+    assert teacher.cut_warning.startswith(f'{path}:{last_line}: the last line has no line end')
+    assert read_file(write(tmp_path / 'whole.txt', content)).cut_warning is None
+
+
 def test_skip_malformed_drops_episode_and_reports_count(tmp_path, caplog):
     text = _broken(6, '6 hello ?\t') + fbdialog('both', False).replace(
         'good evening', 'good morning'

@@ -80,6 +80,33 @@ def test_zoo_names_resolve_through_parlai_modelzoo_path(tmp_path, monkeypatch):
     assert calls == [str(tmp_path)]
 
 
+def test_unknown_zoo_name_lists_the_entries_and_installs_nothing(tmp_path, monkeypatch):
+    """``zoo:plato2/no_such/model`` used to install plato2's real entry, then fail on a file."""
+    from parlai.core.build_data import modelzoo_path
+
+    import parlai_ext.zoo.plato2.build as build
+    from parlai_ext.zoo.common import ZooNameUnknown
+
+    calls = []
+    monkeypatch.setattr(build, 'download', lambda datapath: calls.append(datapath))
+    for name in ('zoo:plato2/no_such/model', 'zoo:plato2/dailydialog_small/nothing'):
+        with pytest.raises(ZooNameUnknown) as info:
+            modelzoo_path(str(tmp_path), name)
+        message = str(info.value)
+        assert message.startswith(f'{name}: no such entry') and 'nothing was installed' in message
+        assert (
+            'zoo:plato2/dailydialog_small/model, zoo:plato2/dailydialog_small/evaluator;' in message
+        )
+        assert 'zoo:ppg/convai2_dev_small/model' in message  # all systems' models are listed
+    assert calls == [] and os.listdir(tmp_path) == []
+    # a file of an entry is fine (a dictionary as --dict-file)
+    modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_small/model.dict')
+    assert calls == [str(tmp_path)]
+    # a system that is not ours: ParlAI's error, with our list added
+    with pytest.raises(ImportError, match='parlai-ext zoo entries: zoo:coral/'):
+        modelzoo_path(str(tmp_path), 'zoo:no_such_system/x/model')
+
+
 def test_shipped_plato2_entry_chats_offline(parlai_cli):
     """zoo:plato2/dailydialog_small: installed from the package, generate-then-rank answers."""
     out = parlai_cli(

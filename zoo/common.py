@@ -45,7 +45,7 @@ def zoo_listing() -> str:
     names = []
     for files in zoo_entries().values():
         present = set(files)
-        names += [name for name in files if name + '.opt' in present]
+        names += [n for n in files if n + '.opt' in present and not n.endswith('.dict')]
     return ', '.join(names)
 
 
@@ -66,10 +66,10 @@ def check_zoo_name(path: str) -> None:
     normalised = 'zoo:' + name
     if normalised in files or (len(parts) == 2 and normalised in entries):
         return
+    models = [f for f in files if f + '.opt' in set(files) and not f.endswith('.dict')]
     raise ZooNameUnknown(
-        f'{path}: no such entry in the parlai-ext zoo (nothing was installed). Entries of '
-        f'{prefix}:{parts[0]}: {", ".join(f for f in files if f + ".opt" in set(files))}; '
-        f'all models: {zoo_listing()}'
+        f'{path}: no such entry in the parlai-ext zoo (nothing was installed). Models of '
+        f'{prefix}:{parts[0]}: {", ".join(models)}; all models: {zoo_listing()}'
     )
 
 
