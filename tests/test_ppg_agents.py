@@ -74,6 +74,7 @@ def test_drg_receives_generated_not_gold_partner_personas_at_inference(trained):
     # training: gold partner personas in the input
     train_obs = drg.observe(Message({**example, 'labels': example['labels']}))
     assert gold in train_obs['text']
+    assert 'ppg_source' not in train_obs  # no PPG call in training: gold stays
     drg.reset()
     # inference: the PPG's output, computed from (context, self personas) only
     eval_msg = {k: v for k, v in example.items() if k != 'labels'}
@@ -359,6 +360,33 @@ def test_rl_train_step_gradient_is_minus_reward_times_both_log_probs(
         assert torch.allclose(grads[name], expected, rtol=1e-4, atol=1e-6), name
         compared += int(bool(expected.any()))
     assert compared > 10
+
+
+def test_rl_sampling_options_reach_the_sampler(trained, tmp_path, monkeypatch):
+    import parlai_ext.agents.ppg_rl as ppg_rl
+
+    folder, data = trained
+    calls = []
+    real = ppg_rl.sample_sequences
+
+    def recording(seq2seq, source, start, end, max_len, **kwargs):
+        calls.append((seq2seq, max_len, kwargs))
+        return real(seq2seq, source, start, end, max_len, **kwargs)
+
+    monkeypatch.setattr(ppg_rl, 'sample_sequences', recording)
+    agent = rl_agent(folder, data, tmp_path / 'rl', '--rl-top-k', '3', '--rl-temperature', '0.7')
+    rl_step(agent, data)
+    (ppg_model, ppg_len, ppg_kw), (drg_model, drg_len, drg_kw) = calls
+    assert ppg_model is agent.model.ppg.seq2seq and drg_model is agent.model.seq2seq
+    assert (ppg_len, drg_len) == (8, 6)  # --rl-persona-max-len, --rl-response-max-len
+    for kwargs, gen in ((ppg_kw, agent.persona_generator), (drg_kw, agent)):
+        assert kwargs['top_k'] == 3 and kwargs['temperature'] == 0.7
+        assert kwargs['greedy'] is False and kwargs['with_log_probs'] is True
+        assert set(kwargs['banned']) == {gen.START_IDX, gen.NULL_IDX}
+    calls.clear()
+    greedy = rl_agent(folder, data, tmp_path / 'rl2', '--rl-decoding', 'greedy')
+    rl_step(greedy, data)
+    assert all(kwargs['greedy'] is True for _, _, kwargs in calls)
 
 
 def test_rl_recomputes_log_probs_in_the_sampling_mode(trained, tmp_path):

@@ -380,3 +380,27 @@ def test_critic_defaults_are_the_papers_adam_and_decay_skips_biases_and_norms(tm
     assert any('norm' in n and n.endswith('weight') for n in groups[0.0])
     assert all(not n.endswith('bias') for n in groups[0.01])
     assert all(g['lr'] == 5e-6 for g in agent.optimizer.param_groups)
+
+
+def test_greedy_sampler_takes_the_argmax_of_the_allowed_tokens():
+    model = tiny_seq2seq().eval()
+    source = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    greedy = sample_sequences(model, source, START, END, 5, (START, PAD), greedy=True)
+    with torch.no_grad():
+        hidden, _ = model(source, decoder_input(greedy, START))
+        logits = model.logits(hidden).index_fill(-1, torch.tensor([START, PAD]), float('-inf'))
+    best = logits.argmax(-1)
+    real = greedy != PAD
+    assert torch.equal(greedy[real], best[real])
+
+
+def test_critic_pair_vector_is_persona_then_response(tmp_path):
+    agent = tiny_critic(tmp_path)
+    persona, response = agent.dict.txt2vec('i like dogs'), agent.dict.txt2vec('hello you')
+    start, end = agent.START_IDX, agent.END_IDX
+    assert agent.pair_vector('i like dogs', 'hello you') == [
+        start, *persona, end, *response, end,
+    ]  # fmt: skip
+    # a text message: the last line is the response
+    obs = agent.observe({'text': 'i like dogs\nhello you', 'labels': ['1'], 'episode_done': True})
+    assert obs['text_vec'].tolist() == agent.pair_vector('i like dogs', 'hello you')
