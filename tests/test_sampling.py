@@ -224,3 +224,28 @@ def test_hard_gumbel_softmax_is_one_hot_with_the_soft_gradient():
     (S.gumbel_softmax(leaf, tau=0.5, generator=_generator(15)) * weights).sum().backward()
     assert torch.allclose(logits.grad, leaf.grad)
     assert logits.grad.abs().sum() > 0
+
+
+def test_nucleus_boundary_mass_equal_to_p_is_dropped_on_every_path():
+    """Probabilities .5 .25 .125 .125 are exact in float32: at p = .75 the mass before token
+    2 equals p, so token 2 is out (ParlAI's rule: dropped when the mass before it >= p)."""
+    logits = torch.tensor([[4.0, 2.0, 1.0, 1.0]]).log()
+    assert torch.isfinite(S.top_p_filter(logits, 0.75))[0].tolist() == [True, True, False, False]
+    for rounds in (0, 8):  # sorting fallback, rejection
+        draws = S.nucleus_sample(logits.expand(4000, -1), 0.75, _generator(16), max_rounds=rounds)
+        counts = _counts(draws, 4)
+        assert counts[2:].sum() == 0, rounds
+        assert _pvalue(counts, torch.tensor([2.0, 1.0, 0.0, 0.0])) > 1e-3
+    # just above the boundary token 2 is in (sorting path; by rejection its tie, 3, is in too)
+    draws = S.nucleus_sample(logits.expand(4000, -1), 0.76, _generator(17), max_rounds=0)
+    assert _counts(draws, 4)[2] > 0
+
+
+def test_top_k_threshold_is_per_row():
+    rows = torch.tensor([[0.0, 1.0, 2.0], [5.0, 4.0, 3.0]])
+    assert torch.isfinite(S.top_k_filter(rows, 1)).tolist() == [
+        [False, False, True], [True, False, False]
+    ]  # fmt: skip
+    assert torch.isfinite(S.top_k_filter(rows, 2)).tolist() == [
+        [False, True, True], [True, True, False]
+    ]  # fmt: skip
