@@ -531,7 +531,7 @@ def test_evaluator_learns_to_rank_true_responses_above_random_ones(tmp_path):
     torch.set_num_threads(1)  # a tiny model: threads only contend on shared cores
     TrainModel.main(
         model='plato2_evaluator', model_file=model_file, **task, n_layers=2, embedding_size=64,
-        n_heads=4, ffn_size=128, dropout=0.0, batchsize=16, learningrate=1e-2,
+        n_heads=4, ffn_size=128, dropout=0.0, batchsize=16, learningrate=5e-3,
         max_train_steps=800, validation_every_n_secs=1000, eval_candidates='inline',
         validation_metric='hits@1', validation_metric_mode='max', short_final_eval=True,
         validation_max_exs=8,

@@ -104,6 +104,11 @@ def test_bow_head_reads_the_latent_slot_of_the_generation_pass(generator):
         assert torch.allclose(other_hidden[:, 0], hidden[:, 0], atol=1e-6)
 
 
+def test_generator_needs_a_latent_value():
+    with pytest.raises(ValueError, match='n_latent'):
+        Plato2Generator(30, n_latent=0, **SIZES)
+
+
 def test_latent_vector_is_the_weighted_sum_of_latent_embeddings(generator):
     weights = torch.tensor([[0.2, 0.0, 0.8, 0.0, 0.0]])
     hand = 0.2 * generator.latent_embedding[0] + 0.8 * generator.latent_embedding[2]
@@ -203,6 +208,14 @@ def test_mlm_loss_is_the_mean_cross_entropy_of_the_selected_tokens():
     log_z = [math.log(math.exp(2) + 2), math.log(1 + math.e + math.exp(3))]
     hand = ((log_z[0] - 2.0) + (log_z[1] - 1.0)) / 2
     assert mlm_loss(logits, targets).item() == pytest.approx(hand, abs=1e-6)
+
+
+def test_coherence_pairs_of_two_examples_swap_their_responses():
+    context, response = torch.tensor([[1], [2]]), torch.tensor([[10], [20]])
+    ctx, resp, labels = coherence_pairs(context, response)
+    assert resp.squeeze(1).tolist() == [10, 20, 20, 10] and labels.tolist() == [1, 1, 0, 0]
+    one = coherence_pairs(context[:1], response[:1])
+    assert one[1].tolist() == [[10]] and one[2].tolist() == [1]
 
 
 def test_bow_loss_ignores_padding_in_every_row():
@@ -346,25 +359,82 @@ def test_recognition_pass_never_sees_the_end_token(stage1_file, tmp_path):
 
 
 def test_uniform_prior_ppl_is_the_marginal_over_all_latents(stage1_file, tmp_path):
-    """uniform_z_ppl = exp(-log(1/K sum_z p(r|c,z)) / n_tokens), each z by its own pass."""
+    """uniform_z_ppl = exp(-log(1/K sum_z p(r|c,z)) / n_tokens), each z by its own pass;
+    two examples of different lengths in one batch (padding must not count)."""
     agent = _plato2(stage1_file, tmp_path, '--uniform-prior-ppl', 'true')
     agent.model.eval()
-    agent.observe({'text': PAIRS[0][0], 'eval_labels': [PAIRS[0][1]], 'episode_done': True})
-    metrics = agent.act()['metrics']
-    batch = _batch(agent, PAIRS[:1], 'eval_labels')
+    observations = []
+    for text, label in PAIRS:
+        agent.reset()
+        observations.append(
+            agent.observe({'text': text, 'eval_labels': [label], 'episode_done': True})
+        )
+    replies = agent.batch_act(observations)
+    batch = agent.batchify(observations)
     model = agent.model.transformer
     labels = batch.label_vec
     inputs = agent.model.response_inputs(labels)
-    per_z = []
+    per_z = torch.zeros(2, 3)
     with torch.no_grad():
         for z in range(3):
-            hidden, _ = model.encode(batch.text_vec, inputs, model.latent_embedding[z][None, None])
+            latent = model.latent_embedding[z].expand(2, 1, -1)
+            hidden, _ = model.encode(batch.text_vec, inputs, latent)
             log_p = F.log_softmax(agent.model.output(hidden[:, -labels.shape[1] :]), -1)
-            per_z.append(log_p[0].gather(1, labels[0][:, None]).sum().item())
-    marginal = math.log(sum(math.exp(v) for v in per_z) / 3)
-    hand = math.exp(-marginal / labels.shape[1])
-    assert float(metrics['uniform_z_ppl']) == pytest.approx(hand, rel=1e-4)
-    assert float(metrics['uniform_z_ppl']) != pytest.approx(float(metrics['ppl']), rel=1e-3)
+            token_ll = log_p.gather(2, labels[..., None])[..., 0]
+            per_z[:, z] = (token_ll * (labels != agent.NULL_IDX)).sum(1)
+    for i, reply in enumerate(replies):
+        n_tokens = int((labels[i] != agent.NULL_IDX).sum())
+        marginal = math.log(sum(math.exp(v) for v in per_z[i].tolist()) / 3)
+        hand = math.exp(-marginal / n_tokens)
+        assert float(reply['metrics']['uniform_z_ppl']) == pytest.approx(hand, rel=1e-4), i
+        assert float(reply['metrics']['uniform_z_ppl']) != pytest.approx(
+            float(reply['metrics']['ppl']), rel=1e-3
+        )
+
+
+def test_search_has_one_hypothesis_per_latent_and_no_length_penalty(stage1_file, tmp_path):
+    from parlai.core.torch_generator_agent import NucleusSampling, TopKSampling
+
+    for method, cls, attr, value in (
+        ('topk', TopKSampling, 'k', 10), ('greedy', TopKSampling, 'k', 1),
+        ('nucleus', NucleusSampling, 'p', 0.9),
+    ):  # fmt: skip
+        agent = _plato2(stage1_file, tmp_path, '--inference', method, '--topp', '0.9')
+        search = agent._treesearch_factory('cpu')
+        assert isinstance(search, cls) and getattr(search, attr) == value, method
+        assert search.beam_size == 3 and search.length_penalty == 0.0
+
+
+def test_each_candidate_is_decoded_with_its_own_latent_and_the_cache(stage1_file, tmp_path):
+    """Greedy decoding (K candidates in one batch, key/value cache) gives each candidate the
+    greedy continuation of a full teacher-forced pass with z = its latent value, and its
+    score is the summed log-probability of that pass."""
+    agent = _plato2(stage1_file, tmp_path, '--inference', 'greedy', '--skip-generation',
+                    'false', '--rerank-penalties', 'false', '--max-dec-len', '5')  # fmt: skip
+    agent.model.eval()
+    captured = []
+    rerank = agent._rerank_beams
+    agent._rerank_beams = lambda b, cands: captured.append(cands) or rerank(b, cands)
+    agent.observe({'text': 'where do you live ?', 'episode_done': True})
+    agent.act()
+    candidates = captured[0][0]  # the finished ones (ParlAI drops the others)
+    assert 1 <= len(candidates) <= 3
+    context = torch.tensor([agent.dict.txt2vec('where do you live ?')])
+    model = agent.model.transformer
+    for tokens, score, _ in candidates:
+        # which latent: the candidate that the full pass reproduces exactly
+        matches = []
+        for z in range(3):
+            with torch.no_grad():
+                hidden, _ = model.encode(context, tokens[None, :-1],
+                                         model.latent_embedding[z][None, None])  # fmt: skip
+                logits = agent.model.output(hidden[:, context.shape[1] + 1 :])
+            log_p = agent._generation_activation(logits)[0]
+            best, greedy = log_p.max(-1)
+            # the last token is END, or ParlAI's forced END after --max-dec-len tokens
+            if torch.equal(greedy[:-1], tokens[1:-1]):
+                matches.append(best.sum().item())
+        assert any(abs(m - float(score)) < 1e-4 for m in matches), (tokens, score, matches)
 
 
 # --- the evaluator's loss: coherence + MLM with the original tokens as targets --------------------
@@ -414,6 +484,8 @@ def test_stage22_loss_is_coherence_plus_mlm_on_the_original_tokens(
     report = {k: v.value() for k, v in agent.global_metrics.report().items()}
     assert report['rce_loss'] == pytest.approx(rce.item(), abs=1e-5)
     assert report['mlm_loss'] == pytest.approx(mlm.item(), abs=1e-5)
+    accuracy = (logits.argmax(-1) == labels).float().mean().item()
+    assert report['coherence_acc'] == pytest.approx(accuracy)
 
 
 def test_evaluator_ranks_by_log_coherence(stage1_file, tmp_path):
@@ -432,8 +504,18 @@ def test_evaluator_ranks_by_log_coherence(stage1_file, tmp_path):
                 logits, _ = agent.model.transformer(batch.text_vec[i : i + 1], cands[j : j + 1])
                 hand = F.log_softmax(logits, -1)[0, 1]
                 assert scores[i, j].item() == pytest.approx(hand.item(), abs=1e-5)
+        per_example = agent.score_candidates(batch, cands[None].expand(2, -1, -1))
         probs = agent.coherence_scores([batch.text_vec[0]], [cands[1]])
+    assert torch.allclose(per_example, scores)
     assert probs[0].item() == pytest.approx(math.exp(scores[0, 1].item()), abs=1e-5)
+    # reranking inputs are truncated as the evaluator's own: the last --text-truncate
+    # context tokens, the first --label-truncate response tokens
+    agent.opt['text_truncate'], agent.opt['label_truncate'] = 3, 2
+    long_context = torch.tensor(agent.dict.txt2vec('hi , how are you ? where do you live ?'))
+    with torch.no_grad():
+        truncated = agent.coherence_scores([long_context], [cands[0]])
+        hand = agent.model.transformer.coherence(long_context[None, -3:], cands[0][None, :2])
+    assert truncated[0].item() == pytest.approx(hand[0].item(), abs=1e-6)
 
 
 # --- reranking: length averaging and the authors' penalties ---------------------------------------

@@ -196,3 +196,60 @@ def test_prefix_lm_pass_equals_its_mask_applied_by_hand(model):
     assert torch.allclose(hidden[valid], causal[valid], atol=1e-5)
     assert torch.allclose(hidden_bidir[valid], bidir[valid], atol=1e-5)
     assert not torch.allclose(hidden[valid], hidden_bidir[valid], atol=1e-3)
+
+
+def test_prefix_states_keys_values_and_dropout(model):
+    """With a prefix, forward returns the response states after [prefix; context]; the context
+    state's caches cover prefix + context, as encode_context's; the prefix gets dropout."""
+    context, response = _batch()
+    prefix = torch.randn(2, 2, 32)
+    with torch.no_grad():
+        hidden, state = model.encode(context, response, prefix)
+        response_hidden, _ = model(context, response, prefix)
+        alone = model.encode_context(context, prefix)
+    assert torch.equal(response_hidden, hidden[:, 7:])
+    assert state.valid.shape == (2, 7) and state.valid[:, :2].all()
+    for (k1, v1), (k2, v2) in zip(state.caches, alone.caches):
+        assert k1.shape == k2.shape and torch.allclose(k1, k2, atol=1e-5)
+        assert torch.allclose(v1, v2, atol=1e-5)
+    dropped = UnifiedTransformer(30, dim=32, n_layers=1, n_heads=4, ffn_dim=64, dropout=1.0)
+    x = dropped.train().embed(context, torch.zeros_like(context), torch.zeros_like(context),
+                              prefix)  # fmt: skip
+    assert torch.equal(x, torch.zeros_like(x))
+
+
+def test_default_truncation_fits_the_positions():
+    from parlai.core.opt import Opt
+
+    from parlai_ext.agents.unified_transformer import default_truncation
+
+    def limits(**given):
+        opt = default_truncation(Opt({'n_positions': 512, **given}))
+        return opt['text_truncate'], opt['label_truncate']
+
+    assert limits() == (382, 128)  # label: min(128, n/4); text: the rest - 2 specials
+    assert limits(n_positions=64) == (46, 16)
+    assert limits(text_truncate=100) == (100, 128)
+    assert limits(truncate=50) == (50, 50)
+    with pytest.raises(ValueError, match='exceed'):
+        limits(text_truncate=400)
+
+
+def test_generator_output_never_proposes_start_or_padding(model):
+    from parlai.core.dict import DictionaryAgent
+    from parlai.core.opt import Opt
+
+    from parlai_ext.agents.unified_transformer import UnifiedTransformerGeneratorModel
+
+    opt = Opt({'embedding_size': 32, 'n_layers': 1, 'n_heads': 4, 'ffn_size': 64,
+               'n_positions': 64, 'dropout': 0.0, 'attention_dropout': 0.0,
+               'activation': 'gelu'})  # fmt: skip
+    dictionary = DictionaryAgent(Opt({'dict_file': None}))
+    wrapper = UnifiedTransformerGeneratorModel(opt, dictionary)
+    logits = wrapper.output(torch.randn(1, 2, 32))
+    hand = torch.randn(1, 2, 32)
+    assert (logits[..., wrapper.START_IDX] < -1e10).all()
+    assert (logits[..., wrapper.NULL_IDX] < -1e10).all()
+    raw = wrapper.transformer.logits(hand)
+    assert torch.equal(wrapper.output(hand)[..., 4:], raw[..., 4:])
+    assert wrapper.transformer.stack.layers[0].ffn.dropout.p == 0.0  # no relu_dropout in opt
