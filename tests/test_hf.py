@@ -30,7 +30,7 @@ def word_tokenizer(style: str):
     """A word-level ``PreTrainedTokenizerFast`` in the special-token style of a family.
 
     ``gpt2``: only ``<|endoftext|>`` (bos = eos = unk, no pad); ``llama``: ``<unk> <s> </s>``,
-    no pad; ``bert``: ``[PAD] [UNK] [CLS] [SEP] [MASK]``.
+    no pad; ``smol``: as llama, padding = end (SmolLM2's way); ``bert``: ``[PAD] [UNK] [CLS] [SEP] [MASK]``.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -38,15 +38,17 @@ def word_tokenizer(style: str):
     specials = {
         'gpt2': ['<|endoftext|>'],
         'llama': ['<unk>', '<s>', '</s>'],
+        'smol': ['<unk>', '<s>', '</s>'],
         'bert': ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'],
     }[style]
     vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    unk = {'gpt2': '<|endoftext|>', 'llama': '<unk>', 'bert': '[UNK]'}[style]
+    unk = {'gpt2': '<|endoftext|>', 'llama': '<unk>', 'smol': '<unk>', 'bert': '[UNK]'}[style]
     backend = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     roles = {
         'gpt2': dict(bos_token='<|endoftext|>', eos_token='<|endoftext|>', unk_token=unk),
         'llama': dict(bos_token='<s>', eos_token='</s>', unk_token=unk),
+        'smol': dict(bos_token='<s>', eos_token='</s>', unk_token=unk, pad_token='</s>'),
         'bert': dict(
             pad_token='[PAD]',
             unk_token=unk,
@@ -76,7 +78,7 @@ def tiny_model(style: str, vocab_size: int, seed: int = 0):
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
         )  # fmt: skip
         return GPT2LMHeadModel(config)
-    if style == 'llama':
+    if style in ('llama', 'smol'):
         config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
@@ -509,6 +511,8 @@ def test_lora_adapters_save_small_reload_identical_and_merge_equal(checkpoints, 
         hf.merged_state_dict(root)
     )
     assert len(state) < len(full) and 'head.weight' in state
+    params = dict(root.named_parameters(remove_duplicate=False))
+    assert [k for k in state if k in params and not params[k].requires_grad] == []
     assert sum(v.numel() for v in state.values()) < 0.3 * sum(v.numel() for v in full.values())
     for name, before in frozen_before.items():  # training the adapters left the base alone
         assert torch.equal(dict(root.named_parameters())[name], before)

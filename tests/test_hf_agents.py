@@ -88,6 +88,8 @@ def test_bf16_default_follows_the_cpu(monkeypatch):
         ('gpt2', ('__null__', '__start__', '<|endoftext|>', '<|endoftext|>'), 2),
         # Llama: <s> / </s>, no padding: padding added
         ('llama', ('__null__', '<s>', '</s>', '<unk>'), 1),
+        # SmolLM2-like: padding = end: a distinct padding token added
+        ('smol', ('__null__', '<s>', '</s>', '<unk>'), 1),
         # BERT: [PAD] [CLS] [SEP] [UNK], nothing added
         ('bert', ('[PAD]', '[CLS]', '[SEP]', '[UNK]'), 0),
     ],
