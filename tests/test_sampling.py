@@ -249,3 +249,13 @@ def test_top_k_threshold_is_per_row():
     assert torch.isfinite(S.top_k_filter(rows, 2)).tolist() == [
         [False, True, True], [True, True, False]
     ]  # fmt: skip
+
+
+def test_nucleus_ties_at_the_boundary():
+    """Four tokens of exactly .25, p = .5: by rejection no token is more probable than
+    another, so all four stay (uniform); the sorting fallback keeps two of them."""
+    logits = torch.zeros(4000, 4)
+    by_rejection = _counts(S.nucleus_sample(logits, 0.5, _generator(18)), 4)
+    assert _pvalue(by_rejection, torch.ones(4)) > 1e-3
+    by_sorting = _counts(S.nucleus_sample(logits, 0.5, _generator(18), max_rounds=0), 4)
+    assert int((by_sorting > 0).sum()) == 2

@@ -101,6 +101,11 @@ def nucleus_sample(
     with probability = its nucleus mass (>= ``p``), so one or two rounds suffice for usual
     ``p``; rows still rejected after ``max_rounds`` (tiny ``p``) are drawn by sorting. On a CPU
     with flat distributions over 10k words this is about 10x cheaper than sorting every row.
+
+    Exact ties at the nucleus boundary: the rejection rule keeps every token tied with the
+    last one in (only strictly more probable tokens count), where sorting keeps the tied
+    tokens its sort happens to put first; the two laws differ only there (tested on exact
+    float32 probabilities in ``tests/test_sampling.py``).
     """
     vocab = logits.shape[-1]
     probs = logits.float().softmax(dim=-1).reshape(-1, vocab)
