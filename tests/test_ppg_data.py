@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,18 @@ def test_critic_teacher_counts_a_mirrored_dialogue_once(tmp_path):
     mirror_pairs = critic_pairs(*mirrored(EPISODES[0])) + critic_pairs(*EPISODES[1])
     assert len(kept_all) == len(deduplicated) + len(mirror_pairs)
     assert len(set(kept_all)) < len(kept_all)
+
+
+def test_bm25_scores_by_hand():
+    """Okapi BM25 with k1 = 1.5, b = 0.75 and idf = ln(1 + (N - n + 0.5) / (n + 0.5))."""
+    docs = ['i like dogs', 'dogs and cats and dogs', 'i like tea']  # "i", "and": stop words
+    # bags: [like, dogs], [dogs, cats, dogs], [like, tea]; average length 7/3
+    idf_dogs, idf_tea = math.log(1 + 1.5 / 2.5), math.log(1 + 2.5 / 1.5)
+    norm2 = 1.5 * (0.25 + 0.75 * 2 / (7 / 3))  # k1 (1 - b + b |d| / avgdl), |d| = 2
+    norm3 = 1.5 * (0.25 + 0.75 * 3 / (7 / 3))
+    expected = [
+        idf_dogs * 1 * 2.5 / (1 + norm2),
+        idf_dogs * 2 * 2.5 / (2 + norm3),
+        idf_tea * 1 * 2.5 / (1 + norm2),
+    ]
+    assert bm25_scores('dogs tea', docs) == pytest.approx(expected, rel=1e-9)
