@@ -71,18 +71,26 @@ def training_table(group, precision: str) -> tuple[str, dict]:
         tokens = spread(group.rate(name))
         ratio = spread(paired_ratios(group.rate(name), reference))
         mfu = spread(group.mfu(name, precision))
-        summary[name] = {'tokens_per_s': tokens, 'vs_reference': ratio, 'mfu': mfu}
+        cpu_ratio = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(REFERENCE)))
+        summary[name] = {
+            'tokens_per_s': tokens,
+            'vs_reference': ratio,
+            'vs_reference_cpu_time': cpu_ratio,
+            'mfu': mfu,
+        }
         rows.append(
             [
                 name,
                 f'{group.info[name]["params"] / 1e6:.2f} M',
                 tokens.format(),
                 ratio.format('.2f', '×'),
+                cpu_ratio.format('.2f', '×'),
                 f'{mfu.median:.1%} ({mfu.q1:.1%}-{mfu.q3:.1%})',
                 memory(group, name),
             ]
         )
-    headers = ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'MFU', 'peak memory']
+    headers = ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'vs ParlAI, CPU time',
+               'MFU', 'peak memory']  # fmt: skip
     return markdown_table(headers, rows), summary
 
 
@@ -109,7 +117,8 @@ def main() -> None:
     out = [
         f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}.',
         f'Every configuration in its own process, interleaved over {rounds} rounds '
-        f'(forward/reverse order); median (quartiles) over rounds; ratios per round.',
+        f'(forward/reverse order); median (quartiles) over rounds; ratios per round, of wall '
+        "time and of each worker's own CPU time (one thread: less sensitive to other jobs).",
     ]
     groups, results = [], {}
 
@@ -163,18 +172,23 @@ def main() -> None:
         for decoding in decodings:
             key = f'{name} | {decoding}'
             seconds = spread(group.per_unit(key))
-            ratio = spread(
-                paired_ratios(group.per_unit(key), group.per_unit(f'{REFERENCE} | {decoding}'))
-            )
-            gen_summary[key] = {'seconds': seconds, 'vs_reference': ratio}
-            cells += [seconds.format('.3f'), ratio.format('.2f', '×')]
+            ref = f'{REFERENCE} | {decoding}'
+            ratio = spread(paired_ratios(group.per_unit(key), group.per_unit(ref)))
+            cpu = spread(paired_ratios(group.cpu_per_unit(key), group.cpu_per_unit(ref)))
+            gen_summary[key] = {
+                'seconds': seconds,
+                'vs_reference': ratio,
+                'vs_reference_cpu_time': cpu,
+            }
+            cells += [seconds.format('.3f'), ratio.format('.2f', '×'), cpu.format('.2f', '×')]
         rows.append(cells)
     results['generate'] = {'group': group.to_json(), 'summary': gen_summary}
     out += [
         f'\n### Generation latency per response ({where}; batch 1, exactly {args.gen_length} '
         'tokens, untrained weights)\n',
         markdown_table(
-            ['model', 'greedy s', 'vs ParlAI', 'beam 20 s', 'vs ParlAI'], rows
+            ['model', 'greedy s', 'vs ParlAI', 'CPU time vs ParlAI', 'beam 20 s', 'vs ParlAI',
+             'CPU time vs ParlAI'], rows
         ),
     ]  # fmt: skip
 

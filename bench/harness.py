@@ -507,7 +507,12 @@ def _worker_main() -> None:
             with autocast():
                 if message.get('warm'):
                     workload.run(message['warm'])
-                reply(workload.run(message['n']))
+                cpu_start = time.process_time()
+                result = workload.run(message['n'])
+                # this process's CPU time (all its threads): unlike the wall time, it does not
+                # grow while the process waits for a core on a loaded machine
+                result.setdefault('cpu_seconds', time.process_time() - cpu_start)
+                reply(result)
     except Exception as error:  # reported to the parent, which raises
         import traceback
 
@@ -554,6 +559,15 @@ class Group:
     def rate(self, name: str, key: str = 'tokens') -> list[float]:
         """``key`` per second (e.g. tokens/s), one value per round."""
         return [s.extra[key] / s.seconds for s in self.samples[name]]
+
+    def cpu_per_unit(self, name: str) -> list[float]:
+        """CPU seconds (the worker process's own) per unit, one value per round: less
+        sensitive to other jobs than :meth:`per_unit` when the worker runs one thread."""
+        return [s.extra['cpu_seconds'] / s.units for s in self.samples[name]]
+
+    def cpu_rate(self, name: str, key: str = 'tokens') -> list[float]:
+        """``key`` per CPU second of the worker, one value per round."""
+        return [s.extra[key] / s.extra['cpu_seconds'] for s in self.samples[name]]
 
     def mfu(self, name: str, precision: str = 'fp32') -> list[float]:
         """Estimated model FLOP/s over the matmul peak of the same round and precision."""

@@ -1,28 +1,30 @@
 """Training throughput of our HRED / VHRED-LGM against ParlAI's built-in ``hred``, same data.
 
-    .venv/bin/python bench/multiref_hred_speed.py --hidden 128 --embedding 64 --steps 30
+    .venv/bin/python bench/multiref_hred_speed.py --quick      # a check, under five minutes
     .venv/bin/python bench/multiref_hred_speed.py --data-dir ../shared/data/dailydialog
 
 Every agent gets the same examples (the first ``--batchsize x --batches`` examples of
-``dailydialog_ext:no_start`` train, or of ``ext_demo`` without ``--data-dir``), observed through
-its own ParlAI history (5 history turns, 40 tokens per utterance and response), and the same
-dictionary (``--dict-file``, e.g. the 10k-word DailyDialog one of projects/multiref, else
-one built from the benchmark examples); then ``--steps`` calls of ``batch_act`` (a full ParlAI train step: batchify, forward,
-backward, clip, Adam) are timed after ``--warmup`` untimed ones, cycling over the batches,
-``--repeats`` times with the agents interleaved (a shared machine's load hits all of them);
-the median repeat is reported.
+``dailydialog_ext:no_start`` train, or of ``ext_demo`` when ``--data-dir`` is not there),
+observed through its own ParlAI history (5 history turns, 40 tokens per utterance and
+response), and the same dictionary (``--dict-file``, e.g. the 10k-word DailyDialog one of
+projects/multiref, else one built from the benchmark examples). Each agent lives in its own
+worker process (``bench/harness.py``); chunks of ``--steps`` calls of ``batch_act`` (a full
+ParlAI train step: batchify, forward, backward, clip, Adam), cycling over the batches, are
+timed interleaved over ``--rounds`` rounds, so every agent trains on the same batch in the
+same round; the tables give median (quartiles) over rounds, ratios per round, the load.
 Equal size: the same hidden and embedding sizes and one layer everywhere. The models still
 differ in kind (ParlAI's ``hred``: LSTM encoder and context LSTM, no attention, untied
 output; ours: bidirectional GRU utterance encoder, GRU context encoder with floor embeddings,
 attention GRU decoder, tied output; VHRED-LGM adds prior/posterior networks and the BoW
 head), so the parameter counts are printed too. One intra-op thread unless ``--threads``.
+Writes ``runs/bench/multiref_hred_speed[-quick]-<time>.{json,md}`` (or ``--out STEM``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import tempfile
 import time
 
@@ -31,6 +33,20 @@ from parlai.core.agents import create_agent
 from parlai.core.dict import DictionaryAgent
 from parlai.core.params import ParlaiParser
 from parlai.core.teachers import create_task_agent_from_taskname
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import (  # noqa: E402
+    default_out_stem,
+    load_line,
+    load_summary,
+    machine_info,
+    markdown_table,
+    paired_ratios,
+    run_interleaved,
+    spread,
+    write_results,
+)
 
 AGENTS = {
     'parlai hred': [
@@ -87,28 +103,31 @@ def observe_all(agent, messages) -> list:
     return observations
 
 
-class Runner:
-    """One agent with its batches, ready to time ``batch_act`` train steps."""
+class HredWorkload:
+    """One agent with its batches (a harness worker workload): ``run(n)`` times ``n``
+    ``batch_act`` train steps, cycling over the batches."""
 
-    def __init__(self, name: str, args: list[str], messages, batchsize: int, warmup: int):
-        self.name = name
+    def __init__(
+        self, args: list[str], task: list[str], n_examples: int, batchsize: int, warmup: int
+    ) -> None:
         self.agent = create_agent(ParlaiParser(True, True).parse_args(args))
-        observations = observe_all(self.agent, messages)
+        opt = ParlaiParser(True, False).parse_args([*task, '-dt', 'train:ordered'])
+        observations = observe_all(self.agent, examples(opt, n_examples))
         self.batches = [
             observations[i : i + batchsize]
             for i in range(0, len(observations) - batchsize + 1, batchsize)
         ]
-        self.batchsize = batchsize
         self.label_tokens = [
             sum(int((o['labels_vec'] != self.agent.NULL_IDX).sum()) for o in b)
             for b in self.batches
         ]
-        self.parameters = sum(p.numel() for p in self.agent.model.parameters())
+        self.batchsize = batchsize
+        self.info = {'params': sum(p.numel() for p in self.agent.model.parameters())}
         self.step = 0
         self.run(warmup)
 
-    def run(self, steps: int) -> tuple[float, int]:
-        """Seconds and label tokens of ``steps`` train steps."""
+    def run(self, steps: int) -> dict[str, float]:
+        """Seconds, examples and label tokens of ``steps`` train steps."""
         tokens = 0
         if torch.cuda.is_available():  # ParlAI put the agent on the GPU: time the device too
             torch.cuda.synchronize()
@@ -120,12 +139,18 @@ class Runner:
             self.step += 1
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return time.perf_counter() - start, tokens
+        seconds = time.perf_counter() - start
+        return {
+            'seconds': seconds,
+            'units': steps,
+            'examples': steps * self.batchsize,
+            'tokens': tokens,
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--data-dir', default=None, help='DailyDialog release folder')
+    parser.add_argument('--data-dir', default='../shared/data/dailydialog')
     parser.add_argument(
         '--dict-file', default=None, help='an existing dictionary (default: one of the examples)'
     )
@@ -134,61 +159,87 @@ def main() -> None:
     parser.add_argument('--latent', type=int, default=64)
     parser.add_argument('--batchsize', type=int, default=30)
     parser.add_argument('--batches', type=int, default=10)
-    parser.add_argument('--steps', type=int, default=30)
+    parser.add_argument('--quick', action='store_true', help='a check: fewer rounds and steps')
+    parser.add_argument('--steps', type=int, default=None, help='timed steps per chunk')
     parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--repeats', type=int, default=3, help='interleaved timed repeats')
+    parser.add_argument('--rounds', type=int, default=None, help='default 4 (quick) / 10')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--agents', default=','.join(AGENTS))
-    parser.add_argument('--out', default=None, help='also write the results here (json)')
+    parser.add_argument('--out', default=None, help='output stem (default runs/bench/...)')
     cli = parser.parse_args()
-    torch.set_num_threads(cli.threads)
-    torch.manual_seed(0)
-    task = task_args(cli.data_dir)
+    rounds = cli.rounds or (4 if cli.quick else 10)
+    steps = cli.steps or (3 if cli.quick else 10)
+    data_dir = cli.data_dir if cli.data_dir and os.path.isdir(cli.data_dir) else None
+    task = task_args(os.path.abspath(data_dir) if data_dir else None)
     n = cli.batchsize * cli.batches
-    with tempfile.TemporaryDirectory() as folder:
-        os.environ.setdefault('PARLAI_DATAPATH', os.path.join(folder, 'data'))
-        dict_file = cli.dict_file or os.path.join(folder, 'bench.dict')
-        if not cli.dict_file:
-            build_dict(dict_file, task, n)
-        common = [
-            *task, '--dict-file', dict_file, '-bs', str(cli.batchsize), '--history-size', '5',
-            '--label-truncate', '40', '--dict-lower', 'true',
-        ]  # fmt: skip
-        opt = ParlaiParser(True, False).parse_args([*task, '-dt', 'train:ordered'])
-        messages = list(examples(opt, n))
-        runners = []
-        for name in cli.agents.split(','):
-            args = [*AGENTS[name], *size_args(name, cli.hidden, cli.embedding, cli.latent)]
-            runners.append(Runner(name, [*args, *common], messages, cli.batchsize, cli.warmup))
-        timings = {r.name: [] for r in runners}
-        for _ in range(cli.repeats):  # interleaved, so that load changes hit every agent
-            for runner in runners:
-                seconds, tokens = runner.run(cli.steps)
-                timings[runner.name].append((seconds, tokens))
-        results = []
-        for runner in runners:
-            runs = sorted(timings[runner.name])
-            seconds, tokens = runs[len(runs) // 2]  # the median repeat
-            result = {
-                'agent': runner.name,
-                'parameters': runner.parameters,
-                'steps_per_repeat': cli.steps,
-                'median_seconds': round(seconds, 3),
-                'examples_per_s': round(cli.steps * cli.batchsize / seconds, 2),
-                'label_tokens_per_s': round(tokens / seconds, 1),
-                'all_seconds': [round(t, 3) for t, _ in timings[runner.name]],
-            }
-            results.append(result)
-            print(json.dumps(result), flush=True)
-    base = next((r for r in results if r['agent'] == 'parlai hred'), None)
-    if base:
-        for r in results:
-            ratio = r['examples_per_s'] / base['examples_per_s']
-            print(f'{r["agent"]:12s} {r["examples_per_s"]:8.2f} ex/s  x{ratio:.2f} of parlai hred')
-    if cli.out:
-        settings = {k: v for k, v in vars(cli).items() if k != 'out'}
-        with open(cli.out, 'w') as handle:
-            json.dump({'settings': settings, 'results': results}, handle, indent=1)
+    folder = tempfile.mkdtemp(prefix='bench_hred_')
+    os.environ.setdefault('PARLAI_DATAPATH', os.path.join(folder, 'data'))
+    dict_file = cli.dict_file or os.path.join(folder, 'bench.dict')
+    if not cli.dict_file:
+        build_dict(dict_file, task, n)
+    common = [
+        *task, '--dict-file', dict_file, '-bs', str(cli.batchsize), '--history-size', '5',
+        '--label-truncate', '40', '--dict-lower', 'true',
+    ]  # fmt: skip
+    names = cli.agents.split(',')
+    specs = {
+        name: {
+            'kind': 'factory',
+            'factory': 'multiref_hred_speed:HredWorkload',
+            'kw': {
+                'args': [*AGENTS[name], *size_args(name, cli.hidden, cli.embedding, cli.latent),
+                         *common],
+                'task': task, 'n_examples': n, 'batchsize': cli.batchsize,
+                'warmup': cli.warmup,
+            },
+        }
+        for name in names
+    }  # fmt: skip
+    group = run_interleaved(specs, rounds, steps, (), cli.threads, folder)
+    reference = 'parlai hred' if 'parlai hred' in names else names[0]
+    rows, summary = [], {}
+    for name in names:
+        examples_per_s = spread(group.rate(name, 'examples'))
+        tokens_per_s = spread(group.rate(name, 'tokens'))
+        ratio = spread(
+            paired_ratios(group.rate(name, 'examples'), group.rate(reference, 'examples'))
+        )
+        summary[name] = {
+            'examples_per_s': examples_per_s,
+            'label_tokens_per_s': tokens_per_s,
+            'vs_reference': ratio,
+        }
+        rows.append(
+            [f'`{name}`', f'{group.info[name]["params"] / 1e6:.2f} M',
+             examples_per_s.format('.1f'), tokens_per_s.format(), ratio.format('.2f', '×'),
+             f'{group.final[name]["peak_rss_mb"]:.0f} MB']
+        )  # fmt: skip
+    machine = machine_info(cli.threads)
+    load = load_summary([group])
+    markdown = '\n'.join(
+        [
+            f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}; hidden '
+            f'{cli.hidden}, embeddings {cli.embedding}, batch {cli.batchsize}; {rounds} '
+            f'interleaved rounds of {steps} steps, median (quartiles) over rounds, ratios per '
+            'round.',
+            load_line(load) + ' Numbers measured under load are not final.\n',
+            markdown_table(
+                ['agent', 'parameters', 'examples/s', 'label tokens/s', f'vs {reference}',
+                 'peak memory'],
+                rows,
+            ),
+        ]
+    )  # fmt: skip
+    stem = cli.out or default_out_stem(__file__, cli.quick)
+    data = {
+        'machine': machine,
+        'settings': vars(cli),
+        'load': load,
+        'group': group.to_json(),
+        'summary': summary,
+    }
+    paths = write_results(stem, data, markdown)
+    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""PLATO-2 speed (issue #6), side by side with ParlAI's ``transformer/generator``.
+"""PLATO-2 speed (issues #6, #23), side by side with ParlAI's ``transformer/generator``.
 
 One run, same dictionary, data, batch, thread count and dimensions (hidden 256, 4 heads,
 FFN 1024; ParlAI's model has 2 encoder + 2 decoder layers, ours 2 unified layers, i.e. the
@@ -8,154 +8,148 @@ depth of each side: "equal dimensions" as in ``bench/bench_generators.py``):
    (target: >= 1.3x), with stage 2.1 (``plato2``, two passes per step) and stage 2.2
    (``plato2_evaluator``, positive + negative pairs) for reference;
 2. seconds per response of K=20 generate-then-rank (``plato2``: 20 top-k candidates in one
-   batch + evaluator rerank) vs ParlAI's beam search with beam 20 (target: <= 1.5x). Both
-   decode exactly ``--label-truncate`` tokens (``--beam-min-length`` = that length), so the
+   batch + evaluator rerank) vs ParlAI's beam search with beam 20 (target: <= 1.2x). Both
+   decode exactly ``--gen-length`` tokens (``--beam-min-length`` = that length), so the
    comparison does not depend on when untrained weights happen to stop.
 
-Configurations alternate (ours, ParlAI, ours, ...) for ``--rounds`` rounds, each a fresh
-subprocess (``bench/harness.py``); the table gives the median over rounds and every
-round's ratio, so load changes on a shared machine show up as spread. Usage::
+Every configuration runs in its own worker process; the configurations of a table are
+interleaved round by round (``bench/harness.py``), the ratios are taken per round and the
+tables give median (quartiles) over rounds and the machine's load. Usage::
 
-    python bench/plato2_speed.py --data ../shared/data/dailydialog --threads 1
+    python bench/plato2_speed.py --quick      # a check, under five minutes
+    python bench/plato2_speed.py              # for the docs
+
+Writes ``runs/bench/plato2_speed[-quick]-<time>.{json,md}`` (or ``--out STEM``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import machine_description, measure_in_subprocess  # noqa: E402
+import configs  # noqa: E402
+from harness import (  # noqa: E402
+    default_out_stem,
+    load_line,
+    load_summary,
+    machine_info,
+    markdown_table,
+    paired_ratios,
+    run_interleaved,
+    spread,
+    write_results,
+)
 
-DIMS = ['--embedding-size', '256', '--n-heads', '4', '--ffn-size', '1024', '--dropout', '0.1']
-PARLAI_GENERATOR = [
-    '-m', 'transformer/generator', '--n-layers', '2', '--variant', 'prelayernorm',
-    '--activation', 'gelu', '--learn-positional-embeddings', 'true', '--n-positions', '512',
-    *DIMS,
-]  # fmt: skip
-STAGE1 = ['-m', 'unified_transformer', '--n-layers', '2', *DIMS]
-STAGE21 = ['-m', 'plato2', '--n-layers', '2', '--n-latent', '20', *DIMS]
-STAGE22 = ['-m', 'plato2_evaluator', '--n-layers', '2', *DIMS]
-
-
-def build_dictionary(task_args: list[str], dict_file: str) -> None:
-    from parlai.scripts.build_dict import build_dict, setup_args
-
-    opt = setup_args().parse_args([*task_args, '--dict-file', dict_file])
-    build_dict(opt)
-
-
-def save_evaluator(task_args: list[str], dict_file: str, model_file: str) -> None:
-    """An (untrained) evaluator model file on the same dictionary, for the rerank step."""
-    from parlai.core.agents import create_agent
-    from parlai.core.params import ParlaiParser
-
-    opt = ParlaiParser(True, True).parse_args(
-        [*STAGE22, *task_args, '--dict-file', dict_file, '-mf', model_file]
-    )
-    create_agent(opt, requireModelExists=False).save(model_file)
-
-
-def common(dict_file: str, batch: int, text_truncate: int, label_truncate: int) -> list[str]:
-    return [
-        '--dict-file', dict_file, '-bs', str(batch), '--optimizer', 'adamw', '-lr', '1e-3',
-        '--text-truncate', str(text_truncate), '--label-truncate', str(label_truncate),
-    ]  # fmt: skip
+TRAIN_REFERENCE = 'ParlAI transformer/generator (2+2)'
+GEN_REFERENCE = 'ParlAI transformer/generator (2+2), beam 20'
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default='../shared/data/dailydialog')
     parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--quick', action='store_true', help='a check: fewer rounds and steps')
+    parser.add_argument('--rounds', type=int, default=None, help='default 3 (quick) / 8')
+    parser.add_argument('--steps', type=int, default=None, help='train steps per chunk')
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--gen-batch', type=int, default=8)
+    parser.add_argument('--gen-batches', type=int, default=None, help='batches per chunk')
     parser.add_argument('--gen-length', type=int, default=20)
+    parser.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32')
+    parser.add_argument('--out', default=None)
     args = parser.parse_args()
+    rounds = args.rounds or (3 if args.quick else 8)
+    steps = args.steps or (2 if args.quick else 5)
+    gen_batches = args.gen_batches or (1 if args.quick else 3)
 
-    if os.path.isdir(args.data):
-        task = ['-t', 'dailydialog_ext:no_start', '--dailydialog-data-dir',
-                os.path.abspath(args.data)]  # fmt: skip
-    else:
-        print(f'({args.data} not found: using the synthetic ext_demo dialogues)')
-        task = ['-t', 'ext_demo']
+    task = configs.task_args(args.data, no_start=True)
     workdir = tempfile.mkdtemp(prefix='bench_plato2_')
     dict_file = os.path.join(workdir, 'dict')
-    build_dictionary(task, dict_file)
+    configs.build_dictionary(task, dict_file)
     evaluator = os.path.join(workdir, 'evaluator')
-    save_evaluator(task, dict_file, evaluator)
-    print(f'\nMachine: {machine_description(args.threads)}\n')
+    configs.save_untrained(configs.PLATO2_EVALUATOR, task, dict_file, evaluator)
+    machine = machine_info(args.threads)
 
-    train_args = common(dict_file, args.batch, 128, 64)
-    no_generation = ['--skip-generation', 'true']
+    train_args = configs.train_args(dict_file, args.batch, 128, 64)
     trainers = {
-        'ParlAI transformer/generator (2+2)': PARLAI_GENERATOR + no_generation,
-        'PLATO-2 stage 1 (unified_transformer, 2)': STAGE1 + no_generation,
-        'PLATO-2 stage 2.1 (plato2, 2)': STAGE21 + no_generation,
-        'PLATO-2 stage 2.2 (plato2_evaluator, 2)': STAGE22,
+        TRAIN_REFERENCE: configs.PARLAI_GENERATOR,
+        'PLATO-2 stage 1 (unified_transformer, 2)': configs.UNIFIED_2,
+        'PLATO-2 stage 2.1 (plato2, 2)': configs.PLATO2,
+        'PLATO-2 stage 2.2 (plato2_evaluator, 2)': configs.PLATO2_EVALUATOR,
     }
-    results: dict[str, list] = {name: [] for name in trainers}
-    for _ in range(args.rounds):
-        for name, agent in trainers.items():
-            row = measure_in_subprocess(
-                'train', name, agent + train_args, task, args.threads, steps=args.steps
-            )
-            results[name].append(row)
-    reference = 'ParlAI transformer/generator (2+2)'
-    print(f'### Training throughput (batch {args.batch}, context <= 128, label <= 64 tokens)\n')
-    print('| model | params | tokens/s (median of rounds) | vs ParlAI (per round) |')
-    print('|---|---|---|---|')
-    for name, rows in results.items():
-        ratios = [
-            row.tokens_per_second / ref.tokens_per_second
-            for row, ref in zip(rows, results[reference])
-        ]
-        tps = statistics.median(row.tokens_per_second for row in rows)
-        print(
-            f'| {name} | {rows[0].params / 1e6:.2f} M | {tps:,.0f} | '
-            f'{statistics.median(ratios):.2f}x ({", ".join(f"{r:.2f}" for r in ratios)}) |'
-        )
+    if args.quick:
+        trainers.pop('PLATO-2 stage 2.2 (plato2_evaluator, 2)')
+    specs = {
+        name: {'kind': 'train', 'agent_args': agent + train_args, 'task_args': task,
+               'precision': args.precision}
+        for name, agent in trainers.items()
+    }  # fmt: skip
+    print('training:')
+    train = run_interleaved(specs, rounds, steps, [args.precision], args.threads, workdir)
+    rows, summary = [], {}
+    for name in trainers:
+        tokens = spread(train.rate(name))
+        ratio = spread(paired_ratios(train.rate(name), train.rate(TRAIN_REFERENCE)))
+        mfu = spread(train.mfu(name, args.precision))
+        summary[name] = {'tokens_per_s': tokens, 'vs_reference': ratio, 'mfu': mfu}
+        rows.append(
+            [name, f'{train.info[name]["params"] / 1e6:.2f} M', tokens.format(),
+             ratio.format('.2f', 'x'), f'{mfu.median:.1%}']
+        )  # fmt: skip
 
-    length = args.gen_length
-    gen_common = common(dict_file, args.gen_batch, 128, length) + [
-        '--skip-generation', 'false', '--beam-min-length', str(length),
-    ]  # fmt: skip
+    gen_args = configs.generate_args(dict_file, args.gen_batch, args.gen_length)
     generators = {
-        'ParlAI transformer/generator (2+2), beam 20': PARLAI_GENERATOR
-        + ['--inference', 'beam', '--beam-size', '20'],
-        'PLATO-2, K=20 top-k (k=10) + evaluator rerank': STAGE21
+        GEN_REFERENCE: configs.PARLAI_GENERATOR + ['--inference', 'beam', '--beam-size', '20'],
+        'PLATO-2, K=20 top-k (k=10) + evaluator rerank': configs.PLATO2
         + ['--inference', 'topk', '--topk', '10', '--evaluator-model-file', evaluator],
-        'PLATO-2, K=20 top-k (k=10), logprob rank': STAGE21
+        'PLATO-2, K=20 top-k (k=10), logprob rank': configs.PLATO2
         + ['--inference', 'topk', '--topk', '10'],
     }
-    latency: dict[str, list] = {name: [] for name in generators}
-    for _ in range(args.rounds):
-        for name, agent in generators.items():
-            row = measure_in_subprocess(
-                'generate', name, agent + gen_common, task, args.threads, batches=3
-            )
-            latency[name].append(row)
-    reference = 'ParlAI transformer/generator (2+2), beam 20'
-    print(
-        f'\n### Generation: seconds per response (batch {args.gen_batch}, exactly {length} '
-        'tokens per candidate, untrained weights)\n'
-    )
-    print('| decoding | s / response (median of rounds) | vs ParlAI beam 20 (per round) |')
-    print('|---|---|---|')
-    for name, rows in latency.items():
-        ratios = [
-            row.median_seconds / ref.median_seconds for row, ref in zip(rows, latency[reference])
+    specs = {
+        name: {'kind': 'generate', 'agent_args': agent + gen_args, 'task_args': task,
+               'precision': args.precision}
+        for name, agent in generators.items()
+    }  # fmt: skip
+    print('generation:')
+    gen = run_interleaved(specs, rounds, gen_batches, (), args.threads, workdir)
+    gen_rows, gen_summary = [], {}
+    for name in generators:
+        seconds = spread(gen.per_unit(name))
+        ratio = spread(paired_ratios(gen.per_unit(name), gen.per_unit(GEN_REFERENCE)))
+        gen_summary[name] = {'seconds_per_response': seconds, 'vs_reference': ratio}
+        gen_rows.append([name, seconds.format('.4f'), ratio.format('.2f', 'x')])
+
+    load = load_summary([train, gen])
+    markdown = '\n'.join(
+        [
+            f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}; '
+            f'{args.precision}; {rounds} interleaved rounds, median (quartiles) over rounds, '
+            'ratios per round.',
+            load_line(load) + ' Numbers measured under load are not final.',
+            f'\n### Training throughput (batch {args.batch}, context <= 128, label <= 64 '
+            f'tokens, {steps} steps per chunk)\n',
+            markdown_table(
+                ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'MFU'], rows
+            ),
+            f'\n### Generation: seconds per response (batch {args.gen_batch}, exactly '
+            f'{args.gen_length} tokens per candidate, untrained weights)\n',
+            markdown_table(['decoding', 's / response', 'vs ParlAI beam 20 (per round)'], gen_rows),
         ]
-        seconds = statistics.median(row.median_seconds for row in rows)
-        print(
-            f'| {name} | {seconds:.4f} | {statistics.median(ratios):.2f}x '
-            f'({", ".join(f"{r:.2f}" for r in ratios)}) |'
-        )
+    )  # fmt: skip
+    stem = args.out or default_out_stem(__file__, args.quick)
+    data = {
+        'machine': machine,
+        'settings': vars(args),
+        'load': load,
+        'train': {'group': train.to_json(), 'summary': summary},
+        'generate': {'group': gen.to_json(), 'summary': gen_summary},
+    }
+    paths = write_results(stem, data, markdown)
+    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
 
 
 if __name__ == '__main__':

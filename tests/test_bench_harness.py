@@ -124,6 +124,8 @@ def test_workers_run_interleaved_and_ratios_pair_rounds(tmp_path, monkeypatch):
     assert 1.5 < harness.spread(ratios).median < 4.5  # 0.06 vs 0.02 s per unit
     assert harness.spread(group.rate('A')).median == pytest.approx(10 / 0.02, rel=0.5)
     assert group.final['A']['peak_rss_mb'] > 0
+    # sleeping is waiting, not computing: the worker's CPU time stays far below its wall time
+    assert all(c < 0.5 * w for c, w in zip(group.cpu_per_unit('B'), group.per_unit('B')))
 
 
 def test_worker_error_is_raised_with_its_message():
