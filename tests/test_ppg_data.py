@@ -265,8 +265,10 @@ def test_unique_dialogues_keeps_one_view_of_each_dialogue():
     assert unique_dialogues([a_first, a_first, same_start]) == [0, 2]
     # views two utterances apart are different dialogues
     cut = (a_first[0], a_first[1], a_first[2][:2])
-    longer = (a_first[0], a_first[1], [*a_first[2], ('one more', 'and another')])
-    assert unique_dialogues([cut, longer]) == [0, 1]
+    assert len(speaker_utterances(*a_first)) - len(speaker_utterances(*cut)) == 2
+    assert unique_dialogues([cut, a_first]) == [0, 1]
+    one_more = (a_first[0], a_first[1], [*a_first[2][:2], (a_first[2][2][0], '')])
+    assert unique_dialogues([cut, one_more]) == [1]  # one utterance apart: one dialogue
 
 
 def turns_first_reply(episode) -> str:
