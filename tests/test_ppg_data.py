@@ -261,7 +261,7 @@ def test_unique_dialogues_keeps_one_view_of_each_dialogue():
     assert speaker_utterances(*a_first)[:4] == speaker_utterances(*mirrored(a_first))
     assert speaker_utterances(*a_first)[0] == (tuple(a_first[0]), turns_first_reply(a_first))
     # an exact repeat is dropped; a dialogue that only shares its opening is kept
-    same_start = (a_first[0], a_first[1], [a_first[2][0], ('something else', 'else again')])
+    same_start = (a_first[0], a_first[1], [a_first[2][0], ('other', 'lines'), ('from', 'here')])
     assert unique_dialogues([a_first, a_first, same_start]) == [0, 2]
     # views two utterances apart are different dialogues
     cut = (a_first[0], a_first[1], a_first[2][:2])
