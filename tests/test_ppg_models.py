@@ -116,6 +116,8 @@ def test_pair_packing_and_segments():
     assert ids == [1, 10, 11, 12, 2, 20, 21, 2]
     short = pack_pair([10, 11, 12, 13, 14], [20, 21], cls=1, sep=2, max_len=7)
     assert short == [1, 10, 11, 2, 20, 21, 2]  # the persona is cut, the response kept
+    capped = pack_pair([10, 11], [20, 21, 22, 23], cls=1, sep=2, max_len=16, max_response=2)
+    assert capped == [1, 10, 11, 2, 20, 21, 2]  # the response keeps its first max_response
     types = segment_ids(torch.tensor([ids + [0]]), sep=2)
     assert types.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1]]
 
