@@ -622,3 +622,30 @@ def test_each_loss_term_trains_the_parts_it_should(prior):
     assert grads['utterance_encoder.rnn.weight_hh_l0'] > 1e-6  # response and context encodings
     if prior != 'gaussian':
         assert grads['prior.heads.pi.weight'] > 1e-6
+
+
+@pytest.mark.parametrize('name', ['mr_hred', 'vhred_lgm'])
+def test_beam_search_log_probabilities_equal_teacher_forcing(name, tmp_path):
+    """ParlAI's beam search through our incremental decoder (GRU state reordered with the
+    beams, z from the prior drawn once per context): every token log-probability of every
+    returned hypothesis is the teacher-forced one of its prefix with the same z (the last
+    token is ParlAI's forced END when a hypothesis reaches the length cap: left out)."""
+    agent = _agent(tmp_path, name, '--test-z', 'mean', '--inference', 'beam', '--beam-size',
+                   '3', '--beam-length-penalty', '0', '--beam-min-length', '0', '--verbose')  # fmt: skip
+    agent.model.eval()
+    with torch.no_grad():  # long hypotheses: END unlikely (still a choice of the search)
+        agent.model.net.output_bias[agent.END_IDX] -= 4
+    batch = _agent_batch(agent, 'eval_labels')
+    with torch.no_grad():
+        beam_preds, _ = agent._generate(batch, 3, 6)
+    xs = agent._model_input(batch)
+    for row, (tokens, score, details) in enumerate(beam_preds):
+        beam_logprobs = torch.tensor([float(d['token_logprob']) for d in details[1:]])
+        assert score.item() == pytest.approx(beam_logprobs.sum().item(), abs=1e-4)
+        tokens = tokens[1:]  # without the start token
+        one = tuple(x[row : row + 1] for x in xs)
+        with torch.no_grad():
+            scores = agent.model(*one, ys=tokens[None], z_source='prior_mean')[0]
+        forced = torch.log_softmax(scores[0].float(), -1).gather(1, tokens[:, None])[:, 0]
+        assert len(tokens) > 3
+        assert torch.allclose(beam_logprobs[:-1], forced[:-1], atol=1e-4), row
