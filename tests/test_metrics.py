@@ -251,6 +251,9 @@ def test_embedding_extrema_takes_the_largest_magnitude_per_dimension(word_vector
     assert scores['ext_emb_extrema'] == pytest.approx(-1 / math.sqrt(10))
     # average: (-0.5, 0.5) vs (0.5, 1): cosine 0.25 / (sqrt(0.5) sqrt(1.25))
     assert scores['ext_emb_avg'] == pytest.approx(0.25 / math.sqrt(0.5 * 1.25))
+    # a tie of |min| and max takes the maximum: rows (1, 0), (-1, 2) -> (1, 2), not (-1, 2)
+    tie = M._extrema(M.np.array([[1.0, 0.0], [-1.0, 2.0]]))
+    assert tie.tolist() == [1.0, 2.0]
 
 
 def test_embedding_unknown_words_and_references(word_vectors):
