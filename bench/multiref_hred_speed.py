@@ -204,7 +204,11 @@ def main() -> None:
         ratio = spread(
             paired_ratios(group.rate(name, 'examples'), group.rate(reference, 'examples'))
         )
+        cpu = spread(
+            paired_ratios(group.cpu_rate(name, 'examples'), group.cpu_rate(reference, 'examples'))
+        )
         summary[name] = {
+            'vs_reference_cpu_time': cpu,
             'examples_per_s': examples_per_s,
             'label_tokens_per_s': tokens_per_s,
             'vs_reference': ratio,
@@ -212,6 +216,7 @@ def main() -> None:
         rows.append(
             [f'`{name}`', f'{group.info[name]["params"] / 1e6:.2f} M',
              examples_per_s.format('.1f'), tokens_per_s.format(), ratio.format('.2f', '×'),
+             cpu.format('.2f', '×'),
              f'{group.final[name]["peak_rss_mb"]:.0f} MB']
         )  # fmt: skip
     machine = machine_info(cli.threads)
@@ -225,6 +230,7 @@ def main() -> None:
             load_line(load) + ' Numbers measured under load are not final.\n',
             markdown_table(
                 ['agent', 'parameters', 'examples/s', 'label tokens/s', f'vs {reference}',
+                 'CPU time vs it',
                  'peak memory'],
                 rows,
             ),

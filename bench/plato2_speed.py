@@ -95,10 +95,14 @@ def main() -> None:
         tokens = spread(train.rate(name))
         ratio = spread(paired_ratios(train.rate(name), train.rate(TRAIN_REFERENCE)))
         mfu = spread(train.mfu(name, args.precision))
-        summary[name] = {'tokens_per_s': tokens, 'vs_reference': ratio, 'mfu': mfu}
+        cpu = spread(paired_ratios(train.cpu_rate(name), train.cpu_rate(TRAIN_REFERENCE)))
+        summary[name] = {
+            'tokens_per_s': tokens, 'vs_reference': ratio, 'vs_reference_cpu_time': cpu,
+            'mfu': mfu,
+        }  # fmt: skip
         rows.append(
             [name, f'{train.info[name]["params"] / 1e6:.2f} M', tokens.format(),
-             ratio.format('.2f', 'x'), f'{mfu.median:.1%}']
+             ratio.format('.2f', 'x'), cpu.format('.2f', 'x'), f'{mfu.median:.1%}']
         )  # fmt: skip
 
     gen_args = configs.generate_args(dict_file, args.gen_batch, args.gen_length)
@@ -120,24 +124,33 @@ def main() -> None:
     for name in generators:
         seconds = spread(gen.per_unit(name))
         ratio = spread(paired_ratios(gen.per_unit(name), gen.per_unit(GEN_REFERENCE)))
-        gen_summary[name] = {'seconds_per_response': seconds, 'vs_reference': ratio}
-        gen_rows.append([name, seconds.format('.4f'), ratio.format('.2f', 'x')])
+        cpu = spread(paired_ratios(gen.cpu_per_unit(name), gen.cpu_per_unit(GEN_REFERENCE)))
+        gen_summary[name] = {
+            'seconds_per_response': seconds, 'vs_reference': ratio, 'vs_reference_cpu_time': cpu
+        }  # fmt: skip
+        gen_rows.append(
+            [name, seconds.format('.4f'), ratio.format('.2f', 'x'), cpu.format('.2f', 'x')]
+        )
 
     load = load_summary([train, gen])
     markdown = '\n'.join(
         [
             f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}; '
             f'{args.precision}; {rounds} interleaved rounds, median (quartiles) over rounds, '
-            'ratios per round.',
+            'ratios per round (wall time, and each worker\'s own CPU time).',
             load_line(load) + ' Numbers measured under load are not final.',
             f'\n### Training throughput (batch {args.batch}, context <= 128, label <= 64 '
             f'tokens, {steps} steps per chunk)\n',
             markdown_table(
-                ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'MFU'], rows
+                ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'vs ParlAI, CPU time',
+                 'MFU'], rows
             ),
             f'\n### Generation: seconds per response (batch {args.gen_batch}, exactly '
             f'{args.gen_length} tokens per candidate, untrained weights)\n',
-            markdown_table(['decoding', 's / response', 'vs ParlAI beam 20 (per round)'], gen_rows),
+            markdown_table(
+                ['decoding', 's / response', 'vs ParlAI beam 20 (per round)',
+                 'CPU time vs beam 20'], gen_rows,
+            ),
         ]
     )  # fmt: skip
     stem = args.out or default_out_stem(__file__, args.quick)
