@@ -69,8 +69,24 @@ def _same_content(path: str, data: bytes) -> bool:
         return False
 
 
+def _same_files(first: str, second: str, chunk: int = 1 << 20) -> bool:
+    """Whether two files hold the same bytes (sizes first, then chunk by chunk)."""
+    try:
+        if os.path.getsize(first) != os.path.getsize(second):
+            return False
+        with open(first, 'rb') as a, open(second, 'rb') as b:
+            while True:
+                block = a.read(chunk)
+                if block != b.read(chunk):
+                    return False
+                if not block:
+                    return True
+    except OSError:
+        return False
+
+
 class _AtomicFile(io.BufferedIOBase):
-    """Collects the bytes in memory-free fashion on a temporary file; commits on close."""
+    """Writes to a temporary file beside the target; ``close`` commits it with os.replace."""
 
     def __init__(self, path: str, skip_identical: bool) -> None:
         super().__init__()
@@ -107,14 +123,11 @@ class _AtomicFile(io.BufferedIOBase):
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
-        if self.skip_identical:
-            with open(self.temp, 'rb') as handle:
-                data = handle.read()
-            if _same_content(self.path, data):
-                os.remove(self.temp)
-                self.unchanged = True
-                super().close()
-                return
+        if self.skip_identical and _same_files(self.temp, self.path):
+            os.remove(self.temp)
+            self.unchanged = True
+            super().close()
+            return
         os.replace(self.temp, self.path)
         self.committed = True
         super().close()
