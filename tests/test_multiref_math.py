@@ -649,3 +649,27 @@ def test_beam_search_log_probabilities_equal_teacher_forcing(name, tmp_path):
         forced = torch.log_softmax(scores[0].float(), -1).gather(1, tokens[:, None])[:, 0]
         assert len(tokens) > 3
         assert torch.allclose(beam_logprobs[:-1], forced[:-1], atol=1e-4), row
+
+
+def test_two_layer_encoders_read_the_top_layer():
+    """With 2 GRU layers the utterance encoding and c come from the top layer's final states
+    (both directions averaged for the utterance), whatever the padding."""
+    torch.manual_seed(0)
+    config = VHREDConfig(
+        vocab_size=V, embedding_size=E, hidden_size=H, latent_size=Z, floor_size=FLOOR,
+        latent_prior='none', dropout=0.0, n_layers=2,
+    )  # fmt: skip
+    net = HierarchicalEncoderDecoder(config).double().eval()
+    utts, floors, n_utts, _, _ = _batch()
+    encoded = net.encode(utts, floors, n_utts)
+    ce = net.context_encoder
+    for b, context in enumerate(CONTEXTS):
+        encodings = []
+        for tokens in context:
+            _, h = net.utterance_encoder.rnn(net.embedding.weight[tokens][None])
+            encodings.append(h.view(2, 2, 1, H)[-1, :, 0].mean(0))  # top layer, both directions
+        floor = torch.tensor([(len(context) - 1 - i) % 2 for i in range(len(context))])
+        inputs = ce.merge(torch.cat([torch.stack(encodings), ce.floor_embedding(floor)], -1))
+        _, h = ce.rnn(inputs[None])
+        assert torch.allclose(encoded.context[b], h[-1, 0], atol=1e-10), b
+        assert not torch.allclose(h[0, 0], h[-1, 0], atol=1e-3)  # the layers differ
