@@ -392,8 +392,10 @@ def test_greedy_sampler_takes_the_argmax_of_the_allowed_tokens():
         hidden, _ = model(source, decoder_input(greedy, START))
         logits = model.logits(hidden).index_fill(-1, torch.tensor([START, PAD]), float('-inf'))
     best = logits.argmax(-1)
-    real = greedy != PAD
+    ended = torch.cumsum((greedy == END).long(), dim=1) - (greedy == END).long()
+    real = ended == 0  # up to and including the first END
     assert torch.equal(greedy[real], best[real])
+    assert bool((greedy[real] != PAD).all() and (greedy[real] != START).all())
 
 
 def test_critic_pair_vector_is_persona_then_response(tmp_path):
