@@ -408,3 +408,18 @@ def test_critic_pair_vector_is_persona_then_response(tmp_path):
     # a text message: the last line is the response
     obs = agent.observe({'text': 'i like dogs\nhello you', 'labels': ['1'], 'episode_done': True})
     assert obs['text_vec'].tolist() == agent.pair_vector('i like dogs', 'hello you')
+
+
+def test_critic_reads_cls_with_persona_and_response_segments():
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(30, dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.0)
+    critic = PersonaCritic(encoder, padding_idx=PAD, sep=END, dropout=0.0).eval()
+    ids = torch.tensor([[START, 5, 6, END, 7, END, PAD]])
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1]])  # segment 0: [CLS] persona [SEP]
+    with torch.no_grad():
+        hidden = encoder(ids, types, ids != PAD)
+        expected = critic.head(hidden[:, 0])  # the [CLS] state
+        assert torch.allclose(critic(ids), expected, atol=1e-6)
+        # the segments matter: all-zero types give another output
+        flat = critic.head(encoder(ids, torch.zeros_like(ids), ids != PAD)[:, 0])
+    assert not torch.allclose(flat, expected, atol=1e-4)
