@@ -74,6 +74,10 @@ def test_length_normalised_log_prob_by_value_with_padding():
 
 def test_sampler_stops_rows_at_end_and_pads_after_it():
     policy = _tiny_transmitter().eval()
+    logits = policy.backbone.logits
+    bonus = torch.zeros(12)
+    bonus[2] = 1.5  # END (id 2) frequent enough for both kinds of rows
+    policy.backbone.logits = lambda hidden: logits(hidden) + bonus
     context = torch.tensor([[5, 6, 7]] * 64)
     with torch.no_grad():
         rows = sample_responses(policy, context, 5, torch.tensor([0, 1, 3]))
@@ -119,7 +123,19 @@ def test_openai_gpt_backbone_recomputes_the_prefix(tmp_path):
     with torch.no_grad():
         _, cache = backbone.decode(torch.tensor([[1], [1]]), backbone.encode_context(context))
     assert isinstance(cache, PrefixCache)  # the model keeps none
-    _incremental_equals_full(backbone, context, torch.tensor([[1, 8, 9, 3], [1, 4, 5, 0]]))
+    response = torch.tensor([[1, 8, 9, 3], [1, 4, 5, 0]])
+    _incremental_equals_full(backbone, context, response)
+    # one reorder (as beam search does: here a swap and a duplicate), then one more step
+    for order in ([1, 0], [0, 0]):
+        index = torch.tensor(order)
+        with torch.no_grad():
+            state = backbone.encode_context(context)
+            _, cache = backbone.decode(response[:, :2], state, None)
+            state = backbone.reorder_state(state, index)
+            cache = backbone.reorder_cache(cache, index)
+            step, _ = backbone.decode(response[index, 2:3], state, cache)
+            full, _ = backbone(context[index], response[index, :3])
+        assert torch.allclose(step[:, 0], full[:, 2], atol=1e-5)
 
 
 def test_transmitter_over_openai_gpt_generates_and_samples(tmp_path):
