@@ -168,7 +168,13 @@ def tiny_gpt2(folder: Path) -> Path:
         bos_token_id=256,
         eos_token_id=256,
     )
-    GPT2LMHeadModel(config).save_pretrained(str(folder))
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # layer norms away from (1, 0), so that copying them matters
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    model.save_pretrained(str(folder))
     return folder
 
 
