@@ -455,7 +455,17 @@ def test_reward_metrics_by_value(dict_file):
     assert auc.value() == pytest.approx(4 / 6)
 
 
+def observe(agent, pairs, train: bool = False):
+    key = 'labels' if train else 'eval_labels'
+    return [
+        agent.clone().observe(Message({'text': c, key: [r], 'episode_done': True}))
+        for c, r in pairs
+    ]
+
+
 def test_reward_evaluation_pairs_each_example_with_the_previous_response(dict_file):
+    """Negative of example i = example i − 1's response (across batches); none for the very
+    first example or when that response is the same text (it would be a positive)."""
     agent = make_reward_agent(dict_file, 'esim')
     seen = []
 
@@ -464,17 +474,27 @@ def test_reward_evaluation_pairs_each_example_with_the_previous_response(dict_fi
         return torch.zeros(contexts.shape[0])
 
     agent._pair_logits = pair_logits
-    first = agent.batchify(fixture_observations(agent, n=3, seed=5, train=False))
-    second = agent.batchify(fixture_observations(agent, n=2, seed=6, train=False))
+    first = agent.batchify(
+        observe(agent, [('i like cats', 'cats is great'), ('rain ?', 'i love rain too'),
+                        ('more rain', 'i love rain too')])
+    )  # fmt: skip
+    second = agent.batchify(
+        observe(agent, [('about dogs', 'dogs is great'), ('pizza ?', 'yes pizza makes me happy')])
+    )
     enable_metrics(agent)
     agent._eval_pairs(first)
-    assert metric_values(agent, 'neg_score')[0] is None  # nothing before the first example
+    # the third example's previous response is its own text: no negative there either
+    assert metric_values(agent, 'neg_score') == [None, 0.5, None]
+    assert [m._denom for m in agent._local_metrics['pair_acc']] == [0, 2, 0]
     enable_metrics(agent)
     agent._eval_pairs(second)
+    assert metric_values(agent, 'neg_score') == [0.5, 0.5]
     rows = [agent._rows(b.label_vec) for b in (first, second)]
-    for (contexts, responses), batch, own, previous in zip(
-        seen, (first, second), rows, ([rows[0][0]] + rows[0][:2], [rows[0][2], rows[1][0]])
-    ):
+    negatives = (
+        [rows[0][0], rows[0][0], rows[0][2]],  # no negative: the row's own response stands in
+        [rows[0][2], rows[1][0]],
+    )
+    for (contexts, responses), batch, own, previous in zip(seen, (first, second), rows, negatives):
         n = len(own)
         assert torch.equal(contexts, torch.cat([batch.text_vec, batch.text_vec]))
         for i in range(n):

