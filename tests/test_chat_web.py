@@ -33,7 +33,7 @@ from parlai_ext.candidates import (
     latent_id_search,
     message_candidates,
 )
-from parlai_ext.scripts.chat_web import ChatSession, make_server, static_files
+from parlai_ext.scripts.chat_web import ChatSession, check_opt, make_server, static_files
 
 ZOO = 'zoo:plato2/dailydialog_small/model'
 K = 20  # the zoo PLATO-2's latent values (n_latent)
@@ -241,6 +241,17 @@ def test_interact_returns_the_reply_and_its_candidates(fake_server):
         assert status == 400 and reason in data['error']
     assert agent.seen == []  # refused requests never reach the agent
     assert _post(url + 'nothing', b'{}')[0] == 404
+
+
+def test_options_are_checked_before_the_model_loads():
+    check_opt({'port': 0, 'model_file': 'm'})
+    check_opt({'port': 65535, 'model': 'plato2'})
+    with pytest.raises(ValueError, match='--port 65536: expected 0'):
+        check_opt({'port': 65536, 'model_file': 'm'})
+    with pytest.raises(ValueError, match='--port -1'):
+        check_opt({'port': -1, 'model_file': 'm'})
+    with pytest.raises(ValueError, match='needs a model'):
+        check_opt({'port': 8080, 'model_file': None, 'model': None})
 
 
 def test_page_is_self_contained(fake_server):

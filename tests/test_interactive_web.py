@@ -3,6 +3,8 @@
 The browser is Debian's ``chromium`` driven by its ``chromium-driver`` through the W3C WebDriver
 protocol, which is plain JSON over HTTP: a few ``urllib`` calls, so no Selenium (and no Selenium
 Manager that could try to download a driver). Skipped only when either Debian package is missing.
+ParlAI's stock page (tested here) takes its stylesheet from a CDN; our own offline page,
+``parlai chat_web``, is tested in ``test_chat_web.py`` with the helpers of this file.
 """
 
 from __future__ import annotations
