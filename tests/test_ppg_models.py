@@ -85,6 +85,8 @@ def test_critic_rewards_label_and_probability():
     assert critic_rewards(probability, scale=10).tolist() == [10.0, -10.0, 10.0, -10.0]
     prob = critic_rewards(probability, 'probability')
     assert torch.allclose(prob, torch.tensor([0.8, -0.6, 0.02, 0.0]), atol=1e-6)
+    scaled = critic_rewards(probability, 'probability', scale=10)
+    assert torch.allclose(scaled, torch.tensor([8.0, -6.0, 0.2, 0.0]), atol=1e-5)
     with pytest.raises(ValueError):
         critic_rewards(probability, 'margin')
 
