@@ -552,3 +552,26 @@ def test_beam_hypotheses_and_candidates_are_ranked_by_eq3(setup):
     choices, scores = agent.rank_eval_label_candidates(batch, 1)
     assert choices[0] == [texts[i] for i in order]
     assert scores[0] == pytest.approx([expected[i] for i in order], rel=1e-4)
+
+
+def test_personas_are_paired_as_in_fig4():
+    """A: the episode's opener and partner persona; B: the persona of another episode."""
+    import random
+
+    from parlai_ext.tasks.p2bot_selfplay.worlds import _pair_personas
+
+    episodes = [
+        {'self_persona': [f's{i}'], 'partner_persona': [f'p{i}'], 'first_utterance': f'hi {i}'}
+        for i in range(5)
+    ]
+    rng = random.Random(0)
+    for index in range(5):
+        for _ in range(4):
+            pair = _pair_personas(episodes, rng, index)
+            assert pair['opener'] == f'hi {index}' and pair['user_persona'] == [f'p{index}']
+            other = int(pair['agent_persona'][0][1:])
+            assert pair['agent_persona'][0].startswith('s') and other != index
+    # a `self`-view file (no partner persona): A takes a third episode's own persona
+    selfview = [dict(e, partner_persona=[]) for e in episodes]
+    pair = _pair_personas(selfview, random.Random(1), 2)
+    assert pair['user_persona'][0].startswith('s') and pair['user_persona'] != pair['agent_persona']
