@@ -575,3 +575,27 @@ def test_personas_are_paired_as_in_fig4():
     selfview = [dict(e, partner_persona=[]) for e in episodes]
     pair = _pair_personas(selfview, random.Random(1), 2)
     assert pair['user_persona'][0].startswith('s') and pair['user_persona'] != pair['agent_persona']
+
+
+def test_context_keeps_the_newest_turns_within_the_budget(setup):
+    world = make_world(setup)
+    agent = world.learner
+    v = agent.dict.txt2vec
+    turns = ['my bees made', 'the cello', 'honey again .']  # partner, self, partner (last)
+    ps, p, s = agent.persona_idx, agent.partner_idx, agent.self_idx
+    agent.text_truncate = 1 + (1 + len(v('the cello'))) + (1 + len(v('honey again .')))
+    assert agent.context_vec([], turns).tolist() == [ps, s, *v('the cello'), p, *v('honey again .')]
+    agent.text_truncate -= 1  # the oldest kept turn is cut from the left (its marker first)
+    assert agent.context_vec([], turns).tolist() == [ps, *v('the cello'), p, *v('honey again .')]
+    agent.text_truncate = 100
+    full = agent.context_vec(['i play the cello.'], turns).tolist()
+    assert full == [
+        ps,
+        *v('i play the cello.'),
+        p,
+        *v('my bees made'),
+        s,
+        *v('the cello'),
+        p,
+        *v('honey again .'),
+    ]
