@@ -365,11 +365,22 @@ def test_parley_rewards_feed_the_update_of_the_same_rollout(setup, monkeypatch):
     calls = []
     real_update = world.update
     monkeypatch.setattr(world, 'update', lambda c, r, w: calls.append(1) or real_update(c, r, w))
-    # the log-probabilities before the step, of the replies this parley will sample
+    drawn = []
+    real_sample = learner.sample_replies
+
+    def spy(contexts, max_len, generator=None):
+        out = real_sample(contexts, max_len, generator)
+        drawn.append((max_len, out))
+        return out
+
+    monkeypatch.setattr(learner, 'sample_replies', spy)
     torch.manual_seed(5)
     world.parley()
     assert calls == [1]
     contexts, replies = seen['contexts'], seen['replies']
+    # B's replies are the multinomial sampler's, capped at --selfplay-max-len (4)
+    assert [m for m, _ in drawn] == [4]
+    assert all(torch.equal(r[0], d) for r, d in zip(replies, drawn[0][1]))
     assert len(replies) == 4 and all(len(r) == 1 for r in replies)
     # the dialogue text holds B's sampled reply, decoded
     assert world.last_dialogue[1] == learner.decode_text(replies[0][0])

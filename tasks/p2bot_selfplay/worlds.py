@@ -221,7 +221,9 @@ class SelfPlayWorld(World):
             turn_contexts = [
                 learner.context_vec(p['agent_persona'], d) for p, d in zip(pairs, dialogues)
             ]
-            sampled = learner.sample_replies(turn_contexts, self.max_len)
+            # multinomial samples (P2BotTransmitterAgent.sample_replies): capped ones keep
+            # their tokens, no END written over the last one
+            sampled = learner.generate(turn_contexts, sample=True, max_len=self.max_len)
             for i, tokens in enumerate(sampled):
                 contexts[i].append(turn_contexts[i])
                 replies[i].append(tokens)
