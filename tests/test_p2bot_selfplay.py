@@ -179,8 +179,16 @@ class FakeReceiver:
         )
 
 
+PERSONAS = {  # real words: contexts built from different personas differ
+    'i keep bees in my garden.': 1,
+    'i play the cello.': 2,
+    'i bake bread every morning.': 3,
+    'i have three cats.': 4,
+}
+
+
 def persona_id(persona: list[str]) -> int:
-    return int(persona[0].split()[0][1:])
+    return PERSONAS[persona[0]]
 
 
 class FakeLM:
@@ -191,8 +199,16 @@ class FakeLM:
 def _episode(learner):
     """Two hand-made self-play dialogues x1 a1 x2 a2 x3 a3, with B's contexts and replies."""
     pairs = [
-        {'user_persona': ['p1 x'], 'agent_persona': ['p2 y'], 'opener': 'hello there'},
-        {'user_persona': ['p3 z'], 'agent_persona': ['p4 w'], 'opener': 'my bees'},
+        {
+            'user_persona': ['i keep bees in my garden.'],
+            'agent_persona': ['i play the cello.'],
+            'opener': 'hello there',
+        },
+        {
+            'user_persona': ['i bake bread every morning.'],
+            'agent_persona': ['i have three cats.'],
+            'opener': 'my bees',
+        },
     ]
     dialogues = [
         ['hello there', 'my bees made honey', 'i play the cello', 'cello', 'ok then', 'bees again'],
@@ -241,7 +257,7 @@ def test_rs3_discount_follows_gamma(setup):
     agent = [len(d[2 * n + 1].split()) + 20.0 for n in range(3)]
     user = [len(d[2 * n].split()) + 10.0 for n in range(3)]
     assert r3[0].tolist() == pytest.approx(_eq8_by_hand(user, agent, 0.3))
-    assert pair['agent_persona'] == ['p2 y']
+    assert persona_id(pair['agent_persona']) == 2
 
 
 def test_rs1_under_a_separate_lm_scores_the_learners_replies(setup):
@@ -349,45 +365,62 @@ def test_update_moves_the_weights_toward_the_rewarded_reply(setup):
 
 
 def test_parley_rewards_feed_the_update_of_the_same_rollout(setup, monkeypatch):
-    """Through parley: the rollout whose reply the (stubbed) reward favours gains probability."""
-    world = make_world(setup, '--selfplay-turns', '1')
-    learner = world.learner
+    """Through parley (N = 2): who says what with which persona, and the rollout whose reply
+    the (stubbed) reward favours gains probability."""
+    world = make_world(setup, '--selfplay-turns', '2')
+    learner, user = world.learner, world.user
     seen = {}
 
     def rewards(pairs, dialogues, contexts, replies):
-        seen.update(contexts=contexts, replies=replies)
-        r = torch.zeros(len(pairs), 1)
+        seen.update(pairs=pairs, dialogues=dialogues, contexts=contexts, replies=replies)
+        r = torch.zeros(len(pairs), 2)
         r[0, 0] = 1.0
         return r, (r, r, r)
 
     monkeypatch.setattr(world, 'rewards', rewards)
-    world.rollouts = 4
+    world.rollouts = 3
     calls = []
     real_update = world.update
     monkeypatch.setattr(world, 'update', lambda c, r, w: calls.append(1) or real_update(c, r, w))
-    drawn = []
-    real_sample = learner.sample_replies
+    drawn, answered = [], []
+    real_sample, real_generate = learner.sample_replies, user.generate
 
-    def spy(contexts, max_len, generator=None):
+    def spy_sample(contexts, max_len, generator=None):
         out = real_sample(contexts, max_len, generator)
-        drawn.append((max_len, out))
+        drawn.append((max_len, [c.tolist() for c in contexts], out))
         return out
 
-    monkeypatch.setattr(learner, 'sample_replies', spy)
+    def spy_user(contexts, sample=False, max_len=None):
+        answered.append((sample, [c.tolist() for c in contexts]))
+        return real_generate(contexts, sample, max_len)
+
+    monkeypatch.setattr(learner, 'sample_replies', spy_sample)
+    monkeypatch.setattr(user, 'generate', spy_user)
     torch.manual_seed(5)
     world.parley()
     assert calls == [1]
+    pairs, dialogues = seen['pairs'], seen['dialogues']
     contexts, replies = seen['contexts'], seen['replies']
-    # B's replies are the multinomial sampler's, capped at --selfplay-max-len (4)
-    assert [m for m, _ in drawn] == [4]
-    assert all(torch.equal(r[0], d) for r, d in zip(replies, drawn[0][1]))
-    assert len(replies) == 4 and all(len(r) == 1 for r in replies)
-    # the dialogue text holds B's sampled reply, decoded
-    assert world.last_dialogue[1] == learner.decode_text(replies[0][0])
-    # the rewarded rollout 0 is now more likely than under the frozen user (= the start point)
+    # B samples (multinomial, capped at --selfplay-max-len 4) at turns 1 and 2; A answers once,
+    # with its normal decoding, between them (not after B's last turn)
+    assert [m for m, _, _ in drawn] == [4, 4] and [s for s, _ in answered] == [False]
+    for i, (pair, d) in enumerate(zip(pairs, dialogues)):
+        assert len(d) == 4 and d[0] == pair['opener']
+        for n in range(2):
+            assert torch.equal(replies[i][n], drawn[n][2][i])
+            assert d[2 * n + 1] == learner.decode_text(replies[i][n])  # B's text = its tokens
+            # B's context: its own persona and the dialogue so far
+            expected = learner.context_vec(pair['agent_persona'], d[: 2 * n + 1]).tolist()
+            assert contexts[i][n].tolist() == expected == drawn[n][1][i]
+        # A's context: A's persona, the opener and B's first reply
+        assert answered[0][1][i] == user.context_vec(pair['user_persona'], d[:2]).tolist()
+    assert world.last_dialogue == dialogues[0]
+    # the rewarded reply (rollout 0, turn 1) is now more likely than under the frozen user (=
+    # the start point), a zero-reward one less likely (baseline 1/6)
     now = eval_log_prob(learner, contexts[0][0], replies[0][0])
-    start = eval_log_prob(world.user, contexts[0][0], replies[0][0])
-    assert now > start
+    assert now > eval_log_prob(user, contexts[0][0], replies[0][0])
+    now = eval_log_prob(learner, contexts[1][1], replies[1][1])
+    assert now < eval_log_prob(user, contexts[1][1], replies[1][1])
 
 
 def test_nan_reward_stops_the_update_and_leaves_the_weights(setup):
