@@ -276,7 +276,7 @@ def rl_step(agent, data: Path, dropout: float = 0.0, seed: int = 0):
 
     def recording_loss(observations):
         loss, info = rl_loss(observations)
-        infos.append(info)
+        infos.append({**info, 'loss': loss.detach()})
         return loss, info
 
     def record_gradients():
@@ -358,6 +358,7 @@ def test_rl_train_step_gradient_is_minus_reward_times_both_log_probs(
         )
         total = total + hand_surrogate(log_prob, lengths, rewards, normalise)
     total.backward()
+    assert torch.allclose(info['loss'], total.detach(), rtol=1e-5)  # only the trained terms
     compared = 0
     for name, param in agent.model.named_parameters():
         frozen = (train == 'ppg' and not name.startswith('ppg.')) or (
