@@ -673,3 +673,15 @@ def test_two_layer_encoders_read_the_top_layer():
         _, h = ce.rnn(inputs[None])
         assert torch.allclose(encoded.context[b], h[-1, 0], atol=1e-10), b
         assert not torch.allclose(h[0, 0], h[-1, 0], atol=1e-3)  # the layers differ
+
+
+def test_generation_with_one_latent_component(tmp_path):
+    """--latent-component k (§8.2): pi one-hot on k, so the prior-mean z is mu_k."""
+    agent = _agent(tmp_path, 'vhred_lgm', '--test-z', 'mean', '--latent-component', '1')
+    agent.model.eval()
+    xs = agent._model_input(_agent_batch(agent, 'eval_labels'))
+    state = agent.model.encoder(*xs)
+    net = agent.model.net
+    context = net.encode(*xs).context
+    mu_1 = net.prior(context).mu[:, 1]
+    assert torch.allclose(state.dec_context, net.decoder_context(context, mu_1), atol=1e-6)
