@@ -478,8 +478,8 @@ def test_agent_draws_negatives_at_rate_one_minus_p_plus(dict_file):
         for text, row, label, vec, pos in zip(texts, rows, batch.labels, batch.label_vec, positive):
             if pos:
                 assert text == label and torch.equal(row, vec[vec != 0])
-            else:  # a training response (text and the vector ParlAI made of it)
-                assert text in agent.pool_texts_seen
+            else:  # a training response (text and the vector ParlAI made of it), not its own
+                assert text in agent.pool_texts_seen and text != label
                 expected = agent._vectorize_text(text, add_end=True, truncate_left=False)
                 assert torch.equal(row, expected)
         negatives += int((~positive).sum())

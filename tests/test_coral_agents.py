@@ -123,7 +123,9 @@ def test_nucleus_negatives_are_capped_at_label_truncate(dict_file):
     agent = make(dict_file, reward_model_file='constant:1', label_truncate=5)
     assert agent.negative_max_len == 5  # the default: the ground truth's limit
     batch = agent.batchify(fixture_observations(agent))
+    agent.model.eval()
     drawn = agent.sample_negatives(batch, [0, 1, 2, 3] * 8)
+    assert not agent.model.training  # the caller's mode is restored, whichever it was
     lengths = Counter(len(tokens) for _, tokens in drawn)
     assert max(lengths) == 5 and lengths[5] > 0, lengths
     for text, tokens in drawn:  # a capped sample has no end token (none was sampled)
@@ -506,7 +508,7 @@ def test_reward_evaluation_pairs_each_example_with_the_previous_response(dict_fi
 
 def test_candidate_scores_and_text_scores_pair_each_context_with_each_response(dict_file):
     torch.manual_seed(0)
-    agent = make_reward_agent(dict_file, 'esim', text_truncate=3, label_truncate=2)
+    agent = make_reward_agent(dict_file, 'esim', text_truncate=3, label_truncate=2, dropout=0.5)
     agent.model.eval()
     batch = agent.batchify(fixture_observations(agent, n=2, seed=7))
     cands = pad_rows([agent._vectorize_text(r.format('cats')) for r in RESPONSES], 0)
@@ -519,7 +521,9 @@ def test_candidate_scores_and_text_scores_pair_each_context_with_each_response(d
                 assert scores[i, j].item() == pytest.approx(alone.item(), abs=1e-5)
     assert torch.allclose(scores, per_row)
     # texts: the context keeps its last 3 tokens, the response its first 2
+    agent.model.train()  # score() switches dropout off by itself
     got = agent.score(['i really like cats .', 'what'], ['yes dogs makes me happy', 'pizza'])
+    agent.model.eval()
     with torch.no_grad():
         expected = torch.sigmoid(
             torch.cat([

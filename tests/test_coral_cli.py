@@ -30,7 +30,7 @@ def test_reward_model_then_coral_generator_then_eval(tmp_path):
         '--margin', '0.1', '--n-layers', '1', '--embedding-size', '32', '--n-heads', '2',
         '--ffn-size', '64', '--n-positions', '128', '-bs', '16', '--max-train-steps', '20',
         '--negative-max-len', '10', '--short-final-eval', 'true', '--validation-max-exs', '32',
-        '--skip-generation', 'false',
+        '--skip-generation', 'false', '-vstep', '5',
         env=ONE_THREAD,
     )  # fmt: skip
     opt = json.loads(Path(coral + '.opt').read_text())
@@ -40,6 +40,10 @@ def test_reward_model_then_coral_generator_then_eval(tmp_path):
     stats = json.loads(Path(coral + '.trainstats').read_text())
     valid = stats['final_valid_report']
     assert 0 < valid['r3'] < 1 and valid['maude'] == 0.5
+    # mix-policy training with p+ = 0.8 still fits the ground truth: perplexity falls
+    ppl = [report['ppl'] for report in stats['valid_reports']]
+    assert len(ppl) >= 3 and all(b < a for a, b in zip(ppl, ppl[1:])), ppl
+    assert all(0 < report['r3'] < 1 for report in stats['valid_reports'])
 
     report = tmp_path / 'report.json'
     run_parlai(
