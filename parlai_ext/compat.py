@@ -654,6 +654,10 @@ def check_generation_options(opt, vocab_size: int | None = None) -> None:
 
 def patch_local_human(module: types.ModuleType) -> None:
     agent_cls = module.LocalHumanAgent
+    # issue #22: --show-candidates prints the candidates after each reply (off by default)
+    from parlai_ext.candidates import add_show_candidates_option
+
+    add_show_candidates_option(agent_cls)  # idempotent
     if getattr(agent_cls.act, _SHIM_MARK, False):
         return
     original_act = agent_cls.act
