@@ -65,6 +65,7 @@ from parlai.core.torch_generator_agent import TorchGeneratorAgent
 from parlai.utils import logging
 from tqdm import tqdm
 
+from parlai_ext.io import atomic_write
 from parlai_ext.modules.sampling import sample
 
 FORMAT = 'parlai_ext.pseudo_refs/1'
@@ -137,8 +138,7 @@ def prepare_resume(outfile: str, meta: dict) -> tuple[int, dict | None]:
     elif os.path.exists(outfile) and os.path.getsize(outfile) > 0:
         raise ValueError(f'{outfile} exists without {meta_path}; not a file of this script')
     else:
-        with open(meta_path, 'w') as handle:
-            json.dump(meta, handle, indent=1)
+        atomic_write(meta_path, json.dumps(meta, indent=1))
     if not os.path.exists(outfile):
         return 0, None
     with open(outfile, 'rb') as handle:

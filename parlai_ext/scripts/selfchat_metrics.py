@@ -25,6 +25,7 @@ from parlai.utils import logging
 from parlai.utils.conversations import Conversations
 from parlai.utils.misc import nice_report
 
+from parlai_ext.io import atomic_write
 from parlai_ext.metrics import REFERENCE_FREE, example_metrics, expand_metric_names
 
 DEFAULT_METRICS = 'ext_distinct,ext_len'
@@ -102,8 +103,9 @@ def selfchat_metrics(opt) -> dict[str, float]:
     # one speaker: its report as is; several: "<speaker>/<metric>" plus the pooled corpus
     report = dict_report(aggregate_named_reports(per_speaker, micro_average=True))
     if opt['report_filename']:
-        with open(opt['report_filename'], 'w') as f:
-            json.dump({'infile': infile, 'report': report}, f, indent=4)
+        atomic_write(
+            opt['report_filename'], json.dumps({'infile': infile, 'report': report}, indent=4)
+        )
     return report
 
 
