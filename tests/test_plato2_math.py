@@ -550,6 +550,11 @@ def test_rerank_length_averages_and_penalises_exactly(stage1_file, tmp_path):
     assert scores['mynameismyname'] == pytest.approx(-0.4 / 7 - PENALTY)
     assert [agent._v2t(t) for t, _, _ in ranked][:2] == ['i am fine .', 'i live in paris .']
     assert [float(s) for _, s, _ in ranked] == sorted(scores.values(), reverse=True)
+    # random ranking (z drawn uniformly): independent uniform scores, not the log-probabilities
+    agent.ranking = 'random'
+    random_scores = agent.candidate_scores(batch, [[(t, s, None) for t, s in candidates]])[0]
+    assert len(set(random_scores)) == 6 and all(0 <= v < 1 for v in random_scores)
+    agent.ranking = 'logprob'
     # without penalties: only the length-averaged log-probabilities
     agent.opt['rerank_penalties'] = False
     ranked = agent._rerank_beams(batch, [[(t, s, None) for t, s in candidates]])[0]
@@ -689,3 +694,32 @@ def test_recipes_select_stage21_checkpoints_on_uniform_z_ppl():
         for command in commands:
             assert '--uniform-prior-ppl true' in command and '-vmt uniform_z_ppl' in command
             assert '-vmm min' in command
+
+
+def test_defaults_are_the_papers_and_the_authors(stage1_file, tmp_path):
+    """K = 20, Gumbel τ = 0.67, top-k 10 sampling, 64 tokens, no entropy term, MLM 15%."""
+    opt = _opt('-m', 'plato2')
+    assert (opt['n_latent'], opt['gumbel_tau'], opt['inference'], opt['topk']) == (
+        20, 0.67, 'topk', 10)  # fmt: skip
+    assert (opt['max_dec_len'], opt['entropy_coef'], opt['relu_dropout']) == (64, 0.0, 0.0)
+    assert opt['rerank_penalties'] and opt['ranking_score'] == 'auto'
+    assert _opt('-m', 'plato2_evaluator')['mlm_prob'] == 0.15
+    assert Plato2Generator(30, **SIZES).tau == 0.67 and Plato2Generator(30, **SIZES).n_latent == 20
+
+
+def test_stage2_loading_accepts_only_a_stage1_backbone(stage1_file, tmp_path):
+    from parlai_ext.agents.plato2 import GENERATOR_FRESH, load_with_fresh
+
+    agent = _plato2(stage1_file, tmp_path)
+    state = agent.model.state_dict()
+    assert load_with_fresh(agent.model, state, GENERATOR_FRESH) == []
+    backbone = {k: v for k, v in state.items() if not k.startswith(GENERATOR_FRESH)}
+    fresh = load_with_fresh(agent.model, backbone, GENERATOR_FRESH)
+    assert sorted(fresh) == sorted(k for k in state if k.startswith(GENERATOR_FRESH))
+    incomplete = dict(backbone)
+    del incomplete['transformer.stack.final_norm.weight']
+    with pytest.raises(RuntimeError, match='does not match'):
+        load_with_fresh(agent.model, incomplete, GENERATOR_FRESH)
+    partial = dict(backbone, **{'transformer.bow_bias': state['transformer.bow_bias']})
+    with pytest.raises(RuntimeError, match='does not match'):
+        load_with_fresh(agent.model, partial, GENERATOR_FRESH)  # fresh ones all or none

@@ -209,7 +209,10 @@ def test_block_dropouts_act_on_the_branches_only():
     # attention weights all dropped: the attention branch is its output bias; FFN: fc_out bias
     h = x + block.attention.out.bias
     assert torch.allclose(block(x, mask)[0], h + block.ffn.fc_out.bias, atol=1e-6)
-    assert torch.equal(block.eval()(x, mask)[0], block(x, mask)[0])  # eval: no dropout at all
+    # evaluation mode: no dropout anywhere (attention weights included)
+    block.eval()
+    attended = block.attention(x, mask)[0]
+    assert torch.allclose(attended, _reference_attention(block.attention, x, mask), atol=1e-5)
     assert not torch.allclose(block(x, mask)[0], h + block.ffn.fc_out.bias, atol=1e-3)
 
 
@@ -289,3 +292,11 @@ def test_encoder_reads_positions_from_zero_and_ignores_padding():
     assert torch.allclose(out, hand, atol=1e-6)
     longer = encoder(torch.tensor([[5, 6, 7, 0, 0, 0]]), torch.tensor([[0, 0, 1, 1, 1, 1]]))
     assert torch.allclose(out[:, :3], longer[:, :3], atol=1e-5)
+
+
+def test_embedding_dropout_acts_on_the_sum_in_training_only():
+    emb = Embeddings(10, 8, n_positions=6, n_types=2, dropout=1.0)
+    tokens, positions = torch.tensor([[3, 4]]), torch.tensor([[0, 1]])
+    assert torch.equal(emb.train()(tokens, positions), torch.zeros(1, 2, 8))
+    hand = emb.tokens(tokens) + emb.positions(positions)
+    assert torch.equal(emb.eval()(tokens, positions), hand)
