@@ -65,3 +65,13 @@ def test_cli_training_converges_and_beam_search_decodes(tmp_path):
     first, last = stats['train_reports'][0]['loss'], stats['train_reports'][-1]['loss']
     assert last < first / 3, (first, last)
     assert stats['final_valid_report']['gen_n_toks'] > 2
+
+
+def test_ffn_dropout_is_its_own_option():
+    """--relu-dropout reaches every FFN (encoder and decoder); --dropout does not (#18)."""
+    seq2seq = EncoderDecoder(30, dim=16, n_heads=2, ffn_dim=32, dropout=0.2, ffn_dropout=0.3)
+    for stack in (seq2seq.encoder, seq2seq.decoder):
+        for block in stack.layers:
+            assert block.ffn.dropout.p == 0.3 and block.dropout.p == 0.2
+    default = EncoderDecoder(30, dim=16, n_heads=2, ffn_dim=32, dropout=0.2)
+    assert all(block.ffn.dropout.p == 0.0 for block in default.decoder.layers)
