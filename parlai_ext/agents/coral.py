@@ -384,7 +384,7 @@ class CoralCrossEncoderAgent(_RewardAgent):
                 attention_dropout=opt['attention_dropout'],
                 activation=opt['activation'],
                 padding_idx=self.NULL_IDX,
-                **({'ffn_dropout': opt['relu_dropout']} if opt.get('relu_dropout') else {}),
+                ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
             )
         return CrossEncoder(
             encoder,
