@@ -364,6 +364,7 @@ def test_rl_train_step_gradient_is_minus_reward_times_both_log_probs(
         frozen = (train == 'ppg' and not name.startswith('ppg.')) or (
             train == 'drg' and name.startswith('ppg.')
         )
+        assert param.requires_grad is not frozen, name  # --rl-train freezes the other one
         if frozen:
             assert grads[name] is None or not grads[name].any(), name
             continue
