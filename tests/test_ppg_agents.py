@@ -402,6 +402,25 @@ def test_rl_sampling_options_reach_the_sampler(trained, tmp_path, monkeypatch):
     assert all(kwargs['greedy'] is True for _, _, kwargs in calls)
 
 
+def test_rl_inputs_are_cut_on_the_left_keeping_the_personas(trained, tmp_path):
+    folder, data = trained
+    agent = rl_agent(folder, data, tmp_path / 'rl', '--text-truncate', '12')
+    agent.persona_generator.text_truncate = 10
+    _, info, _, examples = rl_step(agent, data)
+    ppg, persona, response = (
+        agent.persona_generator,
+        info['persona_rollout'],
+        info['response_rollout'],
+    )
+    for i, example in enumerate(examples):
+        ppg_ids = ppg.dict.txt2vec(ppg_source(example['context'], example['self_persona']))
+        assert len(ppg_ids) > 10
+        assert [t for t in persona.source[i].tolist() if t != ppg.NULL_IDX] == ppg_ids[-10:]
+        text = drg_source(example['context'], example['self_persona'], info['personas'][i])
+        drg_ids = agent.dict.txt2vec(text)[-12:]
+        assert [t for t in response.source[i].tolist() if t != agent.NULL_IDX] == drg_ids
+
+
 def test_rl_recomputes_log_probs_in_the_sampling_mode(trained, tmp_path):
     """With dropout > 0 the recomputed log P of each sample equals its sampling-time value
     (both in eval mode), for both generators: the update is on-policy."""
