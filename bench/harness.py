@@ -220,6 +220,9 @@ def matmul_flops_per_second(
     """Measured peak: median FLOP/s of a ``size``×``size`` matmul (2·n³ FLOPs) at ``dtype``.
 
     On the device the agents run on: 1024² on the CPU (``threads`` threads), 8192² on a GPU.
+    On the CPU the time is this process's CPU time divided by ``threads`` (what the product
+    takes when it has its cores: other jobs on a shared machine do not lower the peak); on a
+    GPU it is wall time after synchronising.
     """
     torch.set_num_threads(threads)
     device = 'cuda' if on_gpu() else 'cpu'
@@ -229,13 +232,15 @@ def matmul_flops_per_second(
     for _ in range(2):
         a @ b
     _synchronize()
+    clock = time.perf_counter if on_gpu() else time.process_time
+    scale = 1 if on_gpu() else threads
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(4):
             a @ b
         _synchronize()
-        times.append((time.perf_counter() - start) / 4)
+        times.append((clock() - start) / 4 / scale)
     return 2 * size**3 / statistics.median(times)
 
 
@@ -551,6 +556,8 @@ class Group:
     info: dict[str, dict[str, Any]]
     final: dict[str, dict[str, Any]]
     peaks: dict[str, list[float]]  # precision -> matmul FLOP/s per round
+    threads: int = 1
+    clock: str = 'cpu'  # what MFU divides by: the workers' CPU time ('cpu') or wall time
 
     def per_unit(self, name: str) -> list[float]:
         """Seconds per unit of ``name``, one value per round."""
@@ -570,9 +577,18 @@ class Group:
         return [s.extra[key] / s.extra['cpu_seconds'] for s in self.samples[name]]
 
     def mfu(self, name: str, precision: str = 'fp32') -> list[float]:
-        """Estimated model FLOP/s over the matmul peak of the same round and precision."""
+        """Estimated model FLOP/s over the matmul peak of the same round and precision.
+
+        On the CPU both sides are measured by CPU time (the worker's CPU seconds over its
+        threads; the peak likewise), so other jobs on the machine do not move it."""
         peaks = self.peaks[precision]
-        return [s.extra['flops'] / s.seconds / peaks[s.round] for s in self.samples[name]]
+        values = []
+        for s in self.samples[name]:
+            seconds = s.seconds
+            if self.clock == 'cpu' and 'cpu_seconds' in s.extra:
+                seconds = s.extra['cpu_seconds'] / self.threads
+            values.append(s.extra['flops'] / seconds / peaks[s.round])
+        return values
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -580,6 +596,8 @@ class Group:
             'info': self.info,
             'final': self.final,
             'peaks': self.peaks,
+            'threads': self.threads,
+            'clock': self.clock,
             'samples': {n: [asdict(s) for s in self.samples[n]] for n in self.names},
         }
 
@@ -633,7 +651,7 @@ def run_interleaved(
                 worker.process.wait()
         raise
     info = {name: worker.info for name, worker in workers.items()}
-    return Group(names, samples, info, final, peaks)
+    return Group(names, samples, info, final, peaks, threads, 'wall' if on_gpu() else 'cpu')
 
 
 def load_summary(groups: Iterable[Group]) -> dict[str, Any]:

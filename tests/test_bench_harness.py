@@ -131,3 +131,14 @@ def test_workers_run_interleaved_and_ratios_pair_rounds(tmp_path, monkeypatch):
 def test_worker_error_is_raised_with_its_message():
     with pytest.raises(RuntimeError, match='unknown workload kind'):
         harness.Worker('bad', {'kind': 'nonsense'})
+
+
+def test_mfu_divides_by_cpu_time_on_the_cpu_and_by_wall_time_otherwise():
+    sample = harness.Sample(0, 0, 4.0, 2, {'flops': 100.0, 'cpu_seconds': 1.0}, {})
+    group = harness.Group(['A'], {'A': [sample]}, {}, {}, {'fp32': [50.0]}, threads=1)
+    assert group.mfu('A') == [2.0]  # 100 FLOP in 1 CPU second against 50 FLOP/s
+    assert group.cpu_per_unit('A') == [0.5] and group.per_unit('A') == [2.0]
+    group.threads = 2  # two threads' CPU seconds are one second of two cores
+    assert group.mfu('A') == [4.0]
+    group.clock = 'wall'
+    assert group.mfu('A') == [0.5]
