@@ -75,6 +75,10 @@ def test_distinct_is_corpus_level_by_hand():
     assert scores['ext_dist_types-1'] == 3 and scores['ext_dist_types-2'] == 3
     # not the mean of per-response ratios (2/3 and 1)
     assert scores['ext_dist-1'] != pytest.approx((2 / 3 + 1) / 2)
+    # no n-gram at all (one-word responses have no bigram): 0, not 1
+    empty = report(['a', 'b'], names=['ext_distinct'])
+    assert empty['ext_dist-2'] == 0.0 and empty['ext_dist_types-2'] == 0
+    assert empty['ext_dist-1'] == 1.0
 
 
 def test_distinct_matches_parlai_interdistinct_and_plain_counting():
@@ -137,6 +141,8 @@ def test_corpus_bleu_by_hand():
     assert scores['ext_bleu-2'] == pytest.approx(bp * (5 / 6 * 3 / 4) ** (1 / 2))
     assert scores['ext_bleu-3'] == pytest.approx(bp * (5 / 6 * 3 / 4 * 1 / 2) ** (1 / 3))
     assert scores['ext_bleu-4'] == 0.0  # no smoothing at corpus level
+    # no unigram match at all: every order is 0
+    assert report(['x y'], [['a b']], ['ext_bleu']) == dict.fromkeys(M.CORPUS_BLEU, 0.0)
 
 
 def test_corpus_bleu_matches_nltk():
@@ -251,6 +257,9 @@ def test_embedding_extrema_takes_the_largest_magnitude_per_dimension(word_vector
     assert scores['ext_emb_extrema'] == pytest.approx(-1 / math.sqrt(10))
     # average: (-0.5, 0.5) vs (0.5, 1): cosine 0.25 / (sqrt(0.5) sqrt(1.25))
     assert scores['ext_emb_avg'] == pytest.approx(0.25 / math.sqrt(0.5 * 1.25))
+    # punctuation in the reference is left out too: "b ." is b alone, not b and "." (5, 5)
+    punct = report(['b'], [['b .']], ['ext_emb_avg', 'ext_emb_greedy_ref'])
+    assert punct == pytest.approx({'ext_emb_avg': 1.0, 'ext_emb_greedy_ref': 1.0})
     # a tie of |min| and max takes the maximum: rows (1, 0), (-1, 2) -> (1, 2), not (-1, 2)
     tie = M._extrema(M.np.array([[1.0, 0.0], [-1.0, 2.0]]))
     assert tie.tolist() == [1.0, 2.0]
