@@ -673,6 +673,16 @@ def test_two_layer_encoders_read_the_top_layer():
         _, h = ce.rnn(inputs[None])
         assert torch.allclose(encoded.context[b], h[-1, 0], atol=1e-10), b
         assert not torch.allclose(h[0, 0], h[-1, 0], atol=1e-3)  # the layers differ
+    # the 2-layer decoder's initial state is each example's own: batch = alone
+    _, _, _, decoder_input, ys = _batch()
+    batch = net.logits(net(utts, floors, n_utts, decoder_input=decoder_input, ys=ys).features)
+    for b, context in enumerate(CONTEXTS):
+        n = len(RESPONSES[b])
+        one = net(
+            *pack_context([context], PAD), decoder_input=decoder_input[b : b + 1, :n],
+            ys=ys[b : b + 1, :n],
+        )  # fmt: skip
+        assert torch.allclose(batch[b, :n], net.logits(one.features)[0], atol=1e-10), b
 
 
 def test_generation_with_one_latent_component(tmp_path):
