@@ -553,9 +553,14 @@ def test_generated_persona_changes_the_drg_output(trained):
     example = messages(make_teacher('ppg_ext', data))[7]
     eval_msg = {k: v for k, v in example.items() if k != 'labels'}
     eval_msg['eval_labels'] = example['labels']
-    results = {}
+    results, asked = {}, []
     for persona in ('i keep bees in my garden.', 'i drive a red tractor every morning.'):
-        drg.generate_partner_personas = lambda sources, p=persona: [p] * len(sources)
+
+        def fake_ppg(sources, p=persona):
+            asked.extend(sources)
+            return [p] * len(sources)
+
+        drg.generate_partner_personas = fake_ppg
         drg.reset()
         obs = drg.observe(Message(eval_msg))
         reply = drg.batch_act([obs])[0]
@@ -563,6 +568,8 @@ def test_generated_persona_changes_the_drg_output(trained):
         assert obs['text_vec'].tolist() == drg.dict.txt2vec(expected)
         assert reply['generated_partner_persona'] == persona
         results[persona] = float(reply['metrics']['loss'])
+    # the PPG is asked with (context, self personas) only (§3.1)
+    assert asked == [ppg_source(example['context'], example['self_persona'])] * 2
     # the same label scores differently under the two personas
     first, second = results.values()
     assert abs(first - second) > 1e-4
