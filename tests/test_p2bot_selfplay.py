@@ -115,6 +115,35 @@ def test_capped_samples_keep_their_tokens_and_reinforce_scores_only_those(setup)
     assert loss == pytest.approx(-(expected_lp[0] - expected_lp[1]), rel=1e-4)
 
 
+def test_sampled_replies_end_with_the_end_they_drew_and_come_from_eval_mode(setup):
+    world = make_world(setup)
+    learner = world.learner
+    model = learner._model()
+    logits = model.transmitter.backbone.logits
+    bonus = torch.zeros(len(learner.dict))
+    bonus[learner.END_IDX] = 5.0  # END frequent: most replies finish before the cap
+    model.transmitter.backbone.logits = lambda hidden: logits(hidden) + bonus
+    contexts = [learner.context_vec(['i play the cello.'], ['hello there .'])] * 8
+    model.train()  # as during training: sampling itself must run without dropout
+    replies = learner.sample_replies(contexts, 5, torch.Generator().manual_seed(2))
+    assert model.training  # restored
+    model.eval()
+    with torch.no_grad():
+        rows = sample_responses(
+            model.transmitter, learner._pad_contexts(contexts), 5, model.banned,
+            torch.Generator().manual_seed(2),
+        )  # fmt: skip
+    ended = 0
+    for reply, row in zip(replies, rows):
+        tokens = reply.tolist()
+        if learner.END_IDX in tokens:  # the END it drew is kept, once, at the end
+            ended += 1
+            assert tokens.index(learner.END_IDX) == len(tokens) - 1
+        assert tokens == row[: len(tokens)].tolist()
+        assert all(t == learner.NULL_IDX for t in row[len(tokens) :].tolist())
+    assert ended >= 6
+
+
 def test_sampler_draws_from_the_models_distribution(setup):
     """χ² of 6000 first tokens against the softmax of the masked logits."""
     world = make_world(setup)
@@ -307,11 +336,11 @@ def test_rs2_scores_b_reply_in_b_context_with_the_chosen_nup_head(setup, scorer)
 
 def test_total_reward_weights_each_part_by_its_lambda(setup):
     world = make_world(setup)
-    world.receiver, world.lm, world.lambdas = FakeReceiver(), FakeLM(), (0.4, 0.1, 0.5)
+    world.receiver, world.lm, world.lambdas = FakeReceiver(), FakeLM(), (0.3, 0.2, 0.7)
     pairs, dialogues, contexts, replies = _episode(world.learner)
     total, (r1, r2, r3) = world.rewards(pairs, dialogues, contexts, replies)
     assert float(r1.abs().min()) > 0 and float(r2.abs().min()) > 0 and float(r3.min()) > 0
-    assert torch.allclose(total, 0.4 * r1 + 0.1 * r2 + 0.5 * r3)
+    assert torch.allclose(total, 0.3 * r1 + 0.2 * r2 + 0.7 * r3)
 
 
 # ------------------------------------------------------------------------------- update

@@ -151,3 +151,52 @@ def test_average_gradients_is_a_no_op_in_one_process():
     before = [p.grad.clone() for p in layer.parameters()]
     average_gradients(layer.parameters())
     assert all(torch.equal(b, p.grad) for b, p in zip(before, layer.parameters()))
+
+
+# ------------------------------------------------------------- parlai_ext/rewards.py (CORAL's)
+
+
+def test_constant_reward_and_its_range():
+    from parlai_ext.rewards import ConstantReward, load_reward_model
+
+    assert load_reward_model('constant:0.3').score(['c'] * 3, ['a', 'b', 'c']).tolist() == (
+        pytest.approx([0.3] * 3)
+    )
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r'\[0, 1\]'):
+            ConstantReward(bad)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_reward_model('/nonexistent/reward/model')
+
+
+class _CoherenceAgent:
+    """A reward agent with the PLATO-2 evaluator's interface: records how texts were cut."""
+
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 2)
+        self.calls = []
+
+    def _vectorize_text(self, text, truncate_left=True):
+        self.calls.append((text, truncate_left))
+        return torch.tensor([len(text)])
+
+    def coherence_scores(self, context_vecs, response_vecs):
+        return torch.tensor(
+            [[c.item() / 10 + r.item() / 100] for c, r in zip(context_vecs, response_vecs)]
+        )
+
+
+def test_agent_reward_vectorises_contexts_from_the_left_and_responses_from_the_right():
+    from parlai_ext.rewards import AgentReward, freeze
+
+    agent = _CoherenceAgent()
+    reward = AgentReward(agent, 'coherence_scores')
+    freeze(reward.module)
+    assert not agent.model.training and not any(p.requires_grad for p in agent.model.parameters())
+    got = reward.score(['abc', 'ab'], ['x', 'xyz'])
+    assert got.tolist() == pytest.approx([0.31, 0.23]) and got.shape == (2,)
+    # contexts keep their end (truncated from the left), responses their start
+    assert agent.calls == [('abc', True), ('ab', True), ('x', False), ('xyz', False)]
+    with pytest.raises(ValueError, match='2 contexts for 1 responses'):
+        reward.score(['a', 'b'], ['c'])
+    assert reward.score([], []).shape == (0,)
