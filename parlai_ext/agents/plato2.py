@@ -54,6 +54,7 @@ from parlai_ext.agents.unified_transformer import (
     default_truncation,
     transformer_args,
 )
+from parlai_ext.candidates import CANDIDATES_FIELD, candidate_records, latent_id_search
 from parlai_ext.losses.plato2 import (
     bow_loss,
     coherence_loss,
@@ -364,6 +365,7 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
                 f'nucleus or greedy (got {self.opt["inference"]!r})'
             )
         self._max_ts = 0
+        self._searches: list[TreeSearch] = []  # one per context of the batch being generated
         self._reranked: list[list[tuple]] | None = None
         if shared is not None:
             self.evaluator = shared.get('evaluator')
@@ -457,6 +459,7 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         most ``--max-dec-len`` tokens each."""
         max_ts = min(max_ts, self.opt.get('max_dec_len') or max_ts)
         self._max_ts = max_ts
+        self._searches = []  # filled by _treesearch_factory, one per context
         return super()._generate(batch, self.n_latent, max_ts, prefix_tokens)
 
     def _treesearch_factory(self, device, verbose: bool = False) -> TreeSearch:
@@ -480,9 +483,12 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         )
         method = self.opt.get('inference', 'topk')
         if method == 'nucleus':
-            return NucleusSampling(self.opt['topp'], self.n_latent, **args)
-        top_k = 1 if method == 'greedy' else self.opt['topk']
-        return TopKSampling(top_k, self.n_latent, **args)
+            search = latent_id_search(NucleusSampling)(self.opt['topp'], self.n_latent, **args)
+        else:
+            top_k = 1 if method == 'greedy' else self.opt['topk']
+            search = latent_id_search(TopKSampling)(top_k, self.n_latent, **args)
+        self._searches.append(search)  # its latent_ids name each candidate's latent value
+        return search
 
     def candidate_scores(self, batch: Batch, candidates: list[list[tuple]]) -> list[list[float]]:
         """The ranking score of every candidate (higher is better), before penalties."""
@@ -509,32 +515,51 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         """Sort each context's candidates by :meth:`candidate_scores` minus the penalties."""
         scores = self.candidate_scores(batch, n_best_beam_preds_scores)
         delimiter = self.opt.get('delimiter', '\n')
-        reranked = []
+        searches = self._searches
+        reranked, self._candidates = [], []
         for i, cands in enumerate(n_best_beam_preds_scores):
             obs = batch.observations[i] if batch.observations else {}
             turns = (obs.get('full_text') or obs.get('text') or '').split(delimiter)
+            latents = getattr(searches[i], 'latent_ids', None) if i < len(searches) else None
             ranked = []
-            for (tokens, _, meta), score in zip(cands, scores[i]):
+            for j, ((tokens, logprob, meta), score) in enumerate(zip(cands, scores[i])):
+                penalty = 0.0
                 if self.opt.get('rerank_penalties', True):
                     unfinished = len(tokens) - 1 >= self._max_ts
                     ids = [t for t in tokens.tolist() if t not in (self.START_IDX, self.END_IDX)]
                     if unfinished or repetition_reason(self._v2t(tokens), turns, ids):
-                        score -= PENALTY
-                ranked.append((tokens, torch.tensor(score), meta))
-            ranked.sort(key=lambda cand: float(cand[1]), reverse=True)
-            reranked.append(ranked)
+                        penalty = PENALTY
+                latent = latents[j] if latents else None
+                shown = (self._v2t(tokens), latent, float(logprob), score, penalty)
+                ranked.append(((tokens, torch.tensor(score - penalty), meta), shown))
+            ranked.sort(key=lambda pair: float(pair[0][1]), reverse=True)
+            reranked.append([cand for cand, _ in ranked])
+            texts, latent_ids, logprobs, ranking_scores, penalties = zip(
+                *(info for _, info in ranked)
+            )
+            self._candidates.append(
+                candidate_records(
+                    texts,
+                    latent_ids,
+                    logprobs,
+                    ranking_scores,
+                    penalties,
+                    evaluator=self.ranking == 'evaluator',
+                )
+            )
         self._reranked = reranked
         return reranked
 
     def eval_step(self, batch: Batch) -> Output | None:
         """ParlAI's eval step; ``beam_texts`` lists the reranked candidates with their scores."""
-        self._reranked = None
+        self._reranked = self._candidates = None
         output = super().eval_step(batch)
         if output is not None and self._reranked is not None:
             output.beam_texts = [
                 [(self._v2t(tokens), float(score)) for tokens, score, _ in cands]
                 for cands in self._reranked
             ]
+            output[CANDIDATES_FIELD] = self._candidates  # text, latent, scores (candidates.py)
         return output
 
 
