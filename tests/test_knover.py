@@ -283,12 +283,26 @@ def test_nsp_score_and_mlm_logits_match_knover(converted, ref):
     starts = [r.index(1, 1) for r in rows]
     probs, _, _, _ = _nsp_scores(evaluator, nsp_head, rows, starts, V)
     np.testing.assert_allclose(probs[:, 1].numpy(), [c['nsp_score'] for c in cands], atol=ATOL)
+    # the pick: our NSP score minus Knover's -1000 penalties (unfinished, repetitions)
+    n_penalised = 0
+    for pick in decode['picks']:
+        mine = [i for i, c in enumerate(cands) if c['data_id'] == pick['data_id']]
+        penalised = [
+            cands[i]['num_token'] >= 6
+            or cands[i]['cross_turn_repetition'] > 0
+            or cands[i]['in_turn_repetition'] > 0
+            for i in mine
+        ]
+        scores = [float(probs[i, 1]) - 1000.0 * bad for i, bad in zip(mine, penalised)]
+        n_penalised += sum(penalised)
+        assert cands[mine[int(np.argmax(scores))]]['response'] == pick['response']
+    assert 0 < n_penalised < len(cands)  # the fixture exercises the penalty
 
 
 @torch.no_grad()
 def test_greedy_decode_of_every_latent_matches_knover(converted, ref):
     """Knover's decoding loop (top-k 1): UNK and [MASK] banned, [SEP] banned at step 0,
-    length-averaged log-probability; then the rerank pick (NSP score - 1000 penalties)."""
+    length-averaged log-probability."""
     generator, _, gen_head, _, _, _ = converted
     manifest, decode, arrays = ref
     V = manifest['config']['vocab_size']
@@ -315,11 +329,6 @@ def test_greedy_decode_of_every_latent_matches_knover(converted, ref):
                 break
         assert tokens == cand['response_token_ids'], (b, k)
         assert abs(np.mean(logprobs) - cand['decode_score']) < ATOL
-    # the pick: highest NSP score after Knover's -1000 penalties
-    for pick in decode['picks']:
-        mine = [c for c in decode['candidates'] if c['data_id'] == pick['data_id']]
-        best = max(mine, key=lambda c: c['score'])
-        assert best['response'] == pick['response']
 
 
 @pytest.mark.skipif(
