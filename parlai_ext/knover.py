@@ -437,6 +437,7 @@ def _convert(
     where: str,
     pad_row: bool,
     prefix: str,
+    mask_embedding: bool,
 ) -> tuple[dict[str, np.ndarray], KnoverConfig]:
     config = infer_config(params, where)
     table = {**_backbone(config.n_layers), **_LM_HEAD, **extra}
@@ -459,8 +460,8 @@ def _convert(
         transpose = name.endswith('weight')
         parts = [np.asarray(params[t], dtype=np.float32) for t in (key, value)]
         ours[name] = np.concatenate([p.T if transpose else p for p in parts], axis=0)
-    # recognition / masked-LM input: the word embedding of [MASK] (Knover looks it up)
-    ours['mask_embedding'] = ours['embeddings.tokens.weight'][config.mask_id].copy()
+    if mask_embedding:  # recognition / masked-LM input: Knover looks up the [MASK] word vector
+        ours['mask_embedding'] = ours['embeddings.tokens.weight'][config.mask_id].copy()
     if pad_row:  # our padding token: an extra id after [MASK], never produced, never attended
         hidden = config.hidden_size
         tokens = ours['embeddings.tokens.weight']
@@ -476,16 +477,19 @@ def convert_plato(
     where: str = '<Plato>',
     pad_row: bool = True,
     prefix: str = 'transformer.',
+    mask_embedding: bool = True,
 ) -> tuple[dict[str, np.ndarray], KnoverConfig]:
     """Knover ``Plato`` parameters -> our ``plato2`` state dict (numpy), and the sizes.
 
     ``pad_row`` appends our padding id after Knover's 8001 (a zero embedding; ``PAD_LOGIT`` in
     the output biases), because Knover's own padding id 0 is also its ``<unk>``. The keys in
     :data:`PENDING_SWITCH_KEYS` need the Knover LM-head switch of docs/knover.md.
+    ``mask_embedding=False`` leaves out ``mask_embedding`` (a copy of the [MASK] word vector)
+    for models whose [M] slot reads the token table itself (the mask-token switch).
     """
     if 'latent_embedding' not in params:
         raise KnoverFormatError(f'{where}: no latent_embedding; expected the Plato model')
-    return _convert(params, _PLATO_EXTRA, where, pad_row, prefix)
+    return _convert(params, _PLATO_EXTRA, where, pad_row, prefix, mask_embedding)
 
 
 def convert_nsp(
@@ -493,6 +497,7 @@ def convert_nsp(
     where: str = '<NSP>',
     pad_row: bool = True,
     prefix: str = 'transformer.',
+    mask_embedding: bool = True,
 ) -> tuple[dict[str, np.ndarray], KnoverConfig]:
     """Knover ``NSPModel`` parameters -> our ``plato2_evaluator`` state dict (numpy).
 
@@ -501,4 +506,4 @@ def convert_nsp(
     """
     if 'next_sent_fc.w_0' not in params:
         raise KnoverFormatError(f'{where}: no next_sent_fc.w_0; expected the NSP model')
-    return _convert(params, _NSP_EXTRA, where, pad_row, prefix)
+    return _convert(params, _NSP_EXTRA, where, pad_row, prefix, mask_embedding)

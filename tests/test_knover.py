@@ -187,6 +187,15 @@ def test_conversion_layout(converted, ref):
     assert generator.embeddings.tokens.weight.shape == (31, 16)
     assert float(generator.embeddings.tokens.weight[30].detach().abs().sum()) == 0.0
     assert float(generator.bow_bias[30]) == knover.PAD_LOGIT == float(gen_head['lm_bias'][30])
+    # without the padding row and the [M] copy (the switches' layout)
+    bare, _ = knover.convert_nsp(
+        knover.load_knover_params(os.path.join(FIXTURE, 'nsp.pdparams')),
+        pad_row=False, prefix='', mask_embedding=False,
+    )  # fmt: skip
+    assert 'mask_embedding' not in bare and bare['lm_bias'].shape == (30,)
+    assert bare['embeddings.tokens.weight'].shape == (30, 16)
+    with pytest.raises(knover.KnoverFormatError, match='expected the Plato model'):
+        knover.convert_plato(knover.load_knover_params(os.path.join(FIXTURE, 'nsp_params')))
 
 
 def knover_head(hidden: torch.Tensor, head: dict, embedding: torch.Tensor) -> torch.Tensor:
