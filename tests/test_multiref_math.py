@@ -487,6 +487,11 @@ def test_agent_training_loss_is_nll_plus_annealed_beta_kl_plus_weighted_bow(name
     loss = agent.compute_loss(batch)
     nll, kl, bow = _terms(agent, batch)
     assert (kl.abs() > 1e-3).all() and (bow > 1).all()
+    # metrics: the unweighted KL per example, the weight, BoW per token
+    tokens = batch.label_vec.ne(agent.NULL_IDX).sum().item()
+    assert _metric(agent, 'kl') == pytest.approx(kl.mean().item(), rel=1e-5)
+    assert _metric(agent, 'kl_weight') == pytest.approx(0.25)
+    assert _metric(agent, 'bow_loss') == pytest.approx(bow.sum().item() / tokens, rel=1e-5)
     expected = (nll + 0.25 * kl + 0.5 * bow).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     for wrong in ((nll + kl + 0.5 * bow).mean(), (nll + 0.25 * kl + bow).mean(), nll.mean()):
@@ -695,3 +700,23 @@ def test_generation_with_one_latent_component(tmp_path):
     context = net.encode(*xs).context
     mu_1 = net.prior(context).mu[:, 1]
     assert torch.allclose(state.dec_context, net.decoder_context(context, mu_1), atol=1e-6)
+
+
+def test_context_drops_blank_utterances(tmp_path):
+    agent = _agent(tmp_path, 'mr_hred')
+    observed = agent.observe({'text': 'hello\n\n  \nwhere do you live ?', 'labels': ['x'],
+                              'episode_done': True})  # fmt: skip
+    texts = [agent.dict.vec2txt(u) for u in observed['context_utts']]
+    assert texts == ['hello', 'where do you live ?']
+
+
+def test_plateau_scheduler_watches_the_elbo_not_the_prior_z_loss(tmp_path):
+    """The lr decays when elbo_loss stops improving (B.2's monitor), whatever ``loss`` does."""
+    agent = _agent(tmp_path, 'vhred', '--lr-scheduler-patience', '0')
+    lr = lambda: agent.optimizer.param_groups[0]['lr']  # noqa: E731
+    start = lr()
+    for step in range(4):  # elbo falls, the (prior-z) loss rises: no decay
+        agent.receive_metrics({'elbo_loss': 5.0 - step, 'loss': 1.0 + step})
+    assert lr() == start
+    agent.receive_metrics({'elbo_loss': 9.0, 'loss': 0.1})  # elbo rises: decay by 0.75
+    assert lr() == pytest.approx(start * 0.75)
