@@ -652,6 +652,9 @@ class PrefixState:
     valid: torch.Tensor  # (B, P) bool
     length: torch.Tensor  # (B,) the bidirectional part (0 = a causal prefix)
     cache: Any  # the model's key/value cache after the prefix, or None: recompute
+    # False: the prefix has not been run yet (:meth:`HfPrefixLM.prefix`); the first
+    # :meth:`HfPrefixLM.decode` runs prefix and continuation in one pass (teacher forcing)
+    encoded: bool = True
 
     def index_select(self, indices: torch.Tensor) -> PrefixState:
         cache = None
@@ -663,6 +666,7 @@ class PrefixState:
             self.valid.index_select(0, indices),
             self.length.index_select(0, indices),
             cache,
+            self.encoded,
         )
 
 
@@ -781,15 +785,39 @@ class HfPrefixLM(nn.Module):
         )
         return hidden, PrefixState(prefix_embeds, prefix_valid, length, cache)
 
+    def prefix(
+        self,
+        prefix_embeds: torch.Tensor,
+        prefix_valid: torch.Tensor,
+        prefix_length: torch.Tensor | int | None = None,
+    ) -> PrefixState:
+        """A :class:`PrefixState` that is not run yet: the first :meth:`decode` from it runs
+        prefix and continuation in one pass (teacher forcing without a second pass)."""
+        length = self._lengths(prefix_valid, prefix_length)
+        return PrefixState(prefix_embeds, prefix_valid, length, None, encoded=False)
+
     def decode(
         self, new_embeds: torch.Tensor, state: PrefixState, incr: DecodeState | None = None
     ) -> tuple[torch.Tensor, DecodeState]:
         """Hidden states of ``new_embeds`` continuing ``state`` (and ``incr``, if any).
 
         With a cache only the new positions are computed; without one (``use_cache=False``
-        or a model that returns none) the prefix and every earlier step are recomputed.
+        or a model that returns none) the prefix and every earlier step are recomputed. From
+        a prefix that is not encoded (:meth:`prefix`) the first call is one pass over prefix
+        and ``new_embeds`` (keeping the cache only when no gradient is recorded).
         """
         batch, new, _ = new_embeds.shape
+        if not state.encoded and incr is None:
+            ones = torch.ones(batch, new, dtype=torch.bool, device=new_embeds.device)
+            valid = torch.cat([state.valid, ones], dim=1)
+            hidden, cache = self._run(
+                torch.cat([state.embeds, new_embeds], dim=1),
+                valid,
+                state.length,
+                positions_from_valid(valid),
+                use_cache=self.use_cache and not torch.is_grad_enabled(),
+            )
+            return hidden[:, -new:], DecodeState(cache, new_embeds)
         past = torch.zeros(batch, 0, new_embeds.shape[2], dtype=new_embeds.dtype)
         past = incr.embeds if incr is not None else past.to(new_embeds.device)
         everything = torch.cat([past, new_embeds], dim=1)
