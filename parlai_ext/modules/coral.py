@@ -11,13 +11,13 @@ retrieval model trained on the same data with random negatives (§3.1, §4.1):
   ``[CLS] context [SEP] response [SEP]``, the ``[CLS]`` state (or the mean), an MLP with two
   hidden layers and a sigmoid. The encoder is either the project's shared pre-norm transformer
   (:class:`~parlai_ext.modules.transformer.TransformerEncoder`, from scratch) or any local
-  Hugging Face encoder directory (:class:`~parlai_ext.modules.transformer.HfEncoder`, e.g. MiniLM).
+  Hugging Face encoder (:class:`~parlai_ext.modules.hf.HfEncoder`, e.g. MiniLM).
 
 Both take padded token rows ``context (N, Lc)`` and ``response (N, Lr)`` and return one logit
-per pair; ``sigmoid(logit)`` is f_R. Pure torch (and ``transformers`` for :class:`HfEncoder`).
+per pair; ``sigmoid(logit)`` is f_R. Pure torch.
 
 :func:`sample_responses` draws the mix-policy negatives r− ~ Nucleus(c | θ) of Algorithm 1 from
-any ParlAI ``TorchGeneratorModel``.
+any ParlAI ``TorchGeneratorModel`` (the encoder-decoder or a Hugging Face causal LM).
 """
 
 from __future__ import annotations
