@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip('peft')
 
-from parlai.core.agents import create_agent_from_model_file  # noqa: E402
+from parlai.core.agents import create_agent, create_agent_from_model_file  # noqa: E402
 from parlai.core.message import Message  # noqa: E402
 from parlai.core.params import ParlaiParser  # noqa: E402
 from parlai.scripts.train_model import TrainLoop, setup_args  # noqa: E402
@@ -67,7 +67,6 @@ def train(model_file: str, data: str, **kwargs):
         validation_every_n_steps=3,
         short_final_eval=True,
         bf16=False,
-        dropout=0.0,
     )
     args.update(kwargs)
     loop = TrainLoop(setup_args().parse_kwargs(**args))
@@ -77,7 +76,11 @@ def train(model_file: str, data: str, **kwargs):
 
 
 CROSS_ENCODER = dict(
-    model='coral_cross_encoder', learningrate=1e-2, mlp_hidden_size=8, validation_metric='bce'
+    model='coral_cross_encoder',
+    learningrate=1e-2,
+    mlp_hidden_size=8,
+    validation_metric='bce',
+    dropout=0.0,
 )
 
 
@@ -222,3 +225,22 @@ def test_negatives_from_an_hf_generator_follow_its_own_distribution(tmp_path, ba
             ids.append(token)
         got = sample[sample != agent.NULL_IDX].tolist()
         assert got == expected
+
+
+def test_the_recipes_hf_ce_baseline_loads_into_the_coral_agent(tmp_path, bases, data):
+    """dailydialog.sh with GEN_HF: the CE baseline is the generic HF generator; its model file
+    is evaluated with ``-m coral`` (the same network, the same weights)."""
+    model_file = str(tmp_path / 'ce')
+    agent, _ = train(
+        model_file, data, model='parlai_ext.agents.hf:HfGeneratorAgent', hf_model_dir=bases['gpt2'],
+        learningrate=1e-2, max_train_steps=3, skip_generation=True,
+    )  # fmt: skip
+    agent.save(model_file)
+    opt = ParlaiParser(True, True).parse_kwargs(
+        model='coral', model_file=model_file, reward_model_file='constant:0.5'
+    )  # as `parlai eval_model -mf MODEL -m coral ...` parses it
+    coral = create_agent(opt)
+    assert isinstance(coral, CoralAgent) and isinstance(coral.model, glue.HfGeneratorModel)
+    assert torch.equal(
+        forced_logits(coral, coral_batch(coral)), forced_logits(agent, coral_batch(agent))
+    )

