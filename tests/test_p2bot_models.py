@@ -300,6 +300,13 @@ def test_receiver_train_step_anneals_tau_and_records_eq12(tmp_path):
     # τ at update k is linear_tau(k): 10, 8, 6, 4, 2, 2
     assert taus == pytest.approx([linear_tau(k, 10.0, 2.0, 4) for k in range(6)])
     assert taus == pytest.approx([10.0, 8.0, 6.0, 4.0, 2.0, 2.0])
+    # a batch whose examples have 3 and 2 candidate personas: the padded slot can never win
+    three = dict(obs, label_candidates=[*obs['label_candidates'], 'i surf every weekend.'])
+    batch = agent.batchify([agent.vectorize(three, None), agent.vectorize(dict(obs), None)])
+    with torch.no_grad():
+        out, scores = agent._forward(batch)
+    assert scores[1, 2].item() == float('-inf') and torch.isfinite(scores[0]).all()
+    assert torch.equal(scores[:, :2], out.scores[:, :2]) and out.scores[1, 2].item() == 0.0
     assert report['loss'].value() == pytest.approx(
         report['margin_loss'].value() + 1e-4 * report['l1'].value(), rel=1e-5
     )
