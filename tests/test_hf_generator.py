@@ -358,8 +358,10 @@ def test_the_generic_agent_needs_a_model_and_fits_truncation_to_the_positions(tm
     opt = Opt({'hf_model_dir': bases['gpt2'], 'dict_file': None, 'truncate': -1})
     fitted = glue.fit_truncation(opt, glue.max_positions(opt))
     assert (fitted['text_truncate'], fitted['label_truncate']) == (47, 16)  # 64 positions
+    fits = glue.fit_truncation(Opt({**opt, 'text_truncate': 47, 'label_truncate': 16}), 64)
+    assert fits['text_truncate'] == 47  # 47 + 16 + the start token = 64 positions
     with pytest.raises(ValueError, match='exceed the position limit 64'):
-        glue.fit_truncation(Opt({**opt, 'text_truncate': 50, 'label_truncate': 20}), 64)
+        glue.fit_truncation(Opt({**opt, 'text_truncate': 48, 'label_truncate': 16}), 64)
     with pytest.raises(ValueError, match='needs --hf-model-dir'):
         train(tmp_path, None)
     assert os.path.isdir(bases['gpt2'])
