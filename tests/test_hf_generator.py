@@ -21,7 +21,7 @@ pytest.importorskip('peft')
 from parlai.core.agents import create_agent_from_model_file  # noqa: E402
 from parlai.core.message import Message  # noqa: E402
 from parlai.scripts.train_model import TrainLoop, setup_args  # noqa: E402
-from test_hf import tiny_checkpoint  # noqa: E402
+from test_hf import WORDS, tiny_checkpoint  # noqa: E402
 
 from parlai_ext.agents import hf as glue  # noqa: E402
 from parlai_ext.modules import hf  # noqa: E402
@@ -262,6 +262,7 @@ def generator(model_file, **overrides):
 def test_parlai_greedy_equals_a_hand_greedy_loop_with_and_without_a_cache(trained, style):
     agent = generator(trained[style])
     batch = batch_of(agent, key='eval_labels')
+    assert agent.model.encoder(batch.text_vec).cache is not None  # the context runs once
     # ParlAI's greedy search (no minimum length), and beam search of width 1 with a minimum
     # length (so every reply has several tokens)
     for min_length in (0, 3):
@@ -319,10 +320,7 @@ def test_every_inference_mode_replies_from_the_vocabulary(trained, inference):
     for text, _ in PAIRS:
         agent.observe(Message({'text': text, 'episode_done': True}))
         replies.append(agent.act()['text'])
-    words = set(' '.join(t for pair in PAIRS for t in pair).split()) | set(
-        'hello hi how are you today i like my dog cat the sat on mat good fine thanks yes no'.split()
-    )
-    assert all(reply and set(reply.split()) <= words for reply in replies), replies
+    assert all(reply and set(reply.split()) <= set(WORDS) for reply in replies), replies
 
 
 def test_sampling_with_a_tiny_nucleus_is_greedy(trained):
@@ -365,3 +363,22 @@ def test_the_generic_agent_needs_a_model_and_fits_truncation_to_the_positions(tm
     with pytest.raises(ValueError, match='needs --hf-model-dir'):
         train(tmp_path, None)
     assert os.path.isdir(bases['gpt2'])
+
+
+@pytest.mark.parametrize('decoder', ['batched', 'parlai'])
+def test_pseudo_references_sample_from_a_fine_tuned_lm(tmp_path, trained, decoder):
+    """The multi-reference teacher as the paper's fine-tuned GPT-2: ``parlai
+    generate_pseudo_refs -mf <HfGeneratorAgent model>`` needs no change of its own."""
+    from parlai_ext.scripts.generate_pseudo_refs import GeneratePseudoRefs
+
+    outfile = tmp_path / 'hyps.jsonl'
+    GeneratePseudoRefs.main(
+        model_file=trained['gpt2'], task='fromfile:parlaiformat',
+        fromfile_datapath=write_pairs(tmp_path / 'p.txt', repeat=1), outfile=str(outfile),
+        num_hyps=3, hyp_max_len=5, hyp_decoder=decoder, datatype='valid', progress=False,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in outfile.read_text().splitlines()]
+    assert [line['context'][-1] for line in lines] == [text for text, _ in PAIRS]
+    for line in lines:
+        assert len(line['hypotheses']) == 3 and all(lp <= 0 for lp in line['logprobs'])
+        assert all(set(h.split()) <= set(WORDS) for h in line['hypotheses']), line
