@@ -305,4 +305,7 @@ def test_selfplay_killed_and_resumed_keeps_user_a_and_logs_each_update_once(trai
     saved = json.loads(Path(str(model_file) + '.opt').read_text())
     assert saved['selfplay_user_model'] == str(trained['root'] / 'tx')
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r['update'] for r in records] == list(range(1, done + 3))
+    updates = [r['update'] for r in records]
+    # every update once, in order (the checkpoint's weights may be one update ahead of its
+    # trainstats when the kill fell between the two writes; the log follows the weights)
+    assert updates == list(range(1, len(updates) + 1)) and len(updates) in (done + 2, done + 3)
