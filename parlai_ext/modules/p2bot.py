@@ -19,6 +19,9 @@ Read top to bottom:
    :class:`Transmitter` adds the next-utterance prediction (NUP) head on the hidden state of a
    ``[CLS]`` token appended after ``[END]`` (§3.1), and :func:`eq3_score` mixes the
    length-normalised log-likelihood (Eq. 2) with ``log p(y=1)`` (Eq. 3).
+   :func:`sample_responses` draws the self-play replies (§3.2: multinomial, token by token;
+   a reply cut by the length cap keeps its tokens). A Hugging Face model that returns no
+   key/value cache (OpenAI-GPT) decodes through a :class:`PrefixCache` (prefix recomputed).
 
 2. **Receiver** - an impression encoder and a persona encoder (:class:`SentenceEncoder` from
    scratch or :class:`HFSentenceEncoder` over a local HF encoder such as MiniLM), mean-pooled
