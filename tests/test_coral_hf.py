@@ -96,11 +96,11 @@ def cross_encoder(tmp_path_factory, bases, data):
     contexts, responses = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
     scores = agent.score(contexts, responses)
     shutil.move(base, str(root / 'moved'))
-    return model_file, stats, scores
+    return model_file, stats, scores, str(root / 'moved')
 
 
 def test_cross_encoder_starts_from_the_encoder_trains_and_reloads_without_it(cross_encoder, bases):
-    model_file, stats, scores = cross_encoder
+    model_file, stats, scores, _ = cross_encoder
     bce = [report['bce'] for report in stats['valid_reports']]
     assert len(bce) >= 3 and bce[-1] < bce[0], bce  # it learns positives vs random negatives
     again = create_agent_from_model_file(model_file)
@@ -244,3 +244,21 @@ def test_the_recipes_hf_ce_baseline_loads_into_the_coral_agent(tmp_path, bases, 
     assert torch.equal(
         forced_logits(coral, coral_batch(coral)), forced_logits(agent, coral_batch(agent))
     )
+
+
+def test_a_cross_encoder_saved_before_the_shared_piece_still_loads(tmp_path, cross_encoder):
+    """An old model file: ``hf_encoder_path`` in its .opt, no tokenizer folder beside it."""
+    model_file, _, scores, base = cross_encoder
+    old = str(tmp_path / 'old')
+    for suffix in ('', '.dict'):
+        shutil.copy(model_file + suffix, old + suffix)
+    with open(model_file + '.opt') as f:
+        opt = json.load(f)
+    opt['hf_encoder_path'] = base
+    del opt['hf_model_dir']
+    with open(old + '.opt', 'w') as f:
+        json.dump(opt, f)
+    again = create_agent_from_model_file(old)
+    assert glue.saved_folder(again.opt) is None  # the tokenizer comes from the old path
+    contexts, responses = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    assert torch.equal(again.score(contexts, responses), scores)
