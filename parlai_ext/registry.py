@@ -26,6 +26,7 @@ AGENTS: dict[str, str] = {
     'ppg_rl': 'parlai_ext.agents.ppg_rl',
     'p2bot_transmitter': 'parlai_ext.agents.p2bot',
     'p2bot_receiver': 'parlai_ext.agents.p2bot_receiver',
+    'hf_generator': 'parlai_ext.agents.hf',
 }
 
 # task short name -> {'agents': teachers module, 'worlds': worlds module (optional)}
