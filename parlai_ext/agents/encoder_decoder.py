@@ -10,14 +10,46 @@ from __future__ import annotations
 import copy
 
 import torch
+from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
-from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
-from parlai.utils.torch import neginf
+from parlai.core.torch_generator_agent import (
+    GreedySearch,
+    NucleusSampling,
+    PPLMetric,
+    TopKSampling,
+    TorchGeneratorAgent,
+    TorchGeneratorModel,
+)
 
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.modules.encoder_decoder import EncoderDecoder, EncoderState
+from parlai_ext.modules.transformer import banned_bias, banned_linear, padded_from_flat
+
+# ParlAI searches whose select_paths always return hyp_ids = arange: every step's
+# reorder_decoder_incremental_state is the identity (exact types: a subclass may differ)
+IDENTITY_REORDER_SEARCHES = (GreedySearch, TopKSampling, NucleusSampling)
+
+
+def record_generator_metrics(agent, batch, loss_per_token: torch.Tensor, preds: torch.Tensor):
+    """ParlAI's ``TorchGeneratorAgent.compute_loss`` metrics (``loss``, ``ppl``,
+    ``token_acc``, ``token_em``, ``record_per_token_metrics``) and its loss, the summed token
+    NLL over the target tokens, from ``(batch, time)`` per-token losses (0 at padding) and
+    predictions: the same calls as ParlAI's, so the same values."""
+    labels = batch.label_vec
+    notnull = labels.ne(agent.NULL_IDX)
+    agent.record_local_metric('loss', AverageMetric.from_mask(loss_per_token, notnull))
+    agent.record_local_metric('ppl', PPLMetric.from_mask(loss_per_token, notnull))
+    agent.record_local_metric('token_acc', AverageMetric.from_mask(labels == preds, notnull))
+    num_target_tokens = notnull.long().sum(dim=-1)
+    num_tokens_correct = ((labels == preds) * notnull).sum(dim=-1)
+    agent.record_local_metric(
+        'token_em', AverageMetric.many(num_tokens_correct == num_target_tokens)
+    )
+    agent.record_per_token_metrics(batch, loss_per_token)
+    loss = loss_per_token.sum(dim=1).sum()
+    return loss / num_target_tokens.sum()
 
 
 class EncoderDecoderGeneratorModel(TorchGeneratorModel):
@@ -45,6 +77,14 @@ class EncoderDecoderGeneratorModel(TorchGeneratorModel):
             activation=opt['activation'],
             padding_idx=self.NULL_IDX,
         )
+        # never generate the start or the padding token (a bias of the output GEMM)
+        self.register_buffer(
+            'banned_bias',
+            banned_bias(len(dictionary), (self.START_IDX, self.NULL_IDX)),
+            persistent=False,
+        )
+        # set by the agent for each _generate: True while the search never reorders
+        self.identity_reorder = False
 
     def encoder(self, source: torch.Tensor) -> EncoderState:
         return self.seq2seq.encode(source)
@@ -55,11 +95,26 @@ class EncoderDecoderGeneratorModel(TorchGeneratorModel):
         return self.seq2seq.decode(tokens, encoder_state, incr_state)
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.seq2seq.logits(hidden)
-        # never generate the start or the padding token
-        logits[:, :, self.START_IDX] = neginf(logits.dtype)
-        logits[:, :, self.NULL_IDX] = neginf(logits.dtype)
-        return logits
+        """Scores over the vocabulary; the start and padding tokens at ParlAI's neginf."""
+        weight = self.seq2seq.embeddings.tokens.weight
+        return banned_linear(hidden, weight, None, self.banned_bias)
+
+    def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None, real_tokens=False):
+        """ParlAI's teacher-forced pass ``(scores, preds, encoder_states)``.
+
+        ``real_tokens=True``: the output layer runs only at the label's real tokens
+        (``ys != NULL``): scores ``(n_tokens, vocab)`` and preds ``(n_tokens,)`` in the
+        row-major order of ``ys[ys != NULL]`` (the values of the padded pass at those
+        positions; the padding's share of the vocabulary-sized work is skipped).
+        """
+        if not real_tokens:
+            return super().forward(*xs, ys=ys, prev_enc=prev_enc, maxlen=maxlen, bsz=bsz)
+        self.longest_label = max(self.longest_label, ys.size(1))
+        encoder_states = prev_enc if prev_enc is not None else self.encoder(*xs)
+        inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
+        hidden, _ = self.decoder(inputs, encoder_states)
+        scores = self.output(hidden[ys != self.NULL_IDX])
+        return scores, scores.max(dim=-1).indices, encoder_states
 
     def reorder_encoder_states(self, encoder_state: EncoderState, indices) -> EncoderState:
         if not torch.is_tensor(indices):
@@ -67,6 +122,8 @@ class EncoderDecoderGeneratorModel(TorchGeneratorModel):
         return encoder_state.index_select(indices)
 
     def reorder_decoder_incremental_state(self, incr_state, inds):
+        if self.identity_reorder:  # greedy / top-k / nucleus: inds is always arange
+            return incr_state
         return [(k.index_select(0, inds), v.index_select(0, inds)) for k, v in incr_state]
 
 
@@ -100,4 +157,43 @@ class EncoderDecoderAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
         super().__init__(opt, shared)
 
     def build_model(self) -> EncoderDecoderGeneratorModel:
-        return EncoderDecoderGeneratorModel(self.opt, self.dict)
+        model = EncoderDecoderGeneratorModel(self.opt, self.dict)
+        # generation appends keys/values into preallocated buffers (no per-step torch.cat);
+        # a buffer that fills up is copied into one with this much more room
+        model.seq2seq.decoder.reserve_cache(min(self.opt['label_truncate'] + 1, 64))
+        return model
+
+    def _own_model(self) -> EncoderDecoderGeneratorModel | None:
+        """The encoder-decoder model (unwrapped from DDP), or None for another model (e.g.
+        CORAL's pretrained causal LM)."""
+        model = self.model.module if hasattr(self.model, 'module') else self.model
+        return model if isinstance(model, EncoderDecoderGeneratorModel) else None
+
+    def _treesearch_factory(self, device, verbose=False):
+        search = super()._treesearch_factory(device, verbose=verbose)
+        model = self._own_model()
+        if model is not None:  # called by _generate before decoding, once per example
+            model.identity_reorder = type(search) in IDENTITY_REORDER_SEARCHES
+        return search
+
+    def compute_loss(self, batch, return_output=False):
+        """ParlAI's NLL and metrics, with the output layer at the real label tokens only.
+
+        Same loss, metrics and gradients as ``TorchGeneratorAgent.compute_loss`` (whose
+        per-token losses are 0 at padding): the model returns the real tokens' scores, and
+        their losses and predictions are scattered back to ``(batch, time)``. With
+        ``return_output`` (evaluation; callers read ``(batch, time, vocab)`` scores) the
+        padded pass runs, as in ParlAI.
+        """
+        if return_output or self._own_model() is None:
+            return super().compute_loss(batch, return_output=return_output)
+        if batch.label_vec is None:
+            raise ValueError('Cannot compute loss without a label.')
+        labels = batch.label_vec
+        notnull = labels.ne(self.NULL_IDX)
+        scores, preds, _ = self.model(*self._model_input(batch), ys=labels, real_tokens=True)
+        token_losses = self.criterion(scores, labels[notnull])
+        loss_per_token = padded_from_flat(token_losses, notnull)
+        return record_generator_metrics(
+            self, batch, loss_per_token, padded_from_flat(preds, notnull, self.NULL_IDX)
+        )

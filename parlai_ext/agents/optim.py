@@ -58,8 +58,60 @@ def decay_param_groups(
     return groups
 
 
-class DecayExemptOptimizerMixin:
-    """Put before a ParlAI ``TorchAgent`` subclass: biases and norms get no weight decay."""
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch a ``torch.optim.Adam``/``AdamW`` to its fused kernel (one kernel per step for
+    all parameters, instead of ``_single_tensor_adam``'s Python loop of ~10 operators per
+    parameter tensor, which ParlAI's default gives on the CPU); the same update up to float
+    rounding. Only when every parameter is a dense floating-point CPU or CUDA tensor and the
+    optimizer is neither differentiable nor capturable; otherwise nothing changes. Sets the
+    ``fused`` flag of every param group, so call it after any ``load_state_dict`` (which
+    restores the saved groups' flags). Returns whether it switched.
+    """
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    groups = optimizer.param_groups
+    params = [p for group in groups for p in group['params']]
+    if not params or any(
+        p.is_sparse or p.dtype not in FUSED_DTYPES or p.device.type not in ('cpu', 'cuda')
+        for p in params
+    ):
+        return False
+    if any(group.get('differentiable') or group.get('capturable') for group in groups):
+        return False
+    for group in groups:
+        group['foreach'] = None
+        group['fused'] = True
+    optimizer.defaults['fused'] = True
+    optimizer.defaults['foreach'] = None
+    for param, state in optimizer.state.items():  # loaded steps: the fused kernel's device
+        if torch.is_tensor(state.get('step')):
+            state['step'] = state['step'].to(device=param.device, dtype=torch.float32)
+    # what torch.optim.Adam(..., fused=True) sets: the step also takes a GradScaler's scale
+    optimizer._step_supports_amp_scaling = True
+    return True
+
+
+class FusedAdamOptimizerMixin:
+    """Put before a ParlAI ``TorchAgent`` subclass: ``--optimizer adam|adamw`` runs torch's
+    fused kernel (:func:`use_fused_adam`); optimizer states load as before."""
+
+    def init_optim(self, params, optim_states=None, saved_optim_type=None, is_finetune=False):
+        failed = super().init_optim(
+            params,
+            optim_states=optim_states,
+            saved_optim_type=saved_optim_type,
+            is_finetune=is_finetune,
+        )
+        use_fused_adam(self.optimizer)
+        return failed
+
+
+class DecayExemptOptimizerMixin(FusedAdamOptimizerMixin):
+    """Put before a ParlAI ``TorchAgent`` subclass: biases and norms get no weight decay (and
+    Adam/AdamW run fused, :class:`FusedAdamOptimizerMixin`)."""
 
     def init_optim(self, params, optim_states=None, saved_optim_type=None, is_finetune=False):
         model = self.model.module if hasattr(self.model, 'module') else self.model

@@ -25,9 +25,10 @@ from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent, TorchGeneratorModel
-from parlai.utils.torch import neginf
 
+from parlai_ext.agents.optim import FusedAdamOptimizerMixin
 from parlai_ext.losses.multiref import bow_loss, elbo_loss, kl_anneal_weight, token_nll
+from parlai_ext.modules.transformer import banned_bias, banned_linear, padded_from_flat
 from parlai_ext.modules.vhred import (
     ATTENTION_KINDS,
     LATENT_PRIORS,
@@ -101,6 +102,12 @@ class VhredGeneratorModel(TorchGeneratorModel):
                 lgm_kl=opt['lgm_kl'],
             )
         )
+        # never generate the start or the padding token (a bias of the output GEMM)
+        self.register_buffer(
+            'banned_bias',
+            banned_bias(len(dictionary), (self.START_IDX, self.NULL_IDX)),
+            persistent=False,
+        )
         self.test_z = opt.get('test_z', 'sample')
         component = opt.get('latent_component', -1)
         self.component = None if component is None or component < 0 else component
@@ -119,10 +126,9 @@ class VhredGeneratorModel(TorchGeneratorModel):
         return self.net.decoder(tokens, state.words, state.mask, state.dec_context, incr_state)
 
     def output(self, features: torch.Tensor) -> torch.Tensor:
-        logits = self.net.logits(features)
-        logits[..., self.START_IDX] = neginf(logits.dtype)
-        logits[..., self.NULL_IDX] = neginf(logits.dtype)
-        return logits
+        """``net.logits`` with the start and padding tokens at ParlAI's neginf."""
+        net = self.net
+        return banned_linear(features, net.embedding.weight, net.output_bias, self.banned_bias)
 
     def reorder_encoder_states(self, state: DecoderState, indices) -> DecoderState:
         if not torch.is_tensor(indices):
@@ -134,20 +140,34 @@ class VhredGeneratorModel(TorchGeneratorModel):
 
     # --- teacher forcing -----------------------------------------------------------------
     def forward(
-        self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None, z_source='posterior', encoded=None
+        self,
+        *xs,
+        ys=None,
+        prev_enc=None,
+        maxlen=None,
+        bsz=None,
+        z_source='posterior',
+        encoded=None,
+        real_tokens=False,
     ):
-        """Teacher-forced scores of ``ys``: (scores, preds, encoded, :class:`Output`)."""
+        """Teacher-forced scores of ``ys``: (scores, preds, encoded, :class:`Output`).
+
+        ``real_tokens=True``: the output layer runs only at the real tokens of ``ys`` (not
+        NULL): scores ``(n_tokens, vocab)``, preds ``(n_tokens,)``, in the row-major order
+        of ``ys[ys != NULL]``.
+        """
         if prev_enc is not None:  # e.g. ranking candidates against a DecoderState
             return super().forward(*xs, ys=ys, prev_enc=prev_enc, maxlen=maxlen, bsz=bsz)
         assert ys is not None, 'generation goes through the encoder/decoder interface'
         self.longest_label = max(self.longest_label, ys.size(1))
         decoder_input = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
         out = self.net(*xs, decoder_input=decoder_input, ys=ys, z_source=z_source, encoded=encoded)
-        scores = self.output(out.features)
-        return scores, scores.argmax(dim=-1), out.encoded, out
+        features = out.features[ys != self.NULL_IDX] if real_tokens else out.features
+        scores = self.output(features)
+        return scores, scores.max(dim=-1).indices, out.encoded, out
 
 
-class VhredAgent(TorchGeneratorAgent):
+class VhredAgent(FusedAdamOptimizerMixin, TorchGeneratorAgent):
     """HRED / VHRED / VHRED-GMM / VHRED-LGM (``--latent-prior``), trained on the ELBO.
 
     Example::
@@ -295,24 +315,43 @@ class VhredAgent(TorchGeneratorAgent):
         """Annealed KL weight of the coming update (updates counted from 1)."""
         return kl_anneal_weight(self._number_training_updates + 1, self.opt['kl_anneal_steps'])
 
+    def _token_nll(self, model_output, ys: torch.Tensor, notnull: torch.Tensor):
+        """Per-token NLL ``(batch, time)`` (0 at padding) and predictions ``(batch, time)``
+        of a model output, padded (``real_tokens=False``) or at the real tokens only."""
+        scores, preds = model_output[:2]
+        if scores.dim() == 3:
+            return token_nll(scores, ys, self.NULL_IDX), preds
+        flat = token_nll(scores, ys[notnull], self.NULL_IDX)
+        return padded_from_flat(flat, notnull), padded_from_flat(preds, notnull, self.NULL_IDX)
+
     def compute_loss(self, batch, return_output=False):
+        """The ELBO (class docstring) and its metrics.
+
+        The output layer runs at the real label tokens only (same values as the padded pass,
+        whose padding the loss ignores), except for the pass returned with
+        ``return_output``: callers read its ``(batch, time, vocab)`` scores.
+        """
         if batch.label_vec is None:
             raise ValueError('Cannot compute loss without a label.')
         ys = batch.label_vec
         notnull = ys.ne(self.NULL_IDX)
         n_tokens = notnull.long().sum(dim=-1)
         xs = self._model_input(batch)
-        post_output = self.model(*xs, ys=ys, z_source='posterior')
-        post = post_output[3]
-        nll_post_tok = token_nll(post_output[0], ys, self.NULL_IDX)
-        nll_post = nll_post_tok.sum(dim=-1)
         training = self.model.training
+        evaluate_prior = self.latent and not training  # evaluate z as generation draws it
+        post_output = self.model(
+            *xs, ys=ys, z_source='posterior', real_tokens=evaluate_prior or not return_output
+        )
+        post = post_output[3]
+        nll_post_tok, preds = self._token_nll(post_output, ys, notnull)
+        nll_post = nll_post_tok.sum(dim=-1)
         model_output, nll_tok = post_output, nll_post_tok
-        if self.latent and not training:  # evaluate z as generation draws it
+        if evaluate_prior:
             source = 'prior_mean' if self.opt.get('test_z') == 'mean' else 'prior'
-            model_output = self.model(*xs, ys=ys, z_source=source, encoded=post.encoded)
-            nll_tok = token_nll(model_output[0], ys, self.NULL_IDX)
-        preds = model_output[1]
+            model_output = self.model(
+                *xs, ys=ys, z_source=source, encoded=post.encoded, real_tokens=not return_output
+            )
+            nll_tok, preds = self._token_nll(model_output, ys, notnull)
 
         self.record_local_metric('loss', AverageMetric.from_mask(nll_tok, notnull))
         self.record_local_metric('ppl', PPLMetric.from_mask(nll_tok, notnull))

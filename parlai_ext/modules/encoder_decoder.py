@@ -79,14 +79,16 @@ class EncoderDecoder(nn.Module):
         init_weights(self)
         # init_weights touched only linear layers; embeddings keep their own initialisation
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Output layer tied to the token embeddings."""
-        return F.linear(hidden, self.embeddings.tokens.weight)
+    def logits(self, hidden: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Output layer tied to the token embeddings (``bias``: e.g. bans, see
+        :func:`~parlai_ext.modules.transformer.banned_bias`)."""
+        return F.linear(hidden, self.embeddings.tokens.weight, bias)
 
     def encode(self, source: torch.Tensor) -> EncoderState:
         valid = source != self.padding_idx
-        positions = torch.arange(source.shape[1], device=source.device).expand_as(source)
-        x = self.embeddings(source, positions)
+        length = source.shape[1]
+        positions = torch.arange(length, device=source.device).expand_as(source)
+        x = self.embeddings(source, positions, max_position=length - 1)
         hidden, _ = self.encoder(x, bidirectional_mask(valid))
         memories = [
             layer.cross_attention.project_key_value(hidden) for layer in self.decoder.layers
@@ -103,7 +105,7 @@ class EncoderDecoder(nn.Module):
         past = 0 if caches is None else caches[0][0].shape[2]
         new = tokens.shape[1]
         positions = past + torch.arange(new, device=tokens.device).expand_as(tokens)
-        x = self.embeddings(tokens, positions)
+        x = self.embeddings(tokens, positions, max_position=past + new - 1)
         mask = causal_mask(new, past + new, tokens.device)
         return self.decoder(
             x, mask, caches, memories=encoder_state.memories, memory_mask=encoder_state.mask

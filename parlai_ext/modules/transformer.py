@@ -10,16 +10,90 @@ Conventions
   ``True`` means "may attend". Every query row must be able to see at least one key.
 - A layer cache is a ``(keys, values)`` pair, each ``(batch, heads, time, head_dim)``;
   self-attention appends the new keys/values to it, so decoding one token at a time
-  costs one row of attention per layer.
+  costs one row of attention per layer. By default the append is a ``torch.cat`` (a copy of
+  the whole cache per step and layer); a stack with :meth:`TransformerStack.reserve_cache`
+  instead returns :class:`KVCache` pairs, views of preallocated buffers that each step
+  extends in place (generation only: never while autograd records).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class _KVStore:
+    """Preallocated key and value buffers ``(batch, heads, capacity, head_dim)`` shared by
+    the :class:`KVCache` views cut from them; ``filled`` = positions written so far."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        self.keys, self.values, self.filled = keys, values, filled
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+
+class KVCache(tuple):
+    """A layer cache ``(keys, values)`` whose tensors are views ``[:, :, :length]`` of
+    preallocated buffers: appending writes the new positions into the buffers in place
+    instead of copying the whole cache (``torch.cat``). It *is* a ``(keys, values)`` tuple,
+    so code that reads ``cache[0].shape[2]`` or index-selects the pair works unchanged (an
+    index-selected pair is a plain tuple again: the next append starts a new buffer).
+
+    An append writes in place only when this cache is the longest view of its buffer (no
+    other cache extended it first: two continuations of one cache never overwrite each
+    other) and the buffer has room; otherwise it copies into a new buffer with
+    ``reserve`` free positions.
+    """
+
+    store: _KVStore
+
+    def __new__(cls, store: _KVStore, length: int) -> KVCache:
+        cache = super().__new__(cls, (store.keys[:, :, :length], store.values[:, :, :length]))
+        cache.store = store
+        return cache
+
+    def __getnewargs__(self) -> tuple[_KVStore, int]:  # copy / pickle
+        return self.store, self.length
+
+    @property
+    def length(self) -> int:
+        return self[0].shape[2]
+
+    @classmethod
+    def allocate(cls, keys: torch.Tensor, values: torch.Tensor, reserve: int) -> KVCache:
+        """A new buffer holding ``keys``/``values`` and ``reserve`` free positions."""
+        batch, heads, length, head_dim = keys.shape
+        shape = (batch, heads, length + reserve, head_dim)
+        key_buffer = keys.new_empty(shape)
+        value_buffer = values.new_empty(shape)
+        key_buffer[:, :, :length] = keys
+        value_buffer[:, :, :length] = values
+        return cls(_KVStore(key_buffer, value_buffer, length), length)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, reserve: int) -> KVCache:
+        """This cache followed by ``keys``/``values`` (in place when possible, see above)."""
+        length, new = self.length, keys.shape[2]
+        store = self.store
+        if (
+            store.filled == length
+            and length + new <= store.capacity
+            and keys.shape[:2] == store.keys.shape[:2]
+            and keys.dtype == store.keys.dtype
+        ):
+            store.keys[:, :, length : length + new] = keys
+            store.values[:, :, length : length + new] = values
+            store.filled = length + new
+            return KVCache(store, length + new)
+        return KVCache.allocate(
+            torch.cat([self[0], keys], dim=2), torch.cat([self[1], values], dim=2), reserve
+        )
 
 
 class MultiHeadAttention(nn.Module):
@@ -35,6 +109,9 @@ class MultiHeadAttention(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key_value = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
+        # > 0: self-attention caches are KVCache buffers with this many free positions
+        # (set by TransformerStack.reserve_cache; used only while autograd is off)
+        self.cache_reserve = 0
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape
@@ -55,16 +132,21 @@ class MultiHeadAttention(nn.Module):
         """Attend from ``x``.
 
         Self-attention (``memory is None``): keys/values are the cached ones followed by
-        those of ``x``; the returned cache includes ``x``. Cross-attention: keys/values are
+        those of ``x``; the returned cache includes ``x`` (a :class:`KVCache` when
+        ``cache_reserve`` > 0 and autograd is off). Cross-attention: keys/values are
         ``memory`` (already projected), returned unchanged.
         """
         query = self._split_heads(self.query(x))
         if memory is None:
             keys, values = self.project_key_value(x)
-            if cache is not None:
-                keys = torch.cat([cache[0], keys], dim=2)
-                values = torch.cat([cache[1], values], dim=2)
-            new_cache = (keys, values)
+            if self.cache_reserve > 0 and not torch.is_grad_enabled():
+                new_cache = self._buffered_cache(cache, keys, values)
+                keys, values = new_cache
+            else:
+                if cache is not None:
+                    keys = torch.cat([cache[0], keys], dim=2)
+                    values = torch.cat([cache[1], values], dim=2)
+                new_cache = (keys, values)
         else:
             keys, values = new_cache = memory
         attended = F.scaled_dot_product_attention(
@@ -77,6 +159,16 @@ class MultiHeadAttention(nn.Module):
         batch, _, time, _ = attended.shape
         attended = attended.transpose(1, 2).reshape(batch, time, -1)
         return self.out(attended), new_cache
+
+    def _buffered_cache(
+        self, cache: LayerCache | None, keys: torch.Tensor, values: torch.Tensor
+    ) -> KVCache:
+        if isinstance(cache, KVCache):
+            return cache.append(keys, values, self.cache_reserve)
+        if cache is not None:  # a plain pair (e.g. a context's, or after a reorder)
+            keys = torch.cat([cache[0], keys], dim=2)
+            values = torch.cat([cache[1], values], dim=2)
+        return KVCache.allocate(keys, values, self.cache_reserve)
 
 
 class FeedForward(nn.Module):
@@ -172,6 +264,16 @@ class TransformerStack(nn.Module):
             new_caches.append(cache)
         return self.final_norm(x), new_caches
 
+    def reserve_cache(self, positions: int) -> None:
+        """Opt in to preallocated self-attention caches (:class:`KVCache`): each buffer
+        keeps room for ``positions`` more positions, so decoding token by token writes in
+        place instead of re-copying the cache at every step (0: ``torch.cat``, the default).
+        Only while autograd is off (generation); values are unchanged either way."""
+        if positions < 0:
+            raise ValueError(f'reserve_cache: positions must be >= 0, got {positions}')
+        for layer in self.layers:
+            layer.attention.cache_reserve = positions
+
 
 class Embeddings(nn.Module):
     """Token + type (segment) + learned position embeddings, then dropout.
@@ -212,16 +314,66 @@ class Embeddings(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         types: torch.Tensor | None = None,
+        max_position: int | None = None,
     ) -> torch.Tensor:
-        if int(positions.max()) >= self.n_positions:
+        """Embedded ``tokens``; ``max_position``, when the caller knows the largest position
+        from shapes, replaces the check on ``positions.max()`` (a device-to-host sync)."""
+        largest = int(positions.max()) if max_position is None else max_position
+        if largest >= self.n_positions:
             raise ValueError(
-                f'position {int(positions.max())} >= --n-positions {self.n_positions}; '
+                f'position {largest} >= --n-positions {self.n_positions}; '
                 'lower --text-truncate/--label-truncate or raise --n-positions'
             )
         x = self.tokens(tokens) + self.positions(positions)
         if self.types is not None and types is not None:
             x = x + self.types(types)
         return self.dropout(x)
+
+
+NEAR_INF = 1e20  # ParlAI's neginf: -1e20 (fp32, bf16), -65504 in fp16
+NEAR_INF_FP16 = 65504.0
+
+
+def banned_bias(vocab_size: int, banned: Iterable[int]) -> torch.Tensor:
+    """``(vocab_size,)`` fp32: 0, and ParlAI's ``neginf`` (-1e20) at the ``banned`` ids
+    (e.g. START and NULL, which a generator must never emit); see :func:`banned_linear`."""
+    bias = torch.zeros(vocab_size)
+    bias[list(banned)] = -NEAR_INF
+    return bias
+
+
+def banned_linear(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ban: torch.Tensor
+) -> torch.Tensor:
+    """``F.linear(hidden, weight, bias)`` with the banned columns (``ban < 0``) at -1e20.
+
+    The ban is folded into the bias of the one output GEMM, so no full-size in-place write
+    follows it (an in-place write makes autograd clone the whole ``(..., vocab)`` gradient in
+    backward). The values are those of writing ParlAI's ``neginf`` into the columns: in fp32
+    and bf16, -1e20 absorbs any bias and dot product (|x| < 1e12 is below its spacing), and
+    the gradient reaching those columns is softmax's 0. In fp16 (autocast or a halved model)
+    -1e20 would overflow, so the columns get ``neginf(fp16)`` = -65504 by ``masked_fill``.
+    """
+    device_type = hidden.device.type
+    dtype = (
+        torch.get_autocast_dtype(device_type)
+        if torch.is_autocast_enabled(device_type)
+        else weight.dtype
+    )
+    if dtype == torch.float16:
+        logits = F.linear(hidden, weight, bias)
+        return logits.masked_fill(ban < 0, -NEAR_INF_FP16)
+    total = ban if bias is None else bias + ban
+    return F.linear(hidden, weight, total.to(weight.dtype))
+
+
+def padded_from_flat(flat: torch.Tensor, mask: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """The ``mask.shape`` tensor with ``flat`` (one value per True of ``mask``, in the
+    row-major order of ``tensor[mask]``) at the True positions and ``fill`` elsewhere;
+    differentiable in ``flat``. Turns the per-token values of an output layer run at the
+    real tokens only back into ParlAI's padded ``(batch, time)`` layout."""
+    padded = torch.full(mask.shape, fill, dtype=flat.dtype, device=flat.device)
+    return padded.masked_scatter(mask, flat)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -331,8 +483,10 @@ class TransformerEncoder(nn.Module):
         """``(batch, L)`` ids (and types, validity) -> ``(batch, L, dim)`` states."""
         if valid is None:
             valid = ids != self.embeddings.tokens.padding_idx
-        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        hidden, _ = self.stack(self.embeddings(ids, positions, type_ids), bidirectional_mask(valid))
+        length = ids.shape[1]
+        positions = torch.arange(length, device=ids.device).expand_as(ids)
+        x = self.embeddings(ids, positions, type_ids, max_position=length - 1)
+        hidden, _ = self.stack(x, bidirectional_mask(valid))
         return hidden
 
 
