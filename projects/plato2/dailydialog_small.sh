@@ -32,11 +32,13 @@ EVAL_HF=${EVAL_HF:-}
 STAGE1_MODEL=(--dict-file "$OUT/dd.dict" "${SPM[@]}" "${SIZE[@]}")
 LR1=1e-3
 LR21=5e-4
+GEN=()
 if [ -n "$HF_BASE" ]; then
   STAGE1_MODEL=(--hf-model-dir "$HF_BASE" --lora-rank "${LORA_RANK:-8}" --lora-alpha 16
                 --text-truncate 64 --label-truncate 32)
   LR1=2e-4
   LR21=1e-4
+  GEN=(--bf16 false)  # bf16 autocast speeds training up, not K-row decoding
 fi
 # the evaluator: from stage 1 (same dictionary), or over a pretrained encoder
 STAGE22_MODEL=(--init-model "$OUT/stage1" --dict-file "$OUT/stage1.dict")
@@ -79,7 +81,8 @@ step() {
     for ranking in evaluator logprob random; do
       $PARLAI eval_model -mf "$OUT/stage21" "${TASK[@]}" -dt valid --num-examples "$GEN_EXS" \
         --skip-generation false --inference topk --topk 10 --evaluator-model-file "$OUT/stage22" \
-        --ranking-score "$ranking" --metrics ext_plato2 --report-filename "$OUT/gen_$ranking.json"
+        --ranking-score "$ranking" --metrics ext_plato2 ${GEN[@]+"${GEN[@]}"} \
+        --report-filename "$OUT/gen_$ranking.json"
     done ;;
   select)  # Table 6: 1 true + 9 random candidates; evaluator vs forward score p(r|c)
     $PYTHON projects/plato2/response_selection.py "${TASK[@]}" -dt valid --n-random 9 \
