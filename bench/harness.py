@@ -395,7 +395,9 @@ class Worker:
     ``spec``: ``kind`` (``train`` | ``generate`` | ``factory``), ``agent_args`` and
     ``task_args`` (ParlAI command-line lists) or ``factory`` (``module:function``; modules in
     ``bench/`` import by name) and ``kw`` (keyword arguments of the workload), ``threads``
-    (torch intra-op threads), ``precision`` (``fp32`` | ``bf16``: autocast), ``seed``.
+    (torch intra-op threads), ``precision`` (``fp32`` | ``bf16``: autocast), ``seed``,
+    ``source`` (optional: a folder holding another ``parlai_ext`` package, e.g. an export of
+    an older commit, imported instead of this checkout's: before/after in one run).
     Protocol: one JSON line per message on a private pipe (the worker's stdout goes to its
     log, so ParlAI's printing cannot corrupt it).
     """
@@ -410,8 +412,11 @@ class Worker:
         self.log_path = os.path.join(log_dir, f'{safe}.log')
         self._log = open(self.log_path, 'w')  # noqa: SIM115 (closed in close())
         env = dict(os.environ)
+        first = [os.path.abspath(self.spec['source'])] if self.spec.get('source') else []
+        if first and not os.path.isdir(os.path.join(first[0], 'parlai_ext')):
+            raise ValueError(f'{name}: source {first[0]} holds no parlai_ext package')
         env['PYTHONPATH'] = os.pathsep.join(
-            [BENCH_DIR, os.path.dirname(BENCH_DIR), env.get('PYTHONPATH', '')]
+            [*first, BENCH_DIR, os.path.dirname(BENCH_DIR), env.get('PYTHONPATH', '')]
         ).rstrip(os.pathsep)
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), '--worker'],
@@ -504,7 +509,10 @@ def _worker_main() -> None:
 
         with autocast():
             workload = make_workload(spec)
-        reply({'pid': os.getpid(), **workload.info})
+        info = {'pid': os.getpid(), **workload.info}
+        if 'parlai_ext' in sys.modules:  # which code was measured (see ``source``)
+            info['parlai_ext'] = os.path.dirname(sys.modules['parlai_ext'].__file__)
+        reply(info)
         for line in sys.stdin:
             message = json.loads(line)
             if message['cmd'] == 'quit':

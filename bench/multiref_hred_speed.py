@@ -18,6 +18,9 @@ output; ours: bidirectional GRU utterance encoder, GRU context encoder with floo
 attention GRU decoder, tied output; VHRED-LGM adds prior/posterior networks and the BoW
 head), so the parameter counts are printed too. One intra-op thread unless ``--threads``.
 Writes ``runs/bench/multiref_hred_speed[-quick]-<time>.{json,md}`` (or ``--out STEM``).
+``--baseline-src DIR`` (a folder holding another ``parlai_ext``, e.g. ``git archive <commit>
+parlai_ext | tar -x -C DIR``) adds each of our agents as that code too ("<agent> @base"), in
+the same rounds: before/after a change, side by side.
 """
 
 from __future__ import annotations
@@ -166,6 +169,11 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--agents', default=','.join(AGENTS))
     parser.add_argument('--out', default=None, help='output stem (default runs/bench/...)')
+    parser.add_argument(
+        '--baseline-src',
+        default=None,
+        help='a folder with another parlai_ext (e.g. an older commit): adds "<agent> @base"',
+    )
     cli = parser.parse_args()
     rounds = cli.rounds or (4 if cli.quick else 10)
     steps = cli.steps or (3 if cli.quick else 10)
@@ -195,6 +203,10 @@ def main() -> None:
         }
         for name in names
     }  # fmt: skip
+    if cli.baseline_src:
+        for name in [n for n in names if n != 'parlai hred']:
+            specs[f'{name} @base'] = {**specs[name], 'source': cli.baseline_src}
+        names = list(specs)
     group = run_interleaved(specs, rounds, steps, (), cli.threads, folder)
     reference = 'parlai hred' if 'parlai hred' in names else names[0]
     rows, summary = [], {}
@@ -212,11 +224,20 @@ def main() -> None:
             'examples_per_s': examples_per_s,
             'label_tokens_per_s': tokens_per_s,
             'vs_reference': ratio,
+            'parlai_ext': group.info[name].get('parlai_ext'),
         }
+        base = f'{name} @base'
+        vs_base = ''
+        if base in names:
+            before = spread(
+                paired_ratios(group.cpu_rate(name, 'examples'), group.cpu_rate(base, 'examples'))
+            )
+            summary[name]['vs_base_cpu_time'] = before
+            vs_base = before.format('.2f', '×')
         rows.append(
             [f'`{name}`', f'{group.info[name]["params"] / 1e6:.2f} M',
              examples_per_s.format('.1f'), tokens_per_s.format(), ratio.format('.2f', '×'),
-             cpu.format('.2f', '×'),
+             cpu.format('.2f', '×'), vs_base,
              f'{group.final[name]["peak_rss_mb"]:.0f} MB']
         )  # fmt: skip
     machine = machine_info(cli.threads)
@@ -230,7 +251,7 @@ def main() -> None:
             load_line(load) + ' Numbers measured under load are not final.\n',
             markdown_table(
                 ['agent', 'parameters', 'examples/s', 'label tokens/s', f'vs {reference}',
-                 'CPU time vs it',
+                 'CPU time vs it', 'CPU time vs @base',
                  'peak memory'],
                 rows,
             ),
