@@ -15,7 +15,7 @@ from parlai.scripts.train_model import TrainModel
 from test_ppg_data import make_teacher, messages, write_both
 
 from parlai_ext.agents.ppg import generate_texts, pad_rows
-from parlai_ext.modules.ppg import drg_source, persona_text, ppg_source
+from parlai_ext.modules.ppg import PARTNER_PREFIX, drg_source, persona_text, ppg_source
 
 TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, dropout=0.0, batchsize=4)
 THREADS = {'OMP_NUM_THREADS': '1'}
@@ -86,7 +86,11 @@ def test_drg_receives_generated_not_gold_partner_personas_at_inference(trained):
     assert reply['generated_partner_persona'] == expected
     used = drg.dict.vec2txt(obs['text_vec'].tolist())
     assert "partner's persona" in obs['text'] and expected in obs['text']
-    assert gold not in obs['text'] and 'zebra' not in used
+    assert gold not in obs['text'] and 'collect zebra stamps' not in used
+    # the partner-persona line is exactly the PPG's output (whatever words it generated)
+    partner_line = drg.dict.vec2txt(drg.dict.txt2vec(obs['text'].split('\n')[-1]))
+    assert partner_line.endswith(drg.dict.vec2txt(drg.dict.txt2vec(expected)))
+    assert partner_line.startswith(drg.dict.vec2txt(drg.dict.txt2vec(PARTNER_PREFIX)))
     assert used == drg.dict.vec2txt(drg.dict.txt2vec(obs['text']))
 
 

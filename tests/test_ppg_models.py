@@ -213,9 +213,9 @@ def test_generator_warm_start_from_gpt2_reproduces_its_language_model(tmp_path):
     hf_dir = tiny_gpt2(tmp_path / 'gpt2')
     agent = make_agent(
         '-m', 'ppg_persona_generator', '--hf-model-dir', str(hf_dir),
-        '-mf', str(tmp_path / 'ppg'), '--dropout', '0',
+        '-mf', str(tmp_path / 'ppg'), '--dropout', '0', '--hf-architecture', 'encoder_decoder',
     )  # fmt: skip
-    # dimensions come from the checkpoint; vocabulary = GPT-2's + added start and padding
+    # the encoder-decoder warm start (§5.1); dimensions come from the checkpoint; vocabulary = GPT-2's + added start and padding
     assert agent.opt['embedding_size'] == 16 and agent.opt['n_positions'] == 64
     assert agent.opt['gelu_approximate'] == 'tanh'
     assert len(agent.dict) == 259 and agent.END_IDX == 256

@@ -241,13 +241,18 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
 
     @staticmethod
     def _teacher_forced_logits(model, source: torch.Tensor, sample: torch.Tensor):
-        """Logits of ``sample`` given ``source`` (teacher forcing), through the encoder-decoder
-        or, for a decoder-only generator, ParlAI's ``model(source, ys=sample)``."""
+        """Logits of ``sample`` given ``source`` (teacher forcing), through the same output
+        function the sampler drew from (:func:`sample_sequences`): ``seq2seq.logits`` with
+        START and NULL banned, in fp32, for the encoder-decoder; ParlAI's
+        ``model(source, ys=sample)`` (whose ``output`` the sampler calls) for a decoder-only
+        generator."""
         if not hasattr(model, 'seq2seq'):
             scores, *_ = model(source, ys=sample)
             return scores
         hidden, _ = model.seq2seq(source, decoder_input(sample, model.START_IDX))
-        return model.output(hidden)
+        logits = model.seq2seq.logits(hidden).float()
+        banned = torch.tensor([model.START_IDX, model.NULL_IDX], device=logits.device)
+        return logits.index_fill(-1, banned, float('-inf'))  # never produced (as sampled)
 
     def rl_loss(self, observations: Sequence[Message]) -> tuple[torch.Tensor, dict]:
         """Sample p̂ and r̂, reward them with the critic, return the REINFORCE loss (§3.3).
