@@ -66,13 +66,15 @@ def _one_thread():
 # ================================================================================ the math
 
 
-def tiny_generator(tmp_path, style: str, n_latent: int = 3) -> tuple[HfPlato2Generator, int]:
+def tiny_generator(
+    tmp_path, style: str, n_latent: int = 3, tau: float = 0.67
+) -> tuple[HfPlato2Generator, int]:
     """A tiny HF LM (one padding row added) under the PLATO-2 heads; returns it and the pad id."""
     lm = hf.load_causal_lm(tiny_checkpoint(tmp_path / style, style))
     pad = lm.get_input_embeddings().weight.shape[0]
     hf.resize_embeddings(lm, pad + 1)
     torch.manual_seed(1)
-    return HfPlato2Generator(lm, pad + 1, pad, n_latent=n_latent).eval(), pad
+    return HfPlato2Generator(lm, pad + 1, pad, n_latent=n_latent, tau=tau).eval(), pad
 
 
 def hand_pass(lm, embeds: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -172,6 +174,22 @@ def test_context_states_do_not_depend_on_the_response_and_decoding_equals_teache
         hidden, _ = g.decode(first[[1, 0], :1], swapped)
         assert torch.allclose(hidden[:, 0], h1[[1, 0], n], atol=1e-5)
     g.lm.use_cache = True
+
+
+@torch.no_grad()
+def test_training_draws_z_with_gumbel_softmax_at_the_given_temperature(tmp_path):
+    from parlai_ext.modules.sampling import gumbel_softmax
+
+    g, _ = tiny_generator(tmp_path, 'llama', tau=0.3)
+    context, response = torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.tensor([[1, 8, 9], [1, 4, 5]])
+    g.train()
+    torch.manual_seed(4)
+    out = g(context, response)
+    torch.manual_seed(4)
+    g.recognize(context, response)  # the same draws happen after the recognition pass
+    expected = gumbel_softmax(out.posterior_logits, 0.3)
+    assert torch.allclose(out.latent_weights, expected, atol=1e-6)
+    assert not torch.allclose(out.latent_weights.max(-1).values, torch.ones(2))  # soft sample
 
 
 @torch.no_grad()
@@ -295,7 +313,8 @@ def curriculum(tmp_path_factory):
     """Stage 1 over a tiny Llama with LoRA -> stage 2.1; the evaluator over a tiny BERT."""
     root = tmp_path_factory.mktemp('plato2_hf')
     write_pairs(root / 'pairs.txt')
-    bases = {s: tiny_checkpoint(root / f'base_{s}', s) for s in ('llama', 'gpt2', 'bert')}
+    bases = {s: tiny_checkpoint(root / f'base_{s}', s) for s in ('llama', 'gpt2')}
+    bases['bert'] = tiny_bert_with_mlm_head(root / 'base_bert')
     runs = {}
     runs['stage1'] = train(root, 'unified_transformer', 'stage1', hf_model_dir=bases['llama'],
                            lora_rank=4, lora_dropout=0.0)  # fmt: skip
@@ -468,6 +487,20 @@ def test_generation_through_parlai_search_with_the_hf_cache(curriculum):
     beams = reply(beam, text)['beam_texts']
     beam.model.transformer.lm.use_cache = False
     assert reply(beam, text)['beam_texts'] == beams and beams[0][1] < 0
+    beam.model.transformer.lm.use_cache = True
+    # ParlAI's reorders of the encoder state and of the decoding cache move whole rows
+    model, batch = stage1.model, batch_of(stage1, PAIRS[:2])
+    state = model.encoder(batch.text_vec)
+    start = torch.full((2, 1), stage1.START_IDX)
+    _, incr = model.decoder(start, state)
+    steps = torch.cat([start, torch.tensor([[5], [6]])], dim=1)
+    swap = torch.tensor([1, 0])
+    moved, _ = model.decoder(
+        steps[swap], model.reorder_encoder_states(state, swap),
+        model.reorder_decoder_incremental_state(incr, swap),
+    )  # fmt: skip
+    fresh, _ = model.decoder(steps[swap], model.encoder(batch.text_vec[swap]))
+    assert torch.allclose(moved[:, -1], fresh[:, -1], atol=1e-5)
     # plato2: one greedy candidate per latent value, each the hand greedy under its latent
     stage21 = create_agent_from_model_file(
         runs['stage21'][1],
@@ -511,7 +544,11 @@ def test_candidates_reranked_by_an_evaluator_with_another_tokenizer(curriculum):
     torch.manual_seed(3)
     candidates = reply(agent, 'hello how are you')[CANDIDATES_FIELD]
     texts = [c['text'] for c in candidates]
-    expected = agent.evaluator.coherence_scores_text(['hello how are you'] * len(texts), texts)
+    evaluator = agent.evaluator
+    expected = evaluator.coherence_scores(
+        [torch.tensor(evaluator.dict.txt2vec('hello how are you'))] * len(texts),
+        [torch.tensor(evaluator.dict.txt2vec(t) + [evaluator.END_IDX]) for t in texts],
+    )
     assert [c['evaluator'] for c in candidates] == pytest.approx(expected.tolist(), abs=1e-6)
     assert [c['evaluator'] for c in candidates] == sorted(expected.tolist(), reverse=True)
 
@@ -524,3 +561,45 @@ def test_unk_ban_never_bans_the_end_token(tmp_path):
     )  # fmt: skip
     assert d.unk_token == d.end_token  # GPT-2: <|endoftext|> is both
     assert d[d.end_token] not in generation_banned_ids(d)
+
+
+def test_truncation_fits_the_lm_position_limit(tmp_path, monkeypatch):
+    from parlai_ext.agents import unified_transformer
+    from parlai_ext.agents.unified_transformer import fit_truncation
+
+    base = tiny_checkpoint(tmp_path / 'llama', 'llama')  # max_position_embeddings 64
+    opt = Opt({'hf_model_dir': base, 'datapath': str(tmp_path / 'data'), 'n_positions': 512})
+    fitted = fit_truncation(opt)
+    assert (fitted['text_truncate'], fitted['label_truncate']) == (46, 16)  # 46 + 16 + 2 = 64
+    opt.update({'text_truncate': 48, 'label_truncate': 14})
+    assert fit_truncation(opt)['text_truncate'] == 48  # exactly at the limit
+    opt['text_truncate'] = 49
+    with pytest.raises(ValueError, match='position limit 64'):
+        fit_truncation(opt)
+    # a long-context LM (SmolLM2: 8192): defaults fill 512 positions, given limits may exceed it
+    monkeypatch.setattr(unified_transformer, 'hf_position_limit', lambda opt: 8192)
+    opt.update({'text_truncate': None, 'label_truncate': None})
+    fitted = fit_truncation(opt)
+    assert (fitted['text_truncate'], fitted['label_truncate']) == (382, 128)
+    opt.update({'text_truncate': 2000, 'label_truncate': 64})
+    assert fit_truncation(opt)['text_truncate'] == 2000
+
+
+def test_a_fresh_evaluator_takes_the_checkpoint_mlm_head_and_mask_token(curriculum, tmp_path):
+    _, bases, runs = curriculum
+    agent = create_agent(
+        ParlaiParser(True, True).parse_args(
+            ['-m', 'plato2_evaluator', '--hf-model-dir', bases['bert'], '-mf', str(tmp_path / 'e')]
+        )
+    )
+    from safetensors.torch import load_file
+
+    saved = load_file(os.path.join(bases['bert'], 'model.safetensors'))
+    evaluator = agent.model.transformer
+    assert torch.equal(evaluator.mlm_bias, saved['cls.predictions.bias'])
+    assert torch.equal(
+        evaluator.mlm_transform[0].weight, saved['cls.predictions.transform.dense.weight']
+    )
+    mask = agent.dict['[MASK]']
+    assert evaluator.mask_idx == mask and not hasattr(evaluator, 'mask_embedding')
+    assert agent._random_low() == mask + 1  # random MLM replacements never draw [MASK]

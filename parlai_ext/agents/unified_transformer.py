@@ -120,10 +120,12 @@ def fit_truncation(opt: Opt, label_share: int = 4) -> Opt:
         return default_truncation(opt, label_share)
     limit = hf_position_limit(opt)
     budget = min(limit, HF_POSITION_BUDGET) if limit else HF_POSITION_BUDGET
-    fitted = copy.deepcopy(opt)
-    fitted['n_positions'] = budget
-    fitted = default_truncation(fitted, label_share)
-    text, label = fitted['text_truncate'], fitted['label_truncate']
+    label = opt.get('label_truncate') or opt.get('truncate', -1)
+    if label is None or label < 0:
+        label = min(128, budget // label_share)
+    text = opt.get('text_truncate') or opt.get('truncate', -1)
+    if text is None or text < 0:
+        text = budget - label - 2
     if limit and text + label + 2 > limit:
         raise ValueError(
             f'--text-truncate {text} + --label-truncate {label} (+2 for the latent slot and the '

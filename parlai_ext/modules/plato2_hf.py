@@ -199,9 +199,7 @@ def pack_pair(
     cls = torch.full((batch, 1), cls_idx, dtype=context.dtype, device=device)
     sep = torch.full((batch, 1), sep_idx, dtype=context.dtype, device=device)
     ids = torch.cat([cls, context, sep, response], dim=1)
-    valid = ids != padding_idx
-    valid[:, 0] = True
-    valid[:, lc + 1] = True
+    valid = ids != padding_idx  # [CLS] and [SEP] are never the padding token
     types = torch.cat(
         [
             torch.zeros(batch, lc + 2, dtype=torch.long, device=device),
