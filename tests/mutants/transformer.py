@@ -1,0 +1,246 @@
+"""Mutants of the shared transformer block and the unified transformer (module and agent).
+
+Converted from the PLATO-2 engineer's hand-made list, issue #18. Run: .venv/bin/python tests/mutants/run.py --system transformer
+"""
+
+T = 'parlai_ext/modules/transformer.py'
+U = 'parlai_ext/modules/unified_transformer.py'
+UA = 'parlai_ext/agents/unified_transformer.py'
+
+TR, UT = 'tests/test_transformer.py', 'tests/test_unified_transformer.py'
+ED, MATH = 'tests/test_encoder_decoder.py', 'tests/test_plato2_math.py'
+PL, OP = 'tests/test_plato2.py', 'tests/test_optim.py'
+# the slow training tests are left out
+FAST = [
+    '-k',
+    'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
+]
+TESTS = {
+    T: [TR, UT, ED, MATH, *FAST],
+    U: [UT, MATH, PL, *FAST],
+    UA: [UT, MATH, OP, PL, *FAST],
+}
+
+MUTANTS = [
+    # T: shared block
+    (
+        T,
+        'keys, values = self.key_value(source).chunk(2, dim=-1)',
+        'values, keys = self.key_value(source).chunk(2, dim=-1)',
+    ),
+    # occurrence 0: the plain cache (the preallocated KVCache path of #23 repeats the lines)
+    (
+        T,
+        'keys = torch.cat([cache[0], keys], dim=2)',
+        'keys = torch.cat([keys, cache[0]], dim=2)',
+        0,
+    ),
+    (
+        T,
+        'values = torch.cat([cache[1], values], dim=2)',
+        'values = torch.cat([values, cache[1]], dim=2)',
+        0,
+    ),
+    (T, 'dropout_p=self.dropout if self.training else 0.0', 'dropout_p=self.dropout'),
+    (T, '            attn_mask=mask,\n', '            attn_mask=None,\n'),
+    (
+        T,
+        'attended = attended.transpose(1, 2).reshape(batch, time, -1)',
+        'attended = attended.reshape(batch, time, -1)',
+    ),
+    (
+        T,
+        'return self.fc_out(self.dropout(self.activation(self.fc_in(x))))',
+        'return self.fc_out(self.activation(self.fc_in(x)))',
+    ),
+    (T, "{'gelu': F.gelu, 'relu': F.relu}", "{'gelu': F.relu, 'relu': F.relu}"),
+    (
+        T,
+        'attended, new_cache = self.attention(self.norm_attention(x), mask, cache)',
+        'attended, new_cache = self.attention(x, mask, cache)',
+    ),
+    (
+        T,
+        'x = x + self.dropout(self.ffn(self.norm_ffn(x)))',
+        'x = self.norm_ffn(x + self.dropout(self.ffn(x)))',
+    ),
+    (
+        T,
+        'x = x + self.dropout(self.ffn(self.norm_ffn(x)))',
+        'x = x + self.dropout(self.ffn(self.norm_attention(x)))',
+    ),
+    (T, 'x = x + self.dropout(attended)', 'x = self.dropout(x + attended)'),
+    (
+        T,
+        'crossed, _ = self.cross_attention(self.norm_cross(x), memory_mask, memory=memory)',
+        'crossed, _ = self.cross_attention(self.norm_cross(x), None, memory=memory)',
+    ),
+    (
+        T,
+        'crossed, _ = self.cross_attention(self.norm_cross(x), memory_mask, memory=memory)',
+        'crossed, _ = self.cross_attention(x, memory_mask, memory=memory)',
+    ),
+    (
+        T,
+        'self.ffn = FeedForward(dim, ffn_dim, activation, ffn_dropout)',
+        'self.ffn = FeedForward(dim, ffn_dim, activation, dropout)',
+    ),
+    (T, 'return self.final_norm(x), new_caches', 'return x, new_caches'),
+    (T, 'None if caches is None else caches[index]', 'None if caches is None else caches[0]'),
+    (T, 'x = self.tokens(tokens) + self.positions(positions)', 'x = self.tokens(tokens)'),
+    (
+        T,
+        '            x = x + self.types(types)\n        return self.dropout(x)',
+        '            x = x - self.types(types)\n        return self.dropout(x)',
+    ),
+    (
+        T,
+        # re-matched: the check reads max_position when the caller knows it (#23)
+        'if largest >= self.n_positions:',
+        'if largest > self.n_positions:',
+    ),
+    (T, 'nn.init.zeros_(sub.bias)', 'pass'),
+    (
+        T,
+        'is_context_key = torch.arange(total, device=device) < context_len',
+        'is_context_key = torch.arange(total, device=device) <= context_len',
+    ),
+    (
+        T,
+        '(query_index >= context_len) & (key_index <= query_index)',
+        '(query_index >= context_len) & (key_index < query_index)',
+    ),
+    (T, '(query_index >= context_len) & (key_index <= query_index)', '(key_index <= query_index)'),
+    (
+        T,
+        '    mask = structure[None, :, :] & key_valid[:, None, :]',
+        '    mask = structure[None, :, :].expand(batch, -1, -1)',
+    ),
+    (T, '    offset = key_len - query_len', '    offset = 0'),
+    (T, 'return valid[:, None, None, :] | eye', 'return valid[:, None, None, :] | True'),
+    (
+        T,
+        # re-matched: the encoder names the length (#23)
+        'positions = torch.arange(length, device=ids.device).expand_as(ids)',
+        'positions = torch.zeros_like(ids)',
+    ),
+    (
+        T,
+        # re-matched: the embeddings moved to their own line (#23)
+        'hidden, _ = self.stack(x, bidirectional_mask(valid))',
+        'hidden, _ = self.stack(x, None)',
+    ),
+    (
+        T,
+        'ffn_dropout=ffn_dropout,\n        )\n        init_weights(self.stack)',
+        'ffn_dropout=dropout,\n        )\n        init_weights(self.stack)',
+    ),
+    # U: unified transformer
+    (
+        U,
+        'context_len[:, None] + torch.arange(lr, device=device)[None, :]',
+        'lc + torch.arange(lr, device=device)[None, :]',
+    ),
+    (
+        U,
+        '[torch.full_like(context, CONTEXT_TYPE), torch.full_like(response, RESPONSE_TYPE)]',
+        '[torch.full_like(context, CONTEXT_TYPE), torch.full_like(response, CONTEXT_TYPE)]',
+    ),
+    (
+        U,
+        'prefix_valid = torch.ones(batch, n_prefix, dtype=torch.bool, device=device)',
+        'prefix_valid = torch.zeros(batch, n_prefix, dtype=torch.bool, device=device)',
+    ),
+    (
+        U,
+        '        if bidirectional:\n            mask = bidirectional_mask',
+        '        if not bidirectional:\n            mask = bidirectional_mask',
+    ),
+    (U, 'split = n_prefix + lc', 'split = lc'),
+    (
+        U,
+        'return hidden[:, state.valid.shape[1] :], state',
+        'return hidden[:, context.shape[1] :], state',
+    ),
+    (
+        U,
+        'x = torch.cat([self.embeddings.dropout(prefix), x], dim=1)',
+        'x = torch.cat([prefix, x], dim=1)',
+    ),
+    (
+        U,
+        'token_part = torch.where(replaced[..., None], replacement, emb.tokens(tokens))',
+        'token_part = torch.where(replaced[..., None], emb.tokens(tokens), replacement)',
+    ),
+    (U, '            x = token_part + emb.positions(positions)', '            x = token_part'),
+    (
+        U,
+        'positions = context.length[:, None] + start + torch.arange(new, device=device)[None, :]',
+        'positions = context.length[:, None] + torch.arange(new, device=device)[None, :]',
+    ),
+    (
+        U,
+        'context_part = context.valid[:, None, :].expand(batch, new, lc)',
+        'context_part = torch.ones(batch, new, lc, dtype=torch.bool, device=device)',
+    ),
+    (
+        U,
+        'x = self.embeddings(tokens, positions, torch.full_like(tokens, RESPONSE_TYPE))',
+        'x = self.embeddings(tokens, positions, torch.full_like(tokens, CONTEXT_TYPE))',
+    ),
+    (
+        U,
+        'return F.linear(hidden, self.embeddings.tokens.weight)',
+        'return F.linear(hidden, self.embeddings.tokens.weight) * 2',
+    ),
+    (
+        U,
+        '        _, caches = self.stack(x, bidirectional_mask(valid_all))',
+        '        _, caches = self.stack(x, bidirectional_mask(torch.ones_like(valid_all)))',
+    ),
+    # UA: agents
+    (
+        UA,
+        '            score[..., self.generation_banned] = neginf(score.dtype)',
+        '            pass',
+    ),
+    (UA, '        logits[:, :, self.START_IDX] = neginf(logits.dtype)', '        pass'),
+    (UA, 'label = min(128, n_positions // label_share)', 'label = min(128, n_positions // 2)'),
+    (UA, 'text = n_positions - label - 2', 'text = n_positions - label'),
+    (UA, "ffn_dropout=opt.get('relu_dropout') or 0.0,", "ffn_dropout=opt['dropout'],"),
+    (UA, 'tokens = tokens[:, -1:]  # ParlAI passes', 'tokens = tokens  # ParlAI passes'),
+    (
+        UA,
+        # re-matched: the class gained hf_glue.HfCheckpointMixin and wraps its bases
+        'class UnifiedTransformerAgent(\n    hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchGeneratorAgent\n):',
+        'class UnifiedTransformerAgent(\n    hf_glue.HfCheckpointMixin, TorchGeneratorAgent\n):',
+    ),
+    # T: shared pre-norm block: attention, KV cache, masks, FFN, embeddings
+    (T, 'return self.out(attended), new_cache', 'return attended, new_cache'),
+    (
+        T,
+        # re-matched: helpers now follow Embeddings.forward (its last line is unique)
+        '            x = x + self.types(types)\n        return self.dropout(x)\n',
+        '            x = x + self.types(types)\n        return x\n',
+    ),
+    (T, 'valid = ids != self.embeddings.tokens.padding_idx', 'valid = ids >= 0'),
+    # U: unified transformer: types, positions, prefix, caches, tied output
+    (
+        U,
+        'context_len = context_valid.sum(dim=1)',
+        'context_len = torch.full_like(context_valid.sum(dim=1), lc)',
+    ),
+    (U, 'start = past_len - lc  # response', 'start = past_len  # response'),
+    (
+        U,
+        'return ContextState(caches, valid_all, valid.sum(dim=1))',
+        'return ContextState(caches, valid_all, valid_all.sum(dim=1))',
+    ),
+    # UA: unified transformer agent: bans, truncation, FFN dropout, decay exemption
+    (
+        UA,
+        'banned += [dictionary.tok2ind[t] for t in MASK_TOKENS if t in dictionary.tok2ind]',
+        'banned += []',
+    ),
+    (UA, '        logits[:, :, self.NULL_IDX] = neginf(logits.dtype)', '        pass'),
+]
