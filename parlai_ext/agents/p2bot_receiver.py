@@ -20,20 +20,23 @@ from parlai.core.torch_agent import Batch, Output, TorchAgent
 from parlai.utils.distributed import is_distributed
 from parlai.utils.torch import padded_tensor
 
+from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
-from parlai_ext.agents.p2bot import P2BotDictionaryAgent, _local_hf, add_hf_args
+from parlai_ext.agents.p2bot import P2BotDictionaryAgent
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.losses.p2bot import receiver_loss
+from parlai_ext.modules import hf
 from parlai_ext.modules.p2bot import (
     HFSentenceEncoder,
     Receiver,
+    ReceiverOutput,
     SentenceEncoder,
     linear_tau,
 )
 
 
-class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):
+class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchAgent):
     """P2Bot's receiver (§4): ranks candidate personas for one speaker's utterances.
 
     Observations (``-t p2bot_selfplay:receiver``): ``utterances`` (list; else the lines of
@@ -47,7 +50,7 @@ class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'P2Bot receiver encoders (from scratch)')
         group = parser.add_argument_group('P2Bot receiver')
-        add_hf_args(group, 'encoder (AutoModel, e.g. MiniLM/BERT)')
+        hf_glue.add_hf_args(group, 'encoder (AutoModel, e.g. MiniLM/BERT)')
         group.add_argument('--margin', type=float, default=0.4, help='m of Eq. 12')
         group.add_argument('--l1-beta', type=float, default=1e-4, help='β of Eq. 12')
         group.add_argument('--tau-start', type=float, default=10.0, help='τ of Eq. 13 at start')
@@ -105,15 +108,10 @@ class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):
         pad = d[d.null_token]
 
         def encoder():
-            if opt.get('hf_model_dir'):
-                from transformers import AutoConfig, AutoModel
-
-                if getattr(self, '_fresh', True):
-                    model = AutoModel.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
-                else:  # the checkpoint overwrites every weight: build the architecture only
-                    config = AutoConfig.from_pretrained(opt['hf_model_dir'], **_local_hf(opt))
-                    model = AutoModel.from_config(config)
-                model.resize_token_embeddings(len(d), mean_resizing=False)
+            if hf_glue.hf_model_name(opt):
+                # pretrained weights for a new model, the architecture only under a full
+                # model file, base + LoRA adapters with --lora-rank
+                model = hf_glue.build_encoder(opt, d, fresh=getattr(self, '_fresh', True))
                 return HFSentenceEncoder(model, pad)
             return SentenceEncoder(
                 len(d),
@@ -123,6 +121,7 @@ class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):
                 ffn_dim=opt['ffn_size'],
                 n_positions=opt['n_positions'],
                 dropout=opt['dropout'],
+                ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
                 padding_idx=pad,
             )
 
@@ -206,13 +205,21 @@ class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):
             n_candidates=torch.LongTensor([len(o['p2_candidate_vecs']) for o in exs]),
         )
 
+    def _autocast(self):
+        """``--bf16`` autocast over HF encoders (the from-scratch encoders stay fp32)."""
+        enabled = bool(hf_glue.hf_model_name(self.opt))
+        device = self._device()
+        return hf.autocast(enabled and hf_glue.bf16_enabled(self.opt, device), device)
+
     def _forward(self, batch):
-        out = self.model(
-            batch.utterance_tokens,
-            batch.utterance_index,
-            batch.persona_tokens,
-            batch.persona_index,
-        )
+        with self._autocast():
+            out = self.model(
+                batch.utterance_tokens,
+                batch.utterance_index,
+                batch.persona_tokens,
+                batch.persona_index,
+            )
+        out = ReceiverOutput(out.scores.float(), out.relevance.float(), out.mask)  # fp32 loss
         # padded candidate slots (examples with fewer candidates) can never win
         slots = torch.arange(out.scores.shape[1], device=out.scores.device)
         missing = slots[None, :] >= batch.n_candidates.to(out.scores.device)[:, None]
@@ -300,11 +307,12 @@ class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):
                 utt_tokens = padded_tensor(
                     [self.encode_sentence(u) for u in utts], pad_idx=self.NULL_IDX
                 )[0]
-                scores = self._module.perception_scores(
-                    utt_tokens.to(device),
-                    padded_tensor(rows, pad_idx=self.NULL_IDX)[0].to(device),
-                    torch.LongTensor(index).to(device),
-                )
+                with self._autocast():
+                    scores = self._module.perception_scores(
+                        utt_tokens.to(device),
+                        padded_tensor(rows, pad_idx=self.NULL_IDX)[0].to(device),
+                        torch.LongTensor(index).to(device),
+                    )
                 results.append(scores.float().cpu())
         finally:
             self.model.train(was_training)

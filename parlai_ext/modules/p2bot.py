@@ -355,10 +355,11 @@ class SentenceEncoder(TransformerEncoder):
         n_positions: int = 128,
         dropout: float = 0.1,
         padding_idx: int = 0,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             vocab_size, dim, n_layers, n_heads, ffn_dim, n_positions, n_types=0,
-            dropout=dropout, padding_idx=padding_idx,
+            dropout=dropout, padding_idx=padding_idx, ffn_dropout=ffn_dropout,
         )  # fmt: skip
         self.padding_idx = padding_idx
         self.dim = dim

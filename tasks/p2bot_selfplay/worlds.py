@@ -139,7 +139,9 @@ class SelfPlayWorld(World):
             self.receiver = load_receiver(opt['selfplay_receiver_model'])
         self.lm = None
         if self.lambdas[0] != 0 and opt.get('rs1_lm', 'user') != 'user':
-            self.lm = HFLanguageModelScorer(opt['rs1_lm'], opt.get('rs1_lm_gguf_file'))
+            self.lm = HFLanguageModelScorer(
+                opt['rs1_lm'], opt.get('rs1_lm_gguf_file'), opt.get('datapath')
+            )
         elif self.lambdas[0] != 0:
             logging.warning(
                 '--rs1-lm user: RS.1 (Eq. 6) scores the replies with the frozen supervised '
