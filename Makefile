@@ -16,7 +16,7 @@ install: $(STAMP)
 # Order matters: torch first (the local CPU build; nothing may resolve another torch), then
 # ParlAI without its outdated pins (--no-deps), then our package, which declares ParlAI's
 # real run-time needs. See README "Install".
-$(STAMP): setup.py pyproject.toml
+$(STAMP): setup.py pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
