@@ -19,6 +19,11 @@ Usage::
     python bench/bench_generators.py --quick       # a check, under five minutes
     python bench/bench_generators.py               # the full grid, for the docs
 
+``--models a,b`` picks the compared models (a prefix of each name; ParlAI's is always in);
+``--baseline-src DIR`` (a folder holding another ``parlai_ext``, e.g. ``git archive <commit>
+parlai_ext | tar -x -C DIR``) adds each of our models as that code too ("<name> @base"), in the
+same rounds: before/after a change, side by side.
+
 Writes ``runs/bench/bench_generators[-quick]-<time>.{json,md}`` (or ``--out STEM``) and prints
 the markdown. Numbers taken while other jobs run are not final: the tables say the load.
 """
@@ -54,6 +59,23 @@ MODELS = {
     'encoder_decoder (2+2 layers)': configs.ENCODER_DECODER,
 }
 QUICK_MODELS = [REFERENCE, 'unified_transformer (2 layers)']
+BASE = ' @base'
+
+
+def model_args(name: str) -> list[str]:
+    return MODELS[name.removesuffix(BASE)]
+
+
+def pick_models(prefixes: str) -> list[str]:
+    """``--models``: the models whose names start with one of the comma-separated prefixes
+    (ParlAI's reference first, always)."""
+    names = [REFERENCE]
+    for prefix in prefixes.split(','):
+        matches = [name for name in MODELS if name.startswith(prefix.strip())]
+        if not matches:
+            raise SystemExit(f'--models: no model starts with {prefix!r}; models: {list(MODELS)}')
+        names += [name for name in matches if name not in names]
+    return names
 
 
 def memory(group, name: str) -> str:
@@ -78,6 +100,11 @@ def training_table(group, precision: str) -> tuple[str, dict]:
             'vs_reference_cpu_time': cpu_ratio,
             'mfu': mfu,
         }
+        vs_base = ''
+        if name + BASE in group.names:
+            before = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(name + BASE)))
+            summary[name]['vs_base_cpu_time'] = before
+            vs_base = before.format('.2f', '×')
         rows.append(
             [
                 name,
@@ -86,11 +113,40 @@ def training_table(group, precision: str) -> tuple[str, dict]:
                 ratio.format('.2f', '×'),
                 cpu_ratio.format('.2f', '×'),
                 f'{mfu.median:.1%} ({mfu.q1:.1%}-{mfu.q3:.1%})',
+                vs_base,
                 memory(group, name),
             ]
         )
     headers = ['model', 'params', 'tokens/s', 'vs ParlAI (per round)', 'vs ParlAI, CPU time',
-               'MFU', 'peak memory']  # fmt: skip
+               'MFU', 'CPU time vs @base', 'peak memory']  # fmt: skip
+    return markdown_table(headers, rows), summary
+
+
+def generation_table(group, names: list[str], decodings) -> tuple[str, dict]:
+    """Markdown and JSON summary of the generation group (per decoding, vs ParlAI's and, for
+    an ``@base`` twin, vs it)."""
+    rows, summary = [], {}
+    for name in names:
+        cells = [name]
+        for decoding in decodings:
+            key = f'{name} | {decoding}'
+            seconds = spread(group.per_unit(key))
+            ref = f'{REFERENCE} | {decoding}'
+            ratio = spread(paired_ratios(group.per_unit(key), group.per_unit(ref)))
+            cpu = spread(paired_ratios(group.cpu_per_unit(key), group.cpu_per_unit(ref)))
+            summary[key] = {'seconds': seconds, 'vs_reference': ratio, 'vs_reference_cpu_time': cpu}
+            base = f'{name}{BASE} | {decoding}'
+            vs_base = ''
+            if base in group.names:
+                before = spread(paired_ratios(group.cpu_per_unit(key), group.cpu_per_unit(base)))
+                summary[key]['vs_base_cpu_time'] = before
+                vs_base = before.format('.2f', '×')
+            cells += [seconds.format('.3f'), ratio.format('.2f', '×'), cpu.format('.2f', '×'),
+                      vs_base]  # fmt: skip
+        rows.append(cells)
+    headers = ['model']
+    for decoding in decodings:
+        headers += [f'{decoding} s', 'vs ParlAI', 'CPU time vs ParlAI', 'CPU time vs @base']
     return markdown_table(headers, rows), summary
 
 
@@ -104,6 +160,13 @@ def main() -> None:
     parser.add_argument('--gen-length', type=int, default=20)
     parser.add_argument('--precisions', default='fp32,bf16')
     parser.add_argument('--out', default=None, help='output stem (default runs/bench/...)')
+    parser.add_argument('--models', default=None, help='name prefixes, e.g. encoder_decoder')
+    parser.add_argument(
+        '--baseline-src',
+        default=None,
+        help='a folder with another parlai_ext (e.g. an older commit): adds "<model> @base"',
+    )
+    parser.add_argument('--no-generation', action='store_true', help='training tables only')
     args = parser.parse_args()
     rounds = args.rounds or (4 if args.quick else 8)
     steps = args.steps or (2 if args.quick else 5)
@@ -122,14 +185,21 @@ def main() -> None:
     ]
     groups, results = [], {}
 
-    names = QUICK_MODELS if args.quick else list(MODELS)
+    if args.models:
+        names = pick_models(args.models)
+    else:
+        names = QUICK_MODELS if args.quick else list(MODELS)
+    if args.baseline_src:
+        names += [name + BASE for name in names if name != REFERENCE]
+    sources = {name: args.baseline_src for name in names if name.endswith(BASE)}
     for precision in precisions:
         specs = {
             name: {
                 'kind': 'train',
-                'agent_args': MODELS[name] + configs.train_args(dict_file),
+                'agent_args': model_args(name) + configs.train_args(dict_file),
                 'task_args': task,
                 'precision': precision,
+                **({'source': sources[name]} if name in sources else {}),
             }
             for name in names
         }
@@ -147,7 +217,7 @@ def main() -> None:
             table,
         ]
 
-    gen_names = QUICK_MODELS if args.quick else list(MODELS)
+    gen_names = [] if args.no_generation else names
     decodings = {
         'greedy': ['--inference', 'greedy'],
         'beam 20': ['--inference', 'beam', '--beam-size', '20'],
@@ -155,44 +225,28 @@ def main() -> None:
     specs = {
         f'{name} | {decoding}': {
             'kind': 'generate',
-            'agent_args': MODELS[name] + configs.generate_args(dict_file, 1, args.gen_length)
-            + flags,
+            'agent_args': model_args(name)
+            + configs.generate_args(dict_file, 1, args.gen_length) + flags,
             'task_args': task,
             'kw': {'warmup': 2},
+            **({'source': sources[name]} if name in sources else {}),
         }
         for name in gen_names
         for decoding, flags in decodings.items()
     }  # fmt: skip
-    print('generation:')
-    group = run_interleaved(specs, rounds, 3, (), args.threads, workdir)
-    groups.append(group)
-    rows, gen_summary = [], {}
-    for name in gen_names:
-        cells = [name]
-        for decoding in decodings:
-            key = f'{name} | {decoding}'
-            seconds = spread(group.per_unit(key))
-            ref = f'{REFERENCE} | {decoding}'
-            ratio = spread(paired_ratios(group.per_unit(key), group.per_unit(ref)))
-            cpu = spread(paired_ratios(group.cpu_per_unit(key), group.cpu_per_unit(ref)))
-            gen_summary[key] = {
-                'seconds': seconds,
-                'vs_reference': ratio,
-                'vs_reference_cpu_time': cpu,
-            }
-            cells += [seconds.format('.3f'), ratio.format('.2f', '×'), cpu.format('.2f', '×')]
-        rows.append(cells)
-    results['generate'] = {'group': group.to_json(), 'summary': gen_summary}
-    out += [
-        f'\n### Generation latency per response ({where}; batch 1, exactly {args.gen_length} '
-        'tokens, untrained weights)\n',
-        markdown_table(
-            ['model', 'greedy s', 'vs ParlAI', 'CPU time vs ParlAI', 'beam 20 s', 'vs ParlAI',
-             'CPU time vs ParlAI'], rows
-        ),
-    ]  # fmt: skip
+    if specs:
+        print('generation:')
+        group = run_interleaved(specs, rounds, 3, (), args.threads, workdir)
+        groups.append(group)
+        table, gen_summary = generation_table(group, gen_names, decodings)
+        results['generate'] = {'group': group.to_json(), 'summary': gen_summary}
+        out += [
+            f'\n### Generation latency per response ({where}; batch 1, exactly '
+            f'{args.gen_length} tokens, untrained weights)\n',
+            table,
+        ]
 
-    if not args.quick:
+    if not args.quick and not args.models:
         grid = {'ctx 64': (32, 64), 'ctx 128 / batch 32': (32, 128), 'ctx 256': (32, 256),
                 'batch 16': (16, 128), 'batch 64': (64, 128)}  # fmt: skip
         rows = []

@@ -23,6 +23,7 @@ from parlai_ext.modules.encoder_decoder import EncoderDecoder
 from parlai_ext.modules.transformer import (
     Embeddings,
     KVCache,
+    TransformerEncoder,
     TransformerStack,
     banned_bias,
     banned_linear,
@@ -178,6 +179,10 @@ def test_embeddings_position_check_from_shapes():
         seq2seq.decode(torch.tensor([[6]]), state, caches)
     with pytest.raises(ValueError, match='position 4 >= --n-positions 4'):
         seq2seq.encode(torch.tensor([[3, 4, 5, 6, 7]]))
+    encoder = TransformerEncoder(10, dim=8, n_layers=1, n_heads=2, ffn_dim=8, n_positions=4)
+    assert encoder(torch.tensor([[3, 4, 5, 6]])).shape == (1, 4, 8)
+    with pytest.raises(ValueError, match='position 4 >= --n-positions 4'):
+        encoder(torch.tensor([[3, 4, 5, 6, 7]]))
 
 
 def _stack():
@@ -264,15 +269,20 @@ def ed_agent(tmp_path):
     return _agent(tmp_path, 'encoder_decoder', *ED)
 
 
-def test_encoder_decoder_loss_metrics_and_gradients_equal_parlai(ed_agent):
-    agent = ed_agent
+def test_encoder_decoder_loss_metrics_and_gradients_equal_parlai(tmp_path):
+    agent = _agent(tmp_path, 'encoder_decoder', *ED, '-lr', '0.01', fit_steps=8)
     agent.model.train()
     batch = _batch(agent)
+    per_token = []  # what a subclass's record_per_token_metrics gets: (batch, time) losses
+    agent.record_per_token_metrics = lambda b, losses: per_token.append(losses.detach())
     new = _loss_metrics_grads(agent, agent.compute_loss, batch)
     old = _loss_metrics_grads(agent, lambda b: TorchGeneratorAgent.compute_loss(agent, b), batch)
     _assert_same(new, old)
+    assert per_token[0].shape == batch.label_vec.shape
+    assert torch.allclose(per_token[0], per_token[1], atol=1e-6)
     assert set(new[1]) == {'loss', 'ppl', 'token_acc', 'token_em'}
-    assert 0 < sum(new[1]['token_acc']) < 3  # neither all right nor all wrong
+    # some examples entirely right (token_em counts no padding), some tokens wrong
+    assert sum(new[1]['token_em']) >= 1 and sum(new[1]['token_acc']) < 3
     # padding to skip: the model ran its output layer at the real tokens only
     scores, preds, _ = agent.model(*agent._model_input(batch), ys=batch.label_vec, real_tokens=True)
     n_tokens = int(batch.label_vec.ne(agent.NULL_IDX).sum())
@@ -344,6 +354,8 @@ def test_generation_unchanged_by_skipped_reorders_and_preallocated_caches(
     monkeypatch.setattr(EncoderDecoderGeneratorModel, 'reorder_decoder_incremental_state', counting)
     fast = _generate(agent, batch, inference, beam_size, **opts)
     assert reorders and all(reorders) == (inference != 'beam')
+    reserve = model.seq2seq.decoder.layers[0].attention.cache_reserve
+    assert reserve == (0 if inference == 'beam' else agent.opt['label_truncate'] + 1)
     # reference: every reorder done, caches grown by torch.cat
     monkeypatch.setattr(type(agent), '_treesearch_factory', TorchGeneratorAgent._treesearch_factory)
     model.identity_reorder = False
