@@ -42,6 +42,7 @@ from parlai.utils.io import PathManager
 from parlai_ext.io import atomic_write
 
 SPM_MODEL_SUFFIX = '.spm.model'
+KNOVER_MASK_TOKEN = '[MASK]'
 DEFAULT_NEWLINE_TOKEN = '__newln__'
 NORMALIZATION_RULES = ('nmt_nfkc', 'nfkc', 'nmt_nfkc_cf', 'nfkc_cf', 'identity')
 _NEWLINE = '\n'  # how vec2txt writes the newline id (a str: the tables must pickle)
@@ -156,6 +157,13 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
             '--spm-seed', type=int, default=0, help='seed of the --spm-input-sentence-size sample'
         )
         group.add_argument(
+            '--spm-knover-ids',
+            type='bool',
+            default=False,
+            help="Knover's ids for a loaded model without a pad piece (PLATO-2's spm.model): "
+            '[MASK] = the first id after the pieces (8000), then __null__ (8001)',
+        )
+        group.add_argument(
             '--spm-num-threads',
             type=int,
             default=1,
@@ -231,6 +239,8 @@ class SentencePieceDictionaryAgent(DictionaryAgent):
                 tok2ind[token] = index
         self.tok2ind, self.ind2tok = tok2ind, ind2tok
         self._spm = state
+        if self.opt.get('spm_knover_ids') and KNOVER_MASK_TOKEN not in self.tok2ind:
+            self.add_token(KNOVER_MASK_TOKEN)  # Knover's [MASK] = n_pieces, before padding
         for token in missing:  # e.g. a released model without a pad piece: appended
             self.add_token(token)
         newline = self.opt.get('spm_newline_token', DEFAULT_NEWLINE_TOKEN)

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from parlai_ext import knover
-from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'knover_tiny')
 ATOL = 1e-4
@@ -125,52 +124,63 @@ def test_malformed_files_name_the_file_and_the_problem(tmp_path):
         knover.load_knover_params(str(tmp_path / 'bf16.bin'))
 
 
-# --- conversion -----------------------------------------------------------------------------------
-def _models(manifest):
-    config = manifest['config']
-    vocab = config['vocab_size'] + 1  # our padding id is appended after [MASK]
-    args = dict(
-        dim=config['hidden_size'],
-        n_layers=config['num_hidden_layers'],
-        n_heads=config['num_attention_heads'],
-        ffn_dim=4 * config['hidden_size'],
-        n_positions=config['max_position_embeddings'],
-        n_types=config['type_vocab_size'],
-        dropout=config['hidden_dropout_prob'],
-        attention_dropout=config['attention_probs_dropout_prob'],
-        padding_idx=vocab - 1,
-    )
-    generator = Plato2Generator(vocab, n_latent=config['latent_type_size'], **args)
-    evaluator = Plato2Evaluator(vocab, **args)
-    return generator, evaluator
+# --- conversion (parlai convert_knover) ----------------------------------------------------------
+def _tiny_spm(path) -> str:
+    """A SentencePiece model with the fixture's id layout: <unk> 0, <s> 1, </s> 2, 26 pieces
+    (their texts differ from the fixture's; the parity tests feed ids)."""
+    import io
 
+    import sentencepiece as spm
 
-def _load(module, converted):
-    """Load converted parameters (prefix stripped), apart from the pending LM-head keys."""
-    state = {k.removeprefix('transformer.'): torch.from_numpy(v) for k, v in converted.items()}
-    head = {k: state.pop(k) for k in knover.PENDING_SWITCH_KEYS}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    module.eval()
-    return head, missing, unexpected
+    words = [f'w{i}' for i in range(26)]
+    lines = [' '.join(words[i:] + words[:i]) for i in range(len(words))]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, model_type='word', vocab_size=29,
+        pad_id=-1, bos_id=1, eos_id=2, unk_id=0, minloglevel=2,
+    )  # fmt: skip
+    path.write_bytes(buf.getvalue())
+    return str(path)
 
 
 @pytest.fixture(scope='module')
-def converted(ref):
-    manifest = ref[0]
-    generator, evaluator = _models(manifest)
+def converted_files(tmp_path_factory):
+    """``parlai convert_knover`` on the fixture (the parameter folders written by Paddle)."""
+    from parlai_ext.scripts.convert_knover import ConvertKnover
+
+    tmp = tmp_path_factory.mktemp('knover')
+    spm_model = _tiny_spm(tmp / 'spm.model')
+    paths = ConvertKnover.main(
+        '--plato', os.path.join(FIXTURE, 'plato_params'),
+        '--nsp', os.path.join(FIXTURE, 'nsp_params'),
+        '--spm-model', spm_model, '--knover-config', os.path.join(FIXTURE, 'config.json'),
+        '--out', str(tmp / 'out'), '--text-truncate', '12', '--label-truncate', '8',
+    )  # fmt: skip
+    return paths
+
+
+@pytest.fixture(scope='module')
+def converted(converted_files):
+    from parlai.core.agents import create_agent_from_model_file
+
+    agent = create_agent_from_model_file(converted_files['plato2'], {'datatype': 'valid'})
+    generator = agent.model.transformer.eval()
+    evaluator = agent.evaluator.model.transformer.eval()
     plato = knover.load_knover_params(os.path.join(FIXTURE, 'plato_params'))
-    nsp = knover.load_knover_params(os.path.join(FIXTURE, 'nsp_params'))
-    gen_state, gen_config = knover.convert_plato(plato)
-    nsp_state, _ = knover.convert_nsp(nsp)
-    gen_head, gen_missing, gen_unexpected = _load(generator, gen_state)
-    nsp_head, nsp_missing, nsp_unexpected = _load(evaluator, nsp_state)
-    assert (gen_missing, gen_unexpected) == ([], [])  # every key of ours is filled, no extra
-    assert (nsp_missing, nsp_unexpected) == (['cls_embedding'], [])  # [CLS] is a token there
-    return generator, evaluator, gen_head, nsp_head, gen_config, plato
+    _, gen_config = knover.convert_plato(plato)
+    return generator, evaluator, agent, gen_config, plato
 
 
 def test_conversion_layout(converted, ref):
-    generator, evaluator, gen_head, _, config, plato = converted
+    generator, evaluator, agent, config, plato = converted
+    # the switches a converted model carries, and Knover's ids
+    opt = agent.opt
+    assert (opt['lm_head'], opt['mask_slot'], opt['knover_layout']) == ('knover', 'token', True)
+    assert (opt['topk'], opt['max_dec_len'], opt['ranking_score']) == (10, 64, 'evaluator')
+    assert agent.evaluator.opt['evaluator_cls'] == 'token'
+    assert (agent.dict['[MASK]'], agent.NULL_IDX, agent.START_IDX, agent.END_IDX) == (29, 30, 1, 2)
+    assert generator.mask_id == evaluator.mask_id == 29
+    assert not hasattr(generator, 'mask_embedding') and not hasattr(evaluator, 'cls_embedding')
     assert (config.n_layers, config.hidden_size, config.n_latent, config.mask_id) == (2, 16, 4, 29)
     # latent table transposed ([hidden, K] -> [K, hidden]); key/value fused, keys first
     torch.testing.assert_close(
@@ -180,13 +190,15 @@ def test_conversion_layout(converted, ref):
     torch.testing.assert_close(
         key_value[16:], torch.from_numpy(plato['encoder_layer_1_multi_head_att_value_fc.w_0'].T)
     )
-    # [M] slot = the word embedding of [MASK]; padding row appended, zero, never predicted
+    # [M] slot = the word embedding of [MASK] (tied); padding row appended, zero, never predicted
+    from parlai_ext.modules.plato2 import mask_vector
+
     torch.testing.assert_close(
-        generator.mask_embedding, torch.from_numpy(plato['word_embedding'][29])
+        mask_vector(generator), torch.from_numpy(plato['word_embedding'][29])
     )
     assert generator.embeddings.tokens.weight.shape == (31, 16)
     assert float(generator.embeddings.tokens.weight[30].detach().abs().sum()) == 0.0
-    assert float(generator.bow_bias[30]) == knover.PAD_LOGIT == float(gen_head['lm_bias'][30])
+    assert float(generator.bow_bias[30]) == knover.PAD_LOGIT == float(generator.lm_bias[30])
     # without the padding row and the [M] copy (the switches' layout)
     bare, _ = knover.convert_nsp(
         knover.load_knover_params(os.path.join(FIXTURE, 'nsp.pdparams')),
@@ -196,15 +208,6 @@ def test_conversion_layout(converted, ref):
     assert bare['embeddings.tokens.weight'].shape == (30, 16)
     with pytest.raises(knover.KnoverFormatError, match='expected the Plato model'):
         knover.convert_plato(knover.load_knover_params(os.path.join(FIXTURE, 'nsp_params')))
-
-
-def knover_head(hidden: torch.Tensor, head: dict, embedding: torch.Tensor) -> torch.Tensor:
-    """Knover's _calc_logits: fc -> GELU -> LayerNorm(eps 1e-5) -> tied embeddings + bias."""
-    x = F.gelu(F.linear(hidden, head['lm_transform.0.weight'], head['lm_transform.0.bias']))
-    x = F.layer_norm(
-        x, x.shape[-1:], head['lm_transform.2.weight'], head['lm_transform.2.bias'], eps=1e-5
-    )
-    return F.linear(x, embedding, head['lm_bias'])
 
 
 def _split(tokens: np.ndarray, starts, lengths, pad: int):
@@ -221,7 +224,7 @@ def _split(tokens: np.ndarray, starts, lengths, pad: int):
 
 @torch.no_grad()
 def test_generation_pass_posterior_and_bow_match_knover(converted, ref):
-    generator, _, gen_head, _, _, _ = converted
+    generator, _, _, _, _ = converted
     manifest, _, arrays = ref
     K, V, pad = 4, manifest['config']['vocab_size'], manifest['config']['vocab_size']
     starts, lengths = arrays['train_tgt_start_idx'], arrays['train_lengths']
@@ -235,7 +238,7 @@ def test_generation_pass_posterior_and_bow_match_knover(converted, ref):
     rows = torch.arange(K * B) % B
     weights = F.one_hot(latent_ids, K).float()
     hidden, _ = generator.encode(context[rows], response[rows], generator.latent_vectors(weights))
-    logits = knover_head(hidden, gen_head, generator.embeddings.tokens.weight)
+    logits = generator.logits(hidden)  # --lm-head knover
     for row in range(K * B):
         b = int(rows[row])
         ours = [0] + [1 + j for j in range(starts[b])]  # latent slot, context
@@ -256,7 +259,7 @@ def test_generation_pass_posterior_and_bow_match_knover(converted, ref):
     assert arrays['post_probs'].std() > 0.01 and arrays['bow_logits'].std() > 0.1  # not trivial
 
 
-def _nsp_scores(evaluator, nsp_head, rows: list[list[int]], starts: list[int], pad: int):
+def _nsp_scores(evaluator, rows: list[list[int]], starts: list[int], pad: int):
     """Knover's NSP input: [CLS] ctx [SEP] ... [CLS] r [SEP], bidirectional, [CLS] at 0."""
     context, response = _split(
         np.array([r + [pad] * (max(map(len, rows)) - len(r)) for r in rows]),
@@ -264,22 +267,21 @@ def _nsp_scores(evaluator, nsp_head, rows: list[list[int]], starts: list[int], p
         [len(r) for r in rows],
         pad,
     )
-    hidden, _ = evaluator.encode(context, response, None, bidirectional=True)
-    logits = evaluator.classifier(torch.tanh(evaluator.pooler(hidden[:, 0])))
-    mlm = knover_head(hidden, nsp_head, evaluator.embeddings.tokens.weight)
+    logits, hidden = evaluator(context, response)  # --evaluator-cls token
+    mlm = evaluator.mlm_logits(hidden)  # --lm-head knover
     return logits.softmax(dim=-1), hidden, mlm, context.shape[1]
 
 
 @torch.no_grad()
 def test_nsp_score_and_mlm_logits_match_knover(converted, ref):
-    _, evaluator, _, nsp_head, _, _ = converted
+    _, evaluator, _, _, _ = converted
     manifest, decode, arrays = ref
     V = manifest['config']['vocab_size']
     tokens = arrays['nsp_token_ids'][..., 0]
     lengths = arrays['nsp_attention_mask'][:, 0].sum(axis=1).astype(int)
     starts = [int(np.where(row[1:] == 1)[0][0]) + 1 for row in tokens]  # the response [CLS]
     rows = [tokens[b, :n].tolist() for b, n in enumerate(lengths)]
-    probs, hidden, mlm, Lc = _nsp_scores(evaluator, nsp_head, rows, starts, V)
+    probs, hidden, mlm, Lc = _nsp_scores(evaluator, rows, starts, V)
     np.testing.assert_allclose(probs.numpy(), arrays['nsp_scores'], atol=ATOL)
     for b, (s, n) in enumerate(zip(starts, lengths)):
         ours = list(range(s)) + [Lc + j for j in range(n - s)]
@@ -290,7 +292,7 @@ def test_nsp_score_and_mlm_logits_match_knover(converted, ref):
     cands = decode['candidates']
     rows = [c['nsp_input_token_ids'] for c in cands]
     starts = [r.index(1, 1) for r in rows]
-    probs, _, _, _ = _nsp_scores(evaluator, nsp_head, rows, starts, V)
+    probs, _, _, _ = _nsp_scores(evaluator, rows, starts, V)
     np.testing.assert_allclose(probs[:, 1].numpy(), [c['nsp_score'] for c in cands], atol=ATOL)
     # the pick: our NSP score minus Knover's -1000 penalties (unfinished, repetitions)
     n_penalised = 0
@@ -312,13 +314,12 @@ def test_nsp_score_and_mlm_logits_match_knover(converted, ref):
 def test_greedy_decode_of_every_latent_matches_knover(converted, ref):
     """Knover's decoding loop (top-k 1): UNK and [MASK] banned, [SEP] banned at step 0,
     length-averaged log-probability."""
-    generator, _, gen_head, _, _, _ = converted
+    generator, _, _, _, _ = converted
     manifest, decode, arrays = ref
     V = manifest['config']['vocab_size']
     max_dec_len = 6
     contexts = arrays['infer_token_ids'][..., 0]
     lengths = arrays['infer_generation_mask'][:, 0].sum(axis=1).astype(int) - 1  # minus z
-    embedding = generator.embeddings.tokens.weight
     for cand in decode['candidates']:
         b, k = cand['data_id'], cand['latent_id']
         context = torch.tensor(contexts[b, : lengths[b]].tolist())[None]
@@ -326,7 +327,7 @@ def test_greedy_decode_of_every_latent_matches_knover(converted, ref):
         tokens, caches, logprobs = [1], None, []
         for step in range(max_dec_len):
             hidden, caches = generator.decode(torch.tensor([[tokens[-1]]]), state, caches)
-            logits = knover_head(hidden[0, -1], gen_head, embedding)[:V].clone()
+            logits = generator.logits(hidden[0, -1])[:V].clone()
             logits[[0, V - 1]] -= 1e9  # ignore_unk: [UNK] and [MASK]
             if step < 1:
                 logits[2] -= 1e9  # min_dec_len 1: no [SEP] first

@@ -60,6 +60,7 @@ from parlai_ext.agents.unified_transformer import (
     UnifiedTransformerAgent,
     UnifiedTransformerGeneratorModel,
     add_transformer_args,
+    apply_knover_layout,
     build_hf_lm,
     fit_truncation,
     hf_uses_bf16,
@@ -85,6 +86,7 @@ from parlai_ext.modules.unified_transformer import ContextState
 # sizes a stage-2 model takes from the stage-1 model file it starts from
 ARCHITECTURE_KEYS = (
     'n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions', 'activation',
+    'lm_head', 'knover_layout', 'mask_slot',
 )  # fmt: skip
 # ... and its truncation limits: the stage-2 models see the inputs stage 1 was trained on
 TRUNCATION_KEYS = ('text_truncate', 'label_truncate')
@@ -104,6 +106,7 @@ HF_EVALUATOR_FRESH = (
     'transformer.mlm_transform', 'transformer.mlm_bias',
 )  # fmt: skip
 PENALTY = 1000.0  # the authors' score penalty for a bad candidate
+MASK_TOKEN = '[MASK]'  # the token whose embedding is the [M] / [MASK] input (--mask-slot token)
 PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
 
 
@@ -274,6 +277,49 @@ def repetition_reason(
     return None
 
 
+def knover_repetition_reason(
+    response: str, context_turns: list[str], token_ids: list[int] | None = None
+) -> str | None:
+    """:func:`repetition_reason` as Knover's ``tasks/dialog_generation.py``: an empty response
+    counts as a repetition, context trigrams are *not* lower-cased (in-turn ones are)."""
+    if not response.split():
+        return 'empty response'
+    grams = word_trigrams(response)
+    if len(set(grams)) < len(grams):
+        return 'in-turn trigram repetition'
+    if token_ids is not None and has_repeated_trigram(list(token_ids)):
+        return 'in-turn token trigram repetition'
+    words = response.split()
+    cased = set(zip(words, words[1:], words[2:]))
+    for turn in context_turns:
+        turn_words = turn.split()
+        if cased.intersection(zip(turn_words, turn_words[1:], turn_words[2:])):
+            return 'context trigram repetition'
+    return None
+
+
+def mask_id_of(opt: Opt, dictionary) -> int | None:
+    """The [MASK] token id under ``--mask-slot token`` (None: a learned slot)."""
+    if (opt.get('mask_slot') or 'learned') == 'learned':
+        return None
+    if MASK_TOKEN not in dictionary.tok2ind:
+        raise ValueError(
+            f'--mask-slot token needs a {MASK_TOKEN} token in the dictionary (e.g. '
+            'SentencePieceDictionaryAgent with --spm-knover-ids true)'
+        )
+    return dictionary.tok2ind[MASK_TOKEN]
+
+
+def add_mask_slot_arg(group) -> None:
+    group.add_argument(
+        '--mask-slot',
+        choices=['learned', 'token'],
+        default='learned',
+        help='the [M] / [MASK] input vector: learned = its own parameter; token = the '
+        f'embedding of the {MASK_TOKEN} token (Knover ties it to the word embeddings)',
+    )
+
+
 def pad_rows(rows: list[torch.Tensor], padding_idx: int) -> torch.Tensor:
     """Right-pad 1-d tensors into ``(len(rows), max_len)``."""
     length = max(1, max(row.numel() for row in rows))
@@ -318,9 +364,11 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
                 len(dictionary),
                 n_latent=opt['n_latent'],
                 tau=opt['gumbel_tau'],
+                mask_id=mask_id_of(opt, dictionary),
                 **transformer_args(opt, dictionary),
             )
         super().__init__(opt, dictionary, generator)
+        self.keep_end = bool(opt.get('knover_layout'))
 
     def encoder(self, context: torch.Tensor) -> PendingContext:  # type: ignore[override]
         return PendingContext(context)
@@ -342,7 +390,12 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
         The recognition pass is bidirectional, so an end token left in the shorter rows
         (``ys[:, :-1]`` drops it only from the longest) would be seen by their posterior;
         in the causal generation pass that position only predicts padding.
+        With ``--knover-layout`` every row is ``[START, r_1, ..., r_m, END]`` (Knover's
+        posterior sees the [SEP]); the extra last position is cut from the generation pass
+        (:meth:`forward`), which is causal, so the other positions do not change.
         """
+        if self.keep_end:
+            return self._get_initial_forced_decoder_input(ys.size(0), ys)
         inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
         return inputs.masked_fill(inputs == self.END_IDX, self.NULL_IDX)
 
@@ -351,6 +404,7 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
             raise NotImplementedError('PLATO-2 generates through the encoder/decoder interface')
         self.longest_label = max(self.longest_label, ys.size(1))
         out: Plato2Output = self.transformer(xs[0], self.response_inputs(ys))
+        out.response_hidden = out.response_hidden[:, : ys.size(1)]
         logits = self.output(out.response_hidden)
         return logits, logits.argmax(dim=-1), out
 
@@ -419,11 +473,23 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             'p(r|c) = 1/K sum_z p(r|c,z), z uniform (K passes per batch); the ppl metric '
             'uses z read from the response by the posterior',
         )
+        group.add_argument(
+            '--rerank-style',
+            choices=['ours', 'knover'],
+            default='ours',
+            help="details of the penalties: knover = as Knover's dialog_generation.py: a "
+            'candidate is unfinished when it has --max-dec-len words without an end '
+            '(ours: when its end token is its --max-dec-len-th token or later), context '
+            'trigrams are compared case-sensitively, an empty response is penalised',
+        )
+        add_mask_slot_arg(group)
         parser.set_defaults(inference='topk', topk=10, beam_min_length=1)
         return parser
 
     def __init__(self, opt: Opt, shared=None) -> None:
         super().__init__(inherit_architecture(opt, pretrained=True), shared)
+        if self.opt.get('rerank_style', 'ours') not in ('ours', 'knover'):
+            raise ValueError(f'--rerank-style ours|knover, got {self.opt["rerank_style"]!r}')
         self.n_latent = self.opt['n_latent']
         if self.opt.get('max_dec_len', 64) < 1:
             raise ValueError(f'--max-dec-len must be >= 1, got {self.opt["max_dec_len"]}')
@@ -520,6 +586,7 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         labels = batch.label_vec
         inputs = model.response_inputs(labels)
         hidden = model.transformer.response_hidden_per_latent(batch.text_vec, inputs)
+        hidden = hidden[:, :, : labels.size(1)]
         log_probs = F.log_softmax(model.output(hidden.flatten(0, 1)).float(), dim=-1)
         expanded = labels.repeat_interleave(self.n_latent, dim=0)
         notnull = expanded != self.NULL_IDX
@@ -541,6 +608,9 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         most ``--max-dec-len`` tokens each."""
         max_ts = min(max_ts, self.opt.get('max_dec_len') or max_ts)
         self._max_ts = max_ts
+        if self.opt.get('rerank_style') == 'knover':
+            # one more step: --max-dec-len words then a forced end = never ended (Knover)
+            max_ts += 1
         self._searches = []  # filled by _treesearch_factory, one per context
         return super()._generate(batch, self.n_latent, max_ts, prefix_tokens)
 
@@ -612,9 +682,12 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             for j, ((tokens, logprob, meta), score) in enumerate(zip(cands, scores[i])):
                 penalty = 0.0
                 if self.opt.get('rerank_penalties', True):
-                    unfinished = len(tokens) - 1 >= self._max_ts
+                    knover_style = self.opt.get('rerank_style') == 'knover'
+                    n_words = len(tokens) - (2 if knover_style else 1)  # without START (+END)
+                    unfinished = n_words >= self._max_ts
                     ids = [t for t in tokens.tolist() if t not in (self.START_IDX, self.END_IDX)]
-                    if unfinished or repetition_reason(self._v2t(tokens), turns, ids):
+                    reason = knover_repetition_reason if knover_style else repetition_reason
+                    if unfinished or reason(self._v2t(tokens), turns, ids):
                         penalty = PENALTY
                 latent = latents[j] if latents else None
                 shown = (self._v2t(tokens), latent, float(logprob), score, penalty)
@@ -660,7 +733,12 @@ class Plato2EvaluatorModel(nn.Module):
     ) -> None:
         super().__init__()
         if evaluator is None:
-            evaluator = Plato2Evaluator(len(dictionary), **transformer_args(opt, dictionary))
+            evaluator = Plato2Evaluator(
+                len(dictionary),
+                cls=opt.get('evaluator_cls') or 'slot',
+                mask_id=mask_id_of(opt, dictionary),
+                **transformer_args(opt, dictionary),
+            )
         self.transformer = evaluator
 
     def forward(
@@ -706,6 +784,14 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
         group.add_argument(
             '--mlm-prob', type=float, default=0.15, help='share of input tokens masked (Eq. 8)'
         )
+        group.add_argument(
+            '--evaluator-cls',
+            choices=['slot', 'token'],
+            default='slot',
+            help='what is classified: slot = a learned [CLS] vector before the context; '
+            "token = the context's first token, the start token (Knover's [CLS] at position 0)",
+        )
+        add_mask_slot_arg(group)
         parser.set_defaults(
             learningrate=5e-4, optimizer='adamw', candidates='batch', eval_candidates='batch'
         )
@@ -758,13 +844,23 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
     def _module(self) -> Plato2EvaluatorModel:
         return getattr(self.model, 'module', self.model)  # unwrap DDP
 
+    def _set_text_vec(self, obs, history, truncate):
+        return apply_knover_layout(self, super()._set_text_vec(obs, history, truncate), truncate)
+
     def _random_low(self) -> int:
         """First id a random MLM replacement may take: after the dictionary's special tokens."""
         specials = [self.NULL_IDX, self.START_IDX, self.END_IDX, self.dict[self.dict.unk_token]]
+        if self.opt.get('spm_knover_ids'):  # Knover: randint(3, vocab), [MASK] last
+            return 3
         mask_token = getattr(hf_glue.hf_tokenizer_of(self.dict), 'mask_token', None)
         if mask_token in self.dict.tok2ind:  # an HF tokenizer's [MASK] (BERT: after [SEP])
             specials.append(self.dict.tok2ind[mask_token])
         return max(specials) + 1
+
+    def _random_high(self) -> int:
+        """One past the last id a random MLM replacement may take: the dictionary's size, or
+        Knover's vocabulary size (our padding id, appended after it) with --spm-knover-ids."""
+        return self.NULL_IDX if self.opt.get('spm_knover_ids') else len(self.dict)
 
     def train_step(self, batch: Batch) -> Output | None:
         """One step of Eq. 9: coherence on positive + negative pairs, masked LM on both."""
@@ -776,7 +872,7 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
         tokens = torch.cat([context, response], dim=1)
         maskable = (tokens != self.NULL_IDX) & (tokens != self.START_IDX) & (tokens != self.END_IDX)
         inputs, replaced, selected = mlm_corrupt(
-            tokens, maskable, len(self.dict), self._random_low(), self.opt['mlm_prob']
+            tokens, maskable, self._random_high(), self._random_low(), self.opt['mlm_prob']
         )
         split = context.shape[1]
         logits, mlm_logits = self.model(inputs[:, :split], inputs[:, split:], replaced, selected)

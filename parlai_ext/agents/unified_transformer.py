@@ -36,7 +36,7 @@ from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.modules import hf
 from parlai_ext.modules.plato2_hf import HfUnifiedTransformer
-from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
+from parlai_ext.modules.unified_transformer import LM_HEADS, ContextState, UnifiedTransformer
 
 # dictionary tokens that a [MASK] input may be called; generation never produces them
 MASK_TOKENS = ('[MASK]', '__mask__', '<mask>')
@@ -67,6 +67,22 @@ def add_transformer_args(parser: ParlaiParser, title: str) -> None:
         default=512,
         help='learned positions; context + response tokens must fit',
     )
+    group.add_argument(
+        '--lm-head',
+        choices=list(LM_HEADS),
+        default='tied',
+        help='output layer: tied = h E^T; knover = LayerNorm(gelu(fc(h))) E^T + b, the '
+        "authors' Knover LM / masked-LM head (docs/knover.md)",
+    )
+    group.add_argument(
+        '--knover-layout',
+        type='bool',
+        default=False,
+        help="Knover's input layout: context = [START] + the most recent whole turns, each "
+        'followed by [END], within --text-truncate ids; the start token is not banned in '
+        'generation (Knover does not ban [CLS]); PLATO-2 recognition sees the [END] of the '
+        'response',
+    )
 
 
 def transformer_args(opt: Opt, dictionary) -> dict:
@@ -82,6 +98,7 @@ def transformer_args(opt: Opt, dictionary) -> dict:
         ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
         activation=opt['activation'],
         padding_idx=dictionary[dictionary.null_token],
+        lm_head=opt.get('lm_head') or 'tied',  # absent from older model files
     )
 
 
@@ -183,6 +200,7 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         if transformer is None:
             transformer = UnifiedTransformer(len(dictionary), **transformer_args(opt, dictionary))
         self.transformer = transformer
+        self.ban_start = not opt.get('knover_layout')
 
     # --- ParlAI's encoder/decoder interface (generation) -------------------------------
     def encoder(self, context: torch.Tensor) -> ContextState | hf.PrefixState:
@@ -195,8 +213,9 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.transformer.logits(hidden)
-        # never generate the start or the padding token
-        logits[:, :, self.START_IDX] = neginf(logits.dtype)
+        # never generate the start (but Knover's layout does not ban it) or the padding token
+        if self.ban_start:
+            logits[:, :, self.START_IDX] = neginf(logits.dtype)
         logits[:, :, self.NULL_IDX] = neginf(logits.dtype)
         return logits
 
@@ -220,6 +239,34 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         hidden, context = self.transformer(xs[0], inputs)
         logits = self.output(hidden)
         return logits, logits.argmax(dim=-1), context
+
+
+def knover_context(turn_vecs: list[list[int]], start: int, end: int, limit: int) -> list[int]:
+    """Knover's context ids: ``[START] + sum(turn + [END])`` over the most recent *whole*
+    turns whose total (with the start token) fits ``limit``; if even the last turn does not
+    fit, its last ids (as ParlAI's left truncation)."""
+    kept: list[list[int]] = []
+    total = 1
+    for vec in reversed(turn_vecs):
+        if total + len(vec) + 1 > limit:
+            break
+        kept.insert(0, vec + [end])
+        total += len(vec) + 1
+    if not kept and turn_vecs and limit > 1:
+        kept = [(turn_vecs[-1] + [end])[-(limit - 1) :]]
+    return [start] + [i for vec in kept for i in vec]
+
+
+def apply_knover_layout(agent, obs, truncate: int | None):
+    """With ``--knover-layout``: replace ParlAI's history vector by Knover's
+    (:func:`knover_context`; turns = ``full_text`` split by ``--delimiter``)."""
+    if agent.opt.get('knover_layout') and obs.get('full_text') is not None:
+        limit = truncate if truncate and truncate > 0 else agent.opt['text_truncate']
+        turns = obs['full_text'].split(agent.opt.get('delimiter', '\n'))
+        vecs = [agent.dict.txt2vec(turn) for turn in turns]
+        start, end = agent.dict[agent.dict.start_token], agent.dict[agent.dict.end_token]
+        obs.force_set('text_vec', torch.LongTensor(knover_context(vecs, start, end, limit)))
+    return obs
 
 
 def generation_banned_ids(dictionary) -> list[int]:
@@ -273,6 +320,9 @@ class UnifiedTransformerAgent(
             backbone = HfUnifiedTransformer(build_hf_lm(self), self.NULL_IDX, hf_uses_bf16(self))
             return UnifiedTransformerGeneratorModel(self.opt, self.dict, backbone)
         return UnifiedTransformerGeneratorModel(self.opt, self.dict)
+
+    def _set_text_vec(self, obs, history, truncate):
+        return apply_knover_layout(self, super()._set_text_vec(obs, history, truncate), truncate)
 
     def _generation_activation(self, score: torch.Tensor) -> torch.Tensor:
         """Log-probabilities for the search, with UNK (and [MASK]) banned before the softmax."""

@@ -36,10 +36,26 @@ from parlai_ext.modules.sampling import gumbel_softmax
 from parlai_ext.modules.transformer import init_weights
 from parlai_ext.modules.unified_transformer import ContextState, UnifiedTransformer
 
+EVALUATOR_CLS = ('slot', 'token')
+
 
 def _slot(dim: int) -> nn.Parameter:
     """A learned input vector for a special slot ([M], [CLS]), initialised like embeddings."""
     return nn.Parameter(torch.randn(dim) * dim**-0.5)
+
+
+def _check_mask_id(mask_id: int | None, vocab_size: int) -> int | None:
+    if mask_id is not None and not 0 <= mask_id < vocab_size:
+        raise ValueError(f'mask_id {mask_id} is not a token id (vocabulary of {vocab_size})')
+    return mask_id
+
+
+def mask_vector(model: nn.Module) -> torch.Tensor:
+    """The [MASK] / [M] input vector ``(dim,)``: the learned ``mask_embedding``, or the token
+    embedding of ``model.mask_id`` (``--mask-slot token``, Knover's tied [MASK] row)."""
+    if getattr(model, 'mask_id', None) is None:
+        return model.mask_embedding
+    return model.embeddings.tokens.weight[model.mask_id]
 
 
 # --- stage 2.1: fine-grained generation ---------------------------------------------------------
@@ -66,15 +82,22 @@ class LatentHeadsMixin:
 
     latent_embedding: nn.Parameter
     mask_embedding: nn.Parameter
+    mask_id: int | None
 
-    def _init_latent_heads(self, vocab_size: int, dim: int, n_latent: int, tau: float) -> None:
+    def _init_latent_heads(
+        self, vocab_size: int, dim: int, n_latent: int, tau: float, mask_id: int | None = None
+    ) -> None:
+        """``mask_id``: None = a learned [M] slot (``mask_embedding``); an id = the [M] slot is
+        that token's embedding (Knover: the word embedding of [MASK], tied)."""
         if n_latent < 1:
             raise ValueError(f'n_latent must be >= 1, got {n_latent}')
         self.n_latent = n_latent
         self.tau = tau
         # the K latent embeddings; also W1 of the recognition classifier (Eq. 3, tied)
         self.latent_embedding = nn.Parameter(torch.randn(n_latent, dim) * 0.02)
-        self.mask_embedding = _slot(dim)  # the special [M] slot of the recognition pass
+        self.mask_id = _check_mask_id(mask_id, vocab_size)
+        if mask_id is None:
+            self.mask_embedding = _slot(dim)  # the special [M] slot of the recognition pass
         self.recognition = nn.Linear(dim, dim)  # tanh(fc(h_[M])) before W1
         self.recognition_bias = nn.Parameter(torch.zeros(n_latent))  # b1
         # BOW head (Eq. 5): W2 = the token embeddings (tied), b2 = bow_bias
@@ -88,7 +111,7 @@ class LatentHeadsMixin:
 
         ``h_[M]`` is the [M] output of a fully bidirectional pass over ``[M; c; r]``.
         """
-        prefix = self.mask_embedding.expand(context.shape[0], 1, -1)
+        prefix = mask_vector(self).expand(context.shape[0], 1, -1)
         hidden, _ = self.encode(context, response, prefix, bidirectional=True)
         pooled = torch.tanh(self.recognition(hidden[:, 0]))
         return F.linear(pooled, self.latent_embedding, self.recognition_bias)
@@ -99,7 +122,9 @@ class LatentHeadsMixin:
 
     def bow_logits(self, latent_hidden: torch.Tensor) -> torch.Tensor:
         """f of Eq. 5 before its softmax: scores of every word from ``h_z``."""
-        return self.logits(self.bow_transform(latent_hidden)) + self.bow_bias
+        # the tied token embeddings (never the Knover LM head's transform: BOW has its own)
+        project = getattr(self, 'tied_logits', None) or self.logits
+        return project(self.bow_transform(latent_hidden)) + self.bow_bias
 
     def forward(  # type: ignore[override]
         self, context: torch.Tensor, response: torch.Tensor
@@ -163,21 +188,45 @@ class Plato2Generator(LatentHeadsMixin, UnifiedTransformer):
     """Unified transformer with K discrete latent values (PLATO-2 stage 2.1, Eq. 2-6)."""
 
     def __init__(
-        self, vocab_size: int, n_latent: int = 20, tau: float = 0.67, **transformer_args
+        self,
+        vocab_size: int,
+        n_latent: int = 20,
+        tau: float = 0.67,
+        mask_id: int | None = None,
+        **transformer_args,
     ) -> None:
         super().__init__(vocab_size, **transformer_args)
-        self._init_latent_heads(vocab_size, self.embeddings.tokens.embedding_dim, n_latent, tau)
+        dim = self.embeddings.tokens.embedding_dim
+        self._init_latent_heads(vocab_size, dim, n_latent, tau, mask_id)
 
 
 # --- stage 2.2: evaluation ----------------------------------------------------------------------
 class Plato2Evaluator(UnifiedTransformer):
-    """Bidirectional coherence classifier p(l_r|c,r) (Eq. 7) with a masked LM (Eq. 8)."""
+    """Bidirectional coherence classifier p(l_r|c,r) (Eq. 7) with a masked LM (Eq. 8).
 
-    def __init__(self, vocab_size: int, **transformer_args) -> None:
+    :param cls: ``'slot'`` (default): a learned [CLS] vector before the context (no position);
+        ``'token'``: Knover's layout, [CLS] is the context's first *token* (position 0, type
+        0; the agent's start token) and its output is classified (docs/knover.md item 11).
+    :param mask_id: None = a learned [MASK] input vector; an id = that token's embedding.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cls: str = 'slot',
+        mask_id: int | None = None,
+        **transformer_args,
+    ) -> None:
         super().__init__(vocab_size, **transformer_args)
+        if cls not in EVALUATOR_CLS:
+            raise ValueError(f'cls must be one of {EVALUATOR_CLS}, got {cls!r}')
         dim = self.embeddings.tokens.embedding_dim
-        self.cls_embedding = _slot(dim)  # the [CLS] slot whose output is classified
-        self.mask_embedding = _slot(dim)  # the masked LM's [MASK] input
+        self.cls = cls
+        if cls == 'slot':
+            self.cls_embedding = _slot(dim)  # the [CLS] slot whose output is classified
+        self.mask_id = _check_mask_id(mask_id, vocab_size)
+        if mask_id is None:
+            self.mask_embedding = _slot(dim)  # the masked LM's [MASK] input
         # PyTorch's default init here, not BERT's normal(0, 0.02): with the small one the
         # coherence gradient was swamped by the masked LM's in our small-scale runs
         self.pooler = nn.Linear(dim, dim)
@@ -189,19 +238,21 @@ class Plato2Evaluator(UnifiedTransformer):
         response: torch.Tensor,
         replaced: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One bidirectional pass over ``[CLS; context; response]``.
+        """One bidirectional pass over ``[CLS; context; response]`` (``cls='token'``: over
+        ``[context; response]``, whose first context token is [CLS]).
 
         :param replaced: ``(batch, Lc + Lr)`` bool: inputs shown as [MASK] (masked LM), or None.
         :return: coherence logits ``(batch, 2)`` and token hidden states
             ``(batch, Lc + Lr, dim)`` (for :meth:`mlm_logits`).
         """
-        prefix = self.cls_embedding.expand(context.shape[0], 1, -1)
+        slot = self.cls == 'slot'
+        prefix = self.cls_embedding.expand(context.shape[0], 1, -1) if slot else None
         hidden, _ = self.encode(
             context, response, prefix, bidirectional=True, replaced=replaced,
-            replacement=self.mask_embedding,
+            replacement=mask_vector(self),
         )  # fmt: skip
         pooled = torch.tanh(self.pooler(hidden[:, 0]))
-        return self.classifier(pooled), hidden[:, 1:]
+        return self.classifier(pooled), (hidden[:, 1:] if slot else hidden)
 
     def mlm_logits(self, token_hidden: torch.Tensor) -> torch.Tensor:
         """Masked-LM word scores (Eq. 8), tied to the token embeddings."""

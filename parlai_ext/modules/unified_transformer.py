@@ -30,17 +30,20 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from parlai_ext.modules.transformer import (
     LayerCache,
     TransformerEncoder,
     bidirectional_mask,
     causal_mask,
+    init_weights,
     prefix_lm_mask,
 )
 
 CONTEXT_TYPE = 0
 RESPONSE_TYPE = 1
+LM_HEADS = ('tied', 'knover')
 
 
 @dataclass
@@ -64,15 +67,37 @@ class UnifiedTransformer(TransformerEncoder):
 
     Same constructor (and parameter names) as the shared encoder; type embeddings mark
     context (0) and response (1) tokens.
+
+    :param lm_head: ``'tied'`` (default): logits = ``h E^T``; ``'knover'``: the authors' Knover
+        head ``LayerNorm(gelu(fc(h))) E^T + b`` (``mask_lm_trans_fc`` -> ``mask_lm_trans``
+        -> tied ``word_embedding`` + ``mask_lm_out_fc.b_0``; docs/knover.md item 10), with
+        parameters ``lm_transform`` and ``lm_bias``.
     """
 
-    def __init__(self, vocab_size: int, padding_idx: int = 0, **encoder_args) -> None:
+    def __init__(
+        self, vocab_size: int, padding_idx: int = 0, lm_head: str = 'tied', **encoder_args
+    ) -> None:
         super().__init__(vocab_size, padding_idx=padding_idx, **encoder_args)
+        if lm_head not in LM_HEADS:
+            raise ValueError(f'lm_head must be one of {LM_HEADS}, got {lm_head!r}')
         self.padding_idx = padding_idx
+        self.lm_head = lm_head
+        if lm_head == 'knover':
+            dim = self.embeddings.tokens.embedding_dim
+            self.lm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+            self.lm_bias = nn.Parameter(torch.zeros(vocab_size))
+            init_weights(self.lm_transform)
+
+    def tied_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``h E^T``: scores over the vocabulary from the tied token embeddings."""
+        return F.linear(hidden, self.embeddings.tokens.weight)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Output layer tied to the token embeddings."""
-        return F.linear(hidden, self.embeddings.tokens.weight)
+        """Output layer tied to the token embeddings (after Knover's transform, with its
+        bias, under ``lm_head='knover'``)."""
+        if self.lm_head == 'knover':
+            return F.linear(self.lm_transform(hidden), self.embeddings.tokens.weight, self.lm_bias)
+        return self.tied_logits(hidden)
 
     def embed(
         self,
