@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from parlai_ext import knover
+from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'knover_tiny')
 ATOL = 1e-4
@@ -363,3 +364,142 @@ def test_regenerate_with_paddle(tmp_path, ref):
     assert all(np.array_equal(fresh[k], fixed[k]) for k in fixed)
     assert json.loads((out / 'decode.json').read_text())['picks'] == ref[1]['picks']
     assert sys.version_info  # the project's interpreter never imports paddle
+
+
+# --- each switch on its own -----------------------------------------------------------------------
+def test_lm_head_switch_default_tied_and_knover_transform():
+    from parlai_ext.modules.unified_transformer import UnifiedTransformer
+
+    torch.manual_seed(0)
+    args = dict(dim=8, n_layers=1, n_heads=2, ffn_dim=16, n_positions=16, padding_idx=0)
+    tied = UnifiedTransformer(11, **args)
+    assert not hasattr(tied, 'lm_transform')  # old model files: same keys as before
+    h = torch.randn(3, 8)
+    torch.testing.assert_close(tied.logits(h), h @ tied.embeddings.tokens.weight.T)
+    head = UnifiedTransformer(11, lm_head='knover', **args)
+    with torch.no_grad():
+        head.lm_bias.copy_(torch.arange(11.0))
+        head.lm_transform[2].weight.fill_(2.0)
+    t = F.layer_norm(F.gelu(head.lm_transform[0](h)), (8,), eps=1e-5) * 2.0
+    expected = t @ head.embeddings.tokens.weight.T + torch.arange(11.0)
+    torch.testing.assert_close(head.logits(h), expected)
+    torch.testing.assert_close(head.tied_logits(h), h @ head.embeddings.tokens.weight.T)
+    with pytest.raises(ValueError, match='lm_head'):
+        UnifiedTransformer(11, lm_head='bogus', **args)
+
+
+def test_evaluator_cls_token_pools_position_zero_and_mask_slot_token():
+    torch.manual_seed(0)
+    args = dict(dim=8, n_layers=1, n_heads=2, ffn_dim=16, n_positions=16, padding_idx=0)
+    ev = Plato2Evaluator(12, cls='token', mask_id=11, **args).eval()
+    assert not hasattr(ev, 'cls_embedding') and not hasattr(ev, 'mask_embedding')
+    context, response = torch.tensor([[1, 5, 2, 0]]), torch.tensor([[1, 7, 2]])
+    logits, hidden = ev(context, response)
+    assert hidden.shape[1] == 7  # every token, [CLS] included
+    expected = ev.classifier(torch.tanh(ev.pooler(hidden[:, 0])))
+    torch.testing.assert_close(logits, expected)
+    # the [MASK] input is the embedding row 11 (tied): changing the row changes the output
+    replaced = torch.zeros(1, 7, dtype=torch.bool)
+    replaced[0, 1] = True
+    before, _ = ev(context, response, replaced)
+    shown = torch.tensor([[1, 11, 2, 0]])
+    same, _ = ev(shown, response)
+    torch.testing.assert_close(before, same)
+    with torch.no_grad():
+        ev.embeddings.tokens.weight[11] += torch.randn(8)
+    after, _ = ev(context, response, replaced)
+    assert (after - before).abs().max() > 1e-4
+    gen = Plato2Generator(12, n_latent=3, mask_id=11, **args).eval()
+    assert 'mask_embedding' not in dict(gen.named_parameters())
+    slot = gen.embeddings.tokens.weight[11].expand(1, 1, -1)
+    hidden, _ = gen.encode(context, response, slot, bidirectional=True)
+    expected = F.linear(
+        torch.tanh(gen.recognition(hidden[:, 0])), gen.latent_embedding, gen.recognition_bias
+    )
+    torch.testing.assert_close(gen.recognize(context, response), expected)
+    with pytest.raises(ValueError, match='mask_id 12'):
+        Plato2Generator(12, n_latent=3, mask_id=12, **args)
+    with pytest.raises(ValueError, match='cls'):
+        Plato2Evaluator(12, cls='first', **args)
+
+
+def test_knover_context_keeps_recent_whole_turns():
+    from parlai_ext.agents.unified_transformer import knover_context
+
+    turns = [[10, 11, 12], [13], [14, 15]]
+    # [START] + turn + [END] ...: 1 + 4 + 2 + 3 = 10
+    assert knover_context(turns, 1, 2, 10) == [1, 10, 11, 12, 2, 13, 2, 14, 15, 2]
+    assert knover_context(turns, 1, 2, 9) == [1, 13, 2, 14, 15, 2]  # the first turn goes whole
+    assert knover_context(turns, 1, 2, 3) == [1, 15, 2]  # the last turn alone is too long
+    assert knover_context([], 1, 2, 5) == [1]
+
+
+def test_spm_knover_ids_mask_8000_style(tmp_path):
+    from parlai.core.opt import Opt
+
+    from parlai_ext.sentencepiece_dict import SentencePieceDictionaryAgent
+
+    model = _tiny_spm(tmp_path / 'spm.model')
+    base = {'spm_model_file': model, 'spm_newline_token': '', 'dict_file': None}
+    plain = SentencePieceDictionaryAgent(Opt({**base}))
+    assert plain[plain.null_token] == 29 and '[MASK]' not in plain.tok2ind
+    ids = SentencePieceDictionaryAgent(Opt({**base, 'spm_knover_ids': True}))
+    assert (ids['[MASK]'], ids[ids.null_token], len(ids)) == (29, 30, 31)
+    ids.save(str(tmp_path / 'd.dict'))
+    back = SentencePieceDictionaryAgent(
+        Opt({**base, 'spm_knover_ids': True, 'dict_file': str(tmp_path / 'd.dict')})
+    )
+    assert (back['[MASK]'], back[back.null_token]) == (29, 30)
+
+
+def test_knover_rerank_rules():
+    from parlai_ext.agents.plato2 import knover_repetition_reason, repetition_reason
+
+    assert knover_repetition_reason('', ['hi there']) == 'empty response'
+    assert repetition_reason('', ['hi there']) is None
+    # cross-turn trigrams: case-sensitive in Knover, lower-cased in ours
+    assert knover_repetition_reason('I like cats', ['i like cats']) is None
+    assert repetition_reason('I like cats', ['i like cats']) == 'context trigram repetition'
+    assert knover_repetition_reason('i like cats', ['i like cats']) is not None
+    assert knover_repetition_reason('a b c A B C', []) == 'in-turn trigram repetition'
+
+
+def test_converted_agents_settings_and_random_low(converted):
+    _, _, agent, _, _ = converted
+    evaluator = agent.evaluator
+    assert evaluator._random_low() == 3 and evaluator._random_high() == 30  # Knover randint(3, V)
+    assert agent.opt['rerank_style'] == 'knover' and agent.model.ban_start is False
+    assert agent.model.keep_end is True
+    ys = torch.tensor([[5, 2, 30], [5, 6, 2]])
+    torch.testing.assert_close(
+        agent.model.response_inputs(ys), torch.tensor([[1, 5, 2, 30], [1, 5, 6, 2]])
+    )
+    # Knover layout: [START] turn [END] turn [END], whole turns within --text-truncate 12
+    obs = agent.observe({'text': 'w1 w2 w3\nw5 w6\nw7 w8 w9', 'episode_done': True})
+    vec = obs['text_vec'].tolist()
+    assert (vec[0], vec.count(2), len(vec), vec[-1]) == (1, 3, 12, 2)  # 1 + 4 + 3 + 4 ids
+    agent.reset()
+    obs = agent.observe({'text': 'w1 w2 w3 w4 w5\nw5 w6 w7\nw7 w8 w9', 'episode_done': True})
+    assert len(obs['text_vec']) == 9  # the first turn (6 ids with [END]) no longer fits
+    agent.reset()
+
+
+def test_convert_knover_checks_options_and_names_files(tmp_path):
+    from parlai_ext.scripts.convert_knover import convert_knover
+
+    opt = {'plato': os.path.join(FIXTURE, 'plato_params'), 'nsp': None,
+           'spm_model': str(tmp_path / 'missing.model'), 'out': str(tmp_path / 'o'),
+           'knover_config': None, 'n_heads': 2, 'lower': False,
+           'text_truncate': 12, 'label_truncate': 8}  # fmt: skip
+    with pytest.raises(FileNotFoundError, match='missing.model'):
+        convert_knover(opt)
+    opt['spm_model'] = _tiny_spm(tmp_path / 'spm.model')
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{\n  "num_attention_heads": 2,\n  oops\n}')
+    with pytest.raises(ValueError, match=f'{bad}:3'):
+        convert_knover({**opt, 'knover_config': str(bad)})
+    with pytest.raises(ValueError, match='--n-heads'):
+        convert_knover({**opt, 'n_heads': None})
+    with pytest.raises(knover.KnoverFormatError, match='expected the Plato model'):
+        convert_knover({**opt, 'plato': os.path.join(FIXTURE, 'nsp_params')})
+    assert not os.path.exists(tmp_path / 'o' / 'plato2')
