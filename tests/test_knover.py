@@ -503,3 +503,18 @@ def test_convert_knover_checks_options_and_names_files(tmp_path):
     with pytest.raises(knover.KnoverFormatError, match='expected the Plato model'):
         convert_knover({**opt, 'plato': os.path.join(FIXTURE, 'nsp_params')})
     assert not os.path.exists(tmp_path / 'o' / 'plato2')
+
+
+def test_convert_knover_refuses_a_state_that_does_not_fill_the_model(converted_files, tmp_path):
+    from parlai_ext.scripts import convert_knover as ck
+
+    plato = knover.load_knover_params(os.path.join(FIXTURE, 'plato_params'))
+    state, config = knover.convert_plato(plato, mask_embedding=False)
+    opt = {'spm_model': _tiny_spm(tmp_path / 'spm.model'), 'lower': False,
+           'text_truncate': 12, 'label_truncate': 8}  # fmt: skip
+    argv = ['-m', 'plato2', '-mf', str(tmp_path / 'g'), '--n-latent', '4']
+    argv += ck.model_args(config, 2, {}, opt) + ['--ranking-score', 'logprob']
+    del state['transformer.recognition_bias']
+    with pytest.raises(ValueError, match=r'<Plato>: missing \['):
+        ck._write_agent(argv, state, '<Plato>')
+    assert not os.path.exists(tmp_path / 'g')
