@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -114,6 +115,13 @@ class ChecksumAgent(UnifiedTransformerAgent):
 """
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (a fixed port lets two concurrent runs join each other)."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
 def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
     """CPU (gloo) distributed context, all_gather_list, DDP device_ids and Join device.
 
@@ -129,7 +137,7 @@ def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
         'multiprocessing_train', '-m', 'checksum_agent:ChecksumAgent', '-t', 'ext_demo',
         '-mf', model_file, '--dict-file', dict_file, '-bs', '16', '--num-epochs', '0.5',
         '--n-layers', '1', '--embedding-size', '32', '--n-heads', '2', '--ffn-size', '64',
-        '-vtim', '100', '--port', '61427', *workers, env=env, timeout=900,
+        '-vtim', '100', '--port', str(free_port()), *workers, env=env, timeout=900,
     )  # fmt: skip
     stats = json.load(open(model_file + '.trainstats'))
     assert stats['final_valid_report']['exs'] > 0
