@@ -30,10 +30,9 @@ array reconstruction (no arbitrary code); Paddle 2.x's bookkeeping key
 
 :func:`convert_plato` / :func:`convert_nsp` map a Knover parameter dict to a state dict in
 the naming of our ``plato2`` / ``plato2_evaluator`` models (``docs/knover.md`` is the spec).
-Part of that mapping needs architecture switches that are not in our model classes yet (the
-Knover LM head fc -> GELU -> LayerNorm -> tied embeddings + bias); those keys are listed in
-:data:`PENDING_SWITCH_KEYS` and are produced all the same, so the converter is complete when
-the switches land.
+The keys of Knover's LM head (fc -> GELU -> LayerNorm -> tied embeddings + bias) are listed in
+:data:`KNOVER_LM_HEAD_KEYS`; they load into models built with ``--lm-head knover``, which
+``parlai convert_knover`` sets.
 """
 
 from __future__ import annotations
@@ -303,9 +302,9 @@ def write_param_dir(path: str, params: dict[str, np.ndarray]) -> None:
 
 
 # --- renaming to our models ---------------------------------------------------------------------
-# Keys produced by the converters that our model classes do not have until the Knover switches
-# of docs/knover.md land (LM / MLM head: fc -> GELU -> LayerNorm -> tied embeddings + bias).
-PENDING_SWITCH_KEYS = (
+# Keys of Knover's LM / MLM head (fc -> GELU -> LayerNorm -> tied embeddings + bias): our models
+# have them only with --lm-head knover (docs/knover.md).
+KNOVER_LM_HEAD_KEYS = (
     'lm_transform.0.weight',
     'lm_transform.0.bias',
     'lm_transform.2.weight',
@@ -483,7 +482,7 @@ def convert_plato(
 
     ``pad_row`` appends our padding id after Knover's 8001 (a zero embedding; ``PAD_LOGIT`` in
     the output biases), because Knover's own padding id 0 is also its ``<unk>``. The keys in
-    :data:`PENDING_SWITCH_KEYS` need the Knover LM-head switch of docs/knover.md.
+    :data:`KNOVER_LM_HEAD_KEYS` need ``--lm-head knover`` (docs/knover.md).
     ``mask_embedding=False`` leaves out ``mask_embedding`` (a copy of the [MASK] word vector)
     for models whose [M] slot reads the token table itself (the mask-token switch).
     """
