@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Hugging Face encoders live in the shared loader; re-exported for the callers of this module
+from parlai_ext.modules.hf import HfEncoder, drop_unused_pooler  # noqa: F401
+
 LayerCache = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -488,58 +491,3 @@ class TransformerEncoder(nn.Module):
         x = self.embeddings(ids, positions, type_ids, max_position=length - 1)
         hidden, _ = self.stack(x, bidirectional_mask(valid))
         return hidden
-
-
-def drop_unused_pooler(module: nn.Module, hf_model: nn.Module, attribute: str = 'model') -> None:
-    """Remove a Hugging Face encoder's pooler (BERT-like ``model.pooler``), which we never use.
-
-    Our encoders read token states (``last_hidden_state``), so the pooler gets no gradient; DDP
-    stops at the second update on a parameter without one. BERT-like forwards skip a ``None``
-    pooler. ``module`` (holding ``hf_model`` as ``attribute``) then ignores pooler weights in
-    checkpoints saved before this change.
-    """
-    if getattr(hf_model, 'pooler', None) is None:
-        return
-    hf_model.pooler = None
-    prefix = f'{attribute}.pooler.'
-
-    def drop_pooler_keys(state_dict, module_prefix, *_args) -> None:
-        for key in [k for k in state_dict if k.startswith(module_prefix + prefix)]:
-            del state_dict[key]
-
-    module._register_load_state_dict_pre_hook(drop_pooler_keys)
-
-
-class HfEncoder(nn.Module):
-    """A Hugging Face encoder (BERT, DistilBERT, MiniLM, ...) from a local directory, with the
-    interface of :class:`TransformerEncoder` (``hidden_size``, ``max_len``, ``forward``).
-
-    ``from_config`` builds the architecture only (the weights then come from a ParlAI
-    checkpoint). ``transformers`` is imported here, not at module import.
-    """
-
-    def __init__(self, path: str, from_config: bool = False) -> None:
-        super().__init__()
-        import inspect
-
-        from transformers import AutoConfig, AutoModel
-
-        config = AutoConfig.from_pretrained(path)
-        self.model = (
-            AutoModel.from_config(config) if from_config else AutoModel.from_pretrained(path)
-        )
-        drop_unused_pooler(self, self.model)
-        self.hidden_size = config.hidden_size
-        self.max_len = getattr(config, 'max_position_embeddings', None)
-        accepts_types = 'token_type_ids' in inspect.signature(self.model.forward).parameters
-        self._types = accepts_types and getattr(config, 'type_vocab_size', 0) > 1
-
-    def forward(
-        self, ids: torch.Tensor, type_ids: torch.Tensor | None, valid: torch.Tensor
-    ) -> torch.Tensor:
-        """``(batch, L)`` ids, types and validity -> ``(batch, L, hidden_size)`` states.
-
-        ``valid`` is required: the padding id is the ParlAI dictionary's, not the HF config's.
-        """
-        kwargs = {'token_type_ids': type_ids} if self._types and type_ids is not None else {}
-        return self.model(input_ids=ids, attention_mask=valid.long(), **kwargs).last_hidden_state
