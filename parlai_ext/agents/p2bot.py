@@ -596,19 +596,24 @@ class P2BotTransmitterAgent(
             self.model.train(was_training)
 
 
-def load_transmitter(model_file: str, overrides: dict | None = None) -> P2BotTransmitterAgent:
-    """A trained transmitter, frozen (the self-play user, RS.1's and RS.2's scorer)."""
+def load_frozen(model_file: str, agent_class: type, what: str, overrides: dict | None = None):
+    """A trained ``agent_class`` model in evaluation mode with every parameter frozen."""
     from parlai.core.agents import create_agent_from_model_file
 
     agent = create_agent_from_model_file(
         model_file, {'interactive_mode': True, **(overrides or {})}
     )
-    if not isinstance(agent, P2BotTransmitterAgent):
-        raise TypeError(f'{model_file} is a {type(agent).__name__}, not a P2Bot transmitter')
+    if not isinstance(agent, agent_class):
+        raise TypeError(f'{model_file} is a {type(agent).__name__}, not a {what}')
     agent.model.eval()
     for p in agent.model.parameters():
         p.requires_grad_(False)
     return agent
+
+
+def load_transmitter(model_file: str, overrides: dict | None = None) -> P2BotTransmitterAgent:
+    """A trained transmitter, frozen (the self-play user, RS.1's and RS.2's scorer)."""
+    return load_frozen(model_file, P2BotTransmitterAgent, 'P2Bot transmitter', overrides)
 
 
 class HFLanguageModelScorer:

@@ -22,7 +22,7 @@ from parlai.utils.torch import padded_tensor
 
 from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
-from parlai_ext.agents.p2bot import P2BotDictionaryAgent
+from parlai_ext.agents.p2bot import P2BotDictionaryAgent, load_frozen
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.losses.p2bot import receiver_loss
@@ -336,17 +336,7 @@ class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, T
 
 def load_receiver(model_file: str, overrides: dict | None = None) -> P2BotReceiverAgent:
     """A trained receiver, frozen, ready for :meth:`P2BotReceiverAgent.perception_scores`."""
-    from parlai.core.agents import create_agent_from_model_file
-
-    agent = create_agent_from_model_file(
-        model_file, {'interactive_mode': True, **(overrides or {})}
-    )
-    if not isinstance(agent, P2BotReceiverAgent):
-        raise TypeError(f'{model_file} is a {type(agent).__name__}, not a P2Bot receiver')
-    agent.model.eval()
-    for p in agent.model.parameters():
-        p.requires_grad_(False)
-    return agent
+    return load_frozen(model_file, P2BotReceiverAgent, 'P2Bot receiver', overrides)
 
 
 # the class name ParlAI derives from the short name (`p2bot_receiver` -> P2botReceiverAgent)
