@@ -13,6 +13,17 @@ import pytest
 PARLAI_BIN = Path(sys.executable).with_name('parlai')
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """One intra-op thread: tiny models on a loaded 2-core machine run far faster so."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_datapath(tmp_path_factory, monkeypatch):
     """Seed every RNG; point ParlAI's datapath at a temporary folder (never site-packages)."""

@@ -30,16 +30,6 @@ from parlai_ext.modules.coral import CrossEncoder, Esim, pack_pairs
 from parlai_ext.modules.transformer import TransformerEncoder
 from parlai_ext.rewards import AgentReward, ConstantReward, load_reward_model
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """One intra-op thread: tiny models on a loaded 2-core machine run far faster so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the loss --------------------------------------------------------------------------------
 PAD = 0
 

@@ -37,14 +37,6 @@ from parlai_ext.agents.coral import CoralAgent, pad_rows
 PRESETS = Path(__file__).resolve().parents[1] / 'projects' / 'coral'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def dict_file(tmp_path_factory):
     from parlai.scripts.build_dict import BuildDict

@@ -36,15 +36,6 @@ from parlai_ext.modules.coral import (
 )
 from parlai_ext.modules.transformer import TransformerEncoder
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the CORAL loss: Eq. 2 (one response), Eq. 3 (ground truth and negatives mixed) -----------
 # two responses: r1 of 3 tokens (a ground truth, f_R = 0.9) and r2 of 1 token (a negative,
 # f_R = 0.2); padding positions carry junk log-probabilities that must be ignored

@@ -35,14 +35,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp('hf_generator_bases')

@@ -27,14 +27,6 @@ HRED = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _save_model(folder, model_args: list[str]) -> str:
     """An untrained model with a dictionary of the demo dialogues (sampling needs no skill)."""
     model_file = str(folder / 'model')

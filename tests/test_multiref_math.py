@@ -35,15 +35,6 @@ from parlai_ext.modules.vhred import (
     VHREDConfig,
 )
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 V, E, H, Z, FLOOR, K = 23, 6, 5, 3, 2, 3
 CONTEXTS = [  # different numbers of utterances and utterance lengths: padding everywhere
     [[3, 4, 5, 6], [7, 8], [9, 10, 11]],

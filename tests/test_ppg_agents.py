@@ -21,14 +21,6 @@ TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, dropout=0.0, 
 THREADS = {'OMP_NUM_THREADS': '1'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """A PPG, a DRG (ours: gold partner personas in training) and a critic, a few steps each."""

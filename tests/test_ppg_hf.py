@@ -24,14 +24,6 @@ from parlai_ext.modules.hf import HfEncoder
 from parlai_ext.modules.ppg import PARTNER_PREFIX, SELF_PREFIX, drg_source, sample_sequences
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def data_words() -> list[str]:
     text = fbdialog_both() + f' {SELF_PREFIX} {PARTNER_PREFIX} __SILENCE__'
     return sorted(set(text.split()))

@@ -26,15 +26,6 @@ from parlai_ext.modules.transformer import TransformerEncoder
 PAD, START, END = 0, 1, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small models on a shared 2-core machine run far faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_seq2seq(vocab: int = 20) -> EncoderDecoder:
     torch.manual_seed(0)
     return EncoderDecoder(

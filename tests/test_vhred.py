@@ -32,17 +32,6 @@ from parlai_ext.modules.vhred import (
     VHREDConfig,
 )
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core machine OpenMP spinning makes these tiny models
-    ~100x slower with 2 threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 AGENTS = ['mr_hred', 'vhred', 'vhred_gmm', 'vhred_lgm']
 TINY = [
