@@ -507,3 +507,154 @@ def test_agents_build_fused_optimizers(tmp_path, name, extra):
     before = [p.detach().clone() for p in agent.model.parameters()]
     agent.train_step(batch)
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.model.parameters()))
+
+
+# --- unified_transformer and PLATO-2 ---------------------------------------------------------------
+UT = [*ED, '--text-truncate', '16', '--label-truncate', '8']
+
+
+@pytest.mark.parametrize('extra', [[], ['--lm-head', 'knover', '--knover-layout', 'true']])
+def test_unified_loss_metrics_and_gradients_equal_parlai(tmp_path, extra):
+    agent = _agent(tmp_path, 'unified_transformer', *UT, *extra, '-lr', '0.02', fit_steps=10)
+    agent.model.train()
+    batch = _batch(agent)
+    new = _loss_metrics_grads(agent, agent.compute_loss, batch)
+    old = _loss_metrics_grads(agent, lambda b: TorchGeneratorAgent.compute_loss(agent, b), batch)
+    _assert_same(new, old)
+    assert set(new[1]) == {'loss', 'ppl', 'token_acc', 'token_em'}
+    assert sum(new[1]['token_em']) >= 1 and sum(new[1]['token_acc']) < 3
+    scores, preds, _ = agent.model(*agent._model_input(batch), ys=batch.label_vec, real_tokens=True)
+    n_tokens = int(batch.label_vec.ne(agent.NULL_IDX).sum())
+    assert scores.shape == (n_tokens, len(agent.dict)) and preds.shape == (n_tokens,)
+    # evaluation keeps ParlAI's padded (batch, time, vocab) scores
+    agent._local_metrics = {}
+    with torch.no_grad():
+        _, (padded, padded_preds, _) = agent.compute_loss(batch, return_output=True)
+    assert padded.shape == (*batch.label_vec.shape, len(agent.dict))
+    notnull = batch.label_vec.ne(agent.NULL_IDX)
+    assert torch.allclose(padded[notnull], scores, atol=1e-5)
+    assert torch.equal(padded_preds, padded.argmax(dim=-1))  # max(...).indices = argmax
+
+
+def test_plato2_training_loss_metrics_and_gradients_equal_the_padded_pass(tmp_path):
+    agent = _agent(tmp_path, 'plato2', *UT, '--n-latent', '3', '-lr', '0.01', fit_steps=6)
+    agent.model.train()
+    batch = _batch(agent)
+    new = _loss_metrics_grads(agent, agent.compute_loss, batch)
+    old = _loss_metrics_grads(agent, lambda b: agent.compute_loss(b, return_output=True)[0], batch)
+    _assert_same(new, old)
+    assert {'loss', 'ppl', 'token_acc', 'token_em', 'bow_loss', 'z_entropy'} <= set(new[1])
+
+
+@pytest.mark.parametrize('knover_layout', [False, True])
+def test_unified_bans_equal_in_place_writes(tmp_path, knover_layout):
+    extra = ['--lm-head', 'knover'] if knover_layout else []
+    agent = _agent(tmp_path, 'unified_transformer', *UT, *extra,
+                   '--knover-layout', str(knover_layout).lower())  # fmt: skip
+    model = agent.model
+    assert 'banned_bias' not in model.state_dict()  # old model files load unchanged
+    hidden = torch.randn(2, 3, 16, requires_grad=True)
+    logits = model.output(hidden)
+    reference = model.transformer.logits(hidden)
+    if not knover_layout:  # Knover's layout does not ban the start token
+        reference[..., model.START_IDX] = neginf(reference.dtype)
+    reference[..., model.NULL_IDX] = neginf(reference.dtype)
+    assert torch.equal(logits, reference)
+    assert (logits[..., model.START_IDX] > -1e10).all() == knover_layout
+    target = torch.randint(3, len(agent.dict), (6,))
+    grad = torch.autograd.grad(F.cross_entropy(logits.view(6, -1), target), hidden)[0]
+    grad0 = torch.autograd.grad(F.cross_entropy(reference.view(6, -1), target), hidden)[0]
+    assert torch.allclose(grad, grad0, atol=1e-6)
+
+
+def test_reorders_identically_only_for_arange_searches():
+    from parlai.core.torch_generator_agent import BeamSearch, GreedySearch, TopKSampling
+
+    from parlai_ext.agents.unified_transformer import reorders_identically
+    from parlai_ext.candidates import latent_id_search
+
+    args = dict(beam_size=2, device='cpu')
+    assert reorders_identically(GreedySearch(beam_size=1, device='cpu'))
+    assert reorders_identically(latent_id_search(TopKSampling)(5, **args))  # PLATO-2's
+    assert not reorders_identically(BeamSearch(**args))
+
+    class Shuffling(TopKSampling):
+        def select_paths(self, logprobs, prior_scores, current_length):
+            return super().select_paths(logprobs, prior_scores, current_length)
+
+    assert not reorders_identically(Shuffling(5, **args))
+
+
+def test_unified_decoding_position_check_needs_no_sync(tmp_path):
+    agent = _agent(tmp_path, 'unified_transformer', *UT)
+    transformer = agent.model.transformer
+    batch = _batch(agent)
+    seen = []
+    original = transformer.embeddings.forward
+
+    def spy(tokens, positions, types=None, max_position=None):
+        seen.append((int(positions.max()), max_position))
+        return original(tokens, positions, types, max_position=max_position)
+
+    transformer.embeddings.forward = spy
+    with torch.no_grad():
+        state = transformer.encode_context(batch.text_vec)
+        assert state.max_length == int(state.length.max()) < batch.text_vec.shape[1] + 1
+        expanded = state.index_select(torch.tensor([0, 0, 1, 2]))
+        caches = None
+        for _step in range(3):
+            _, caches = transformer.decode(torch.full((4, 1), 5), expanded, caches)
+    assert len(seen) == 4 and all(largest == given for largest, given in seen)
+    with pytest.raises(ValueError, match='position 32 >= --n-positions 32'):
+        transformer.decode(torch.full((4, 32 - state.max_length - 2), 5), expanded, caches)
+
+
+def _counting_reorders(monkeypatch, model_cls):
+    reorders = []
+    original = model_cls.reorder_decoder_incremental_state
+
+    def counting(self, incr_state, inds):
+        reorders.append(self.identity_reorder)
+        if self.identity_reorder:
+            assert torch.equal(inds, torch.arange(len(inds)))  # skipping is exact
+        return original(self, incr_state, inds)
+
+    monkeypatch.setattr(model_cls, 'reorder_decoder_incremental_state', counting)
+    return reorders
+
+
+@pytest.mark.parametrize(
+    'name,inference,beam_size,opts',
+    [('unified_transformer', 'greedy', 1, {}), ('unified_transformer', 'topk', 3, {'topk': 5}),
+     ('unified_transformer', 'nucleus', 2, {'topp': 0.9}), ('unified_transformer', 'beam', 3, {}),
+     ('plato2', 'topk', 3, {'topk': 5}), ('plato2', 'nucleus', 3, {'topp': 0.9}),
+     ('plato2', 'greedy', 3, {})],
+)  # fmt: skip
+def test_unified_generation_unchanged_by_skipped_reorders_and_buffers(
+    tmp_path, monkeypatch, name, inference, beam_size, opts
+):
+    from parlai_ext.agents.unified_transformer import UnifiedTransformerGeneratorModel
+
+    extra = ['--n-latent', '3'] if name == 'plato2' else []
+    agent = _agent(tmp_path, name, *UT, *extra)
+    batch = _batch(agent, 'eval_labels')
+    model = agent.model
+    stack = model.transformer.stack
+    reorders = _counting_reorders(monkeypatch, UnifiedTransformerGeneratorModel)
+    reserves = []
+    original_reserve = type(stack).reserve_cache
+    monkeypatch.setattr(
+        type(stack), 'reserve_cache', lambda s, n: reserves.append(n) or original_reserve(s, n)
+    )
+    fast = _generate(agent, batch, inference, beam_size, **opts)
+    assert reorders and all(reorders) == (inference != 'beam')
+    assert reserves[0] == (0 if inference == 'beam' else 8)  # max_ts positions
+    assert reserves[-1] == 0 and not model.identity_reorder  # reset after the search
+    # reference: every reorder done, caches grown by torch.cat
+    monkeypatch.setattr(type(agent), '_prepare_decoding', lambda self, search: search)
+    slow = _generate(agent, batch, inference, beam_size, **opts)
+    assert not any(reorders[len(reorders) // 2 + 1 :])
+    assert [t for t, _ in fast] == [t for t, _ in slow]
+    assert [s for _, s in fast] == pytest.approx([s for _, s in slow], abs=1e-5)
+    if name == 'plato2':
+        assert len(fast) == 3 and len({tuple(t) for t, _ in fast}) > 1  # K candidates differ

@@ -142,7 +142,9 @@ def test_decoding_positions_and_types_continue_the_context(model):
     context, response = _batch()
     seen = []
     original = model.embeddings.forward
-    model.embeddings.forward = lambda t, p, ty=None: seen.append((p, ty)) or original(t, p, ty)
+    model.embeddings.forward = lambda t, p, ty=None, **kw: (
+        seen.append((p, ty)) or original(t, p, ty, **kw)
+    )
     with torch.no_grad():
         state = model.encode_context(context)
         _, caches = model.decode(response[:, :2], state)

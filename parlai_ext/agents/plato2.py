@@ -399,14 +399,17 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
         inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
         return inputs.masked_fill(inputs == self.END_IDX, self.NULL_IDX)
 
-    def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None):
+    def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None, real_tokens=False):
+        """``(scores, preds, Plato2Output)``; ``real_tokens=True``: scores and preds at the
+        label's real tokens only (``(n_tokens, vocab)``, ``(n_tokens,)``), as the base's."""
         if ys is None or prev_enc is not None:
             raise NotImplementedError('PLATO-2 generates through the encoder/decoder interface')
         self.longest_label = max(self.longest_label, ys.size(1))
         out: Plato2Output = self.transformer(xs[0], self.response_inputs(ys))
         out.response_hidden = out.response_hidden[:, : ys.size(1)]
-        logits = self.output(out.response_hidden)
-        return logits, logits.argmax(dim=-1), out
+        hidden = out.response_hidden[ys != self.NULL_IDX] if real_tokens else out.response_hidden
+        logits = self.output(hidden)
+        return logits, logits.max(dim=-1).indices, out
 
 
 class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its base
@@ -559,7 +562,10 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
     def compute_loss(self, batch: Batch, return_output: bool = False):
         """Eq. 6: token-mean NLL + token-mean BOW (equal weights, as the authors' code), plus
         ``--entropy-coef`` times the mean of sum_z p log p (0 by default)."""
-        nll, model_output = super().compute_loss(batch, return_output=True)
+        if return_output:  # evaluation: ParlAI's padded (batch, time, vocab) scores
+            nll, model_output = super().compute_loss(batch, return_output=True)
+        else:  # training: the output layer at the real label tokens only
+            nll, model_output = self._real_token_loss(batch)
         out: Plato2Output = model_output[2]
         labels = batch.label_vec
         notnull = labels != self.NULL_IDX
@@ -640,7 +646,8 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             top_k = 1 if method == 'greedy' else self.opt['topk']
             search = latent_id_search(TopKSampling)(top_k, self.n_latent, **args)
         self._searches.append(search)  # its latent_ids name each candidate's latent value
-        return search
+        # K rows, each its own latent value, never reorder: no cache copies, buffered cache
+        return self._prepare_decoding(search)
 
     def candidate_scores(self, batch: Batch, candidates: list[list[tuple]]) -> list[list[float]]:
         """The ranking score of every candidate (higher is better), before penalties."""
@@ -883,12 +890,12 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
         self.backward(loss)
         self.update_params()
         n_pairs, n_targets = labels.numel(), targets.numel()
-        correct = (logits.argmax(dim=-1) == labels).sum()
+        correct = (logits.max(dim=-1).indices == labels).sum()
         self.global_metrics.add('rce_loss', AverageMetric(rce.item() * n_pairs, n_pairs))
         self.global_metrics.add('coherence_acc', AverageMetric(correct, n_pairs))
         self.global_metrics.add('mlm_loss', AverageMetric(mlm.item() * n_targets, n_targets))
         if n_targets:
-            hits = (mlm_logits.argmax(dim=-1) == targets).sum()
+            hits = (mlm_logits.max(dim=-1).indices == targets).sum()
             self.global_metrics.add('mlm_acc', AverageMetric(hits, n_targets))
         return Output()
 

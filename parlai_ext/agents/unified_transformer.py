@@ -28,7 +28,14 @@ import copy
 import torch
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
-from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
+from parlai.core.torch_generator_agent import (
+    GreedySearch,
+    NucleusSampling,
+    TopKSampling,
+    TorchGeneratorAgent,
+    TorchGeneratorModel,
+    TreeSearch,
+)
 from parlai.utils.torch import neginf
 from torch import nn
 
@@ -36,12 +43,24 @@ from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.modules import hf
 from parlai_ext.modules.plato2_hf import HfUnifiedTransformer
+from parlai_ext.modules.transformer import banned_bias, padded_from_flat
 from parlai_ext.modules.unified_transformer import LM_HEADS, ContextState, UnifiedTransformer
 
 # dictionary tokens that a [MASK] input may be called; generation never produces them
 MASK_TOKENS = ('[MASK]', '__mask__', '<mask>')
 # positions the default truncation fills over a pretrained LM (its own limit may be far larger)
 HF_POSITION_BUDGET = 512
+# ParlAI searches whose select_paths always return hypothesis ids = arange (a finished
+# hypothesis keeps its row too): every reorder_decoder_incremental_state is the identity
+IDENTITY_REORDER_SEARCHES = (GreedySearch, TopKSampling, NucleusSampling)
+
+
+def reorders_identically(search: TreeSearch) -> bool:
+    """True when ``search`` never reorders its hypotheses: its ``select_paths`` is that of
+    one of :data:`IDENTITY_REORDER_SEARCHES` (subclasses that only add bookkeeping, such as
+    PLATO-2's latent-id searches, count; one overriding ``select_paths`` does not)."""
+    select = type(search).select_paths
+    return any(select is cls.select_paths for cls in IDENTITY_REORDER_SEARCHES)
 
 
 def add_transformer_args(parser: ParlaiParser, title: str) -> None:
@@ -201,6 +220,12 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
             transformer = UnifiedTransformer(len(dictionary), **transformer_args(opt, dictionary))
         self.transformer = transformer
         self.ban_start = not opt.get('knover_layout')
+        # never generate the start (but Knover's layout does not ban it) or the padding token:
+        # a bias of the output GEMM (non-persistent: model files unchanged)
+        banned = (self.START_IDX, self.NULL_IDX) if self.ban_start else (self.NULL_IDX,)
+        self.register_buffer('banned_bias', banned_bias(len(dictionary), banned), persistent=False)
+        # set by the agent before each search: True while the search never reorders
+        self.identity_reorder = False
 
     # --- ParlAI's encoder/decoder interface (generation) -------------------------------
     def encoder(self, context: torch.Tensor) -> ContextState | hf.PrefixState:
@@ -212,12 +237,12 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         return self.transformer.decode(tokens, context, incr_state)
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.transformer.logits(hidden)
-        # never generate the start (but Knover's layout does not ban it) or the padding token
-        if self.ban_start:
-            logits[:, :, self.START_IDX] = neginf(logits.dtype)
-        logits[:, :, self.NULL_IDX] = neginf(logits.dtype)
-        return logits
+        """Scores over the vocabulary (any leading shape); START (unless Knover's layout) and
+        NULL at ParlAI's neginf."""
+        if isinstance(self.transformer, UnifiedTransformer):
+            return self.transformer.banned_logits(hidden, self.banned_bias)
+        logits = self.transformer.logits(hidden)  # the HF LM's own head (fp32)
+        return logits.masked_fill(self.banned_bias < 0, neginf(logits.dtype))
 
     def reorder_encoder_states(self, context, indices):
         if not torch.is_tensor(indices):
@@ -225,20 +250,30 @@ class UnifiedTransformerGeneratorModel(TorchGeneratorModel):
         return context.index_select(indices.to(context.valid.device))
 
     def reorder_decoder_incremental_state(self, incr_state, inds):
+        if self.identity_reorder:  # greedy / top-k / nucleus: inds is always arange
+            return incr_state
         if isinstance(incr_state, hf.DecodeState):  # the HF LM's key/value cache
             return incr_state.index_select(inds)
         return [(k.index_select(0, inds), v.index_select(0, inds)) for k, v in incr_state]
 
     # --- training: one prefix-LM pass ---------------------------------------------------
-    def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None):
+    def forward(self, *xs, ys=None, prev_enc=None, maxlen=None, bsz=None, real_tokens=False):
+        """ParlAI's teacher-forced pass ``(scores, preds, context)``.
+
+        ``real_tokens=True``: the output layer runs only at the label's real tokens
+        (``ys != NULL``): scores ``(n_tokens, vocab)`` and preds ``(n_tokens,)`` in the
+        row-major order of ``ys[ys != NULL]`` (the padded pass's values there).
+        """
         if prev_enc is not None:  # e.g. ranking candidates against a cached context
             return super().forward(*xs, ys=ys, prev_enc=prev_enc, maxlen=maxlen, bsz=bsz)
         assert ys is not None, 'generation goes through the encoder/decoder interface'
         self.longest_label = max(self.longest_label, ys.size(1))
         inputs = self._get_initial_forced_decoder_input(ys.size(0), ys[:, :-1])
         hidden, context = self.transformer(xs[0], inputs)
+        if real_tokens:
+            hidden = hidden[ys != self.NULL_IDX]
         logits = self.output(hidden)
-        return logits, logits.argmax(dim=-1), context
+        return logits, logits.max(dim=-1).indices, context
 
 
 def knover_context(turn_vecs: list[list[int]], start: int, end: int, limit: int) -> list[int]:
@@ -320,6 +355,65 @@ class UnifiedTransformerAgent(
             backbone = HfUnifiedTransformer(build_hf_lm(self), self.NULL_IDX, hf_uses_bf16(self))
             return UnifiedTransformerGeneratorModel(self.opt, self.dict, backbone)
         return UnifiedTransformerGeneratorModel(self.opt, self.dict)
+
+    def _own_model(self) -> UnifiedTransformerGeneratorModel:
+        return self.model.module if hasattr(self.model, 'module') else self.model
+
+    def _generate(self, batch, beam_size, max_ts, prefix_tokens=None):
+        """ParlAI's search; each step's keys/values fit the reserve of :meth:`_prepare_decoding`
+        (``max_ts`` positions); the model's decoding settings are reset afterwards."""
+        self._cache_reserve = max_ts
+        try:
+            return super()._generate(batch, beam_size, max_ts, prefix_tokens)
+        finally:
+            model = self._own_model()
+            model.identity_reorder = False
+            stack = getattr(model.transformer, 'stack', None)
+            if stack is not None:
+                stack.reserve_cache(0)
+
+    def _prepare_decoding(self, search: TreeSearch) -> TreeSearch:
+        """Before the search (ParlAI calls the factory once per example, before decoding):
+        skip the key/value-cache reorders of searches that never reorder, and let their
+        steps append into preallocated buffers (the cache holds the context, so re-copying
+        it at every step, ``torch.cat``, costs as much as the reorder; beam search reorders
+        at every step anyway and keeps ``torch.cat``)."""
+        model = self._own_model()
+        model.identity_reorder = reorders_identically(search)
+        stack = getattr(model.transformer, 'stack', None)  # the from-scratch stack only
+        if stack is not None:
+            reserve = getattr(self, '_cache_reserve', 0) if model.identity_reorder else 0
+            stack.reserve_cache(reserve)
+        return search
+
+    def _treesearch_factory(self, device, verbose=False):
+        return self._prepare_decoding(super()._treesearch_factory(device, verbose=verbose))
+
+    def compute_loss(self, batch, return_output=False):
+        """ParlAI's NLL (Eq. 1) and metrics, with the output layer at the real label tokens
+        only: the same loss, metrics and gradients as ``TorchGeneratorAgent.compute_loss``.
+        With ``return_output`` (evaluation; ParlAI's callers read ``(batch, time, vocab)``
+        scores) the padded pass runs, as in ParlAI."""
+        if return_output:
+            return super().compute_loss(batch, return_output=True)
+        return self._real_token_loss(batch)[0]
+
+    def _real_token_loss(self, batch) -> tuple[torch.Tensor, tuple]:
+        """``(loss, model_output)`` of the real-token pass: ``model_output`` is the model's
+        ``(scores (n_tokens, vocab), preds (n_tokens,), third)``, the third unchanged."""
+        from parlai_ext.agents.encoder_decoder import record_generator_metrics  # (cycle)
+
+        if batch.label_vec is None:
+            raise ValueError('Cannot compute loss without a label.')
+        labels = batch.label_vec
+        notnull = labels.ne(self.NULL_IDX)
+        model_output = self.model(*self._model_input(batch), ys=labels, real_tokens=True)
+        scores, preds = model_output[0], model_output[1]
+        loss_per_token = padded_from_flat(self.criterion(scores, labels[notnull]), notnull)
+        loss = record_generator_metrics(
+            self, batch, loss_per_token, padded_from_flat(preds, notnull, self.NULL_IDX)
+        )
+        return loss, model_output
 
     def _set_text_vec(self, obs, history, truncate):
         return apply_knover_layout(self, super()._set_text_vec(obs, history, truncate), truncate)

@@ -35,6 +35,7 @@ from torch import nn
 from parlai_ext.modules.transformer import (
     LayerCache,
     TransformerEncoder,
+    banned_linear,
     bidirectional_mask,
     causal_mask,
     init_weights,
@@ -53,12 +54,16 @@ class ContextState:
     caches: list[LayerCache]  # per layer (keys, values) over the prefix and the context
     valid: torch.Tensor  # (batch, P + Lc) bool, False at padding (prefix slots are True)
     length: torch.Tensor  # (batch,) number of valid context tokens = first response position
+    # the largest ``length`` as a Python int (None: unknown), so that decoding checks its
+    # positions without a device-to-host sync per step; after index_select an upper bound
+    max_length: int | None = None
 
     def index_select(self, indices: torch.Tensor) -> ContextState:
         return ContextState(
             [(k.index_select(0, indices), v.index_select(0, indices)) for k, v in self.caches],
             self.valid.index_select(0, indices),
             self.length.index_select(0, indices),
+            self.max_length,
         )
 
 
@@ -99,6 +104,15 @@ class UnifiedTransformer(TransformerEncoder):
             return F.linear(self.lm_transform(hidden), self.embeddings.tokens.weight, self.lm_bias)
         return self.tied_logits(hidden)
 
+    def banned_logits(self, hidden: torch.Tensor, ban: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` with the columns where ``ban < 0`` at ParlAI's ``neginf``, the ban
+        folded into the output GEMM's bias (:func:`~parlai_ext.modules.transformer.banned_linear`:
+        no full-size in-place write, whose backward would clone the gradient)."""
+        weight = self.embeddings.tokens.weight
+        if self.lm_head == 'knover':
+            return banned_linear(self.lm_transform(hidden), weight, self.lm_bias, ban)
+        return banned_linear(hidden, weight, None, ban)
+
     def embed(
         self,
         tokens: torch.Tensor,
@@ -107,21 +121,23 @@ class UnifiedTransformer(TransformerEncoder):
         prefix: torch.Tensor | None = None,
         replaced: torch.Tensor | None = None,
         replacement: torch.Tensor | None = None,
+        max_position: int | None = None,
     ) -> torch.Tensor:
         """Input embeddings: token + type + position (Fig. 2), then dropout.
 
         :param prefix: ``(batch, P, dim)`` vectors prepended after the sum (no position/type).
         :param replaced: ``(batch, L)`` bool; there the token embedding is ``replacement``
             (``(dim,)``, the masked LM's [MASK] vector, Eq. 8); position and type are kept.
+        :param max_position: the largest of ``positions`` when the caller knows it without
+            reading the tensor (no device-to-host sync); None: ``positions.max()``.
         """
         if replaced is None:
-            x = self.embeddings(tokens, positions, types)
+            x = self.embeddings(tokens, positions, types, max_position=max_position)
         else:
             emb = self.embeddings
-            if int(positions.max()) >= emb.n_positions:
-                raise ValueError(
-                    f'position {int(positions.max())} >= --n-positions {emb.n_positions}'
-                )
+            largest = int(positions.max()) if max_position is None else max_position
+            if largest >= emb.n_positions:
+                raise ValueError(f'position {largest} >= --n-positions {emb.n_positions}')
             token_part = torch.where(replaced[..., None], replacement, emb.tokens(tokens))
             x = token_part + emb.positions(positions)
             if emb.types is not None:
@@ -202,14 +218,19 @@ class UnifiedTransformer(TransformerEncoder):
         valid = context != self.padding_idx
         batch, lc = context.shape
         positions = torch.arange(lc, device=context.device).expand_as(context)
-        x = self.embed(context, positions, torch.full_like(context, CONTEXT_TYPE), prefix)
+        x = self.embed(
+            context, positions, torch.full_like(context, CONTEXT_TYPE), prefix, max_position=lc - 1
+        )
         if prefix is not None:
             prefix_valid = torch.ones(batch, prefix.shape[1], dtype=torch.bool, device=x.device)
             valid_all = torch.cat([prefix_valid, valid], dim=1)
         else:
             valid_all = valid
         _, caches = self.stack(x, bidirectional_mask(valid_all))
-        return ContextState(caches, valid_all, valid.sum(dim=1))
+        length = valid.sum(dim=1)
+        # one sync per context pass, so that no decoding step needs one
+        max_length = int(length.max()) if batch else 0
+        return ContextState(caches, valid_all, length, max_length)
 
     def decode(
         self,
@@ -229,7 +250,10 @@ class UnifiedTransformer(TransformerEncoder):
         device = tokens.device
         start = past_len - lc  # response tokens already decoded
         positions = context.length[:, None] + start + torch.arange(new, device=device)[None, :]
-        x = self.embeddings(tokens, positions, torch.full_like(tokens, RESPONSE_TYPE))
+        largest = None if context.max_length is None else context.max_length + start + new - 1
+        x = self.embed(
+            tokens, positions, torch.full_like(tokens, RESPONSE_TYPE), max_position=largest
+        )
         response_part = causal_mask(new, start + new, device).expand(batch, new, start + new)
         context_part = context.valid[:, None, :].expand(batch, new, lc)
         mask = torch.cat([context_part, response_part], dim=2)[:, None]
