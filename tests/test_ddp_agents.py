@@ -2,7 +2,8 @@
 identical weights after every update, for the agents ParlAI does not wrap in DDP itself (the
 receiver, the critic), the transmitter's MLE + NUP loss, and the two RL loops whose surrogate
 is computed outside DDP's forward (P2Bot self-play, PPG); self-play workers play different
-dialogues. ``bench/ddp_check.sh`` runs every agent of the project this way."""
+dialogues; LoRA over a Hugging Face LM (``hf_generator``), where DDP's reducer holds only the
+adapters and the frozen base never moves. ``bench/ddp_check.sh`` runs every agent of the project this way."""
 
 from __future__ import annotations
 
@@ -189,3 +190,81 @@ def test_average_gradients_is_the_mean_over_workers(tmp_path):
         assert torch.equal(grads['bias'], torch.ones(2))
         assert torch.equal(grads['extra'], torch.full((3,), 2.0))  # (0 + 4) / 2
         assert grads['unused'] is None and grads['frozen'] is None
+
+
+# ============================================== LoRA over a Hugging Face LM (issue #20)
+
+LORA_AGENT = """
+import hashlib, os
+import torch
+from parlai.utils.distributed import get_rank
+from parlai_ext.agents.hf import HfGeneratorAgent
+
+
+def digest(params):
+    return hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in params)).hexdigest()
+
+
+class LoraGenerator(HfGeneratorAgent):
+    \"\"\"After every update: hashes of the trainable and the frozen parameters, and what the
+    DDP reducer holds (parameter tensors, bytes) against the trainable ones.\"\"\"
+
+    def update_params(self):
+        super().update_params()
+        ddp = self.model
+        model = getattr(ddp, 'module', ddp)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        data = ddp._get_ddp_logging_data() if ddp is not model else {}
+        fields = [
+            str(self._number_training_updates), digest(trainable), digest(frozen),
+            type(ddp).__name__, str(data.get('num_parameter_tensors')),
+            str(data.get('total_parameter_size_bytes')), str(len(trainable)),
+            str(sum(p.numel() * p.element_size() for p in trainable)), str(len(frozen)),
+        ]
+        path = os.path.join(os.environ['CHECKSUM_DIR'], f'lora{get_rank()}.txt')
+        with open(path, 'a') as f:
+            f.write(' '.join(fields) + '\\n')
+"""
+
+
+def test_lora_workers_synchronise_only_the_adapters(tmp_path):
+    """``multiprocessing_train -m hf_generator --lora-rank 4``: ParlAI wraps the model in DDP,
+    whose reducer holds exactly the trainable (LoRA) parameters; after every update both
+    workers hold the same adapters, which moved, and the frozen base never changes."""
+    pytest.importorskip('peft')
+    from test_hf import tiny_checkpoint
+    from test_hf_generator import write_pairs
+
+    from parlai_ext.agents.hf import HfDictionaryAgent
+
+    base = tiny_checkpoint(tmp_path / 'base', 'gpt2')
+    dict_file = str(tmp_path / 'model.dict')
+    HfDictionaryAgent({'hf_model_dir': base, 'dict_file': None}).save(dict_file)
+    (tmp_path / 'lora_agents.py').write_text(LORA_AGENT)
+    env = {
+        'PYTHONPATH': str(tmp_path),
+        'CHECKSUM_DIR': str(tmp_path),
+        'OMP_NUM_THREADS': '1',
+        'PARLAI_DATAPATH': str(tmp_path / 'parlai_data'),
+    }
+    run_parlai(
+        'multiprocessing_train', '-m', 'lora_agents:LoraGenerator', '-t',
+        'fromfile:parlaiformat', '--fromfile-datapath', write_pairs(tmp_path / 'pairs.txt'),
+        '--hf-model-dir', base, '--dict-file', dict_file, '--lora-rank', '4',
+        '--lora-dropout', '0', '--bf16', 'false', '-lr', '1e-2', '-mf', str(tmp_path / 'model'),
+        '-bs', '2', '--max-train-steps', '3', '-vstep', '-1', '-vme', '4',
+        '--short-final-eval', 'true', '--skip-generation', 'true',
+        '--distributed-world-size', '2', env=env, timeout=600,
+    )  # fmt: skip
+    logs = [[line.split() for line in _lines(tmp_path / f'lora{r}.txt')] for r in (0, 1)]
+    assert logs[0] == logs[1]  # the same adapters (and base) on both workers, every update
+    assert [row[0] for row in logs[0]] == ['1', '2', '3']
+    assert len({row[1] for row in logs[0]}) == 3  # the adapters moved every update
+    assert len({row[2] for row in logs[0]}) == 1  # the frozen base never did
+    _, _, _, wrapper, reducer_tensors, reducer_bytes, trainable, trainable_bytes, frozen = logs[0][
+        0
+    ]
+    assert wrapper == 'DistributedDataParallel'
+    assert int(frozen) > 0
+    assert (reducer_tensors, reducer_bytes) == (trainable, trainable_bytes)  # adapters only
