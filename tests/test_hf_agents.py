@@ -205,7 +205,9 @@ def test_lora_agent_saves_adapters_or_merged_weights_and_reloads_identically(tmp
     assert agent.model['lm'].config.pad_token_id == null
     assert agent.model['lm'].get_input_embeddings().weight.shape[0] == len(d)
     trainable = [n for n, p in agent.model.named_parameters() if p.requires_grad]
-    assert any('trainable_tokens_delta' in n for n in trainable)  # the added __null__ row
+    # only __null__ was added: the padding row is never read, so it gets no token adapter
+    assert d.added_token_ids == [null]
+    assert not any('trainable_tokens_delta' in n for n in trainable)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in agent.model.parameters():
@@ -265,3 +267,14 @@ def test_build_encoder_for_classifiers(tmp_path):
     wrapped = hf.HfEncoder(encoder)
     ids = torch.tensor([[d[d.start_token], d['hello'], d[d.end_token]]])
     assert wrapped(ids, None, ids != d[d.null_token]).shape == (1, 3, 16)
+
+
+def test_lora_trains_the_added_rows_except_padding(tmp_path):
+    """GPT-2 adds __start__ and __null__: the start row gets a token adapter, padding does not."""
+    base = tiny_checkpoint(tmp_path / 'base', 'gpt2')
+    opt = make_opt(tmp_path, base, lora_rank=2, lora_alpha=4.0, lora_dropout=0.0)
+    d = glue.HfDictionaryAgent(opt)
+    agent = Agent(opt, d, fresh=True)
+    start, null = d[d.start_token], d[d.null_token]
+    assert sorted(d.added_token_ids) == sorted([start, null])
+    assert agent.model['lm']._parlai_ext_lora_tokens == (start,)

@@ -400,6 +400,10 @@ def _build(opt: Opt, dictionary: Any, fresh: bool, loader) -> nn.Module:
         model.config.pad_token_id = pad
     if settings.enabled:
         added = getattr(dictionary, 'added_token_ids', ()) if dictionary is not None else ()
+        # the padding row is never attended to nor predicted: it stays frozen at its initial
+        # value (the mean of the old rows), so a model that adds only it (SmolLM2, whose pad is
+        # its end token) needs no token adapter, which costs a pass over the whole embedding
+        added = [i for i in added if dictionary is None or i != model.config.pad_token_id]
         hf.apply_lora(model, settings, trainable_token_ids=added)
     return model
 
