@@ -658,3 +658,28 @@ def test_unified_generation_unchanged_by_skipped_reorders_and_buffers(
     assert [s for _, s in fast] == pytest.approx([s for _, s in slow], abs=1e-5)
     if name == 'plato2':
         assert len(fast) == 3 and len({tuple(t) for t, _ in fast}) > 1  # K candidates differ
+
+
+def test_unified_reorder_and_hf_bans(tmp_path):
+    agent = _agent(tmp_path, 'plato2', *UT, '--n-latent', '3')
+    model = agent.model
+    batch = _batch(agent)
+    _, (scores, preds, _) = agent.compute_loss(batch, return_output=True)
+    assert torch.equal(preds, scores.argmax(dim=-1))  # the first maximum, as argmax
+    state = [(torch.randn(3, 2, 4, 8), torch.randn(3, 2, 4, 8))]
+    inds = torch.tensor([2, 0, 1])
+    model.identity_reorder = True  # sampling: the cache is passed on, not copied
+    assert model.reorder_decoder_incremental_state(state, inds) is state
+    model.identity_reorder = False  # beam: reordered
+    ((keys, values),) = model.reorder_decoder_incremental_state(state, inds)
+    assert torch.equal(keys, state[0][0][inds]) and torch.equal(values, state[0][1][inds])
+
+    class HfLike(torch.nn.Module):  # a backbone with its own head (e.g. the HF LM's)
+        def logits(self, hidden):
+            return hidden @ torch.ones(hidden.shape[-1], len(agent.dict))
+
+    model.transformer = HfLike()
+    hidden = torch.randn(2, 3, 16)
+    reference = hidden @ torch.ones(16, len(agent.dict))
+    reference[..., [model.START_IDX, model.NULL_IDX]] = neginf(reference.dtype)
+    assert torch.equal(model.output(hidden), reference)
