@@ -570,7 +570,7 @@ def test_unified_bans_equal_in_place_writes(tmp_path, knover_layout):
 def test_reorders_identically_only_for_arange_searches():
     from parlai.core.torch_generator_agent import BeamSearch, GreedySearch, TopKSampling
 
-    from parlai_ext.agents.unified_transformer import reorders_identically
+    from parlai_ext.agents.generation import reorders_identically
     from parlai_ext.candidates import latent_id_search
 
     args = dict(beam_size=2, device='cpu')

@@ -10,46 +10,15 @@ from __future__ import annotations
 import copy
 
 import torch
-from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
-from parlai.core.torch_generator_agent import (
-    GreedySearch,
-    NucleusSampling,
-    PPLMetric,
-    TopKSampling,
-    TorchGeneratorAgent,
-    TorchGeneratorModel,
-)
+from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
 
+from parlai_ext.agents.generation import record_generator_metrics, reorders_identically
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args
 from parlai_ext.modules.encoder_decoder import EncoderDecoder, EncoderState
 from parlai_ext.modules.transformer import banned_bias, banned_linear, padded_from_flat
-
-# ParlAI searches whose select_paths always return hyp_ids = arange: every step's
-# reorder_decoder_incremental_state is the identity (exact types: a subclass may differ)
-IDENTITY_REORDER_SEARCHES = (GreedySearch, TopKSampling, NucleusSampling)
-
-
-def record_generator_metrics(agent, batch, loss_per_token: torch.Tensor, preds: torch.Tensor):
-    """ParlAI's ``TorchGeneratorAgent.compute_loss`` metrics (``loss``, ``ppl``,
-    ``token_acc``, ``token_em``, ``record_per_token_metrics``) and its loss, the summed token
-    NLL over the target tokens, from ``(batch, time)`` per-token losses (0 at padding) and
-    predictions: the same calls as ParlAI's, so the same values."""
-    labels = batch.label_vec
-    notnull = labels.ne(agent.NULL_IDX)
-    agent.record_local_metric('loss', AverageMetric.from_mask(loss_per_token, notnull))
-    agent.record_local_metric('ppl', PPLMetric.from_mask(loss_per_token, notnull))
-    agent.record_local_metric('token_acc', AverageMetric.from_mask(labels == preds, notnull))
-    num_target_tokens = notnull.long().sum(dim=-1)
-    num_tokens_correct = ((labels == preds) * notnull).sum(dim=-1)
-    agent.record_local_metric(
-        'token_em', AverageMetric.many(num_tokens_correct == num_target_tokens)
-    )
-    agent.record_per_token_metrics(batch, loss_per_token)
-    loss = loss_per_token.sum(dim=1).sum()
-    return loss / num_target_tokens.sum()
 
 
 class EncoderDecoderGeneratorModel(TorchGeneratorModel):
@@ -169,7 +138,7 @@ class EncoderDecoderAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):
         search = super()._treesearch_factory(device, verbose=verbose)
         model = self._own_model()
         if model is not None:  # called by _generate before decoding, once per example
-            model.identity_reorder = type(search) in IDENTITY_REORDER_SEARCHES
+            model.identity_reorder = reorders_identically(search)
             # without reorders, each step appends its keys/values into preallocated buffers
             # instead of re-copying the cache (torch.cat); a beam search copies its cache at
             # every reorder anyway, so it keeps torch.cat (the buffers measured 6 % slower)

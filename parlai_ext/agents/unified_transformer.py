@@ -29,9 +29,6 @@ import torch
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_generator_agent import (
-    GreedySearch,
-    NucleusSampling,
-    TopKSampling,
     TorchGeneratorAgent,
     TorchGeneratorModel,
     TreeSearch,
@@ -40,6 +37,7 @@ from parlai.utils.torch import neginf
 from torch import nn
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.generation import record_generator_metrics, reorders_identically
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.modules import hf
 from parlai_ext.modules.plato2_hf import HfUnifiedTransformer
@@ -50,17 +48,6 @@ from parlai_ext.modules.unified_transformer import LM_HEADS, ContextState, Unifi
 MASK_TOKENS = ('[MASK]', '__mask__', '<mask>')
 # positions the default truncation fills over a pretrained LM (its own limit may be far larger)
 HF_POSITION_BUDGET = 512
-# ParlAI searches whose select_paths always return hypothesis ids = arange (a finished
-# hypothesis keeps its row too): every reorder_decoder_incremental_state is the identity
-IDENTITY_REORDER_SEARCHES = (GreedySearch, TopKSampling, NucleusSampling)
-
-
-def reorders_identically(search: TreeSearch) -> bool:
-    """True when ``search`` never reorders its hypotheses: its ``select_paths`` is that of
-    one of :data:`IDENTITY_REORDER_SEARCHES` (subclasses that only add bookkeeping, such as
-    PLATO-2's latent-id searches, count; one overriding ``select_paths`` does not)."""
-    select = type(search).select_paths
-    return any(select is cls.select_paths for cls in IDENTITY_REORDER_SEARCHES)
 
 
 def add_transformer_args(parser: ParlaiParser, title: str) -> None:
@@ -401,8 +388,6 @@ class UnifiedTransformerAgent(
     def _real_token_loss(self, batch) -> tuple[torch.Tensor, tuple]:
         """``(loss, model_output)`` of the real-token pass: ``model_output`` is the model's
         ``(scores (n_tokens, vocab), preds (n_tokens,), third)``, the third unchanged."""
-        from parlai_ext.agents.encoder_decoder import record_generator_metrics  # (cycle)
-
         if batch.label_vec is None:
             raise ValueError('Cannot compute loss without a label.')
         labels = batch.label_vec
