@@ -359,6 +359,9 @@ class UnifiedTransformerAgent(
             if stack is not None:
                 stack.reserve_cache(0)
 
+    # the same output as ParlAI's _generate (generate_pseudo_refs' batched decoder may stand in)
+    _generate.same_as_parlai_search = True
+
     def _prepare_decoding(self, search: TreeSearch) -> TreeSearch:
         """Before the search (ParlAI calls the factory once per example, before decoding):
         skip the key/value-cache reorders of searches that never reorder, and let their

@@ -191,11 +191,17 @@ def batched_decoder_applies(agent) -> bool:
     """True when the batched loop decodes exactly as ParlAI's search would, one row at a time.
 
     That is: a ``TorchGeneratorAgent`` that keeps ParlAI's ``_generate`` (no latent sampling or
-    reranking of its own) and blocks nothing (n-gram, context n-gram, block list).
+    reranking of its own; a wrapper marked ``same_as_parlai_search``, which only sets up and
+    resets decoding buffers around ParlAI's search, counts as ParlAI's) and blocks nothing
+    (n-gram, context n-gram, block list).
     """
+    generate = type(agent)._generate
     return (
         isinstance(agent, TorchGeneratorAgent)
-        and type(agent)._generate is TorchGeneratorAgent._generate
+        and (
+            generate is TorchGeneratorAgent._generate
+            or getattr(generate, 'same_as_parlai_search', False)
+        )
         and (agent.opt.get('beam_block_ngram') or -1) <= 0
         and (agent.opt.get('beam_context_block_ngram') or -1) <= 0
         and not agent.opt.get('beam_block_list_filename')
