@@ -846,8 +846,13 @@ def patch_train_loop_reliability(module: types.ModuleType) -> None:
     def _save_train_stats(self, suffix=None):
         with io.atomic_writes():
             original_save_stats(self, suffix)
+        from parlai.utils.distributed import is_primary_worker
+
         model_file = self.opt.get('model_file')
-        if suffix is None and model_file and getattr(self, '_ext_trained', False):
+        # only the primary worker writes the stats (ParlAI's rule): another worker marking them
+        # would read them before the primary's final write and put the older copy back
+        finished = suffix is None and getattr(self, '_ext_trained', False)
+        if finished and model_file and is_primary_worker():
             mark_finished(model_file + '.trainstats')
 
     loop_cls._save_train_stats = _save_train_stats
