@@ -76,7 +76,8 @@ def test_machine_load_counts_a_busy_process():
         time.sleep(0.2)
         busy = harness.busy_pids(window=0.3)
         without = harness.busy_pids(window=0.3, exclude=[spinner.pid])
-        idle = harness.busy_pids(window=0.3, share=1.01)  # no process uses more than a core
+        # a one-thread process never uses 1.5 cores (1.01 was within the clock-tick jitter)
+        idle = harness.busy_pids(window=0.3, share=1.5)
     finally:
         spinner.kill()
         spinner.wait()
