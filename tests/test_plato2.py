@@ -313,24 +313,30 @@ def _opt(*args):
     return ParlaiParser(True, True).parse_args(list(args))
 
 
-@pytest.fixture
-def stage1(tmp_path):
-    """An (untrained) stage-1 unified_transformer model file with a small dictionary."""
+def write_stage1(tmp_path, sentences, *extra):
+    """An (untrained) stage-1 unified_transformer model file with a dictionary of
+    ``sentences``: ``(model_file, agent)``."""
     dict_file = str(tmp_path / 'stage1.dict')
     parser = ParlaiParser(True, True)
     DictionaryAgent.add_cmdline_args(parser)
     dictionary = DictionaryAgent(parser.parse_args(['--dict-file', dict_file]))
-    for sentence in SENTENCES:
+    for sentence in sentences:
         dictionary.add_to_dict(dictionary.tokenize(sentence))
     dictionary.save(dict_file, sort=True)
     model_file = str(tmp_path / 'stage1')
     torch.manual_seed(0)
     agent = create_agent(
         _opt('-m', 'unified_transformer', '-mf', model_file, '--dict-file', dict_file,
-             *CLI_SIZES, '--dropout', '0', '--dict-maxtokens', '77')
+             *CLI_SIZES, '--dropout', '0', *extra)
     )  # fmt: skip
     agent.save(model_file)
     return model_file, agent
+
+
+@pytest.fixture
+def stage1(tmp_path):
+    """An (untrained) stage-1 unified_transformer model file with a small dictionary."""
+    return write_stage1(tmp_path, SENTENCES, '--dict-maxtokens', '77')
 
 
 def test_stage1_file_loads_into_stage_2_1_and_2_2(stage1, tmp_path):

@@ -18,6 +18,7 @@ from parlai.core.dict import DictionaryAgent
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch
+from test_plato2 import write_stage1
 
 import parlai_ext.agents.plato2 as plato2_agents
 import parlai_ext.modules.sampling as sampling
@@ -33,7 +34,6 @@ from parlai_ext.losses.plato2 import (
 from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator
 
 SIZES = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, n_positions=64, dropout=0.0)
-CLI_SIZES = ['--n-layers', '2', '--embedding-size', '32', '--n-heads', '4', '--ffn-size', '64']
 SENTENCES = [
     'hi , how are you ?', 'i am fine , thanks . and you ?', 'what is your name ?',
     'my name is anna .', 'where do you live ?', 'i live in paris .', 'good morning !',
@@ -235,21 +235,7 @@ def _opt(*args):
 
 def _stage1(tmp_path, *extra):
     """An (untrained) stage-1 unified_transformer model file with a small dictionary."""
-    dict_file = str(tmp_path / 'stage1.dict')
-    parser = ParlaiParser(True, True)
-    DictionaryAgent.add_cmdline_args(parser)
-    dictionary = DictionaryAgent(parser.parse_args(['--dict-file', dict_file]))
-    for sentence in SENTENCES:
-        dictionary.add_to_dict(dictionary.tokenize(sentence))
-    dictionary.save(dict_file, sort=True)
-    model_file = str(tmp_path / 'stage1')
-    torch.manual_seed(0)
-    agent = create_agent(
-        _opt('-m', 'unified_transformer', '-mf', model_file, '--dict-file', dict_file,
-             *CLI_SIZES, '--dropout', '0', *extra)
-    )  # fmt: skip
-    agent.save(model_file)
-    return model_file
+    return write_stage1(tmp_path, SENTENCES, *extra)[0]
 
 
 @pytest.fixture(scope='module')
