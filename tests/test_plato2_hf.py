@@ -515,6 +515,11 @@ def test_generation_through_parlai_search_with_the_hf_cache(curriculum):
     scores = [c['score'] for c in candidates]  # length-averaged log-probability, best first
     assert scores == sorted(scores, reverse=True) and message['text'] == candidates[0]['text']
     assert all(-20 < s < 0 for s in scores)
+    # each record carries the logprob ranking's divisor (candidate_rankings.py re-ranks logs)
+    assert [c['score'] for c in candidates] == [
+        pytest.approx(c['logprob'] / c['n_tokens'], abs=1e-5) for c in candidates
+    ]
+    assert all(1 <= c['n_tokens'] <= 10 for c in candidates)
     # sampling: K candidates, reproducible under a seed
     for method in ('topk', 'nucleus'):
         stage21.opt['inference'] = method

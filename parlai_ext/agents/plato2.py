@@ -697,23 +697,27 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
                     if unfinished or reason(self._v2t(tokens), turns, ids):
                         penalty = PENALTY
                 latent = latents[j] if latents else None
-                shown = (self._v2t(tokens), latent, float(logprob), score, penalty)
+                n_tokens = max(1, len(tokens) - 1)  # generated tokens and END
+                shown = (self._v2t(tokens), latent, float(logprob), score, penalty, n_tokens)
                 ranked.append(((tokens, torch.tensor(score - penalty), meta), shown))
             ranked.sort(key=lambda pair: float(pair[0][1]), reverse=True)
             reranked.append([cand for cand, _ in ranked])
-            texts, latent_ids, logprobs, ranking_scores, penalties = zip(
+            texts, latent_ids, logprobs, ranking_scores, penalties, n_tokens = zip(
                 *(info for _, info in ranked)
             )
-            self._candidates.append(
-                candidate_records(
-                    texts,
-                    latent_ids,
-                    logprobs,
-                    ranking_scores,
-                    penalties,
-                    evaluator=self.ranking == 'evaluator',
-                )
+            records = candidate_records(
+                texts,
+                latent_ids,
+                logprobs,
+                ranking_scores,
+                penalties,
+                evaluator=self.ranking == 'evaluator',
             )
+            for record, count in zip(records, n_tokens, strict=True):
+                # the logprob ranking's divisor: any ranking can be recomputed from the log
+                # (projects/plato2/candidate_rankings.py)
+                record['n_tokens'] = count
+            self._candidates.append(records)
         self._reranked = reranked
         return reranked
 
