@@ -411,3 +411,66 @@ def test_batched_nucleus_decoder_chi_square_at_p_0_9(hred_model, temperature):
     # the score: log p(token) + log p(END | token) under the full (tempered) distribution
     text, score = samples[0]
     assert score <= math.log(full[agent.dict.tok2ind[text]]) + 1e-5
+
+
+def test_one_encoding_per_context_gives_the_same_samples_as_n_encodings(hred_model, tmp_path):
+    """--hyp-encode-once yes copies each context's encoder state to its N rows: under the same
+    seed every row sees the logits it would see with N encodings, so the N full-distribution
+    samples per context (p = 1) are the same, context by context."""
+    lines = {}
+    for mode in ('yes', 'no'):
+        out = tmp_path / f'{mode}.jsonl'
+        _generate(hred_model, out, '--max-new-contexts', '10', '--num-hyps', '3', '--hyp-topp',
+                  '1.0', '--hyp-max-len', '6', '-bs', '12', '--hyp-encode-once', mode)  # fmt: skip
+        lines[mode] = _lines(out)
+    assert [r['hypotheses'] for r in lines['yes']] == [r['hypotheses'] for r in lines['no']]
+    for yes, no in zip(lines['yes'], lines['no']):
+        assert yes['logprobs'] == pytest.approx(no['logprobs'], abs=1e-3)
+    hyps = [h for r in lines['yes'] for h in r['hypotheses']]
+    assert len(set(hyps)) > len(hyps) // 2  # independent samples, not N copies of one
+
+
+def test_encode_once_auto_only_for_encoders_without_randomness(hred_model, tmp_path):
+    from parlai.core.agents import create_agent_from_model_file
+
+    from parlai_ext.scripts.generate_pseudo_refs import resolve_encode_once
+
+    hred = create_agent_from_model_file(hred_model)
+    vhred = create_agent(
+        ParlaiParser(True, True).parse_args(
+            [
+                '-m',
+                'vhred',
+                '--embedding-size',
+                '8',
+                '--hidden-size',
+                '8',
+                '--latent-size',
+                '4',
+                '--dict-file',
+                hred_model + '.dict',
+            ]  # fmt: skip
+        )
+    )
+    assert not resolve_encode_once(hred, 'auto', 'batched')  # not known to be deterministic
+    assert not resolve_encode_once(vhred, 'auto', 'batched')  # z is drawn in its encoder
+    assert resolve_encode_once(vhred, 'yes', 'batched')
+    assert not resolve_encode_once(hred, 'yes', 'parlai')  # ParlAI's search encodes each row
+    from test_hf import tiny_checkpoint
+
+    lm = create_agent(
+        ParlaiParser(True, True).parse_args(
+            [
+                '-m',
+                'hf_generator',
+                '--hf-model-dir',
+                tiny_checkpoint(tmp_path / 'lm', 'llama'),
+                '--bf16',
+                'false',
+                '--datapath',
+                str(tmp_path / 'data'),
+            ]  # fmt: skip
+        )
+    )
+    assert resolve_encode_once(lm, 'auto', 'batched')  # a causal LM's key/value cache
+    assert not resolve_encode_once(lm, 'no', 'batched')

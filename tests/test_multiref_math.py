@@ -711,3 +711,32 @@ def test_plateau_scheduler_watches_the_elbo_not_the_prior_z_loss(tmp_path):
     assert lr() == start
     agent.receive_metrics({'elbo_loss': 9.0, 'loss': 0.1})  # elbo rises: decay by 0.75
     assert lr() == pytest.approx(start * 0.75)
+
+
+@pytest.mark.parametrize('name', ['vhred_gmm', 'vhred_lgm'])
+def test_agent_reports_the_mean_component_weights_of_the_prior(name, tmp_path):
+    """pi_k = the prior's weight of component k averaged over examples (§8.2's pi-bar)."""
+    agent = _agent(tmp_path, name, '--n-components', '3')
+    agent.model.eval()
+    batch = _agent_batch(agent, 'eval_labels')
+    agent._local_metrics.clear()
+    agent.compute_loss(batch)
+    net = agent.model.net
+    with torch.no_grad():
+        pi = net.prior(net.encode(*agent._model_input(batch)).context).pi  # [B, K]
+    assert pi.shape == (len(EXAMPLES), 3)
+    assert (pi.max(dim=0).values - pi.min(dim=0).values).max() > 1e-3  # weights differ per row
+    means = [_metric(agent, f'pi_{k}') for k in range(3)]
+    assert means == pytest.approx(pi.mean(dim=0).tolist(), rel=1e-5)
+    assert sum(means) == pytest.approx(1.0, rel=1e-5)
+    assert _metric(agent, 'pi_max') == pytest.approx(pi.max(dim=-1).values.mean().item(), rel=1e-5)
+    assert 'pi_3' not in agent._local_metrics
+
+
+def test_agent_without_mixture_reports_no_component_weights(tmp_path):
+    for name in ('vhred', 'mr_hred'):
+        agent = _agent(tmp_path, name)
+        agent.model.eval()
+        agent._local_metrics.clear()
+        agent.compute_loss(_agent_batch(agent, 'eval_labels'))
+        assert 'pi_0' not in agent._local_metrics and 'pi_max' not in agent._local_metrics

@@ -179,7 +179,9 @@ class VhredAgent(FusedAdamOptimizerMixin, TorchGeneratorAgent):
     over the batch. Metrics: ``loss``/``ppl`` (training: posterior z; evaluation: z as in
     generation, ``--test-z``), ``post_ppl``, ``kl``, ``kl_weight``, ``bow_loss`` and
     ``elbo_ppl`` = exp((NLL_post + KL) / tokens), an upper bound of the true perplexity
-    and the validation/plateau signal by default (the authors' "monitor").
+    and the validation/plateau signal by default (the authors' "monitor"); GMM/LGM also
+    ``pi_0`` .. ``pi_{K-1}``, the prior's component weights averaged over examples (§8.2's
+    pi-bar), and ``pi_max``, the mean of each example's largest weight.
     """
 
     default_prior = 'gaussian'
@@ -370,6 +372,10 @@ class VhredAgent(FusedAdamOptimizerMixin, TorchGeneratorAgent):
             self.record_local_metric('kl', AverageMetric.many(kl))
             if training:
                 self.record_local_metric('kl_weight', AverageMetric.many([kl_weight] * len(kl)))
+        if post.pi is not None:  # mean component weights pi_k of the prior (§8.2's avg. prob.)
+            for k in range(post.pi.size(-1)):
+                self.record_local_metric(f'pi_{k}', AverageMetric.many(post.pi[:, k]))
+            self.record_local_metric('pi_max', AverageMetric.many(post.pi.max(dim=-1).values))
         if post.bow_logits is not None:
             bow = bow_loss(post.bow_logits, ys, self.NULL_IDX)
             self.record_local_metric('bow_loss', AverageMetric.many(bow, n_tokens))

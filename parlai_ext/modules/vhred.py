@@ -393,6 +393,7 @@ class Output(NamedTuple):
     z: torch.Tensor | None
     kl: torch.Tensor | None  # [B]
     bow_logits: torch.Tensor | None  # [B, V]
+    pi: torch.Tensor | None = None  # [B, K]: the prior's component weights (GMM/LGM; §8.2)
 
 
 class HierarchicalEncoderDecoder(nn.Module):
@@ -536,9 +537,10 @@ class HierarchicalEncoderDecoder(nn.Module):
         """
         if encoded is None:
             encoded = self.encode(utts, floors, n_utts)
-        z = kl = bow_logits = None
+        z = kl = bow_logits = pi = None
         if self.prior is not None:
             params = self.prior(encoded.context)
+            pi = params.pi if params.pi.size(-1) > 1 else None
             posterior = self.posterior(self.encode_response(ys), encoded.context)
             z_post = posterior.sample()
             kl = self.prior.kl(posterior, z_post, params)
@@ -553,4 +555,4 @@ class HierarchicalEncoderDecoder(nn.Module):
             if self.bow is not None:
                 bow_logits = self.bow(torch.cat([encoded.context, z], dim=-1))
         features, _ = self.decode(decoder_input, encoded, self.decoder_context(encoded.context, z))
-        return Output(features, encoded, z, kl, bow_logits)
+        return Output(features, encoded, z, kl, bow_logits, pi)

@@ -73,6 +73,7 @@ META_KEYS = (
     'format', 'model_file', 'task', 'datatype', 'num_hyps', 'topp', 'max_len', 'decoder',
 )  # fmt: skip
 DECODERS = ('auto', 'batched', 'parlai')
+ENCODE_ONCE = ('auto', 'yes', 'no')
 
 
 def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
@@ -97,6 +98,15 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
         default='auto',
         help="batched: one vectorised sampling loop per batch (fast); parlai: ParlAI's "
         'per-row tree search; auto: batched where the agent allows it (see the docstring)',
+    )
+    group.add_argument(
+        '--hyp-encode-once',
+        choices=ENCODE_ONCE,
+        default='auto',
+        help='batched decoder: encode each context once and copy its encoder state to its N '
+        'rows (yes), or encode the N copies (no); auto: yes for encoders without randomness '
+        '(pretrained causal LMs: their context key/value cache), no otherwise (a VHRED draws '
+        'z in its encoder: one encoding per row keeps the N hypotheses independent)',
     )
     parser.set_defaults(datatype='train:evalmode', batchsize=8)
     return parser
@@ -219,9 +229,32 @@ def resolve_decoder(agent, requested: str) -> str:
     return requested
 
 
+def deterministic_encoder(agent) -> bool:
+    """True when the model's ``encoder`` draws nothing at random in evaluation mode, so one
+    encoding of a context can serve all its N hypotheses (a pretrained causal LM's key/value
+    cache); VHRED-like encoders sample a latent variable there."""
+    from parlai_ext.agents.hf import HfGeneratorModel
+
+    return isinstance(getattr(agent.model, 'module', agent.model), HfGeneratorModel)
+
+
+def resolve_encode_once(agent, requested: str, decoder: str) -> bool:
+    if decoder != 'batched':
+        return False
+    if requested == 'auto':
+        return deterministic_encoder(agent)
+    return requested == 'yes'
+
+
 @torch.no_grad()
-def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tuple[str, float]]:
+def batched_nucleus(
+    agent, batch: Batch, max_len: int, top_p: float, repeat: int = 1
+) -> list[tuple[str, float]]:
     """One nucleus sample per row of ``batch``, all rows in one vectorised loop.
+
+    ``repeat`` > 1: ``batch`` holds each context once; its encoder state is copied to
+    ``repeat`` consecutive rows (``reorder_encoder_states``, as ParlAI's beam search expands
+    it), which then sample independently: ``repeat`` samples per context.
 
     The model is driven through the calls ParlAI's ``_generate`` makes (encoder and its
     reorder, initial and next decoder input, incremental decoder, output layer,
@@ -231,14 +264,15 @@ def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tup
     """
     model = getattr(agent.model, 'module', agent.model)
     encoder_states = model.encoder(*agent._encoder_input(batch))
-    rows = batch.batchsize
+    rows = batch.batchsize * repeat
     device = (batch.text_vec if batch.text_vec is not None else batch.label_vec).device
     same_rows = torch.arange(rows, device=device)
     # kept: part of the encoder contract (a model may finish its encoding here, as PLATO-2's
     # pending context does); the per-step incremental-state reorder that ParlAI also makes is
     # left out: with beam size 1 and no row ever dropped it would copy the whole key/value
     # cache unchanged at every step
-    encoder_states = model.reorder_encoder_states(encoder_states, same_rows)
+    expand = torch.arange(batch.batchsize, device=device).repeat_interleave(repeat)
+    encoder_states = model.reorder_encoder_states(encoder_states, expand)
     decoder_input = agent._get_initial_decoder_input(rows, 1, device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     total = torch.zeros(rows, device=device)
@@ -267,9 +301,19 @@ def batched_nucleus(agent, batch: Batch, max_len: int, top_p: float) -> list[tup
 
 
 def sample_hypotheses(
-    agent, observations: list[Message], n: int, max_len: int, decoder: str = 'parlai'
+    agent,
+    observations: list[Message],
+    n: int,
+    max_len: int,
+    decoder: str = 'parlai',
+    encode_once: bool = False,
 ) -> list[list]:
-    """n independent nucleus samples for each observation: [(text, logprob)] per observation."""
+    """n independent nucleus samples for each observation: [(text, logprob)] per observation.
+
+    ``encode_once`` (batched decoder only): each context is encoded once for its n rows.
+    """
+    if encode_once and decoder == 'batched':
+        return _sample_encoding_once(agent, observations, n, max_len)
     rows = [obs for obs in observations for _ in range(n)]
     results: list[tuple[str, float]] = [('', float('-inf'))] * len(rows)
     step = max(1, agent.opt.get('batchsize', 1) or 1)
@@ -292,6 +336,23 @@ def sample_hypotheses(
     return [results[k * n : (k + 1) * n] for k in range(len(observations))]
 
 
+def _sample_encoding_once(agent, observations: list[Message], n: int, max_len: int) -> list[list]:
+    """:func:`sample_hypotheses` with one encoding per context (``-bs``: rows per forward)."""
+    results: list[list] = [[('', float('-inf'))] * n for _ in observations]
+    step = max(1, (agent.opt.get('batchsize', 1) or 1) // n)  # contexts per forward
+    agent.model.eval()
+    for start in range(0, len(observations), step):
+        batch = agent.batchify(observations[start : start + step])
+        if batch.batchsize == 0:
+            continue
+        if agent.use_cuda:
+            batch = batch.to(0 if agent.opt['gpu'] == -1 else agent.opt['gpu'])
+        samples = batched_nucleus(agent, batch, max_len, agent.opt['topp'], repeat=n)
+        for j, i in enumerate(batch.valid_indices.tolist()):
+            results[start + i] = samples[j * n : (j + 1) * n]
+    return results
+
+
 def generate_pseudo_refs(opt: Opt) -> dict:
     """Write (or continue) the JSONL file; returns counts."""
     outfile, n = opt['outfile'], opt['num_hyps']
@@ -305,7 +366,8 @@ def generate_pseudo_refs(opt: Opt) -> dict:
     )
     agent.beam_size = 1
     decoder = resolve_decoder(agent, opt['hyp_decoder'])
-    logging.info(f'decoder: {decoder}')
+    encode_once = resolve_encode_once(agent, opt.get('hyp_encode_once') or 'auto', decoder)
+    logging.info(f'decoder: {decoder}, one encoding per context: {encode_once}')
     done, last = prepare_resume(outfile, _meta(opt, decoder))
     teacher_opt = opt.copy()
     teacher_opt['batchsize'] = 1  # a teacher with bsz > 1 steps over episodes in eval modes
@@ -325,7 +387,7 @@ def generate_pseudo_refs(opt: Opt) -> dict:
         def flush() -> None:
             nonlocal written
             hyps = sample_hypotheses(
-                agent, [obs for _, obs in pending], n, opt['hyp_max_len'], decoder
+                agent, [obs for _, obs in pending], n, opt['hyp_max_len'], decoder, encode_once
             )
             lines = []
             for (position, _), samples in zip(pending, hyps):

