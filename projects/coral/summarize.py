@@ -6,13 +6,20 @@ Reward models: validation pair accuracy and AUC with random negatives (``<rm>.va
 Generators: ``<name>.valid.json`` of the final evaluation (greedy decoding): R3 of the ESIM
 reward used in training, the MAUDE-style score of the independent cross-encoder, BLEU-4,
 distinct-1/2, average length, perplexity; updates from ``<name>/model.trainstats``.
+
+``--plot-dir DIR`` also writes ``DIR/coral_rewards.png`` (matplotlib, ``parlai_ext.plots``):
+per CORAL variant, the mean reward (ESIM R3) of the responses trained on and that of its
+negatives (random or sampled from the model), per logged update, from
+``<name>/model.trainstats`` (or ``logs/<name>.train.log`` while it runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+from parlai_ext import plots
 
 REWARD_MODELS = [('esim', 'ESIM (training reward R3)'), ('xenc', 'cross-encoder (MAUDE-style)')]
 GENERATORS = [
@@ -40,8 +47,47 @@ def cell(value) -> str:
     return '—' if value is None else f'{value:.4g}'
 
 
+def train_reports(out: Path, name: str) -> list[dict]:
+    """Training reports of generator ``name`` with CORAL's reward metrics, else []."""
+    for path in (out / name / 'model.trainstats', out / 'logs' / f'{name}.train.log'):
+        if path.exists():
+            reports = [r for r in plots.train_reports(path) if 'train_reward' in r]
+            if reports:
+                return reports
+    return []
+
+
+def reward_figure(out: Path):
+    """Reward of all responses trained on (top), of the negatives (bottom); None without runs."""
+    runs = {title: train_reports(out, name) for name, title in GENERATORS}
+    runs = {title: reports for title, reports in runs.items() if reports}
+    if not runs:
+        return None
+    panels = [
+        plots.Panel(
+            'CORAL (Eq. 3): mean reward R3 of the responses trained on',
+            'R3 (ESIM)',
+            [plots.series(reports, 'train_reward', title) for title, reports in runs.items()],
+        ),
+        plots.Panel(
+            'mean reward R3 of the negative responses',
+            'R3 (ESIM)',
+            [
+                # a report without negatives (p+ = 1) logs reward_neg 0: left out
+                plots.series([r for r in reports if r.get('positive', 0) < 1], 'reward_neg', title)
+                for title, reports in runs.items()
+            ],
+        ),
+    ]
+    return plots.curves_figure(panels)
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else 'runs/coral')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('out', nargs='?', default='runs/coral', type=Path)
+    parser.add_argument('--plot-dir', type=Path, help='write coral_rewards.png here')
+    args = parser.parse_args()
+    out = args.out
     print('| reward model | updates | pair accuracy | AUC | pos score | neg score | exs |')
     print('|---|---|---|---|---|---|---|')
     for name, title in REWARD_MODELS:
@@ -60,6 +106,12 @@ def main() -> None:
             continue
         cells = ' | '.join(cell(rep.get(k)) for k, _ in GEN_COLUMNS)
         print(f'| {title} | {steps(out, name)} | {cells} |')
+    if args.plot_dir:
+        fig = reward_figure(out)
+        if fig is None:
+            print(f'\nno CORAL training runs in {out}: no plot')
+        else:
+            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "coral_rewards.png")}')
 
 
 if __name__ == '__main__':

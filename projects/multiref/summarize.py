@@ -6,14 +6,22 @@ Reads each ``<model>.<data>/`` folder (``train.log`` for the parameter count,
 ``model.trainstats`` for steps, ``valid.json`` from ``eval_model``) and ``times.tsv`` (wall
 seconds). BLEU-2 and the embedding similarities are shown x100 (as in the paper's tables);
 D1/D2 are distinct unigram/bigram type counts over the whole validation set.
+
+``--plot-dir DIR`` also writes ``DIR/multiref_lgm_weights.png`` (matplotlib,
+``parlai_ext.plots``): the mean component weights pi_k(c) of the GMM/LGM priors over the
+validation contexts (§8.2), one panel per run, from ``<model>.<data>/component_weights.json``
+(``component_weights.py``) or the ``pi_*`` metrics of its ``valid.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
-import sys
+from pathlib import Path
+
+from parlai_ext import plots
 
 MODELS = [('mr_hred', 'HRED'), ('vhred', 'VHRED'), ('vhred_gmm', 'VHRED-GMM5'),
           ('vhred_lgm', 'VHRED-LGM5')]  # fmt: skip
@@ -78,5 +86,49 @@ def main(folder: str) -> None:
                 print(line)
 
 
+def component_weights(folder: str) -> dict[str, list[float]]:
+    """Mean prior weights pi_k of each GMM/LGM run, by row title (e.g. ``VHRED-LGM5, 5 hyp``).
+
+    From ``<model>.<data>/component_weights.json`` (``pi_mean``, written by
+    ``component_weights.py``), else from the ``pi_0`` .. ``pi_{K-1}`` of its ``valid.json``.
+    """
+    found = {}
+    for data, label in DATA:
+        for model, name in MODELS:
+            run = Path(folder) / f'{model}.{data}'
+            weights = []
+            if (run / 'component_weights.json').exists():
+                weights = json.loads((run / 'component_weights.json').read_text())['pi_mean']
+            elif (run / 'valid.json').exists():
+                report = json.loads((run / 'valid.json').read_text())['report']
+                while f'pi_{len(weights)}' in report:
+                    weights.append(report[f'pi_{len(weights)}'])
+            if weights:
+                found[f'{name}, {label}'] = [float(w) for w in weights]
+    return found
+
+
+def weights_figure(folder: str):
+    """One bar panel per GMM/LGM run (dashed: the uniform 1/K); None without such runs."""
+    runs = component_weights(folder)
+    if not runs:
+        return None
+    panels = [
+        plots.BarPanel(title, 'mean weight pi_k(c)', pi, 'mixture component k', 1 / len(pi))
+        for title, pi in runs.items()
+    ]
+    return plots.bars_figure(panels, title='VHRED-GMM/LGM: mean prior component weights (valid)')
+
+
 if __name__ == '__main__':
-    main(sys.argv[1] if len(sys.argv) > 1 else 'runs/multiref_dd')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('folder', nargs='?', default='runs/multiref_dd')
+    parser.add_argument('--plot-dir', type=Path, help='write multiref_lgm_weights.png here')
+    args = parser.parse_args()
+    main(args.folder)
+    if args.plot_dir:
+        fig = weights_figure(args.folder)
+        if fig is None:
+            print(f'\nno GMM/LGM evaluation in {args.folder}: no plot')
+        else:
+            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "multiref_lgm_weights.png")}')

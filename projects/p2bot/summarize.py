@@ -5,13 +5,19 @@
 Transmitter rows (supervised, then the Table 3 self-play variants) from ``<name>.valid.json``;
 the persona-perception probe (Table 5) from ``probe.json``; the self-play reward curves from
 ``<name>.jsonl`` (one line per update), as means over consecutive blocks of updates.
+
+``--plot-dir DIR`` also writes ``DIR/p2bot_rewards.png`` (matplotlib, ``parlai_ext.plots``):
+R (Eq. 10) per self-play variant, and RS.1 / RS.2 / RS.3 of P2Bot, against the update, as
+moving means over ``--smooth`` updates (default: a tenth of the run).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+from parlai_ext import plots
 
 TRANSMITTERS = [
     ('tx', 'supervised (Eq. 1 + NUP)'),
@@ -84,11 +90,68 @@ def reward_curves(out: Path, blocks: int = 5) -> None:
             )
 
 
+def selfplay_records(out: Path, name: str) -> list[dict]:
+    """Per-update self-play records (``<name>.jsonl``), else the training reports (``update`` =
+    ``train_steps``) of ``<name>.trainstats`` or ``logs/<name>.train.log``."""
+    log = out / f'{name}.jsonl'
+    if log.exists():
+        return [r for r in plots.jsonl_records(log) if 'reward' in r]
+    for path in (out / f'{name}.trainstats', out / 'logs' / f'{name}.train.log'):
+        if path.exists():
+            reports = [r for r in plots.train_reports(path) if 'reward' in r]
+            if reports:
+                return [{**r, 'update': r['train_steps']} for r in reports]
+    return []
+
+
+def reward_figure(out: Path, smooth: int | None = None):
+    """R per variant (top) and the three rewards of the full P2Bot (bottom); None without runs."""
+    runs = {name: selfplay_records(out, name) for name, _ in TRANSMITTERS[1:]}
+    titles = dict(TRANSMITTERS)
+    if not any(runs.values()):
+        return None
+
+    def line(records: list[dict], key: str, label: str) -> plots.Series:
+        raw = plots.series(records, key, label, x_key='update')
+        window = smooth or max(1, len(raw.y) // 10)
+        return plots.Series(label, raw.x, plots.smooth(raw.y, window))
+
+    total = plots.Panel(
+        'self-play reward R = λ1 RS.1 + λ2 RS.2 + λ3 RS.3 (Eq. 10), per variant',
+        'R (moving mean)',
+        [line(records, 'reward', titles[name]) for name, records in runs.items() if records],
+    )
+    full = next((n for n in ('sp', 'sp_rs12', 'sp_rs1') if runs[n]), None)
+    parts = plots.Panel(
+        f'rewards of {titles[full]}',
+        'reward (moving mean)',
+        [
+            line(runs[full], key, label)
+            for key, label in (
+                ('rs1', 'RS.1 language model (Eq. 6)'),
+                ('rs2', 'RS.2 next-utterance (Eq. 7)'),
+                ('rs3', 'RS.3 persona perception (Eq. 8)'),
+            )
+        ],  # fmt: skip
+    )
+    return plots.curves_figure([total, parts])
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else 'runs/p2bot')
-    transmitter_table(out)
-    probe_table(out)
-    reward_curves(out)
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('out', nargs='?', default='runs/p2bot', type=Path)
+    parser.add_argument('--plot-dir', type=Path, help='write p2bot_rewards.png here')
+    parser.add_argument('--smooth', type=int, help='moving-mean window in updates')
+    args = parser.parse_args()
+    transmitter_table(args.out)
+    probe_table(args.out)
+    reward_curves(args.out)
+    if args.plot_dir:
+        fig = reward_figure(args.out, args.smooth)
+        if fig is None:
+            print(f'\nno self-play runs in {args.out}: no plot')
+        else:
+            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "p2bot_rewards.png")}')
 
 
 if __name__ == '__main__':

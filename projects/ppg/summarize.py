@@ -1,13 +1,19 @@
 """Print the docs/results.md tables of projects/ppg/convai2_dev800.sh from its reports.
 
-.venv/bin/python projects/ppg/summarize.py /tmp/ppg_real
+.venv/bin/python projects/ppg/summarize.py /tmp/ppg_real [--plot-dir docs/img]
+
+``--plot-dir DIR`` also writes ``DIR/ppg_rl_rewards.png`` (matplotlib, ``parlai_ext.plots``):
+the RL stage's (§3.3) mean critic reward per update and the share of samples the critic
+judges consistent (p > 0.5), from ``rl.trainstats`` (or ``logs/rl.train.log`` while it runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+from parlai_ext import plots
 
 DRG_ROWS = [
     ('drg_none', 'E2E w/o partner personas'),
@@ -56,5 +62,45 @@ def main(out: Path) -> None:
         )
 
 
+def rl_reports(out: Path) -> list[dict]:
+    """Training reports of the RL run (``-mf OUT/rl``), from its .trainstats or its log."""
+    for path in (out / 'rl.trainstats', out / 'logs' / 'rl.train.log'):
+        if path.exists():
+            reports = [r for r in plots.train_reports(path) if 'reward' in r]
+            if reports:
+                return reports
+    return []
+
+
+def reward_figure(out: Path):
+    """Mean reward (top) and critic-positive share (bottom) per logged update; None without RL."""
+    reports = rl_reports(out)
+    if not reports:
+        return None
+    panels = [
+        plots.Panel(
+            'PPG + DRG RL (§3.3): critic reward of (p̂, r̂)',
+            'mean reward',
+            [plots.series(reports, 'reward', 'reward')],
+        ),
+        plots.Panel(
+            'samples the critic judges consistent',
+            'share with p > 0.5',
+            [plots.series(reports, 'critic_pos', 'critic_pos')],
+        ),
+    ]
+    return plots.curves_figure(panels)
+
+
 if __name__ == '__main__':
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else '/tmp/ppg_real'))
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('out', nargs='?', default='/tmp/ppg_real', type=Path)
+    parser.add_argument('--plot-dir', type=Path, help='write ppg_rl_rewards.png here')
+    args = parser.parse_args()
+    main(args.out)
+    if args.plot_dir:
+        fig = reward_figure(args.out)
+        if fig is None:
+            print(f'\nno RL run in {args.out}: no plot')
+        else:
+            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "ppg_rl_rewards.png")}')
