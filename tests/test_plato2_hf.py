@@ -40,9 +40,10 @@ from parlai_ext.agents import hf as glue  # noqa: E402
 from parlai_ext.agents.plato2 import (  # noqa: E402
     GENERATOR_FRESH,
     HF_EVALUATOR_FRESH,
+    inherit_architecture,
     load_hf_with_fresh,
 )
-from parlai_ext.agents.unified_transformer import generation_banned_ids  # noqa: E402
+from parlai_ext.agents.unified_transformer import causal_context, generation_banned_ids  # noqa: E402
 from parlai_ext.candidates import CANDIDATES_FIELD  # noqa: E402
 from parlai_ext.modules import hf  # noqa: E402
 from parlai_ext.modules.plato2_hf import HfPlato2Evaluator, HfPlato2Generator  # noqa: E402
@@ -174,6 +175,43 @@ def test_context_states_do_not_depend_on_the_response_and_decoding_equals_teache
         hidden, _ = g.decode(first[[1, 0], :1], swapped)
         assert torch.allclose(hidden[:, 0], h1[[1, 0], n], atol=1e-5)
     g.lm.use_cache = True
+
+
+@torch.no_grad()
+def test_causal_context_attention_as_pretrained_still_sees_z_and_decodes_as_forced(tmp_path):
+    """--hf-context-attention causal: [z; context] causal (the LM's pretrained mask)."""
+    g, pad = tiny_generator(tmp_path, 'llama')
+    g.causal_context = True
+    lm, embed = g.lm.model, g.lm.model.get_input_embeddings()
+    context, response = (
+        torch.tensor([[5, 6, 7, pad], [8, 9, 10, 11]]),
+        torch.tensor([[1, 4, 5, 6]] * 2),
+    )
+    z = g.latent_vectors(torch.eye(3)[[0, 2]])
+    h1, state = g.encode(context, response, z)
+    n = state.valid.shape[1]
+    # by value: the second row is one causal pass over [z; context; response]
+    inputs = torch.cat([z[1:2].reshape(1, 1, -1), embed(context[1:]), embed(response[1:])], 1)
+    rows, cols = torch.arange(9)[:, None], torch.arange(9)[None, :]
+    assert torch.allclose(h1[1], hand_pass(lm, inputs, cols <= rows)[0], atol=1e-5)
+    later = context.clone()
+    later[1, 3] = 4  # a later context token leaves the earlier ones alone, z is seen
+    h2, _ = g.encode(later, response, z)
+    assert torch.equal(h2[1, :4], h1[1, :4]) and not torch.allclose(h2[1, 4], h1[1, 4])
+    h3, _ = g.encode(context, response, g.latent_vectors(torch.eye(3)[[1, 1]]))
+    assert not torch.allclose(h3[0, 1], h1[0, 1], atol=1e-4)
+    prefix = g.encode_latent_context(context, torch.tensor([0, 2]))
+    steps, incr = [], None
+    for t in range(response.shape[1]):
+        hidden, incr = g.decode(response[:, t : t + 1], prefix, incr)
+        steps.append(hidden)
+    assert torch.allclose(torch.cat(steps, dim=1), h1[:, n:], atol=1e-5)
+    # stage 2.1 inherits the choice from the stage-1 model file
+    (tmp_path / 's1').write_text('x')
+    (tmp_path / 's1.opt').write_text(json.dumps({'hf_context_attention': 'causal'}))
+    opt = Opt({'init_model': str(tmp_path / 's1'), 'model_file': str(tmp_path / 's2')})
+    assert inherit_architecture(opt)['hf_context_attention'] == 'causal'
+    assert causal_context(inherit_architecture(opt)) and not causal_context(Opt({}))
 
 
 @torch.no_grad()

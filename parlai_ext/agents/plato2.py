@@ -62,6 +62,7 @@ from parlai_ext.agents.unified_transformer import (
     add_transformer_args,
     apply_knover_layout,
     build_hf_lm,
+    causal_context,
     fit_truncation,
     hf_uses_bf16,
     prepare_hf_opt,
@@ -86,7 +87,7 @@ from parlai_ext.modules.unified_transformer import ContextState
 # sizes a stage-2 model takes from the stage-1 model file it starts from
 ARCHITECTURE_KEYS = (
     'n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions', 'activation',
-    'lm_head', 'knover_layout', 'mask_slot',
+    'lm_head', 'knover_layout', 'mask_slot', 'hf_context_attention',
 )  # fmt: skip
 # ... and its truncation limits: the stage-2 models see the inputs stage 1 was trained on
 TRUNCATION_KEYS = ('text_truncate', 'label_truncate')
@@ -523,6 +524,7 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
                 n_latent=self.opt['n_latent'],
                 tau=self.opt['gumbel_tau'],
                 bf16=hf_uses_bf16(self),
+                causal_context=causal_context(self.opt),
             )
             return Plato2GeneratorModel(self.opt, self.dict, generator)
         return Plato2GeneratorModel(self.opt, self.dict)

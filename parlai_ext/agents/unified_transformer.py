@@ -302,6 +302,11 @@ def generation_banned_ids(dictionary) -> list[int]:
     return sorted(set(banned) - {end})
 
 
+def causal_context(opt: Opt) -> bool:
+    """``--hf-context-attention causal`` (model files without the option: bidirectional)."""
+    return opt.get('hf_context_attention') == 'causal'
+
+
 class UnifiedTransformerAgent(
     hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchGeneratorAgent
 ):
@@ -319,7 +324,15 @@ class UnifiedTransformerAgent(
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         add_transformer_args(parser, 'Unified transformer (prefix-LM)')
-        hf_glue.add_hf_args(parser, 'causal LM (AutoModelForCausalLM), run as a prefix LM')
+        group = hf_glue.add_hf_args(parser, 'causal LM (AutoModelForCausalLM), run as a prefix LM')
+        group.add_argument(
+            '--hf-context-attention',
+            choices=['bidirectional', 'causal'],
+            default='bidirectional',
+            help='with --hf-model-dir: attention over [z; context]: bidirectional (the '
+            "paper's prefix LM) or causal, as the LM was pretrained (a causal LM starts far "
+            'closer to its pretrained perplexity that way); inherited by stage 2.1',
+        )
         parser.set_defaults(learningrate=5e-4, optimizer='adamw')
         return parser
 
@@ -339,7 +352,12 @@ class UnifiedTransformerAgent(
 
     def build_model(self) -> UnifiedTransformerGeneratorModel:
         if self.uses_hf:
-            backbone = HfUnifiedTransformer(build_hf_lm(self), self.NULL_IDX, hf_uses_bf16(self))
+            backbone = HfUnifiedTransformer(
+                build_hf_lm(self),
+                self.NULL_IDX,
+                hf_uses_bf16(self),
+                causal_context=causal_context(self.opt),
+            )
             return UnifiedTransformerGeneratorModel(self.opt, self.dict, backbone)
         return UnifiedTransformerGeneratorModel(self.opt, self.dict)
 

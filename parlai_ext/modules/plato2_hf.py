@@ -49,15 +49,30 @@ class HfUnifiedTransformer(nn.Module):
     :param padding_idx: the ParlAI dictionary's padding id (invalid positions).
     :param bf16: run every pass under bf16 autocast (outputs stay fp32).
     :param use_cache: decode with the LM's key/value cache (False: recompute each step).
+    :param causal_context: attend causally over ``[prefix; context]`` too, as the LM was
+        pretrained (the prefix slots come first, so every position still sees z); False:
+        bidirectionally, the paper's prefix-LM mask. The recognition pass is bidirectional
+        either way.
     """
 
     def __init__(
-        self, lm: nn.Module, padding_idx: int, bf16: bool = False, use_cache: bool = True
+        self,
+        lm: nn.Module,
+        padding_idx: int,
+        bf16: bool = False,
+        use_cache: bool = True,
+        causal_context: bool = False,
     ) -> None:
         super().__init__()
         self.lm = hf.HfPrefixLM(lm, use_cache=use_cache)
         self.padding_idx = padding_idx
         self.bf16 = bf16
+        self.causal_context = causal_context
+
+    def _prefix_length(self, valid: torch.Tensor) -> torch.Tensor:
+        """How many leading columns attend bidirectionally: the valid prefix, or 0 (causal)."""
+        length = valid.sum(dim=1)
+        return torch.zeros_like(length) if self.causal_context else length
 
     @property
     def dim(self) -> int:
@@ -111,7 +126,7 @@ class HfUnifiedTransformer(nn.Module):
         if bidirectional:
             length: torch.Tensor | int = prefix_valid.shape[1] + response.shape[1]
         else:
-            length = prefix_valid.sum(dim=1)  # right-padded: the valid columns come first
+            length = self._prefix_length(prefix_valid)  # right-padded: valid columns first
         with self._autocast(context):
             prefix_hidden, response_hidden = self.lm(
                 prefix_embeds,
@@ -137,7 +152,7 @@ class HfUnifiedTransformer(nn.Module):
         """Bidirectional pass over ``[prefix; context]``; keeps the LM's key/value cache."""
         embeds, valid = self.embed_prefix(context, prefix)
         with self._autocast(context):
-            _, state = self.lm.encode(embeds, valid, valid.sum(dim=1))
+            _, state = self.lm.encode(embeds, valid, self._prefix_length(valid))
         return state
 
     def decode(
@@ -169,8 +184,11 @@ class HfPlato2Generator(LatentHeadsMixin, HfUnifiedTransformer):
         tau: float = 0.67,
         bf16: bool = False,
         use_cache: bool = True,
+        causal_context: bool = False,
     ) -> None:
-        super().__init__(lm, padding_idx, bf16=bf16, use_cache=use_cache)
+        super().__init__(
+            lm, padding_idx, bf16=bf16, use_cache=use_cache, causal_context=causal_context
+        )
         self._init_latent_heads(vocab_size, self.dim, n_latent, tau)
 
 

