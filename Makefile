@@ -1,11 +1,16 @@
 # parlai-ext: the two commands of the README.
-#   make demo   create .venv if missing, install, chat with the zoo PLATO-2 (self-chat, then piped)
+#   make demo   create .venv if missing, install, chat with the zoo PLATO-2 on SmolLM2 (piped lines)
 #   make test   create .venv if missing, install, lint, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.parlai-ext-installed
-DEMO := runs/demo
+# PLATO-2 over SmolLM2-135M (LoRA), K = 20 latent candidates per reply, reranked by its
+# evaluation model (named in the entry's options); each reply costs ~10 CPU-seconds
+DEMO_MODEL ?= zoo:plato2/dailydialog_smollm2/model
+DEMO_ARGS ?=
+DEMO_TURNS := hi , how are you today ?\nwhat would you like to eat tonight ?
+DEMO_SHOWN := do you have any plans for the weekend ?
 # ParlAI would otherwise write its data folder into site-packages
 export PARLAI_DATAPATH ?= $(CURDIR)/data
 
@@ -35,12 +40,21 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
+# two turns, then one more with its K candidates shown (latent id, scores; docs/ui.md). The
+# first start dequantises the SmolLM2 base once (progress lines on stderr, ~20-45 s).
+# DEMO_MODEL / DEMO_ARGS chat with another model, e.g. a run's stage-2.1 model with
+# DEMO_ARGS='--evaluator-model-file RUN/stage22 --inference topk --topk 10'.
 demo: install
-	mkdir -p $(DEMO)
-	$(BIN)/parlai self_chat -mf zoo:plato2/dailydialog_small/model --num-self-chats 3 \
-		--selfchat-max-turns 6 --outfile $(DEMO)/selfchat
-	printf 'hi , how are you today ?\nwhat would you like to eat tonight ?\nhow much is it ?\n' | \
-		$(BIN)/parlai interactive -mf zoo:plato2/dailydialog_small/model
+	@echo '== PLATO-2 ($(DEMO_MODEL)): each reply is the best of K = 20 candidates,'
+	@echo '== one per latent value, ranked by its evaluation model. You type:'
+	@printf '$(DEMO_TURNS)\n' | sed 's/^/     /'
+	@printf '$(DEMO_TURNS)\n' | $(BIN)/parlai interactive -mf $(DEMO_MODEL) $(DEMO_ARGS)
+	@echo '== the candidates behind one reply (--show-candidates true). You type:'
+	@echo '     $(DEMO_SHOWN)'
+	@printf '$(DEMO_SHOWN)\n' | \
+		$(BIN)/parlai interactive -mf $(DEMO_MODEL) $(DEMO_ARGS) --show-candidates true
+	@echo '== chat yourself: $(BIN)/parlai interactive -mf $(DEMO_MODEL) --show-candidates true'
+	@echo '== or in the browser: $(BIN)/parlai chat_web -mf $(DEMO_MODEL)   (docs/ui.md)'
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

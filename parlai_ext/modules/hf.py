@@ -35,7 +35,9 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,11 +144,39 @@ def gguf_cache_folder(folder: str, gguf_file: str, cache_root: str) -> str:
     return os.path.join(cache_root, 'gguf', f'{stem}-{digest}')
 
 
+class _FirstStartProgress:
+    """Progress lines on stderr while :func:`model_folder` dequantises a GGUF file (the first
+    start only: tens of seconds, which would otherwise pass without a word), e.g.
+    ``[parlai-ext]  25% reading and dequantising the weights ... 10 s`` (transformers adds its
+    own per-tensor bar for the dequantisation itself)."""
+
+    # where each step starts, in % of the usual total (SmolLM2-135M Q4_1 on a loaded CPU:
+    # tokenizer 10 s, config + weights 33 s, the safetensors copy 2 s)
+    STEPS = {'tokenizer': 0, 'weights': 25, 'cache': 95}
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f'[parlai-ext] {message}', file=sys.stderr, flush=True)
+
+    def step(self, name: str, what: str) -> None:
+        elapsed = time.monotonic() - self.start
+        self(f'{self.STEPS[name]:3d}% {what} ... {elapsed:.0f} s')
+
+
+_progress: _FirstStartProgress | None = None
+
+
 def _load_gguf(folder: str, gguf_file: str) -> tuple[nn.Module, Any]:
     """Dequantise a GGUF checkpoint with transformers + gguf (the slow step: tens of seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if _progress:
+        _progress.step('tokenizer', 'reading the tokenizer from the GGUF file')
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+    if _progress:
+        _progress.step('weights', 'reading and dequantising the weights')
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=gguf_file, local_files_only=True, dtype=torch.float32
     )
@@ -177,9 +207,19 @@ def model_folder(model: str, gguf_file: str | None = None, cache_root: str | Non
     if os.path.isfile(os.path.join(target, GGUF_META)):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    loaded, tokenizer = _load_gguf(folder, gguf)
+    global _progress
+    _progress = progress = _FirstStartProgress()
+    progress(
+        f'loading {model} for the first time: dequantising {gguf} into {target} '
+        '(once; ~20-45 s, later starts take seconds)'
+    )
+    try:
+        loaded, tokenizer = _load_gguf(folder, gguf)
+    finally:
+        _progress = None
     scratch = tempfile.mkdtemp(prefix='.tmp-', dir=os.path.dirname(target))
     try:
+        progress.step('cache', 'writing the dequantised copy')
         _save_dequantised(loaded, tokenizer, scratch)
         meta = {'source': os.path.join(folder, gguf), 'model': model}
         with open(os.path.join(scratch, GGUF_META), 'w', encoding='utf-8') as f:
@@ -191,6 +231,7 @@ def model_folder(model: str, gguf_file: str | None = None, cache_root: str | Non
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    progress(f'100% {model} ready ... {time.monotonic() - progress.start:.0f} s')
     return target
 
 

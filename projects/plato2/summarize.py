@@ -1,20 +1,23 @@
 """Tables and the latent-usage plot of ``projects/plato2/dailydialog_small.sh`` runs.
 
-    .venv/bin/python projects/plato2/summarize.py OUT [--plot-dir docs/img] [--measure 200 20]
+    .venv/bin/python projects/plato2/summarize.py OUT [--plot-dir docs/img] [--measure 200 0]
 
 Prints one row per report the recipe wrote in OUT (``ppl_*.json``, ``gen_*.json``,
 ``select_*.json``). ``--plot-dir DIR`` writes ``DIR/plato2_latents.png``: how often each of the
 K latent values is
 
 - the posterior's argmax, p(z | c, r) (Eq. 3), over validation examples (teacher-forced:
-  ``z_used``'s per-value counts), and
+  ``z_used``'s per-value counts), from ``OUT/latent_usage.json``, and
 - the latent of the reply chosen among the K candidates by the evaluator (§2.3), over
-  validation contexts (the ``plato2_candidates`` field of ``eval_model --world-logs``),
+  validation contexts: the ``plato2_candidates`` field of ``eval_model --world-logs`` files
+  (``--world-logs``; default the recipe's ``OUT/gen_stage21.jsonl`` of its ``generate_once``
+  step), else from ``OUT/latent_usage.json``.
 
-read from ``OUT/latent_usage.json``. ``--measure N_POSTERIOR N_REPLIES`` first writes that file:
-it evaluates ``OUT/stage21`` (``--model-file``) on the first N_POSTERIOR validation examples
-without generation, then generates K candidates for the first N_REPLIES and reranks them with
-``OUT/stage22`` (``--evaluator-model-file``), as the recipe's ``generate`` step (top-k 10).
+``--measure N_POSTERIOR N_REPLIES`` first writes ``OUT/latent_usage.json``: it evaluates
+``OUT/stage21`` (``--model-file``) on the first N_POSTERIOR validation examples without
+generation, then (N_REPLIES > 0) generates K candidates for the first N_REPLIES and reranks
+them with ``OUT/stage22`` (``--evaluator-model-file``), as the recipe's ``generate`` step
+(top-k 10). The posterior pass is cheap (no decoding); each reranked reply costs K decodings.
 """
 
 from __future__ import annotations
@@ -100,21 +103,24 @@ def measure(
 
 
 def latent_figure(usage: dict):
-    """Share of each latent value: posterior argmax (top), reranked reply (bottom, if any)."""
+    """Share of each latent value: posterior argmax (top, if any), reranked reply (bottom, if
+    any). ``usage`` as :func:`measure` returns it (``posterior`` or ``chosen`` may be None)."""
     k = usage['k']
 
     def shares(values: list[int]) -> list[float]:
         total = sum(values)
         return [v / total if total else 0.0 for v in values]
 
-    panels = [
-        plots.BarPanel(
-            f'posterior argmax p(z | c, r), {usage["posterior_examples"]} validation examples',
-            'share of examples',
-            shares(usage['posterior']),
-            reference=1 / k,
+    panels = []
+    if usage.get('posterior'):
+        panels.append(
+            plots.BarPanel(
+                f'posterior argmax p(z | c, r), {usage["posterior_examples"]} validation examples',
+                'share of examples',
+                shares(usage['posterior']),
+                reference=1 / k,
+            )
         )
-    ]
     if usage.get('chosen'):
         panels.append(
             plots.BarPanel(
@@ -135,26 +141,36 @@ def main() -> None:
     parser.add_argument('--measure', type=int, nargs=2, metavar=('N_POSTERIOR', 'N_REPLIES'))
     parser.add_argument('--model-file', help='default OUT/stage21')
     parser.add_argument('--evaluator-model-file', help='default OUT/stage22 if it exists')
+    parser.add_argument('--world-logs', type=Path, nargs='+', help='default OUT/gen_stage21.jsonl')
     args = parser.parse_args()
     if args.measure and (args.measure[0] < 1 or args.measure[1] < 0):
         parser.error('--measure N_POSTERIOR N_REPLIES: expected N_POSTERIOR >= 1, N_REPLIES >= 0')
     report_table(args.out)
+    model_file = args.model_file or str(args.out / 'stage21')
     usage_path = args.out / USAGE_FILE
     if args.measure:
-        model_file = args.model_file or str(args.out / 'stage21')
         evaluator = args.evaluator_model_file
         if evaluator is None and (args.out / 'stage22').exists():
             evaluator = str(args.out / 'stage22')
         usage = measure(model_file, *args.measure, evaluator_file=evaluator)
         atomic_write(str(usage_path), json.dumps(usage, indent=1) + '\n')
         print(f'\nwrote {usage_path}')
-    if args.plot_dir:
-        if not usage_path.exists():
-            print(f'\nno {usage_path} (run with --measure N_POSTERIOR N_REPLIES): no plot')
-            return
-        usage = json.loads(usage_path.read_text())
-        path = plots.save_png(latent_figure(usage), args.plot_dir / 'plato2_latents.png')
-        print(f'\nwrote {path}')
+    if not args.plot_dir:
+        return
+    usage = json.loads(usage_path.read_text()) if usage_path.exists() else None
+    if usage is None:
+        with open(model_file + '.opt', encoding='utf-8') as handle:
+            k = json.load(handle)['n_latent']
+        usage = {'k': k, 'posterior': None, 'chosen': None, 'model_file': model_file}
+    logs = args.world_logs or [p for p in [args.out / 'gen_stage21.jsonl'] if p.exists()]
+    if logs:
+        chosen = [z for path in logs for z in plots.chosen_latents(path)]
+        usage.update(chosen=plots.counts(chosen, usage['k']), chosen_replies=len(chosen))
+    if not usage.get('posterior') and not usage.get('chosen'):
+        print(f'\nno {usage_path} (--measure) and no world logs: no plot')
+        return
+    path = plots.save_png(latent_figure(usage), args.plot_dir / 'plato2_latents.png')
+    print(f'\nwrote {path}')
 
 
 if __name__ == '__main__':
