@@ -119,9 +119,9 @@ def test_chosen_latents_reads_the_chosen_candidate_of_each_reply(tmp_path):
         return {
             'id': 'Plato2',
             'text': 'hi',
-            'plato2_candidates': [
-                {'text': 'hi', 'latent': chosen, 'chosen': True},
+            'plato2_candidates': [  # the chosen one by its flag, not by its place
                 {'text': 'yo', 'latent': other, 'chosen': False},
+                {'text': 'hi', 'latent': chosen, 'chosen': True},
             ],
         }
 
@@ -280,3 +280,20 @@ def test_plato2_measure_counts_posterior_and_reranked_latents_of_the_zoo_model(t
     assert usage['k'] == 20 and len(usage['posterior']) == len(usage['chosen']) == 20
     assert sum(usage['posterior']) == usage['posterior_examples'] == 8  # one argmax per example
     assert sum(usage['chosen']) == usage['chosen_replies'] == 2  # one reply per context
+
+
+def test_plato2_summarize_plots_the_recipe_world_log_without_measuring(tmp_path, monkeypatch):
+    (tmp_path / 'stage21.opt').write_text(json.dumps({'n_latent': 4, 'task': 'ext_demo'}))
+    reply = {'plato2_candidates': [{'latent': 2, 'chosen': True}, {'latent': 1, 'chosen': False}]}
+    lines = [{'dialog': [[{'text': 'a'}, reply]]}] * 3
+    (tmp_path / 'gen_stage21.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+    (tmp_path / 'gen_stage21_report.json').write_text(json.dumps({'report': {'exs': 3}}))
+    summarize = _summarize('plato2')
+    saved = []
+    monkeypatch.setattr(summarize.plots, 'save_png', lambda fig, path: saved.append(fig) or path)
+    monkeypatch.setattr(sys, 'argv', ['summarize.py', str(tmp_path), '--plot-dir', 'img'])
+    summarize.main()
+    (fig,) = saved
+    (chosen,) = fig.axes  # no latent_usage.json: the reranked replies only
+    assert [bar.get_height() for bar in chosen.patches] == [0, 0, 1.0, 0]
+    assert '3 contexts' in chosen.get_title()
