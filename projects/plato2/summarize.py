@@ -124,7 +124,7 @@ def latent_figure(usage: dict):
     if usage.get('chosen'):
         panels.append(
             plots.BarPanel(
-                f'latent of the reply chosen by the evaluator among K = {k} candidates, '
+                f"latent of the evaluator's choice among K = {k} candidates, "
                 f'{usage["chosen_replies"]} contexts',
                 'share of replies',
                 shares(usage['chosen']),
