@@ -292,3 +292,57 @@ def test_a_sampled_partner_persona_stays_on_its_line():
 def test_saved_meta_records_the_base(trained):
     with open(os.path.join(trained['drg'] + '.dict.hf', glue.SAVED_META)) as f:
         assert json.load(f)['special_tokens']['end'] == '<|endoftext|>'
+
+
+def test_rl_takes_the_lora_adapters_of_its_drg(trained, tmp_path):
+    """A LoRA DRG's model file holds only adapters: ``ppg_rl --init-model`` (given no
+    ``--lora-rank``) builds the same adapters and loads the DRG's trained values into them
+    (it used to build a plain model and fail on the adapter checkpoint)."""
+    drg = train(tmp_path, trained['data'], 'drg_lora', model='ppg_response_generator',
+                task='ppg_ext', hf_model_dir=trained['gpt2'], label_truncate=10,
+                max_train_steps=2, skip_generation=True, lora_rank=2, lora_alpha=4,
+                partner_personas='generated', ppg_model_file=trained['ppg'])  # fmt: skip
+    saved = torch.load(drg, map_location='cpu', weights_only=False)['model']
+    lora_b = {k: v for k, v in saved.items() if 'lora_B' in k}
+    assert lora_b and any(bool(v.abs().sum() > 0) for v in lora_b.values())  # trained
+    agent = agent_from(
+        '-m', 'ppg_rl', '-t', 'ppg_ext', '--personachat-file', str(trained['data']),
+        '-mf', str(tmp_path / 'rl'), '--init-model', drg, '--ppg-model-file', trained['ppg'],
+        '--critic-model-file', trained['critic'], '-dt', 'train', '--bf16', 'false',
+    )  # fmt: skip
+    assert agent.opt['lora_rank'] == 2 and agent.opt['lora_alpha'] == 4
+    state = agent.model.state_dict()
+    for key, value in lora_b.items():
+        assert torch.equal(state[key], value), key
+    trainable = {n for n, p in agent.model.named_parameters() if p.requires_grad}
+    adapters = ('lora_', 'token_adapter')  # GPT-2's added start row keeps its own adapter
+    drg_trainable = {n for n in trainable if not n.startswith('ppg.')}
+    assert drg_trainable and all(any(a in n for a in adapters) for n in drg_trainable)
+
+
+def test_greedy_ppg_inference_overrides_a_beam_ppg(trained, tmp_path):
+    """``--ppg-inference greedy`` on a PPG saved with beam search (beam size 3) decodes with one
+    beam (ParlAI's greedy search refuses more) and gives the PPG's own greedy output."""
+    beam_ppg = str(tmp_path / 'ppg_beam')
+    for suffix in ('', '.dict'):
+        shutil.copy(trained['ppg'] + suffix, beam_ppg + suffix)
+    shutil.copytree(trained['ppg'] + '.dict.hf', beam_ppg + '.dict.hf')
+    opt = Opt.load(trained['ppg'] + '.opt')
+    opt.update(inference='beam', beam_size=3, model_file=beam_ppg, dict_file=beam_ppg + '.dict')
+    opt.save(beam_ppg + '.opt')
+
+    def personas(ppg_file: str, *extra: str) -> list[str]:
+        drg = create_agent_from_model_file(trained['drg'], {'datatype': 'valid'})
+        drg.opt.update(ppg_model_file=ppg_file, ppg_inference=None, ppg_beam_size=None)
+        for key, value in zip(extra[::2], extra[1::2]):
+            drg.opt[key] = value
+        out = drg.generate_partner_personas(['i keep bees\nyour persona: i like zebra stamps'])
+        return out, drg.persona_generator
+
+    greedy, reference = personas(trained['ppg'])  # saved with greedy search
+    assert reference.opt['inference'] == 'greedy'
+    beam, beam_agent = personas(beam_ppg)
+    assert beam_agent.beam_size == 3
+    overridden, agent = personas(beam_ppg, 'ppg_inference', 'greedy')
+    assert agent.opt['inference'] == 'greedy' and agent.beam_size == 1
+    assert overridden == greedy

@@ -362,6 +362,8 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
             overrides['inference'] = self.opt['ppg_inference']
         if self.opt.get('ppg_beam_size'):
             overrides['beam_size'] = self.opt['ppg_beam_size']
+        elif overrides.get('inference') == 'greedy':
+            overrides['beam_size'] = 1  # ParlAI's greedy search takes one beam only
         agent = create_agent_from_model_file(path, overrides)
         if agent is None:
             raise FileNotFoundError(f'no PPG model at {path}')

@@ -59,6 +59,11 @@ ARCHITECTURE_KEYS = (
     'label_truncate',
     'dict_tokenizer',
     'dict_lower',
+    # a LoRA DRG's model file holds only its adapters: the RL model needs the same adapters
+    'lora_rank',
+    'lora_alpha',
+    'lora_dropout',
+    'lora_target_modules',
 )
 
 
