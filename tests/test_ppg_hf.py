@@ -301,6 +301,7 @@ def test_rl_takes_the_lora_adapters_of_its_drg(trained, tmp_path):
     drg = train(tmp_path, trained['data'], 'drg_lora', model='ppg_response_generator',
                 task='ppg_ext', hf_model_dir=trained['gpt2'], label_truncate=10,
                 max_train_steps=2, skip_generation=True, lora_rank=2, lora_alpha=4,
+                lora_dropout=0.2, lora_target_modules='c_attn,c_proj',
                 partner_personas='generated', ppg_model_file=trained['ppg'])  # fmt: skip
     saved = torch.load(drg, map_location='cpu', weights_only=False)['model']
     lora_b = {k: v for k, v in saved.items() if 'lora_B' in k}
@@ -311,6 +312,8 @@ def test_rl_takes_the_lora_adapters_of_its_drg(trained, tmp_path):
         '--critic-model-file', trained['critic'], '-dt', 'train', '--bf16', 'false',
     )  # fmt: skip
     assert agent.opt['lora_rank'] == 2 and agent.opt['lora_alpha'] == 4
+    assert agent.opt['lora_dropout'] == 0.2 and agent.opt['lora_target_modules'] == 'c_attn,c_proj'
+    assert any('c_proj.lora_B' in k for k in lora_b)  # beside peft's default (c_attn)
     state = agent.model.state_dict()
     for key, value in lora_b.items():
         assert torch.equal(state[key], value), key
