@@ -402,6 +402,15 @@ def test_stage2_starts_from_a_stage1_file_of_adapters_or_full_weights(curriculum
     for name, tensor in saved.items():
         assert torch.equal(state[name], tensor), name
     assert agent.model.transformer.latent_embedding.shape == (4, 16)
+    assert not agent.model.transformer.causal_context  # the paper's prefix LM by default
+    for model, init in (('plato2', ['--init-model', stage1_file]), ('unified_transformer', [])):
+        causal = create_agent(
+            ParlaiParser(True, True).parse_args(
+                ['-m', model, *init, '-mf', str(tmp_path / model), '--hf-model-dir',
+                 bases['llama'], '--hf-context-attention', 'causal']
+            )
+        )  # the option reaches both backbones  # fmt: skip
+        assert causal.model.transformer.causal_context, model
     # full weights: a stage-1 GPT-2 fine-tuned without LoRA
     gpt2_agent, gpt2_file, _ = train(root, 'unified_transformer', 'stage1_gpt2',
                                      hf_model_dir=bases['gpt2'], max_train_steps=2)  # fmt: skip
