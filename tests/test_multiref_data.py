@@ -474,3 +474,38 @@ def test_encode_once_auto_only_for_encoders_without_randomness(hred_model, tmp_p
     )
     assert resolve_encode_once(lm, 'auto', 'batched')  # a causal LM's key/value cache
     assert not resolve_encode_once(lm, 'no', 'batched')
+
+
+def test_component_weights_summary_reads_pi_and_the_model_options(tmp_path):
+    """projects/multiref/component_weights.py: pi_k in order, the model's own options (not
+    eval_model's defaults), components used = mean weight >= 1 / (2K); none for VHRED."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        'component_weights',
+        os.path.join(
+            os.path.dirname(__file__), '..', 'projects', 'multiref', 'component_weights.py'
+        ),  # fmt: skip
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model_file = tmp_path / 'model'
+    (tmp_path / 'model.opt').write_text(
+        json.dumps({'model': 'vhred_lgm', 'latent_prior': 'lgm', 'lgm_kl': 'authors'})
+    )
+    report = {'pi_2': 0.05, 'pi_0': 0.6, 'pi_1': 0.35, 'pi_max': 0.7, 'exs': 200}
+    path = tmp_path / 'valid.json'
+    path.write_text(json.dumps({'opt': {'model_file': str(model_file), 'lgm_kl': 'exact'},
+                                'report': report}))  # fmt: skip
+    assert module.main([str(path)]) == 0
+    summary = json.loads((tmp_path / 'component_weights.json').read_text())
+    assert summary['pi_mean'] == [0.6, 0.35, 0.05] and summary['pi_max'] == 0.7
+    assert summary['lgm_kl'] == 'authors' and summary['n_components'] == 3
+    assert summary['used'] == 2 and summary['num_examples'] == 200  # 0.05 < 1/6
+    assert module.component_weights(str(path)) == summary
+    path.write_text(json.dumps({'opt': {}, 'report': {'ppl': 3.0}}))
+    assert module.component_weights(str(path)) is None
+    path.write_text('{"opt": {}}')
+    with pytest.raises(SystemExit, match='valid.json:1: no "report"'):
+        module.component_weights(str(path))

@@ -26,6 +26,16 @@ from parlai_ext.io import atomic_write
 OUTPUT_NAME = 'component_weights.json'
 
 
+def _model_opt(report_opt: dict) -> dict:
+    """The options the model was trained with (``<model_file>.opt``): a report's own opt
+    holds eval_model's defaults for the agent's options, not the model's."""
+    path = str(report_opt.get('model_file') or '') + '.opt'
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as handle:
+            return json.load(handle)
+    return report_opt
+
+
 def component_weights(report_path: str) -> dict | None:
     """The summary dictionary of one ParlAI report file, or None without ``pi_*`` metrics."""
     try:
@@ -44,7 +54,7 @@ def component_weights(report_path: str) -> dict | None:
         weights.append(float(report[f'pi_{len(weights)}']))
     if not weights:
         return None
-    opt = data.get('opt') or {}
+    opt = _model_opt(data.get('opt') or {})
     k = len(weights)
     return {
         'report': os.path.basename(report_path),

@@ -51,11 +51,18 @@ HYP_TOPP=${HYP_TOPP:-0.95}  # nucleus p of the pseudo references (§5)
 HYP_BS=${HYP_BS:-320}       # rows (contexts x N) per forward of generate_pseudo_refs
 HYP_CONTEXTS=${HYP_CONTEXTS:-}  # first M training contexts only (unset: all)
 HYP_OPTS=()
+HYP_BF16=(${HYP_BF16:+--bf16 $HYP_BF16})  # pretrained teacher: bf16 autocast while sampling (unset: as trained)
 VALID_EXS=${VALID_EXS:-1000}  # validation examples during training
 TABLE2_MODELS=${TABLE2_MODELS:-mr_hred vhred vhred_gmm vhred_lgm vhred_lgm_authors}
 BS=${BS:-30}
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})  # optional cap in seconds per training
 EVAL_CAP=(${EVAL_EXS:+--num-examples $EVAL_EXS})  # optional: first N validation examples only
+# eval_model reads whole batches (N rounds up to a multiple of -bs): the largest batch <= 64
+# that divides EVAL_EXS, so that exactly EVAL_EXS examples are evaluated
+EVAL_BS=${EVAL_BS:-64}
+if [ -n "${EVAL_EXS:-}" ]; then
+    while [ $((EVAL_EXS % EVAL_BS)) -ne 0 ]; do EVAL_BS=$((EVAL_BS - 1)); done
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PARLAI_DATAPATH=${PARLAI_DATAPATH:-$PWD/data}
 PARLAI=${PARLAI:-.venv/bin/parlai}
@@ -144,7 +151,7 @@ teacher_eval)
     dir=$(dirname "$TEACHER")
     timed teacher_eval "$PARLAI" eval_model -mf "$TEACHER" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt valid --inference nucleus --topp "$HYP_TOPP" \
-        --beam-size 1 --label-truncate "$HYP_LEN" -bs 16 --skip-generation false \
+        --beam-size 1 --label-truncate "$HYP_LEN" -bs "$EVAL_BS" --skip-generation false \
         --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid_nucleus.json" \
         "${EVAL_CAP[@]}" > "$dir/eval_nucleus.log" 2>&1
     ;;
@@ -157,13 +164,13 @@ hyps)
     timed hyps "$PARLAI" generate_pseudo_refs -mf "$TEACHER" -t "$TASK" \
         --dailydialog-data-dir "$DATA_DIR" -dt train:evalmode -o "$HYPS" \
         --num-hyps "$NHYP" --hyp-topp "$HYP_TOPP" --hyp-max-len "$HYP_LEN" -bs "$HYP_BS" \
-        --progress false "${HYP_OPTS[@]}" > "$OUT/hyps.log" 2>&1
+        --progress false "${HYP_OPTS[@]}" "${HYP_BF16[@]}" > "$OUT/hyps.log" 2>&1
     ;;
 eval)
     model=$2 data=$3
     dir=$(model_dir "$model" "$data")
     timed "eval $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
-        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs 64 \
+        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs "$EVAL_BS" \
         --skip-generation false \
         --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid.json" \
         "${EVAL_CAP[@]}" > "$dir/eval.log" 2>&1
