@@ -200,6 +200,7 @@ class P2BotTransmitterModel(TorchGeneratorModel):
             dictionary[CLS_TOKEN],
             self.NULL_IDX,
             opt.get('dropout', 0.1),
+            nup_norm=isinstance(backbone, HFCausalBackbone),
         )
         # never generated: start, padding and the P2Bot markers
         banned = [self.START_IDX, self.NULL_IDX] + [dictionary[t] for t in P2BOT_TOKENS]

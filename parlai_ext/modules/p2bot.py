@@ -239,18 +239,33 @@ class Transmitter(nn.Module):
         cls_idx: int,
         padding_idx: int,
         dropout: float = 0.1,
+        nup_norm: bool = False,
     ) -> None:
+        """:param nup_norm: the NUP head reads the ``[CLS]`` state standardised (a layer norm
+        without parameters) and starts at zero (``p(y=1) = 1/2``), for pretrained backbones.
+        SmolLM2's final states have norm ~50, carried by a few huge constant dimensions: a
+        randomly initialised head then starts with logits of magnitude ~3 that vary from one
+        example to the next, far more than Adam can undo in a few hundred updates, and the head
+        stayed at chance (ConvAI2, issue #21)."""
         super().__init__()
         self.backbone = backbone
         self.start_idx, self.end_idx = start_idx, end_idx
         self.cls_idx, self.padding_idx = cls_idx, padding_idx
+        self.nup_norm = nup_norm
         self.nup_dropout = nn.Dropout(dropout)
         self.nup_head = nn.Linear(backbone.dim, 2)  # logit 1 = "is the next utterance"
-        init_weights(self.nup_head)
+        if nup_norm:
+            nn.init.zeros_(self.nup_head.weight)
+            nn.init.zeros_(self.nup_head.bias)
+        else:
+            init_weights(self.nup_head)
 
     def _nup(self, hidden: torch.Tensor, cls_position: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.nup_head(self.nup_dropout(hidden[rows, cls_position]))
+        state = hidden[rows, cls_position]
+        if self.nup_norm:
+            state = F.layer_norm(state.float(), state.shape[-1:])
+        return self.nup_head(self.nup_dropout(state))
 
     def forward(
         self, context: torch.Tensor, targets: torch.Tensor, state: Any = None
