@@ -221,8 +221,11 @@ def test_coral_reward_plot_leaves_out_reports_without_negatives(tmp_path):
         [{'train_steps': 10, 'train_reward': 0.7, 'reward_neg': 0.0, 'positive': 1.0}],
     )  # fmt: skip
     _trainstats(tmp_path / 'ce' / 'model.trainstats', [{'train_steps': 10, 'loss': 2.0}])
+    opt = {'reward_model_file': str(tmp_path / 'xenc' / 'model')}
+    (tmp_path / 'offp' / 'model.opt').write_text(json.dumps(opt))
     fig = _summarize('coral').reward_figure(tmp_path)
     trained, negatives = fig.axes
+    assert trained.get_ylabel() == 'R3 (xenc)'  # the training reward model of the runs
     assert {line.get_label(): list(line.get_ydata()) for line in trained.lines} == {
         'CORAL off-policy (random negatives)': [0.4, 0.5],
         'CORAL off-policy (ground truth only, p+ = 1)': [0.7],

@@ -8,9 +8,10 @@ reward used in training, the MAUDE-style score of the independent cross-encoder,
 distinct-1/2, average length, perplexity; updates from ``<name>/model.trainstats``.
 
 ``--plot-dir DIR`` also writes ``DIR/coral_rewards.png`` (matplotlib, ``parlai_ext.plots``):
-per CORAL variant, the mean reward (ESIM R3) of the responses trained on and that of its
-negatives (random or sampled from the model), per logged update, from
-``<name>/model.trainstats`` (or ``logs/<name>.train.log`` while it runs).
+per CORAL variant, the mean reward R3 (of the training reward model: ESIM, or the
+cross-encoder ``xenc`` with ``REWARD_RM=xenc``, read from the run's options) of the responses
+trained on and that of its negatives (random or sampled from the model), per logged update,
+from ``<name>/model.trainstats`` (or ``logs/<name>.train.log`` while it runs).
 """
 
 from __future__ import annotations
@@ -57,25 +58,40 @@ def train_reports(out: Path, name: str) -> list[dict]:
     return []
 
 
+def reward_model(out: Path, names: list[str]) -> str:
+    """The folder name of the runs' ``--reward-model-file`` (``esim`` / ``xenc``), or ``?``."""
+    for name in names:
+        path = out / name / 'model.opt'
+        if path.exists():
+            model_file = json.loads(path.read_text()).get('reward_model_file')
+            if model_file:
+                return Path(model_file).parent.name
+    return '?'
+
+
 def reward_figure(out: Path):
     """Reward of all responses trained on (top), of the negatives (bottom); None without runs."""
-    runs = {title: train_reports(out, name) for name, title in GENERATORS}
-    runs = {title: reports for title, reports in runs.items() if reports}
+    runs = {name: train_reports(out, name) for name, _ in GENERATORS}
+    runs = {name: reports for name, reports in runs.items() if reports}
     if not runs:
         return None
+    titles = dict(GENERATORS)
+    label = f'R3 ({reward_model(out, list(runs))})'
     panels = [
         plots.Panel(
             'CORAL (Eq. 3): mean reward R3 of the responses trained on',
-            'R3 (ESIM)',
-            [plots.series(reports, 'train_reward', title) for title, reports in runs.items()],
+            label,
+            [plots.series(reports, 'train_reward', titles[n]) for n, reports in runs.items()],
         ),
         plots.Panel(
             'mean reward R3 of the negative responses',
-            'R3 (ESIM)',
+            label,
             [
                 # a report without negatives (p+ = 1) logs reward_neg 0: left out
-                plots.series([r for r in reports if r.get('positive', 0) < 1], 'reward_neg', title)
-                for title, reports in runs.items()
+                plots.series(
+                    [r for r in reports if r.get('positive', 0) < 1], 'reward_neg', titles[n]
+                )
+                for n, reports in runs.items()
             ],
         ),
     ]
