@@ -98,6 +98,7 @@ TEACHER_LR=${TEACHER_LR:-2e-4}
 TEACHER_TRUNC=(${TEACHER_TEXT_TRUNC:+--text-truncate $TEACHER_TEXT_TRUNC}
                ${TEACHER_LABEL_TRUNC:+--label-truncate $TEACHER_LABEL_TRUNC})
 TEACHER_VSTEP=${TEACHER_VSTEP:-$((TEACHER_STEPS / 4))}
+TEACHER_CAP=(${TEACHER_MAX_TIME:+--max-train-time $TEACHER_MAX_TIME})  # the teacher's own cap (s)
 if [ -n "$TEACHER_HF" ]; then  # the generator of the pseudo references
     TEACHER=${TEACHER:-$OUT/teacher_hf/model}
 else
@@ -144,7 +145,7 @@ teacher_hf)
         -mf "$OUT/teacher_hf/model" -bs "$TEACHER_BS" -lr "$TEACHER_LR" "${TEACHER_TRUNC[@]}" \
         --max-train-steps "$TEACHER_STEPS" -vstep "$TEACHER_VSTEP" -vtim 1000000 \
         --validation-max-exs "$VALID_EXS" --skip-generation true --short-final-eval true \
-        --log-every-n-steps 10 "${CAP[@]}"
+        --log-every-n-steps 10 "${CAP[@]}" "${TEACHER_CAP[@]}"
     ;;
 teacher_eval)
     # the teacher's own replies on validation, sampled as its pseudo references are
