@@ -41,7 +41,7 @@ test: lint
 	$(BIN)/pytest -q
 
 # two turns, then one more with its K candidates shown (latent id, scores; docs/ui.md). The
-# first start dequantises the SmolLM2 base once (progress lines on stderr, ~20-45 s).
+# first start dequantises the SmolLM2 base once (progress lines on stderr, 20-60 s).
 # DEMO_MODEL / DEMO_ARGS chat with another model, e.g. a run's stage-2.1 model with
 # DEMO_ARGS='--evaluator-model-file RUN/stage22 --inference topk --topk 10'.
 demo: install

@@ -211,7 +211,7 @@ def model_folder(model: str, gguf_file: str | None = None, cache_root: str | Non
     _progress = progress = _FirstStartProgress()
     progress(
         f'loading {model} for the first time: dequantising {gguf} into {target} '
-        '(once; ~20-45 s, later starts take seconds)'
+        '(once; 20-60 s, later starts take seconds)'
     )
     try:
         loaded, tokenizer = _load_gguf(folder, gguf)
