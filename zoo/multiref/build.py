@@ -1,4 +1,4 @@
-"""``zoo:multiref/dailydialog_small/...``: a small VHRED-LGM (K = 5) trained on DailyDialog with pseudo references.
+"""``zoo:multiref/dailydialog_small/...``: a small VHRED-LGM (K = 5) trained on DailyDialog with pseudo references of a SmolLM2-135M teacher.
 
 Model card: ``dailydialog_small/README.md``. Licence: trained on DailyDialog (CC BY-NC-SA 4.0), so the weights are for non-commercial use under the same terms.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from parlai_ext.zoo.common import install_entry, shipped_folder
 
 ENTRY = 'dailydialog_small'
-VERSION = 'v1'
+VERSION = 'v2'
 FILES = ['model', 'model.opt', 'model.dict', 'model.dict.opt']
 BUILD = (
     'bash zoo/multiref/make_dailydialog_small.sh  # trains it on ../shared/data, see the model card'
