@@ -149,12 +149,14 @@ teacher_hf)
     ;;
 teacher_eval)
     # the teacher's own replies on validation, sampled as its pseudo references are
-    dir=$(dirname "$TEACHER")
-    timed teacher_eval "$PARLAI" eval_model -mf "$TEACHER" -t "$TASK" \
-        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference nucleus --topp "$HYP_TOPP" \
+    # (TEACHER_INFERENCE=greedy: its greedy replies instead)
+    dir=$(dirname "$TEACHER") inference=${TEACHER_INFERENCE:-nucleus}
+    timed "teacher_eval $inference" "$PARLAI" eval_model -mf "$TEACHER" -t "$TASK" \
+        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference "$inference" --topp "$HYP_TOPP" \
         --beam-size 1 --label-truncate "$HYP_LEN" -bs "$EVAL_BS" --skip-generation false \
-        --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid_nucleus.json" \
-        "${EVAL_CAP[@]}" > "$dir/eval_nucleus.log" 2>&1
+        --metrics ext_multiref,ext_distinct,ext_len \
+        --report-filename "$dir/valid_$inference.json" "${EVAL_CAP[@]}" \
+        > "$dir/eval_$inference.log" 2>&1
     ;;
 hyps)
     if [ -n "$HYP_CONTEXTS" ]; then  # the first M contexts in all, whatever is already written
@@ -168,15 +170,20 @@ hyps)
         --progress false "${HYP_OPTS[@]}" "${HYP_BF16[@]}" > "$OUT/hyps.log" 2>&1
     ;;
 eval)
+    # EVAL_INFERENCE=nucleus: sampled replies (p = HYP_TOPP) to valid_nucleus.json instead
     model=$2 data=$3
     dir=$(model_dir "$model" "$data")
-    timed "eval $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
-        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference greedy -bs "$EVAL_BS" \
-        --skip-generation false \
-        --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid.json" \
-        "${EVAL_CAP[@]}" > "$dir/eval.log" 2>&1
+    inference=${EVAL_INFERENCE:-greedy}
+    suffix=${EVAL_INFERENCE:+_$EVAL_INFERENCE}
+    [ "$inference" = greedy ] && suffix=
+    timed "eval$suffix $model $data" "$PARLAI" eval_model -mf "$dir/model" -t "$TASK" \
+        --dailydialog-data-dir "$DATA_DIR" -dt valid --inference "$inference" \
+        --topp "$HYP_TOPP" --beam-size 1 -bs "$EVAL_BS" --skip-generation false \
+        --metrics ext_multiref,ext_distinct,ext_len --report-filename "$dir/valid$suffix.json" \
+        "${EVAL_CAP[@]}" > "$dir/eval$suffix.log" 2>&1
     # GMM / LGM: the mean component weights pi_k, for the plots (nothing for HRED / VHRED)
-    .venv/bin/python projects/multiref/component_weights.py "$dir/valid.json" >> "$dir/eval.log"
+    [ -n "$suffix" ] || .venv/bin/python projects/multiref/component_weights.py "$dir/valid.json" \
+        >> "$dir/eval.log"
     ;;
 table4)  # §8.1: VHRED-LGM on 1 GT, N hyp, 1 GT + N hyp (same contexts with GT_FROM_HYPS=1)
     for data in gt hyp gt+hyp; do
