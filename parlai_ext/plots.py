@@ -275,21 +275,25 @@ def curves_figure(panels: Sequence[Panel], title: str | None = None):
     return fig
 
 
-def bars_figure(panels: Sequence[BarPanel], title: str | None = None):
-    """One row per panel, one bar per value, bars labelled 0..n-1."""
+def bars_figure(panels: Sequence[BarPanel], title: str | None = None, columns: int = 1):
+    """One panel per :class:`BarPanel` (``columns`` per row), one bar per value, labelled
+    0..n-1; the figure stays 640 pixels wide, 360 high per row."""
     plt = _pyplot()
+    rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(
-        len(panels), 1, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * len(panels)), dpi=DPI,
-        squeeze=False, layout='constrained',
+        rows, columns, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * rows), dpi=DPI, squeeze=False,
+        layout='constrained',
     )  # fmt: skip
-    for ax, panel in zip(axes[:, 0], panels):
+    for ax in axes.flat[len(panels) :]:
+        fig.delaxes(ax)
+    for ax, panel in zip(axes.flat, panels):
         positions = list(range(len(panel.values)))
         ax.bar(positions, panel.values, color='tab:blue')
         if panel.reference is not None:
             ax.axhline(panel.reference, color='gray', linestyle='--', linewidth=1, label='uniform')
             ax.legend(fontsize=8)
         ax.set_xticks(positions)
-        ax.set_title(panel.title, fontsize=10)
+        ax.set_title(panel.title, fontsize=10 if columns == 1 else 9)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(axis='y', alpha=0.3)

@@ -163,6 +163,14 @@ def test_bars_figure_draws_one_bar_per_value():
     assert [line.get_ydata()[0] for line in ax.lines] == [pytest.approx(1 / 3)]
 
 
+def test_bars_figure_in_columns_keeps_one_axes_per_panel(tmp_path):
+    panels = [plots.BarPanel(str(i), 'w', [float(i), 1.0]) for i in range(3)]
+    fig = plots.bars_figure(panels, columns=2)
+    assert [ax.get_title() for ax in fig.axes] == ['0', '1', '2']  # the empty 4th cell removed
+    assert [ax.patches[0].get_height() for ax in fig.axes] == [0.0, 1.0, 2.0]
+    assert _png_size(plots.save_png(fig, tmp_path / 'bars.png')) == (640, 720)  # 2 rows
+
+
 # ------------------------------------------------------------------------ the summarize scripts
 
 
@@ -274,13 +282,12 @@ def test_plato2_latent_plot_shows_shares(tmp_path):
     assert len(_summarize('plato2').latent_figure({**usage, 'chosen': None}).axes) == 1
 
 
-def test_plato2_measure_counts_posterior_and_reranked_latents_of_the_zoo_model(tmp_path):
-    summarize = _summarize('plato2')
-    usage = summarize.measure(
-        'zoo:plato2/dailydialog_small/model', 8, 2, task_options={'task': 'ext_demo'},
-        scratch=str(tmp_path),
-    )  # fmt: skip
-    assert usage['k'] == 20 and len(usage['posterior']) == len(usage['chosen']) == 20
+def test_plato2_measure_counts_posterior_and_reranked_latents(tmp_path):
+    from test_demo import tiny_plato2
+
+    model = tiny_plato2(tmp_path, n_latent=4)
+    usage = _summarize('plato2').measure(model, 8, 2, scratch=str(tmp_path))
+    assert usage['k'] == 4 and len(usage['posterior']) == len(usage['chosen']) == 4
     assert sum(usage['posterior']) == usage['posterior_examples'] == 8  # one argmax per example
     assert sum(usage['chosen']) == usage['chosen_replies'] == 2  # one reply per context
 

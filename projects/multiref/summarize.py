@@ -114,10 +114,11 @@ def weights_figure(folder: str):
     if not runs:
         return None
     panels = [
-        plots.BarPanel(title, 'mean weight pi_k(c)', pi, 'mixture component k', 1 / len(pi))
+        plots.BarPanel(title, 'mean π_k(c)', pi, 'component k', 1 / len(pi))
         for title, pi in runs.items()
     ]
-    return plots.bars_figure(panels, title='VHRED-GMM/LGM: mean prior component weights (valid)')
+    title = 'VHRED-GMM/LGM: mean prior component weights (validation)'
+    return plots.bars_figure(panels, title=title, columns=2 if len(panels) > 1 else 1)
 
 
 if __name__ == '__main__':
