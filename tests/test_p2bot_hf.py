@@ -34,6 +34,7 @@ def test_lora_transmitter_saves_adapters_only_and_reloads_identically(tmp_path):
          '-mf', str(tmp_path / 'tx'), '-bs', '2', '--label-truncate', '8']
     )  # fmt: skip
     assert agent._number_training_updates == 3
+    assert agent.model.transmitter.nup_norm  # pretrained backbone: standardised NUP input
     lm = agent.model.transmitter.backbone.model
     trainable = {n for n, p in lm.named_parameters() if p.requires_grad}
     assert trainable and all('lora_' in n or 'embed' in n or 'wte' in n for n in trainable)
