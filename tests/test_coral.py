@@ -583,3 +583,35 @@ def test_pad_rows():
     rows = pad_rows([torch.tensor([3, 4]), torch.tensor([], dtype=torch.long)], 0)
     assert rows.tolist() == [[3, 4], [0, 0]]
     assert pad_rows([torch.tensor([], dtype=torch.long)], 0).shape == (1, 1)
+
+
+def _reward_agent(dict_file: str, seed: int | None):
+    opt = ParlaiParser(True, True).parse_kwargs(**SCRATCH_ARGS, dict_file=dict_file)
+    opt['seed'] = seed  # train_model's --seed (its own parser adds the option)
+    return create_agent(opt)
+
+
+def test_reward_agents_apart_by_seed_draw_other_negatives_and_start_from_other_heads(dict_file):
+    """Two reward models trained apart by ``--seed`` (the recipe's xenc / xind): the pool's
+    draws and the new model's initialisation follow the seed (train_model seeds torch only
+    after the agent is built, so without this both started alike and drew alike)."""
+    torch.manual_seed(123)  # the same global state before each agent: only --seed differs
+    first = _reward_agent(dict_file, 1)
+    torch.manual_seed(123)
+    again = _reward_agent(dict_file, 1)
+    torch.manual_seed(123)
+    other = _reward_agent(dict_file, 2)
+    assert first.pool.random.getstate() == random.Random(1).getstate()
+    assert other.pool.random.getstate() == random.Random(2).getstate()
+    heads = [a.model.head.state_dict() for a in (first, again, other)]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    assert not all(torch.equal(heads[0][k], heads[2][k]) for k in heads[0])
+    texts = [f'reply {i}' for i in range(40)]
+    vecs = [torch.tensor([i]) for i in range(40)]
+    for agent in (first, again, other):
+        agent.pool.add(texts, vecs)
+    draws = [[t for t, _ in a.pool.sample(['reply 0'] * 8)] for a in (first, again, other)]
+    assert draws[0] == draws[1] != draws[2]
+    torch.manual_seed(123)
+    unseeded = _reward_agent(dict_file, None)  # no --seed: torch's initial seed, as before
+    assert unseeded.pool.random.getstate() == random.Random(torch.initial_seed()).getstate()

@@ -52,6 +52,14 @@ from parlai_ext.rewards import RewardModel, load_reward_model
 PAIRS_PER_PASS = 256  # (context, response) pairs scored per forward pass when scoring lists
 
 
+def seed_of(opt: Opt) -> int:
+    """The seed of this run's own random draws (the utterance pool): ``--seed`` when given, so
+    two runs that differ only in ``--seed`` draw other negatives, else torch's initial seed.
+    (``train_model`` applies ``--seed`` only after the agent is built.)"""
+    seed = opt.get('seed')
+    return torch.initial_seed() if seed is None else int(seed)
+
+
 def pad_rows(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
     """Right-pad 1-d long tensors into ``(N, max(1, longest))``."""
     length = max([1] + [len(row) for row in rows])
@@ -131,8 +139,12 @@ class _RewardAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRa
         return parser
 
     def __init__(self, opt: Opt, shared=None) -> None:
+        if shared is None and opt.get('seed') is not None:
+            # a new model's initialisation (the head, a from-scratch encoder) follows --seed
+            # too: train_model seeds torch only after the agent is built
+            torch.manual_seed(int(opt['seed']))
         super().__init__(opt, shared)
-        self.pool = UtterancePool(opt.get('negative_pool_size', 100_000), torch.initial_seed())
+        self.pool = UtterancePool(opt.get('negative_pool_size', 100_000), seed_of(opt))
         self._previous_eval_response: tuple[str, torch.Tensor] | None = None
 
     def vectorize(self, *args, **kwargs):
@@ -475,7 +487,7 @@ class CoralAgent(hf_glue.HfGeneratorAgentMixin, EncoderDecoderAgent):
         self.reward: RewardModel | None = load_reward_model(spec, overrides) if spec else None
         spec = self.opt.get('maude_model_file')
         self.maude: RewardModel | None = load_reward_model(spec, overrides) if spec else None
-        self.pool = UtterancePool(self.opt['negative_pool_size'], torch.initial_seed())
+        self.pool = UtterancePool(self.opt['negative_pool_size'], seed_of(self.opt))
 
     def share(self) -> dict:
         shared = super().share()
