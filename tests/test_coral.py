@@ -615,3 +615,15 @@ def test_reward_agents_apart_by_seed_draw_other_negatives_and_start_from_other_h
     torch.manual_seed(123)
     unseeded = _reward_agent(dict_file, None)  # no --seed: torch's initial seed, as before
     assert unseeded.pool.random.getstate() == random.Random(torch.initial_seed()).getstate()
+
+
+def test_generator_random_negatives_follow_the_seed(dict_file):
+    """CORAL off-policy (random negatives) draws from a pool seeded by ``--seed`` when given."""
+    opt = ParlaiParser(True, True).parse_kwargs(
+        **{**GEN_ARGS, 'dict_file': dict_file, 'negative_source': 'random'}
+    )
+    torch.manual_seed(123)
+    opt['seed'] = 5
+    assert create_agent(opt).pool.random.getstate() == random.Random(5).getstate()
+    opt['seed'] = None
+    assert create_agent(opt).pool.random.getstate() == random.Random(123).getstate()
