@@ -349,3 +349,22 @@ def test_greedy_ppg_inference_overrides_a_beam_ppg(trained, tmp_path):
     overridden, agent = personas(beam_ppg, 'ppg_inference', 'greedy')
     assert agent.opt['inference'] == 'greedy' and agent.beam_size == 1
     assert overridden == greedy
+
+
+def test_generated_persona_input_reports_its_own_context_length(trained):
+    """With generated partner personas the input is rebuilt after observe: ParlAI's context
+    metrics (clen, ctrunc, ctrunclen) describe the rebuilt input, not the one without p̂."""
+    drg = create_agent_from_model_file(
+        trained['drg'], {'datatype': 'valid', 'skip_generation': False}
+    )
+    assert drg.opt['partner_personas'] == 'generated'
+    obs = observations(drg, trained['data'], 'ppg_ext', datatype='valid')
+    before = [o['context_original_length'] for o in obs]
+    drg.batch_act(obs)
+    for o, length in zip(obs, before):
+        assert PARTNER_PREFIX in o['text']
+        full = len(drg._vectorize_text(o['text']))
+        assert o['context_original_length'] == full > length
+        assert o['context_truncate_rate'] == (full > drg.text_truncate)
+        assert o['context_truncated_length'] == max(full - drg.text_truncate, 0)
+        assert len(o['text_vec']) == min(full, drg.text_truncate)

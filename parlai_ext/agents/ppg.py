@@ -400,7 +400,12 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
             for i, partner in zip(pending, personas):
                 obs = observations[i]
                 text = drg_source(obs['context'], obs['self_persona'], partner)
-                vec = self._vectorize_text(text, truncate=self.text_truncate, truncate_left=True)
+                full = self._vectorize_text(text)
+                vec = self._check_truncate(full, self.text_truncate, True)
+                # ParlAI's context-length metrics (clen, ctrunc, ctrunclen) of the new input
+                obs.force_set('context_original_length', len(full))
+                obs.force_set('context_truncate_rate', len(full) != len(vec))
+                obs.force_set('context_truncated_length', max(len(full) - len(vec), 0))
                 obs.force_set('text', text)
                 obs.force_set('full_text', text)
                 obs.force_set('text_vec', vec)
