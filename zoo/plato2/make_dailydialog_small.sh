@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# (The from-scratch entry this built was replaced in the zoo by zoo:plato2/dailydialog_smollm2,
+# make_dailydialog_smollm2.sh; this script still rebuilds it into zoo/plato2/dailydialog_small/,
+# which zoo/plato2/build.py no longer serves.)
 # Builds zoo:plato2/dailydialog_small from DailyDialog: the projects/plato2 recipe (8K BPE
 # dictionary, stage 1, stage 2.1, stage 2.2), then exports the stage-2.1 generator as `model`
 # (reranking with `evaluator`) and the stage-2.2 evaluation model as `evaluator`.
