@@ -23,7 +23,12 @@ from pathlib import Path
 
 import pytest
 from conftest import PARLAI_BIN
-from test_interactive_web import _stop, _wait_for_port, chromedriver  # noqa: F401 (fixture)
+from test_interactive_web import (  # noqa: F401 (fixtures)
+    _stop,
+    _wait_for_port,
+    chromedriver,
+    small_plato2,
+)
 
 from parlai_ext.candidates import (
     CANDIDATES_FIELD,
@@ -35,8 +40,7 @@ from parlai_ext.candidates import (
 )
 from parlai_ext.scripts.chat_web import ChatSession, check_opt, make_server, static_files
 
-ZOO = 'zoo:plato2/dailydialog_small/model'
-K = 20  # the zoo PLATO-2's latent values (n_latent)
+K = 20  # the small PLATO-2's latent values (n_latent)
 MESSAGE = 'hi , how are you today ?'
 
 
@@ -357,13 +361,13 @@ def test_page_shows_candidates_beside_the_reply(chromedriver, fake_server):  # n
 
 
 @pytest.fixture
-def zoo_chat_web(tmp_path):
-    """``parlai chat_web`` on the zoo PLATO-2 (greedy decoding per latent); yields (url, log)."""
+def plato2_chat_web(tmp_path, small_plato2):  # noqa: F811
+    """``parlai chat_web`` on a tiny K = 20 PLATO-2 (greedy per latent); yields (url, log)."""
     log = tmp_path / 'chat_web.log'
     env = {'PARLAI_DATAPATH': str(tmp_path / 'data'), 'PYTHONUNBUFFERED': '1'}
     with open(log, 'w') as out:
         proc = subprocess.Popen(
-            [str(PARLAI_BIN), 'chat_web', '-mf', ZOO, '--inference', 'greedy',
+            [str(PARLAI_BIN), 'chat_web', '-mf', small_plato2, '--inference', 'greedy',
              '--host', '127.0.0.1', '--port', '0'],
             stdout=out, stderr=subprocess.STDOUT, env={**dict(os.environ), **env},
             start_new_session=True,
@@ -381,11 +385,11 @@ def zoo_chat_web(tmp_path):
         _stop(proc)
 
 
-def test_zoo_plato2_page_shows_its_k_candidates(chromedriver, zoo_chat_web):  # noqa: F811
-    url, log = zoo_chat_web
+def test_plato2_page_shows_its_k_candidates(chromedriver, plato2_chat_web, small_plato2):  # noqa: F811
+    url, log = plato2_chat_web
     browser = chromedriver
     browser.command('POST', '/url', {'url': url})
-    assert _eventually(browser, MODEL_NAME).endswith('/models/plato2/dailydialog_small/model')
+    assert _eventually(browser, MODEL_NAME) == small_plato2
     rows = _send(browser, MESSAGE, 3, timeout=45, log=log)
     reply = rows[2][2]
     assert rows[2][:2] == ['row model selected', 'Model'] and reply.strip()
@@ -402,7 +406,7 @@ def test_zoo_plato2_page_shows_its_k_candidates(chromedriver, zoo_chat_web):  # 
     assert '"POST /interact HTTP/1.1" 200' in log.read_text()
 
 
-def test_interactive_show_candidates_on_the_zoo(tmp_path):
+def test_interactive_show_candidates_on_plato2(tmp_path, small_plato2):  # noqa: F811
     """``parlai interactive --show-candidates``: K candidates after the reply, the reply starred.
 
     The option is installed by ``parlai_ext.compat`` on ParlAI's ``LocalHumanAgent``; the
@@ -416,7 +420,7 @@ def test_interactive_show_candidates_on_the_zoo(tmp_path):
         'Interactive.main(*sys.argv[1:])\n'
     )
     proc = subprocess.run(
-        [sys.executable, '-c', code, '-mf', ZOO, '--inference', 'greedy', '--show-candidates',
+        [sys.executable, '-c', code, '-mf', small_plato2, '--inference', 'greedy', '--show-candidates',
          'true'],
         input=MESSAGE + '\n', capture_output=True, text=True, timeout=120,
         env={**dict(os.environ), 'PARLAI_DATAPATH': str(tmp_path / 'data')},

@@ -146,15 +146,25 @@ def chromedriver(tmp_path):
             _stop(proc)
 
 
+@pytest.fixture(scope='session')
+def small_plato2(tmp_path_factory) -> str:
+    """A tiny PLATO-2 with K = 20 latents (``test_demo.tiny_plato2``, seconds to train): the
+    web pages are tested on it rather than on the zoo's SmolLM2 entry, whose first start
+    unpacks a 135M-parameter base (``test_zoo`` chats with that entry)."""
+    from test_demo import tiny_plato2
+
+    return tiny_plato2(tmp_path_factory.mktemp('small_plato2'), n_latent=20)
+
+
 @pytest.fixture
-def web_server(tmp_path):
-    """``parlai interactive_web`` on the zoo PLATO-2, greedy decoding; yields (url, log file)."""
+def web_server(tmp_path, small_plato2):
+    """``parlai interactive_web`` on a tiny K = 20 PLATO-2, greedy decoding; yields (url, log)."""
     port = _free_port()
     log = tmp_path / 'interactive_web.log'
     env = {**os.environ, 'PARLAI_DATAPATH': str(tmp_path / 'data'), 'PYTHONUNBUFFERED': '1'}
     with open(log, 'w') as out:
         proc = subprocess.Popen(
-            [str(PARLAI_BIN), 'interactive_web', '-mf', 'zoo:plato2/dailydialog_small/model',
+            [str(PARLAI_BIN), 'interactive_web', '-mf', small_plato2,
              '--inference', 'greedy', '--host', '127.0.0.1', '--port', str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip

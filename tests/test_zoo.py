@@ -75,8 +75,8 @@ def test_zoo_names_resolve_through_parlai_modelzoo_path(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(build, 'download', lambda datapath: calls.append(datapath))
-    path = modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_small/model')
-    assert path == os.path.join(str(tmp_path), 'models', 'plato2', 'dailydialog_small', 'model')
+    path = modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_smollm2/model')
+    assert path == os.path.join(str(tmp_path), 'models', 'plato2', 'dailydialog_smollm2', 'model')
     assert calls == [str(tmp_path)]
 
 
@@ -89,18 +89,19 @@ def test_unknown_zoo_name_lists_the_entries_and_installs_nothing(tmp_path, monke
 
     calls = []
     monkeypatch.setattr(build, 'download', lambda datapath: calls.append(datapath))
-    for name in ('zoo:plato2/no_such/model', 'zoo:plato2/dailydialog_small/nothing'):
+    for name in ('zoo:plato2/no_such/model', 'zoo:plato2/dailydialog_smollm2/nothing'):
         with pytest.raises(ZooNameUnknown) as info:
             modelzoo_path(str(tmp_path), name)
         message = str(info.value)
         assert message.startswith(f'{name}: no such entry') and 'nothing was installed' in message
         assert (
-            'zoo:plato2/dailydialog_small/model, zoo:plato2/dailydialog_small/evaluator;' in message
+            'zoo:plato2/dailydialog_smollm2/model, zoo:plato2/dailydialog_smollm2/evaluator;'
+            in message
         )
         assert 'zoo:ppg/convai2_dev_small/model' in message  # all systems' models are listed
     assert calls == [] and os.listdir(tmp_path) == []
     # a file of an entry is fine (a dictionary as --dict-file)
-    modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_small/model.dict')
+    modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_smollm2/model.dict')
     assert calls == [str(tmp_path)]
     # a system that is not ours: ParlAI's error, with our list added
     with pytest.raises(ImportError, match='parlai-ext zoo entries: zoo:coral/'):
@@ -108,9 +109,9 @@ def test_unknown_zoo_name_lists_the_entries_and_installs_nothing(tmp_path, monke
 
 
 def test_shipped_plato2_entry_chats_offline(parlai_cli):
-    """zoo:plato2/dailydialog_small: installed from the package, generate-then-rank answers."""
+    """zoo:plato2/dailydialog_smollm2: installed from the package, generate-then-rank answers."""
     out = parlai_cli(
-        'interactive', '-mf', 'zoo:plato2/dailydialog_small/model',
+        'interactive', '-mf', 'zoo:plato2/dailydialog_smollm2/model',
         '--display-add-fields', 'beam_texts', '--inference', 'greedy',  # deterministic
         stdin='hi , how are you today ?\nwhat do you want to eat tonight ?\n', timeout=600,
     )  # fmt: skip
@@ -123,8 +124,12 @@ def test_shipped_plato2_entry_chats_offline(parlai_cli):
     assert len(shown) == 2 and all(10 <= int(n) <= 20 for n in shown)
     best = re.findall(r'\[beam_texts\]: \((["\'])(.*?)\1, ([0-9.]+)\)', out.stdout)
     assert [text for _, text, _ in best] == replies
-    installed = os.path.join(os.environ['PARLAI_DATAPATH'], 'models', 'plato2', 'dailydialog_small')
-    assert sorted(os.listdir(installed)) == sorted(['.built', *build_files()])
+    installed = os.path.join(
+        os.environ['PARLAI_DATAPATH'], 'models', 'plato2', 'dailydialog_smollm2'
+    )
+    assert sorted(os.listdir(installed)) == sorted(
+        {'.built', *(f.split('/')[0] for f in build_files())}
+    )
 
 
 def build_files():
