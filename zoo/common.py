@@ -1,8 +1,8 @@
 """Offline model zoo: ``zoo:<system>/<entry>/<file>`` names served from files the package ships.
 
-ParlAI resolves ``-mf zoo:plato2/dailydialog_small/model`` by importing
+ParlAI resolves ``-mf zoo:plato2/dailydialog_smollm2/model`` by importing
 ``parlai.zoo.plato2.dailydialog_small`` (or ``parlai.zoo.plato2.build``) and calling its
-``download(datapath)``, then reading ``<datapath>/models/plato2/dailydialog_small/model``.
+``download(datapath)``, then reading ``<datapath>/models/plato2/dailydialog_smollm2/model``.
 The start-up hook maps ``parlai.zoo.<system>`` onto ``parlai_ext.zoo.<system>`` for the names in
 :data:`parlai_ext.registry.ZOO`; ``download`` here copies the shipped files into the data
 folder (no network), once per version, each file atomically. An entry whose files are not in

@@ -6,7 +6,7 @@ candidates of the selected reply: for PLATO-2 the K candidates (one per latent v
 their score, evaluator score, log-probability and penalty, the chosen one marked
 (:mod:`parlai_ext.candidates`). Other generators show their beam (``beam_texts``)::
 
-    parlai chat_web -mf zoo:plato2/dailydialog_small/model --port 8080
+    parlai chat_web -mf zoo:plato2/dailydialog_smollm2/model --port 8080
     # then open http://localhost:8080/
 
 ``--port 0`` picks a free port; the address is printed as ``chat_web: serving on URL``.
