@@ -102,7 +102,8 @@ setup(
         # the page of `parlai chat_web` (parlai_ext/scripts/chat_web.py): served from the package
         'parlai_ext': ['web/*.html', 'web/*.css', 'web/*.js'],
         'parlai_ext.tasks': ['*/*.txt', '*/*.json', '*/*.jsonl', '*/*.csv'],
-        'parlai_ext.zoo': ['*/*', '*/*/*'],
+        # entries over a pretrained base keep its tokenizer as a folder (model.dict.hf/)
+        'parlai_ext.zoo': ['*/*', '*/*/*', '*/*/*/*'],
     },
     install_requires=[name + bound for name, (bound, _why) in RUNTIME_REQUIREMENTS.items()],
     extras_require={
