@@ -256,6 +256,8 @@ def _pyplot():
 def curves_figure(panels: Sequence[Panel], title: str | None = None):
     """One row per panel, one line per series (a series without points is left out)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * len(panels)), dpi=DPI,
         squeeze=False, layout='constrained',
@@ -267,6 +269,7 @@ def curves_figure(panels: Sequence[Panel], title: str | None = None):
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # updates: whole numbers
         ax.grid(alpha=0.3)
         if any(line.x for line in panel.series):
             ax.legend(fontsize=8)
