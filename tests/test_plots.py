@@ -265,11 +265,17 @@ def test_multiref_weights_plot_one_panel_per_mixture_run(tmp_path):
     (gmm / 'component_weights.json').write_text(json.dumps({'pi_mean': [0.75, 0.25]}))
     (tmp_path / 'vhred.hyp').mkdir()
     (tmp_path / 'vhred.hyp' / 'valid.json').write_text(json.dumps({'report': {'ppl': 9.0}}))
+    (tmp_path / 'vhred_lgm_authors.hyp').mkdir()
+    (tmp_path / 'vhred_lgm_authors.hyp' / 'component_weights.json').write_text(
+        '{"pi_mean": [1, 0]}'
+    )
     fig = _summarize('multiref').weights_figure(str(tmp_path))
-    assert [ax.get_title() for ax in fig.axes] == ['VHRED-GMM5, 1 GT', 'VHRED-LGM5, 5 hyp']
+    assert [ax.get_title() for ax in fig.axes] == [
+        'VHRED-GMM5, 1 GT', 'VHRED-LGM5, 5 hyp', 'vhred_lgm_authors.hyp'
+    ]  # fmt: skip
     heights = [[bar.get_height() for bar in ax.patches] for ax in fig.axes]
-    assert heights == [[0.75, 0.25], [0.5, 0.125, 0.375]]  # component_weights.json first
-    assert [ax.lines[0].get_ydata()[0] for ax in fig.axes] == [0.5, pytest.approx(1 / 3)]
+    assert heights == [[0.75, 0.25], [0.5, 0.125, 0.375], [1.0, 0.0]]  # the .json first
+    assert [ax.lines[0].get_ydata()[0] for ax in fig.axes] == [0.5, pytest.approx(1 / 3), 0.5]
 
 
 def test_plato2_latent_plot_shows_shares(tmp_path):

@@ -90,7 +90,8 @@ def component_weights(folder: str) -> dict[str, list[float]]:
     """Mean prior weights pi_k of each GMM/LGM run, by row title (e.g. ``VHRED-LGM5, 5 hyp``).
 
     From ``<model>.<data>/component_weights.json`` (``pi_mean``, written by
-    ``component_weights.py``), else from the ``pi_0`` .. ``pi_{K-1}`` of its ``valid.json``.
+    ``component_weights.py``), else from the ``pi_0`` .. ``pi_{K-1}`` of its ``valid.json``;
+    then any other folder's ``component_weights.json``, titled by the folder name.
     """
     found = {}
     for data, label in DATA:
@@ -105,6 +106,10 @@ def component_weights(folder: str) -> dict[str, list[float]]:
                     weights.append(report[f'pi_{len(weights)}'])
             if weights:
                 found[f'{name}, {label}'] = [float(w) for w in weights]
+    known = {f'{model}.{data}' for data, _ in DATA for model, _ in MODELS}
+    for path in sorted(Path(folder).glob('*/component_weights.json')):
+        if path.parent.name not in known:  # other runs (e.g. vhred_lgm_authors.hyp): by folder
+            found[path.parent.name] = [float(w) for w in json.loads(path.read_text())['pi_mean']]
     return found
 
 
