@@ -22,7 +22,11 @@ from pathlib import Path
 
 from parlai_ext import plots
 
-REWARD_MODELS = [('esim', 'ESIM (training reward R3)'), ('xenc', 'cross-encoder (MAUDE-style)')]
+REWARD_MODELS = [
+    ('esim', 'ESIM (training reward R3)'),
+    ('xenc', 'cross-encoder (MAUDE-style; R3 with REWARD_RM=xenc)'),
+    ('xind', 'cross-encoder, independent scorer (REWARD_RM=xenc)'),
+]
 GENERATORS = [
     ('ce', 'cross-entropy'),
     ('offp', 'CORAL off-policy (random negatives)'),
