@@ -678,7 +678,13 @@ def test_recipes_select_stage21_checkpoints_on_uniform_z_ppl():
         commands = [line for line in text.splitlines() if 'train_model -m plato2 ' in line]
         assert commands, name
         for command in commands:
-            assert '--uniform-prior-ppl true' in command and '-vmt uniform_z_ppl' in command
+            # literally, or as the recipe's UNIFORM_PPL variable whose default is true
+            literal = '--uniform-prior-ppl true' in command and '-vmt uniform_z_ppl' in command
+            variable = (
+                '--uniform-prior-ppl "${UNIFORM_PPL:-true}"' in command
+                and '"${UNIFORM_PPL:-true}" = true ] && echo uniform_z_ppl' in command
+            )
+            assert literal or variable, command
             assert '-vmm min' in command
 
 
