@@ -33,7 +33,8 @@ GENERATORS = [
     ('offp_gt', 'CORAL off-policy (ground truth only, p+ = 1)'),
     ('mixp', 'CORAL mix-policy (nucleus negatives)'),
 ]
-GEN_COLUMNS = [('r3', 'R3 (ESIM)'), ('maude', 'MAUDE-style (xenc)'), ('ext_bleu-4', 'BLEU-4'),
+GEN_COLUMNS = [('r3', 'R3 (training reward: ESIM; xenc if REWARD_RM=xenc)'),
+               ('maude', 'independent scorer (xenc; xind if REWARD_RM=xenc)'), ('ext_bleu-4', 'BLEU-4'),
                ('ext_dist-1', 'dist-1'), ('ext_dist-2', 'dist-2'), ('ext_len', 'avg len'),
                ('ppl', 'ppl'), ('exs', 'exs')]  # fmt: skip
 
