@@ -317,3 +317,12 @@ def save_png(fig, path: str | Path) -> Path:
         plt.close(fig)
     atomic_write(str(path), buffer.getvalue())
     return path
+
+
+def write_plot(fig, plot_dir: str | Path, name: str, missing: str) -> None:
+    """The summarize scripts' ``--plot-dir``: save ``fig`` as ``plot_dir/name`` and say where,
+    or, when there was nothing to draw (``fig`` is None), say ``missing``."""
+    if fig is None:
+        print(f'\n{missing}: no plot')
+    else:
+        print(f'\nwrote {save_png(fig, Path(plot_dir) / name)}')

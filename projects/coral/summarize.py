@@ -128,11 +128,12 @@ def main() -> None:
         cells = ' | '.join(cell(rep.get(k)) for k, _ in GEN_COLUMNS)
         print(f'| {title} | {steps(out, name)} | {cells} |')
     if args.plot_dir:
-        fig = reward_figure(out)
-        if fig is None:
-            print(f'\nno CORAL training runs in {out}: no plot')
-        else:
-            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "coral_rewards.png")}')
+        plots.write_plot(
+            reward_figure(out),
+            args.plot_dir,
+            'coral_rewards.png',
+            f'no CORAL training runs in {out}',
+        )
 
 
 if __name__ == '__main__':

@@ -133,8 +133,7 @@ if __name__ == '__main__':
     args = parser.parse_args()
     main(args.folder)
     if args.plot_dir:
-        fig = weights_figure(args.folder)
-        if fig is None:
-            print(f'\nno GMM/LGM evaluation in {args.folder}: no plot')
-        else:
-            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "multiref_lgm_weights.png")}')
+        plots.write_plot(
+            weights_figure(args.folder), args.plot_dir, 'multiref_lgm_weights.png',
+            f'no GMM/LGM evaluation in {args.folder}',
+        )  # fmt: skip

@@ -147,11 +147,10 @@ def main() -> None:
     probe_table(args.out)
     reward_curves(args.out)
     if args.plot_dir:
-        fig = reward_figure(args.out, args.smooth)
-        if fig is None:
-            print(f'\nno self-play runs in {args.out}: no plot')
-        else:
-            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "p2bot_rewards.png")}')
+        plots.write_plot(
+            reward_figure(args.out, args.smooth), args.plot_dir, 'p2bot_rewards.png',
+            f'no self-play runs in {args.out}',
+        )  # fmt: skip
 
 
 if __name__ == '__main__':

@@ -99,8 +99,6 @@ if __name__ == '__main__':
     args = parser.parse_args()
     main(args.out)
     if args.plot_dir:
-        fig = reward_figure(args.out)
-        if fig is None:
-            print(f'\nno RL run in {args.out}: no plot')
-        else:
-            print(f'\nwrote {plots.save_png(fig, args.plot_dir / "ppg_rl_rewards.png")}')
+        plots.write_plot(
+            reward_figure(args.out), args.plot_dir, 'ppg_rl_rewards.png', f'no RL run in {args.out}'
+        )
