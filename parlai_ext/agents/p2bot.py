@@ -31,7 +31,6 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch
 from parlai.core.torch_generator_agent import (
-    PPLMetric,
     TorchGeneratorAgent,
     TorchGeneratorModel,
 )
@@ -39,6 +38,7 @@ from parlai.utils.misc import warn_once
 from parlai.utils.torch import neginf, padded_tensor
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.generation import record_generator_metrics
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args, default_truncation
 from parlai_ext.losses.p2bot import nup_loss
@@ -443,14 +443,7 @@ class P2BotTransmitterAgent(
         labels = batch.label_vec
         loss_per_token = self.criterion(scores.reshape(-1, scores.size(-1)), labels.view(-1))
         loss_per_token = loss_per_token.view(labels.shape)
-        notnull = labels.ne(self.NULL_IDX)
-        self.record_local_metric('loss', AverageMetric.from_mask(loss_per_token, notnull))
-        self.record_local_metric('ppl', PPLMetric.from_mask(loss_per_token, notnull))
-        self.record_local_metric('token_acc', AverageMetric.from_mask(labels == preds, notnull))
-        target_tokens = notnull.long().sum(dim=-1)
-        correct = ((labels == preds) * notnull).sum(dim=-1)
-        self.record_local_metric('token_em', AverageMetric.many(correct == target_tokens))
-        mle = loss_per_token.sum() / target_tokens.sum()
+        mle = record_generator_metrics(self, batch, loss_per_token, preds)
         loss = self.opt.get('mle_coef', 1.0) * mle
         distractors = getattr(batch, 'distractor_vec', None)
         if distractors is not None:
