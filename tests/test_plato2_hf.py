@@ -56,14 +56,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ================================================================================ the math
 
 

@@ -31,15 +31,6 @@ from parlai_ext.modules.transformer import (
     padded_from_flat,
 )
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 EXAMPLES = [  # labels of 6, 2 and 4 tokens with END: a padded batch
     ('hello , who are you ?', 'i am anna , hi'),
     ('good morning !\nmorning ! i am ben .\ndo you have pets ?', 'yes'),
