@@ -48,14 +48,20 @@ def candidate_records(
     ranking_scores: Sequence[float | None],
     penalties: Sequence[float],
     evaluator: bool = True,
+    n_tokens: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The :data:`CANDIDATES_FIELD` value of one reply, in the given order (the agent's final
     ranking, best first): the first is marked ``chosen``.
 
     ``ranking_scores`` are the scores before penalties (the evaluator's when ``evaluator``,
     else e.g. the length-averaged log-probability); ``score = ranking_score - penalty``.
+    ``n_tokens`` (optional), each candidate's generated tokens with END, the divisor of the
+    log-probability ranking: with it any ranking can be recomputed from a log
+    (``projects/plato2/candidate_rankings.py``).
     """
     lengths = {len(texts), len(latents), len(logprobs), len(ranking_scores), len(penalties)}
+    if n_tokens is not None:
+        lengths.add(len(n_tokens))
     if len(lengths) != 1:
         raise ValueError(
             f'candidate_records: all sequences need one entry per candidate, got {lengths}'
@@ -76,6 +82,9 @@ def candidate_records(
                 'chosen': False,
             }
         )
+    if n_tokens is not None:
+        for record, count in zip(records, n_tokens, strict=True):
+            record['n_tokens'] = int(count)
     if records:
         records[0]['chosen'] = True
     return records

@@ -64,6 +64,13 @@ def test_candidate_records_score_is_ranking_minus_penalty_first_is_chosen():
     assert by_logprob[0]['evaluator'] is None and by_logprob[0]['score'] == -0.5
     with pytest.raises(ValueError, match='one entry per candidate'):
         candidate_records(['a', 'b'], [0], [0.0], [0.0], [0.0])
+    # n_tokens (the logprob ranking's divisor) only when given, one per candidate
+    assert 'n_tokens' not in by_logprob[0]
+    counted = candidate_records(['x', 'y'], [0, 1], [-2.0, -1.0], [0.1, 0.2], [0.0, 0.0],
+                                n_tokens=[3, 5])  # fmt: skip
+    assert [r['n_tokens'] for r in counted] == [3, 5]
+    with pytest.raises(ValueError, match='one entry per candidate'):
+        candidate_records(['x', 'y'], [0, 1], [-2.0, -1.0], [0.1, 0.2], [0.0, 0.0], n_tokens=[3])
 
 
 @pytest.mark.parametrize('length_penalty, order', [(0.0, [1, 0, 2]), (0.65, [1, 2, 0])])

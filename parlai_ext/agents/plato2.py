@@ -714,11 +714,8 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
                 ranking_scores,
                 penalties,
                 evaluator=self.ranking == 'evaluator',
+                n_tokens=n_tokens,
             )
-            for record, count in zip(records, n_tokens, strict=True):
-                # the logprob ranking's divisor: any ranking can be recomputed from the log
-                # (projects/plato2/candidate_rankings.py)
-                record['n_tokens'] = count
             self._candidates.append(records)
         self._reranked = reranked
         return reranked
