@@ -123,6 +123,16 @@ def _runs(root, data) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
+def _worker_env(agents_dir, checksum_dir) -> dict[str, str]:
+    """Environment of the two workers: our agents importable, checksums written to one folder."""
+    return {
+        'PYTHONPATH': str(agents_dir),
+        'CHECKSUM_DIR': str(checksum_dir),
+        'OMP_NUM_THREADS': '1',
+        'PARLAI_DATAPATH': str(agents_dir / 'parlai_data'),
+    }
+
+
 def _lines(path) -> list[str]:
     return path.read_text().splitlines()
 
@@ -130,12 +140,7 @@ def _lines(path) -> list[str]:
 @pytest.mark.parametrize('run', ['receiver', 'transmitter', 'selfplay', 'critic', 'ppg_rl'])
 def test_workers_hold_identical_weights_after_every_update(models, tmp_path, run):
     root, data = models
-    env = {
-        'PYTHONPATH': str(root),
-        'CHECKSUM_DIR': str(tmp_path),
-        'OMP_NUM_THREADS': '1',
-        'PARLAI_DATAPATH': str(root / 'parlai_data'),
-    }
+    env = _worker_env(root, tmp_path)
     run_parlai(
         'multiprocessing_train', *_runs(root, data)[run], '-mf', str(tmp_path / 'model'),
         '-bs', '2' if run == 'selfplay' else '4', '--max-train-steps', '4', '-vstep', '-1',
@@ -242,12 +247,7 @@ def test_lora_workers_synchronise_only_the_adapters(tmp_path):
     dict_file = str(tmp_path / 'model.dict')
     HfDictionaryAgent({'hf_model_dir': base, 'dict_file': None}).save(dict_file)
     (tmp_path / 'lora_agents.py').write_text(LORA_AGENT)
-    env = {
-        'PYTHONPATH': str(tmp_path),
-        'CHECKSUM_DIR': str(tmp_path),
-        'OMP_NUM_THREADS': '1',
-        'PARLAI_DATAPATH': str(tmp_path / 'parlai_data'),
-    }
+    env = _worker_env(tmp_path, tmp_path)
     run_parlai(
         'multiprocessing_train', '-m', 'lora_agents:LoraGenerator', '-t',
         'fromfile:parlaiformat', '--fromfile-datapath', write_pairs(tmp_path / 'pairs.txt'),
