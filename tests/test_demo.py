@@ -57,7 +57,6 @@ def test_first_start_prints_progress_lines_then_later_starts_are_silent(tmp_path
         (95, 'writing the dequantised copy'),
         (100, f'{path} ready'),
     ]
-    assert hf._progress is None  # no progress object left behind for a later load
     assert hf.model_folder(path, cache_root=cache) == folder
     assert '[parlai-ext]' not in capsys.readouterr().err  # cached: nothing to report
 

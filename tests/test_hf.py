@@ -226,9 +226,9 @@ def test_gguf_is_dequantised_once_and_the_cache_reused(tmp_path, monkeypatch):
     calls = []
     original = hf._load_gguf
 
-    def counting(folder, gguf_file):
+    def counting(folder, gguf_file, progress=None):
         calls.append(gguf_file)
-        return original(folder, gguf_file)
+        return original(folder, gguf_file, progress)
 
     monkeypatch.setattr(hf, '_load_gguf', counting)
     cache = str(tmp_path / 'cache')

@@ -165,18 +165,17 @@ class _FirstStartProgress:
         self(f'{self.STEPS[name]:3d}% {what} ... {elapsed:.0f} s')
 
 
-_progress: _FirstStartProgress | None = None
-
-
-def _load_gguf(folder: str, gguf_file: str) -> tuple[nn.Module, Any]:
+def _load_gguf(
+    folder: str, gguf_file: str, progress: _FirstStartProgress | None = None
+) -> tuple[nn.Module, Any]:
     """Dequantise a GGUF checkpoint with transformers + gguf (the slow step: tens of seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if _progress:
-        _progress.step('tokenizer', 'reading the tokenizer from the GGUF file')
+    if progress:
+        progress.step('tokenizer', 'reading the tokenizer from the GGUF file')
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
-    if _progress:
-        _progress.step('weights', 'reading and dequantising the weights')
+    if progress:
+        progress.step('weights', 'reading and dequantising the weights')
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=gguf_file, local_files_only=True, dtype=torch.float32
     )
@@ -207,16 +206,12 @@ def model_folder(model: str, gguf_file: str | None = None, cache_root: str | Non
     if os.path.isfile(os.path.join(target, GGUF_META)):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    global _progress
-    _progress = progress = _FirstStartProgress()
+    progress = _FirstStartProgress()
     progress(
         f'loading {model} for the first time: dequantising {gguf} into {target} '
         '(once; 20-60 s, later starts take seconds)'
     )
-    try:
-        loaded, tokenizer = _load_gguf(folder, gguf)
-    finally:
-        _progress = None
+    loaded, tokenizer = _load_gguf(folder, gguf, progress)
     scratch = tempfile.mkdtemp(prefix='.tmp-', dir=os.path.dirname(target))
     try:
         progress.step('cache', 'writing the dequantised copy')
