@@ -13,6 +13,7 @@ from parlai_ext.modules.ppg import (
     CriticPair,
     bm25_scores,
     bm25_top_k,
+    chat_fields,
     critic_pairs,
     drg_source,
     persona_text,
@@ -228,6 +229,20 @@ def test_input_layouts_put_the_personas_last():
     assert ppg_source(context, ['i am a chef.']).split('\n')[-1] == 'your persona: i am a chef.'
     # an empty generated persona still gets its line (the layout the DRG was trained on)
     assert drg_source(context, ['i am a chef.'], '').split('\n')[-1] == "partner's persona: "
+
+
+def test_chat_fields_split_persona_lines_from_the_turns():
+    """A free chat (``parlai interactive``): ``your persona:`` lines (any case, anywhere in a
+    turn) are the self persona, prefix removed; the other non-empty lines are the context."""
+    turns = [
+        'your persona: i am a chef.\nYour persona: i hate the cold.\nhi , how are you ?',
+        'great , i just cooked .',
+        '\nwhat do you cook ?  ',
+    ]
+    context, persona = chat_fields(turns)
+    assert persona == ['i am a chef.', 'i hate the cold.']
+    assert context == ['hi , how are you ?', 'great , i just cooked .', 'what do you cook ?']
+    assert chat_fields(['hello']) == (['hello'], [])
 
 
 # --- ConvAI2's train file holds every dialogue from both sides: the critic counts it once -------

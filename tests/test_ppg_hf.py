@@ -19,9 +19,16 @@ from test_ppg_agents import agent_from, sequence_log_prob, state_copy
 from test_ppg_data import fbdialog_both, make_teacher, messages, write_both
 
 from parlai_ext.agents import hf as glue
-from parlai_ext.agents.ppg import PpgHfDictionaryAgent
+from parlai_ext.agents.ppg import PpgHfDictionaryAgent, generate_texts
+from parlai_ext.modules import hf
 from parlai_ext.modules.hf import HfEncoder
-from parlai_ext.modules.ppg import PARTNER_PREFIX, SELF_PREFIX, drg_source, sample_sequences
+from parlai_ext.modules.ppg import (
+    PARTNER_PREFIX,
+    SELF_PREFIX,
+    drg_source,
+    ppg_source,
+    sample_sequences,
+)
 
 
 def data_words() -> list[str]:
@@ -321,6 +328,15 @@ def test_rl_takes_the_lora_adapters_of_its_drg(trained, tmp_path):
     adapters = ('lora_', 'token_adapter')  # GPT-2's added start row keeps its own adapter
     drg_trainable = {n for n in trainable if not n.startswith('ppg.')}
     assert drg_trainable and all(any(a in n for a in adapters) for n in drg_trainable)
+    # M.drg holds the DRG's adapters only (it used to hold the whole frozen base as well)
+    agent.save(str(tmp_path / 'rl'))
+    drg_file = torch.load(tmp_path / 'rl.drg', map_location='cpu', weights_only=False)['model']
+    base = {k for k in hf.frozen_base_keys(agent.model) if not k.startswith('ppg.')}
+    assert base and not base & set(drg_file)
+    assert set(drg_file) == {k for k in state if not k.startswith('ppg.')} - base
+    reloaded = create_agent_from_model_file(str(tmp_path / 'rl.drg'), {'datatype': 'valid'})
+    for key, value in reloaded.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
 def test_greedy_ppg_inference_overrides_a_beam_ppg(trained, tmp_path):
@@ -368,3 +384,30 @@ def test_generated_persona_input_reports_its_own_context_length(trained):
         assert o['context_truncate_rate'] == (full > drg.text_truncate)
         assert o['context_truncated_length'] == max(full - drg.text_truncate, 0)
         assert len(o['text_vec']) == min(full, drg.text_truncate)
+
+
+def test_a_free_chat_gets_generated_partner_personas(trained):
+    """``parlai interactive`` (text only) with ``--partner-personas generated``: the history
+    (the bot's replies included) is the context, its ``your persona:`` line the self persona,
+    and the DRG answers from (c, s, p̂) with p̂ the PPG's own output for (c, s)."""
+    drg = create_agent_from_model_file(
+        trained['drg'],
+        {'datatype': 'valid', 'skip_generation': False, 'inference': 'greedy', 'beam_size': 1},
+    )
+    first = 'your persona: i keep bees in my garden.\nhello , my bees kept me busy today .'
+    drg.observe({'text': first, 'episode_done': False})
+    reply = drg.act()
+    context, persona = ['hello , my bees kept me busy today .'], ['i keep bees in my garden.']
+    expected = generate_texts(drg.persona_generator, [ppg_source(context, persona)])[0]
+    assert reply['generated_partner_persona'] == expected
+    assert drg.observation['text'] == drg_source(context, persona, expected)
+    said = 'i spent the day on my red tractor .'  # the bot's turn, as the world hands it back
+    drg.self_observe({**reply, 'text': said})
+    drg.observe({'text': 'what colour is your tractor ?', 'episode_done': False})
+    second = drg.act()
+    context = [*context, said, 'what colour is your tractor ?']
+    assert drg.observation['context'] == context
+    assert drg.observation['self_persona'] == persona
+    expected = generate_texts(drg.persona_generator, [ppg_source(context, persona)])[0]
+    assert second['generated_partner_persona'] == expected
+    assert drg.observation['text'] == drg_source(context, persona, expected)

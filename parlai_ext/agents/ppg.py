@@ -45,6 +45,7 @@ from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.modules.hf import HfEncoder
 from parlai_ext.modules.ppg import (
     PersonaCritic,
+    chat_fields,
     drg_source,
     gpt2_dimensions,
     pack_pair,
@@ -327,6 +328,8 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
     def observe(self, observation):
         observation = Message(observation)
         if 'context' not in observation or 'self_persona' not in observation:
+            if self.partner_mode == 'generated' and 'labels' not in observation:
+                return self._observe_chat(observation)
             if observation.get('text') and not self._warned_fields:
                 logging.warning(
                     'ppg_response_generator: no context/self_persona fields (use -t ppg_ext); '
@@ -346,6 +349,20 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
                 observation['context'], observation['self_persona']
             )
         return super().observe(observation)
+
+    def _observe_chat(self, observation: Message) -> Message:
+        """A free chat turn (``parlai interactive``: text only) with generated partner
+        personas: the dialogue so far (ParlAI's history, the bot's own replies included) is the
+        context, its ``your persona:`` lines the self personas; ``batch_act`` then asks the PPG
+        for p̂ and answers from (c, s, p̂), as on ``-t ppg_ext``."""
+        observation = super().observe(observation)
+        if observation.get('text_vec') is None or self.history is None:
+            return observation
+        context, self_persona = chat_fields(self.history.history_strings)
+        observation['context'] = context
+        observation['self_persona'] = self_persona
+        observation['ppg_source'] = ppg_source(context, self_persona)
+        return observation
 
     def _persona_generator_path(self) -> str:
         path = self.opt.get('ppg_model_file')

@@ -205,7 +205,9 @@ class PpgRlAgent(PpgResponseGeneratorAgent):
         if not path or not PathManager.exists(path):
             return
         self.persona_generator.save(path + '.ppg')
-        drg_state = {k: v for k, v in self.model.state_dict().items() if not k.startswith('ppg.')}
+        # the checkpoint's weights (a LoRA model's adapters and heads only, not its frozen base)
+        saved = self.state_dict()['model']
+        drg_state = {k: v for k, v in saved.items() if not k.startswith('ppg.')}
         atomic_save({'model': drg_state}, path + '.drg')
         drg_opt = copy.deepcopy(self.opt)
         drg_opt['model'] = 'ppg_response_generator'

@@ -53,6 +53,25 @@ def ppg_source(context: Sequence[str], self_persona: Sequence[str]) -> str:
     return '\n'.join([*context, f'{SELF_PREFIX} {persona_text(self_persona)}'])
 
 
+def chat_fields(turns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(context, self_persona)`` of a free chat's turns (``parlai interactive``).
+
+    Lines that start with ``your persona:`` (ConvAI2's convention for giving the bot a persona)
+    are the self persona sentences, prefix removed; every other non-empty line is a context
+    turn, in order (a turn holding several lines gives several turns).
+    """
+    context: list[str] = []
+    persona: list[str] = []
+    for turn in turns:
+        for line in turn.split('\n'):
+            line = line.strip()
+            if line.lower().startswith(SELF_PREFIX):
+                persona.append(line[len(SELF_PREFIX) :].strip())
+            elif line:
+                context.append(line)
+    return context, persona
+
+
 def drg_source(
     context: Sequence[str], self_persona: Sequence[str], partner_persona: str | None
 ) -> str:
