@@ -37,12 +37,9 @@ from parlai.scripts.train_model import TrainLoop, setup_args  # noqa: E402
 from test_hf import tiny_checkpoint, word_tokenizer  # noqa: E402
 
 from parlai_ext.agents import hf as glue  # noqa: E402
-from parlai_ext.agents.plato2 import (  # noqa: E402
-    GENERATOR_FRESH,
-    HF_EVALUATOR_FRESH,
-    inherit_architecture,
-    load_hf_with_fresh,
-)
+from parlai_ext.agents.plato2 import GENERATOR_FRESH  # noqa: E402
+from parlai_ext.agents.plato2_evaluator import HF_EVALUATOR_FRESH  # noqa: E402
+from parlai_ext.agents.plato2_stages import inherit_architecture, load_hf_with_fresh  # noqa: E402
 from parlai_ext.agents.unified_transformer import causal_context, generation_banned_ids  # noqa: E402
 from parlai_ext.candidates import CANDIDATES_FIELD  # noqa: E402
 from parlai_ext.modules import hf  # noqa: E402

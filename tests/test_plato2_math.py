@@ -20,9 +20,10 @@ from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch
 from test_plato2 import write_stage1
 
-import parlai_ext.agents.plato2 as plato2_agents
+import parlai_ext.agents.plato2_evaluator as plato2_evaluator_agent
 import parlai_ext.modules.sampling as sampling
-from parlai_ext.agents.plato2 import PENALTY, inherit_architecture, repetition_reason
+from parlai_ext.agents.plato2 import PENALTY, repetition_reason
+from parlai_ext.agents.plato2_stages import inherit_architecture
 from parlai_ext.losses.plato2 import (
     bow_loss,
     coherence_pairs,
@@ -444,7 +445,7 @@ def test_stage22_loss_is_coherence_plus_mlm_on_the_original_tokens(
         inputs = torch.where(selected & ~replaced, shown, tokens)
         return inputs, replaced, selected
 
-    monkeypatch.setattr(plato2_agents, 'mlm_corrupt', fixed_corrupt)
+    monkeypatch.setattr(plato2_evaluator_agent, 'mlm_corrupt', fixed_corrupt)
     losses = []
     agent.backward = losses.append
     agent.update_params = lambda: None
@@ -700,7 +701,8 @@ def test_defaults_are_the_papers_and_the_authors(stage1_file, tmp_path):
 
 
 def test_stage2_loading_accepts_only_a_stage1_backbone(stage1_file, tmp_path):
-    from parlai_ext.agents.plato2 import GENERATOR_FRESH, load_with_fresh
+    from parlai_ext.agents.plato2 import GENERATOR_FRESH
+    from parlai_ext.agents.plato2_stages import load_with_fresh
 
     agent = _plato2(stage1_file, tmp_path)
     state = agent.model.state_dict()

