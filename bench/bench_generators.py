@@ -62,8 +62,11 @@ QUICK_MODELS = [REFERENCE, 'unified_transformer (2 layers)']
 BASE = ' @base'
 
 
+DIM = 256  # set by --dim
+
+
 def model_args(name: str) -> list[str]:
-    return MODELS[name.removesuffix(BASE)]
+    return configs.with_dim(MODELS[name.removesuffix(BASE)], DIM)
 
 
 def pick_models(prefixes: str) -> list[str]:
@@ -167,7 +170,12 @@ def main() -> None:
         help='a folder with another parlai_ext (e.g. an older commit): adds "<model> @base"',
     )
     parser.add_argument('--no-generation', action='store_true', help='training tables only')
+    parser.add_argument('--no-growth', action='store_true', help='no growth table (full grid)')
+    parser.add_argument('--dim', type=int, default=256, help='hidden size (heads of 64, FFN 4x)')
+    parser.add_argument('--batch', type=int, default=32, help='training batch')
     args = parser.parse_args()
+    global DIM
+    DIM = args.dim
     rounds = args.rounds or (4 if args.quick else 8)
     steps = args.steps or (2 if args.quick else 5)
     precisions = args.precisions.split(',')
@@ -196,7 +204,7 @@ def main() -> None:
         specs = {
             name: {
                 'kind': 'train',
-                'agent_args': model_args(name) + configs.train_args(dict_file),
+                'agent_args': model_args(name) + configs.train_args(dict_file, args.batch),
                 'task_args': task,
                 'precision': precision,
                 **({'source': sources[name]} if name in sources else {}),
@@ -210,8 +218,8 @@ def main() -> None:
         peak = spread(group.peaks[precision])
         results[f'train_{precision}'] = {'group': group.to_json(), 'summary': summary}
         out += [
-            f'\n### Training throughput, {precision} ({where}; batch 32, context ≤ 128, label '
-            f'≤ 64 tokens, {steps} steps per chunk)\n',
+            f'\n### Training throughput, {precision} ({where}; hidden {args.dim}, batch '
+            f'{args.batch}, context ≤ 128, label ≤ 64 tokens, {steps} steps per chunk)\n',
             f'Matmul peak ({precision}, same rounds): {peak.median / 1e9:,.0f} GFLOP/s '
             f'({peak.q1 / 1e9:,.0f}-{peak.q3 / 1e9:,.0f}).\n',
             table,
@@ -246,7 +254,7 @@ def main() -> None:
             table,
         ]
 
-    if not args.quick and not args.models:
+    if not args.quick and not args.models and not args.no_growth:
         grid = {'ctx 64': (32, 64), 'ctx 128 / batch 32': (32, 128), 'ctx 256': (32, 256),
                 'batch 16': (16, 128), 'batch 64': (64, 128)}  # fmt: skip
         rows = []
@@ -254,7 +262,7 @@ def main() -> None:
             specs = {
                 cell: {
                     'kind': 'train',
-                    'agent_args': MODELS[name] + configs.train_args(dict_file, batch, text),
+                    'agent_args': model_args(name) + configs.train_args(dict_file, batch, text),
                     'task_args': task,
                 }
                 for cell, (batch, text) in grid.items()

@@ -22,6 +22,16 @@ PLATO2 = ['-m', 'plato2', '--n-layers', '2', '--n-latent', '20', *DIMS]
 PLATO2_EVALUATOR = ['-m', 'plato2_evaluator', '--n-layers', '2', *DIMS]
 
 
+def with_dim(agent_args: list[str], dim: int) -> list[str]:
+    """``agent_args`` at hidden size ``dim`` (heads of 64, FFN 4·dim), every model alike."""
+    sizes = {'--embedding-size': dim, '--n-heads': max(1, dim // 64), '--ffn-size': 4 * dim}
+    out = list(agent_args)
+    for flag, value in sizes.items():
+        if flag in out:
+            out[out.index(flag) + 1] = str(value)
+    return out
+
+
 def task_args(data: str | None, no_start: bool = False) -> list[str]:
     """DailyDialog from ``data`` when that folder exists, else the synthetic ``ext_demo``."""
     if data and os.path.isdir(data):

@@ -307,15 +307,28 @@ def count_parameters(agent) -> tuple[int, int]:
     return total, embedding
 
 
+def lookup_parameters(agent) -> int:
+    """Parameters of the other lookup tables (positions, types, segments): no matmul FLOPs."""
+    total, seen = 0, set()
+    for module in agent.model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings != len(agent.dict):
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                total += module.weight.numel()
+    return total
+
+
 def estimate_training_flops(agent, context_tokens: float, label_tokens: float) -> float:
-    """≈ 6 · (non-embedding parameters · tokens + output layer · label tokens) per step.
+    """≈ 6 · (matmul parameters · tokens + output layer · label tokens) per step.
 
     The usual 6·N·T rule (forward 2·N·T, backward 4·N·T) with the tied output projection
-    counted for label positions only; attention score FLOPs are left out (small at these
-    lengths), so MFU is a slight underestimate.
+    counted for label positions only and the lookup tables (token, position and type
+    embeddings) left out of N: they cost no FLOPs. Attention score FLOPs are left out too
+    (small at these lengths), so MFU is a slight underestimate.
     """
     total, embedding = count_parameters(agent)
-    return 6.0 * ((total - embedding) * (context_tokens + label_tokens) + embedding * label_tokens)
+    dense = total - embedding - lookup_parameters(agent)
+    return 6.0 * (dense * (context_tokens + label_tokens) + embedding * label_tokens)
 
 
 class Workload(Protocol):

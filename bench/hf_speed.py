@@ -38,7 +38,17 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import load_line, load_summary, markdown_table, paired_ratios, run_interleaved, spread  # noqa: E402
+from harness import (  # noqa: E402
+    default_out_stem,
+    load_line,
+    load_summary,
+    machine_info,
+    markdown_table,
+    paired_ratios,
+    run_interleaved,
+    spread,
+    write_results,
+)
 
 from parlai_ext.modules import hf  # noqa: E402
 
@@ -213,15 +223,21 @@ def main() -> None:
     parser.add_argument('--lora-rank', type=int, default=8)
     parser.add_argument('--piece', action='store_true', help='also time the module alone')
     parser.add_argument('--quick', action='store_true', help='batch 4 x 48, 3 rounds of 1 step')
+    parser.add_argument('--tiny', action='store_true', help='a smoke test: 2 x 16, 2 rounds, fp32')
+    parser.add_argument('--precisions', default='fp32,bf16')
+    parser.add_argument('--out', default=None, help='output stem (default runs/bench/...)')
     args = parser.parse_args()
     if args.quick:
         args.batch, args.length, args.rounds, args.steps = 4, 48, 3, 1
+    if args.tiny:
+        args.batch, args.length, args.rounds, args.steps = 2, 16, 2, 1
+        args.precisions = 'fp32'
     start = time.perf_counter()
     hf.model_folder(args.model)  # dequantise + cache once, before the workers start
     print(f'model folder ready in {time.perf_counter() - start:.1f} s', flush=True)
     names = ['plain', 'agent'] + (['piece'] if args.piece else [])
-    rows, groups = [], []
-    for bf16 in (False, True):
+    rows, groups, results = [], [], {}
+    for bf16 in [p == 'bf16' for p in args.precisions.split(',')]:
         for rank in (0, args.lora_rank):
             kw = dict(model=args.model, bf16=bf16, lora_rank=rank, batch=args.batch,
                       length=args.length)  # fmt: skip
@@ -241,15 +257,32 @@ def main() -> None:
             if args.piece:
                 row.append(f'{rates["piece"]:.0f}')
             rows.append(row)
+            results[label] = {
+                'group': group.to_json(),
+                'tokens_per_s': rates,
+                'agent_vs_plain_time': cost,
+                'agent_vs_plain_cpu_time': cpu_cost,
+            }
             print('  ' + ' | '.join(row), flush=True)
     headers = ['precision / weights', 'plain tok/s', 'agent tok/s',
                'agent time vs plain (median, min..max of rounds)', 'agent CPU time vs plain']  # fmt: skip
     if args.piece:
         headers.append('piece tok/s')
-    print(f'\nbatch {args.batch} x {args.length}, {args.rounds} rounds x {args.steps} steps, '
-          f'{args.threads} thread(s) per worker')  # fmt: skip
-    print(markdown_table(headers, rows))
-    print(load_line(load_summary(groups)))
+    machine = machine_info(args.threads)
+    load = load_summary(groups)
+    markdown = '\n'.join(
+        [
+            f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}; '
+            f'{args.model}, batch {args.batch} x {args.length} tokens, {args.rounds} '
+            f'interleaved rounds x {args.steps} steps, {args.threads} thread(s) per worker.',
+            load_line(load) + '\n',
+            markdown_table(headers, rows),
+        ]
+    )
+    stem = args.out or default_out_stem(__file__, args.quick or args.tiny)
+    data = {'machine': machine, 'settings': vars(args), 'load': load, 'results': results}
+    paths = write_results(stem, data, markdown)
+    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
 
 
 if __name__ == '__main__':

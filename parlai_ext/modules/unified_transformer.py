@@ -87,6 +87,8 @@ class UnifiedTransformer(TransformerEncoder):
             raise ValueError(f'lm_head must be one of {LM_HEADS}, got {lm_head!r}')
         self.padding_idx = padding_idx
         self.lm_head = lm_head
+        # encode() runs the stack on real tokens only (same values at every valid position)
+        self.packed = True
         if lm_head == 'knover':
             dim = self.embeddings.tokens.embedding_dim
             self.lm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
@@ -193,7 +195,10 @@ class UnifiedTransformer(TransformerEncoder):
             mask = bidirectional_mask(torch.cat([context_valid, response_valid], dim=1))
         else:
             mask = prefix_lm_mask(context_valid, response_valid)
-        hidden, caches = self.stack(x, mask)
+        # token-wise work at the valid positions only (modules.transformer.Packing): the
+        # padded positions' states are never read (masked keys; outputs at padding ignored)
+        valid = torch.cat([context_valid, response_valid], dim=1) if self.packed else None
+        hidden, caches = self.stack(x, mask, valid=valid)
         split = n_prefix + lc
         context_caches = [(k[:, :, :split], v[:, :, :split]) for k, v in caches]
         return hidden, ContextState(context_caches, context_valid, context_len)
@@ -226,7 +231,8 @@ class UnifiedTransformer(TransformerEncoder):
             valid_all = torch.cat([prefix_valid, valid], dim=1)
         else:
             valid_all = valid
-        _, caches = self.stack(x, bidirectional_mask(valid_all))
+        packed = valid_all if self.packed else None  # real tokens only (see encode)
+        _, caches = self.stack(x, bidirectional_mask(valid_all), valid=packed)
         length = valid.sum(dim=1)
         # one sync per context pass, so that no decoding step needs one
         max_length = int(length.max()) if batch else 0

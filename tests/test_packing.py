@@ -1,0 +1,128 @@
+"""The packed (real tokens only) transformer stack equals the padded one at every valid position.
+
+``modules.transformer.Packing`` runs the projections, feed-forward, norms and residuals of a
+stack on the valid positions only; attention still runs on the padded layout. These tests
+pin that the states at valid positions, every parameter's gradient and the context keys /
+values the decoder reuses are those of the padded computation, that padding positions come
+back as zeros, and that the packed path is used only where it applies.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from parlai_ext.modules.transformer import Packing, TransformerStack, bidirectional_mask
+from parlai_ext.modules.unified_transformer import UnifiedTransformer
+
+
+def _batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randint(5, 50, (3, 9), generator=generator)
+    context[0, 5:] = 0
+    context[2, 2:] = 0
+    response = torch.randint(5, 50, (3, 6), generator=generator)
+    response[1, 3:] = 0
+    response[2, 4:] = 0
+    return context, response
+
+
+def test_packing_round_trip_keeps_row_major_order_and_zero_padding():
+    valid = torch.tensor([[True, False, True], [False, True, True]])
+    packing = Packing(valid)
+    padded = torch.arange(18.0).view(2, 3, 3)
+    packed = packing.pack(padded)
+    assert torch.equal(packed, padded[valid])  # the order of tensor[valid]
+    back = packing.pad(packed)
+    assert torch.equal(back[valid], padded[valid])
+    assert torch.equal(back[~valid], torch.zeros(2, 3))
+    assert packing.n_tokens == 4
+
+
+def _unified(**kw):
+    torch.manual_seed(0)
+    model = UnifiedTransformer(
+        50, dim=32, n_layers=2, n_heads=4, ffn_dim=64, n_positions=64, dropout=0.0, **kw
+    )
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize('lm_head', ['tied', 'knover'])
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_packed_unified_encode_equals_padded_states_gradients_and_caches(lm_head, bidirectional):
+    packed = _unified(lm_head=lm_head)
+    padded = copy.deepcopy(packed)
+    padded.packed = False
+    context, response = _batch()
+    prefix = torch.randn(3, 1, 32)  # PLATO-2's latent slot: always valid
+    seen = []
+    packed.stack.layers[1].ffn.fc_in.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    rows = {}
+    for name, model in (('packed', packed), ('padded', padded)):
+        hidden, state = model.encode(context, response, prefix, bidirectional=bidirectional)
+        valid = torch.cat([state.valid, response != 0], dim=1)
+        # a loss that weights every valid position differently
+        weights = torch.linspace(0.5, 2.0, hidden.shape[1])[None, :, None]
+        loss = (model.logits(hidden * weights)[valid].log_softmax(-1)[:, 7]).sum()
+        loss.backward()
+        rows[name] = (hidden, valid, state)
+    hidden, valid, state = rows['packed']
+    hidden_ref, _, state_ref = rows['padded']
+    assert seen == [torch.Size([int(valid.sum()), 32])]  # the feed-forward saw real tokens only
+    torch.testing.assert_close(hidden[valid], hidden_ref[valid], rtol=1e-5, atol=1e-6)
+    assert torch.equal(hidden[~valid], torch.zeros_like(hidden[~valid]))
+    for (name, p), (_, q) in zip(packed.named_parameters(), padded.named_parameters()):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    # the context keys/values a decoder continues from, at the valid context positions
+    for (k, v), (k_ref, v_ref) in zip(state.caches, state_ref.caches):
+        keep = state.valid[:, None, :, None].expand_as(k)
+        torch.testing.assert_close(k[keep], k_ref[keep], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v[keep], v_ref[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_packed_context_continues_to_the_same_decoding_logits():
+    """A response decoded from a packed encode's context state equals the padded one's."""
+    packed = _unified()
+    padded = copy.deepcopy(packed)
+    padded.packed = False
+    packed.eval()
+    padded.eval()
+    context, response = _batch(1)
+    with torch.no_grad():
+        out = []
+        for model in (packed, padded):
+            _, state = model.encode(context, response[:, :2])
+            hidden, _ = model.decode(response[:, :3], state)
+            out.append(hidden)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-6)
+
+
+def test_stack_packs_only_self_attention_without_caches():
+    torch.manual_seed(0)
+    stack = TransformerStack(1, 16, n_heads=2, ffn_dim=32)
+    seen = []
+    stack.layers[0].ffn.fc_in.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    x = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    mask = bidirectional_mask(valid)
+    out_packed, caches = stack(x, mask, valid=valid)
+    out_padded, _ = stack(x, mask)
+    assert seen == [torch.Size([8, 16]), torch.Size([2, 5, 16])]  # 8 real tokens, then all
+    torch.testing.assert_close(out_packed[valid], out_padded[valid], rtol=1e-5, atol=1e-6)
+    # with caches (decoding) the padded path runs whatever ``valid`` says
+    seen.clear()
+    stack(x[:, :1], None, caches=caches, valid=valid[:, :1])
+    assert seen == [torch.Size([2, 1, 16])]
+
+
+def test_packed_block_refuses_cross_attention():
+    torch.manual_seed(0)
+    stack = TransformerStack(1, 16, n_heads=2, ffn_dim=32, cross_attention=True)
+    x = torch.randn(2, 3, 16)
+    packing = Packing(torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match='self-attention only'):
+        stack.layers[0](packing.pack(x), None, packing=packing)
