@@ -126,3 +126,33 @@ def test_packed_block_refuses_cross_attention():
     packing = Packing(torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match='self-attention only'):
         stack.layers[0](packing.pack(x), None, packing=packing)
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for a dropout: records the shapes it is applied to, scales by 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return 2 * x
+
+
+def test_packed_embedding_dropout_runs_once_on_the_real_tokens():
+    """The input dropout acts once per token, prefix included, after packing (not on the
+    padding); its effect on the states equals the padded path's."""
+    packed = _unified()
+    padded = copy.deepcopy(packed)
+    padded.packed = False
+    context, response = _batch()
+    prefix = torch.randn(3, 1, 32)
+    for model in (packed, padded):
+        model.embeddings.dropout = _Recorder()
+    hidden, state = packed.encode(context, response, prefix)
+    hidden_ref, _ = padded.encode(context, response, prefix)
+    valid = torch.cat([state.valid, response != 0], dim=1)
+    assert packed.embeddings.dropout.shapes == [(int(valid.sum()), 32)]
+    assert padded.embeddings.dropout.shapes == [(3, 15, 32), (3, 1, 32)]  # tokens, prefix
+    torch.testing.assert_close(hidden[valid], hidden_ref[valid], rtol=1e-5, atol=1e-6)

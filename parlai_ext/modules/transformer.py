@@ -317,16 +317,20 @@ class TransformerStack(nn.Module):
         memories: list[LayerCache] | None = None,
         memory_mask: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
+        input_dropout: nn.Module | None = None,
     ) -> tuple[torch.Tensor, list[LayerCache]]:
         """Run the blocks. ``valid`` (``(batch, time)`` bool; self-attention stacks without
         caches): the token-wise work runs on the valid positions only (:class:`Packing`);
         the returned states are zeros at the other positions, whose states are never read
         (masked keys, ignored outputs). Keys/values at valid positions, and so every valid
-        position's state, equal the padded computation's."""
+        position's state, equal the padded computation's. ``input_dropout``: applied to the
+        input first (after packing: on the real tokens only)."""
         packing = None
         if valid is not None and caches is None and memories is None:
             packing = Packing(valid)
             x = packing.pack(x)
+        if input_dropout is not None:
+            x = input_dropout(x)
         new_caches = []
         for index, layer in enumerate(self.layers):
             x, cache = layer(
@@ -392,9 +396,11 @@ class Embeddings(nn.Module):
         positions: torch.Tensor,
         types: torch.Tensor | None = None,
         max_position: int | None = None,
+        dropout: bool = True,
     ) -> torch.Tensor:
         """Embedded ``tokens``; ``max_position``, when the caller knows the largest position
-        from shapes, replaces the check on ``positions.max()`` (a device-to-host sync)."""
+        from shapes, replaces the check on ``positions.max()`` (a device-to-host sync);
+        ``dropout=False`` leaves the dropout to the caller (e.g. after packing)."""
         largest = int(positions.max()) if max_position is None else max_position
         if largest >= self.n_positions:
             raise ValueError(
@@ -404,7 +410,7 @@ class Embeddings(nn.Module):
         x = self.tokens(tokens) + self.positions(positions)
         if self.types is not None and types is not None:
             x = x + self.types(types)
-        return self.dropout(x)
+        return self.dropout(x) if dropout else x
 
 
 NEAR_INF = 1e20  # ParlAI's neginf: -1e20 (fp32, bf16), -65504 in fp16

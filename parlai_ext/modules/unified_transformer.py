@@ -124,8 +124,10 @@ class UnifiedTransformer(TransformerEncoder):
         replaced: torch.Tensor | None = None,
         replacement: torch.Tensor | None = None,
         max_position: int | None = None,
+        dropout: bool = True,
     ) -> torch.Tensor:
-        """Input embeddings: token + type + position (Fig. 2), then dropout.
+        """Input embeddings: token + type + position (Fig. 2), then dropout (``dropout=False``:
+        the caller applies ``self.embeddings.dropout`` itself, e.g. to the packed tokens).
 
         :param prefix: ``(batch, P, dim)`` vectors prepended after the sum (no position/type).
         :param replaced: ``(batch, L)`` bool; there the token embedding is ``replacement``
@@ -134,7 +136,9 @@ class UnifiedTransformer(TransformerEncoder):
             reading the tensor (no device-to-host sync); None: ``positions.max()``.
         """
         if replaced is None:
-            x = self.embeddings(tokens, positions, types, max_position=max_position)
+            x = self.embeddings(
+                tokens, positions, types, max_position=max_position, dropout=dropout
+            )
         else:
             emb = self.embeddings
             largest = int(positions.max()) if max_position is None else max_position
@@ -144,9 +148,9 @@ class UnifiedTransformer(TransformerEncoder):
             x = token_part + emb.positions(positions)
             if emb.types is not None:
                 x = x + emb.types(types)
-            x = emb.dropout(x)
+            x = emb.dropout(x) if dropout else x
         if prefix is not None:
-            x = torch.cat([self.embeddings.dropout(prefix), x], dim=1)
+            x = torch.cat([self.embeddings.dropout(prefix) if dropout else prefix, x], dim=1)
         return x
 
     def encode(
@@ -188,7 +192,9 @@ class UnifiedTransformer(TransformerEncoder):
             dim=1,
         )
         tokens = torch.cat([context, response], dim=1)
-        x = self.embed(tokens, positions, types, prefix, replaced, replacement)
+        # packed: the embedding dropout runs on the real tokens only, inside the stack
+        x = self.embed(tokens, positions, types, prefix, replaced, replacement,
+                       dropout=not self.packed)  # fmt: skip
         prefix_valid = torch.ones(batch, n_prefix, dtype=torch.bool, device=device)
         context_valid = torch.cat([prefix_valid, context_valid], dim=1)
         if bidirectional:
@@ -198,7 +204,8 @@ class UnifiedTransformer(TransformerEncoder):
         # token-wise work at the valid positions only (modules.transformer.Packing): the
         # padded positions' states are never read (masked keys; outputs at padding ignored)
         valid = torch.cat([context_valid, response_valid], dim=1) if self.packed else None
-        hidden, caches = self.stack(x, mask, valid=valid)
+        input_dropout = self.embeddings.dropout if self.packed else None
+        hidden, caches = self.stack(x, mask, valid=valid, input_dropout=input_dropout)
         split = n_prefix + lc
         context_caches = [(k[:, :, :split], v[:, :, :split]) for k, v in caches]
         return hidden, ContextState(context_caches, context_valid, context_len)
