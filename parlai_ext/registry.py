@@ -15,7 +15,7 @@ AGENTS: dict[str, str] = {
     'coral_esim': 'parlai_ext.agents.coral',
     'coral_cross_encoder': 'parlai_ext.agents.coral',
     'plato2': 'parlai_ext.agents.plato2',
-    'plato2_evaluator': 'parlai_ext.agents.plato2',
+    'plato2_evaluator': 'parlai_ext.agents.plato2_evaluator',
     'mr_hred': 'parlai_ext.agents.vhred',
     'vhred': 'parlai_ext.agents.vhred',
     'vhred_gmm': 'parlai_ext.agents.vhred',

@@ -13,8 +13,8 @@ The curriculum (paper §2.2) as ParlAI agents; every stage trains with ``parlai 
    (``--text-truncate``, ``--label-truncate``) are read from the stage-1 ``.opt`` unless given
    on the command line (:mod:`parlai_ext.agents.plato2_stages`, shared with stage 2.2).
 3. ``-m plato2_evaluator --init-model STAGE1``: stage 2.2, the evaluation model (Eq. 7-9):
-   :mod:`parlai_ext.agents.plato2_evaluator`. Its agent class is re-exported here, because
-   :mod:`parlai_ext.registry` resolves ``-m plato2_evaluator`` to this module.
+   :mod:`parlai_ext.agents.plato2_evaluator` (this module imports it to check the evaluator
+   it loads for reranking).
 
 Generation (``eval_model``, ``self_chat``, ``interactive`` with a stage-2.1 model file) is
 generate-then-rank (§2.2.3): each context gets one candidate per latent value, all K decoded in
@@ -53,7 +53,7 @@ from parlai.core.torch_agent import Batch, Output
 from parlai.core.torch_generator_agent import NucleusSampling, PPLMetric, TopKSampling, TreeSearch
 
 from parlai_ext.agents import hf as hf_glue
-from parlai_ext.agents.plato2_evaluator import Plato2EvaluatorAgent  # also -m plato2_evaluator
+from parlai_ext.agents.plato2_evaluator import Plato2EvaluatorAgent
 from parlai_ext.agents.plato2_stages import (
     add_mask_slot_arg,
     inherit_architecture,

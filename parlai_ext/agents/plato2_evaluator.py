@@ -20,9 +20,9 @@ stage-2.1 generator (:mod:`parlai_ext.agents.plato2`, ``--evaluator-model-file``
 K candidates (§2.2.3) by p(l_r = 1 | c, r) through :meth:`Plato2EvaluatorAgent.coherence_scores`
 (:meth:`~Plato2EvaluatorAgent.coherence_scores_text` when the two tokenizers differ).
 
-ParlAI resolves ``-m plato2_evaluator`` through :data:`parlai_ext.registry.AGENTS` to
-:mod:`parlai_ext.agents.plato2`, which re-exports :class:`Plato2EvaluatorAgent`: model files
-(their ``.opt`` stores ``"model": "plato2_evaluator"``) load as before.
+ParlAI resolves ``-m plato2_evaluator`` through :data:`parlai_ext.registry.AGENTS` to this
+module; model files store ``"model": "plato2_evaluator"`` (no module path), so files saved when
+the agent lived in :mod:`parlai_ext.agents.plato2` load as before.
 """
 
 from __future__ import annotations
