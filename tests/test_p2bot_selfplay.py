@@ -591,6 +591,23 @@ def test_transmitter_loss_is_weighted_mle_plus_nup_by_value(setup):
             / 4
         )  # class 1 for the true reply, 0 for the distractor
     assert loss == pytest.approx(0.6 * mle.item() + 0.4 * nup.item(), rel=1e-4)
+    # nup_pair_acc: per row, is the true reply's log p(y=1) above the distractor's (Eq. 3)?
+    for seed in range(50):  # a head with one row right and one wrong: the row order matters
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(seed)
+            model.transmitter.nup_head.weight.normal_(0, 2.0, generator=generator)
+            pos = model.transmitter(context, labels)
+            neg = model.transmitter(context, distractors)
+        expected = (
+            F.log_softmax(pos.nup_logits, -1)[:, 1] > F.log_softmax(neg.nup_logits, -1)[:, 1]
+        ).tolist()
+        if len(set(expected)) == 2:
+            break
+    assert len(set(expected)) == 2
+    agent._local_metrics.clear()
+    with torch.no_grad():
+        agent.compute_loss(batch)
+    assert [m.value() for m in agent._local_metrics['nup_pair_acc']] == [float(e) for e in expected]
 
 
 def test_beam_hypotheses_and_candidates_are_ranked_by_eq3(setup):
@@ -672,3 +689,38 @@ def test_context_keeps_the_newest_turns_within_the_budget(setup):
         p,
         *v('honey again .'),
     ]
+
+
+def test_nup_distractors_in_evaluation_and_validation_are_other_replies(setup):
+    """Issue #27: the distractor pool held training replies only, so a loaded transmitter's
+    evaluation (and train_model's validation copy, which had its own empty pool) scored every
+    true reply against the empty reply."""
+    from parlai.core.agents import create_agent_from_model_file, create_agent_from_shared
+    from parlai.core.message import Message
+
+    def observe(agent, text, label, key='eval_labels'):
+        agent.reset()
+        return agent.observe(Message({'text': text, key: [label], 'episode_done': True}))
+
+    def decoded(agent, batch):
+        return [agent._v2t(row) for row in batch.distractor_vec]
+
+    loaded = create_agent_from_model_file(setup['user'], {'datatype': 'valid'})
+    first = observe(loaded, 'your persona: i like cats.\nhello', 'i like the dog')
+    second = observe(loaded, 'your persona: i ski.\nhi there', 'my bees made honey')
+    assert first['p2bot_distractor'] == ''  # nothing seen yet: the batch supplies one
+    assert second['p2bot_distractor'] == 'i like the dog'  # an earlier evaluation reply
+    batch = loaded.batchify([first, second])
+    assert decoded(loaded, batch) == [
+        loaded._v2t(loaded.dict.txt2vec(t)) for t in ('my bees made honey', 'i like the dog')
+    ]
+    # a copy made by share() (train_model's validation) draws from the training replies
+    trainer = create_agent_from_model_file(setup['user'], {'datatype': 'train'})
+    observe(trainer, 'your persona: i ski.\nhello', 'the cello is loud', key='labels')
+    copy_agent = create_agent_from_shared(trainer.share())
+    third = observe(copy_agent, 'your persona: i like cats.\nhi', 'i like the dog')
+    assert third['p2bot_distractor'] == 'the cello is loud'
+    # evaluation replies never enter the training pool
+    assert list(trainer.recent_labels) == ['the cello is loud']
+    assert type(trainer)._batch_distractor([['a'], ['a'], ['b']], 0) == 'b'  # never the gold
+    assert type(trainer)._batch_distractor([['a'], ['b'], ['c']], 2) == 'a'  # the next row

@@ -59,6 +59,7 @@ SELF_TOKEN = '__p2_self__'  # an own turn follows
 CLS_TOKEN = '__p2_cls__'  # appended after END for next-utterance prediction
 P2BOT_TOKENS = (PERSONA_TOKEN, PARTNER_TOKEN, SELF_TOKEN, CLS_TOKEN)
 YOUR_PERSONA = 'your persona:'
+SHARED_LABELS = 'p2bot_recent_labels'  # share() key of the training replies (distractor pool)
 PARTNER_PERSONA = "partner's persona:"
 
 # options copied from --init-model's .opt so `-m p2bot_transmitter --init-model X` rebuilds X
@@ -340,10 +341,21 @@ class P2BotTransmitterAgent(
             opt = _fit_positions_to_hf(opt)
         super().__init__(default_truncation(opt), shared)
         self.rng = random.Random(opt.get('seed') or 0)
-        self.recent_labels: collections.deque[str] = collections.deque(maxlen=2000)
+        # distractor pools (§3.1): training replies, shared with the copies that validate, so
+        # validation draws its distractors from them; evaluation replies seen so far, local
+        if shared and SHARED_LABELS in shared:
+            self.recent_labels: collections.deque[str] = shared[SHARED_LABELS]
+        else:
+            self.recent_labels = collections.deque(maxlen=2000)
+        self.recent_eval_labels: collections.deque[str] = collections.deque(maxlen=2000)
         self.persona_idx = self.dict[PERSONA_TOKEN]
         self.partner_idx = self.dict[PARTNER_TOKEN]
         self.self_idx = self.dict[SELF_TOKEN]
+
+    def share(self):
+        shared = super().share()
+        shared[SHARED_LABELS] = self.recent_labels
+        return shared
 
     def build_dictionary(self):
         d = super().build_dictionary()
@@ -403,31 +415,50 @@ class P2BotTransmitterAgent(
         obs = super().vectorize(obs, history, **kwargs)
         labels = obs.get('labels', obs.get('eval_labels'))
         if labels and 'text_vec' in obs:
-            obs['p2bot_distractor_vec'] = self._vectorize_text(
-                self._pick_distractor(obs, labels), False, True, self.label_truncate, False
-            )
+            distractor = self._pick_distractor(obs, labels)
+            obs['p2bot_distractor'] = distractor
+            obs['p2bot_distractor_vec'] = self._vectorize_distractor(distractor)
         return obs
 
-    def _pick_distractor(self, obs, labels) -> str:
-        """One distractor response (§3.1): a wrong label candidate, else a recent other label.
+    def _vectorize_distractor(self, text: str) -> torch.LongTensor:
+        return self._vectorize_text(text, False, True, self.label_truncate, False)
 
-        With no candidate and no earlier label (the very first example) it is the empty reply.
+    def _pick_distractor(self, obs, labels) -> str:
+        """One distractor response (§3.1): a wrong label candidate, else another reply seen
+        earlier: a training reply (training, and validation inside ``train_model``), else an
+        earlier evaluation reply (``eval_model`` of a loaded model). ``''`` when there is none
+        yet; :meth:`batchify` then takes another row's reply.
         """
         gold = set(labels)
         pool = [c for c in obs.get('label_candidates') or () if c not in gold]
-        if not pool:
-            pool = [r for r in self.recent_labels if r not in gold]
+        for seen in (self.recent_labels, self.recent_eval_labels):
+            if not pool:
+                pool = [r for r in seen if r not in gold]
         choice = self.rng.choice(pool) if pool else ''
-        if 'labels' in obs:
-            self.recent_labels.append(labels[0])
+        (self.recent_labels if 'labels' in obs else self.recent_eval_labels).append(labels[0])
         return choice
+
+    @staticmethod
+    def _batch_distractor(golds: Sequence[Sequence[str]], row: int) -> str:
+        """The reply of the next row of the batch (cyclically) that is not one of ``row``'s."""
+        for step in range(1, len(golds)):
+            other = golds[(row + step) % len(golds)]
+            if other and other[0] not in golds[row]:
+                return other[0]
+        return ''
 
     def batchify(self, obs_batch, sort=False):
         batch = super().batchify(obs_batch, sort)
         if batch.batchsize and batch.label_vec is not None:
-            vecs = [
-                obs_batch[i].get('p2bot_distractor_vec', self.EMPTY) for i in batch.valid_indices
-            ]
+            rows = [obs_batch[i] for i in batch.valid_indices]
+            golds = [list(o.get('labels', o.get('eval_labels')) or ()) for o in rows]
+            vecs = []
+            for k, obs in enumerate(rows):
+                vec = obs.get('p2bot_distractor_vec', self.EMPTY)
+                if not obs.get('p2bot_distractor'):  # no reply seen yet: an empty distractor
+                    other = self._batch_distractor(golds, k)
+                    vec = self._vectorize_distractor(other) if other else vec
+                vecs.append(vec)
             batch.distractor_vec, _ = self._pad_tensor(vecs, is_label=True)
         return batch
 
@@ -452,6 +483,13 @@ class P2BotTransmitterAgent(
             nup = nup_loss(nup_logits, negative.nup_logits)
             positive_right = nup_logits.argmax(-1) == 1
             negative_right = negative.nup_logits.argmax(-1) == 0
+            # the comparison Eq. 3 makes: the true reply's p(y=1) above the distractor's
+            margin = (nup_logits[:, 1] - nup_logits[:, 0]) - (
+                negative.nup_logits[:, 1] - negative.nup_logits[:, 0]
+            )
+            self.record_local_metric(
+                'nup_pair_acc', AverageMetric.many((margin > 0).long().tolist())
+            )
             self.record_local_metric('nup_loss', AverageMetric.many([nup.item()] * len(labels)))
             self.record_local_metric(
                 'nup_acc',

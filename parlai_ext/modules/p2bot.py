@@ -221,6 +221,10 @@ class HFCausalBackbone(nn.Module):
         return cache
 
 
+# the spread of the NUP logits at initialisation over a standardised (pretrained) [CLS] state
+NUP_INIT_LOGIT_STD = 0.5
+
+
 @dataclass
 class TransmitterOutput:
     lm_logits: torch.Tensor  # (B, T, V): teacher-forced predictions of the targets
@@ -242,11 +246,14 @@ class Transmitter(nn.Module):
         nup_norm: bool = False,
     ) -> None:
         """:param nup_norm: the NUP head reads the ``[CLS]`` state standardised (a layer norm
-        without parameters) and starts at zero (``p(y=1) = 1/2``), for pretrained backbones.
-        SmolLM2's final states have norm ~50, carried by a few huge constant dimensions: a
-        randomly initialised head then starts with logits of magnitude ~3 that vary from one
-        example to the next, far more than Adam can undo in a few hundred updates, and the head
-        stayed at chance (ConvAI2, issue #21)."""
+        without parameters), for pretrained backbones. SmolLM2's final states have norm ~50,
+        carried by a few huge constant dimensions: a head with the usual initialisation on the
+        raw state starts with logits of magnitude ~3 that vary from one example to the next
+        (issue #21). On the standardised state the head starts small but not zero
+        (:data:`NUP_INIT_LOGIT_STD`): a zero head passes no gradient to the backbone (∂L/∂h =
+        Wᵀ·∂L/∂logits = 0), so the NUP loss never shaped the ``[CLS]`` state, the head stayed a
+        linear probe of states that do not separate true replies from distractors, and it sat
+        at chance (0.50-0.525 after 105 updates, issue #27)."""
         super().__init__()
         self.backbone = backbone
         self.start_idx, self.end_idx = start_idx, end_idx
@@ -255,7 +262,9 @@ class Transmitter(nn.Module):
         self.nup_dropout = nn.Dropout(dropout)
         self.nup_head = nn.Linear(backbone.dim, 2)  # logit 1 = "is the next utterance"
         if nup_norm:
-            nn.init.zeros_(self.nup_head.weight)
+            # a standardised state has norm √d, so each logit starts with std NUP_INIT_LOGIT_STD
+            std = NUP_INIT_LOGIT_STD / math.sqrt(backbone.dim)
+            nn.init.normal_(self.nup_head.weight, std=std)
             nn.init.zeros_(self.nup_head.bias)
         else:
             init_weights(self.nup_head)
