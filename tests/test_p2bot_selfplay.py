@@ -722,5 +722,9 @@ def test_nup_distractors_in_evaluation_and_validation_are_other_replies(setup):
     assert third['p2bot_distractor'] == 'the cello is loud'
     # evaluation replies never enter the training pool
     assert list(trainer.recent_labels) == ['the cello is loud']
+    # the evaluation pool is shared by the batch's copies: a copy draws another stream's reply
+    row_copy = create_agent_from_shared(loaded.share())
+    fourth = observe(row_copy, 'your persona: i ski.\nhello', 'i like the dog')
+    assert fourth['p2bot_distractor'] == 'my bees made honey'
     assert type(trainer)._batch_distractor([['a'], ['a'], ['b']], 0) == 'b'  # never the gold
     assert type(trainer)._batch_distractor([['a'], ['b'], ['c']], 2) == 'a'  # the next row

@@ -341,20 +341,20 @@ class P2BotTransmitterAgent(
             opt = _fit_positions_to_hf(opt)
         super().__init__(default_truncation(opt), shared)
         self.rng = random.Random(opt.get('seed') or 0)
-        # distractor pools (§3.1): training replies, shared with the copies that validate, so
-        # validation draws its distractors from them; evaluation replies seen so far, local
+        # distractor pools (§3.1), shared with every copy (batch rows, the validation world):
+        # training replies, and evaluation replies (kept apart: never a training distractor)
         if shared and SHARED_LABELS in shared:
-            self.recent_labels: collections.deque[str] = shared[SHARED_LABELS]
+            self.recent_labels, self.recent_eval_labels = shared[SHARED_LABELS]
         else:
-            self.recent_labels = collections.deque(maxlen=2000)
-        self.recent_eval_labels: collections.deque[str] = collections.deque(maxlen=2000)
+            self.recent_labels: collections.deque[str] = collections.deque(maxlen=2000)
+            self.recent_eval_labels: collections.deque[str] = collections.deque(maxlen=2000)
         self.persona_idx = self.dict[PERSONA_TOKEN]
         self.partner_idx = self.dict[PARTNER_TOKEN]
         self.self_idx = self.dict[SELF_TOKEN]
 
     def share(self):
         shared = super().share()
-        shared[SHARED_LABELS] = self.recent_labels
+        shared[SHARED_LABELS] = (self.recent_labels, self.recent_eval_labels)
         return shared
 
     def build_dictionary(self):
