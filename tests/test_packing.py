@@ -156,3 +156,43 @@ def test_packed_embedding_dropout_runs_once_on_the_real_tokens():
     assert packed.embeddings.dropout.shapes == [(int(valid.sum()), 32)]
     assert padded.embeddings.dropout.shapes == [(3, 15, 32), (3, 1, 32)]  # tokens, prefix
     torch.testing.assert_close(hidden[valid], hidden_ref[valid], rtol=1e-5, atol=1e-6)
+
+
+def test_packed_encoder_and_encoder_decoder_equal_padded_states_and_gradients():
+    """The shared bidirectional encoder (CORAL / PPG critics, P2Bot's sentence encoders) and
+    the encoder of ``EncoderDecoder`` (CORAL / PPG generators): valid states, decoder
+    outputs and every gradient as with the padded computation; zeros at padding."""
+    from parlai_ext.modules.encoder_decoder import EncoderDecoder
+    from parlai_ext.modules.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(50, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.0)
+    seq2seq = EncoderDecoder(50, 32, 2, 2, 4, 64, n_positions=64, dropout=0.0)
+    context, response = _batch()
+    seen = []
+    for stack in (encoder.stack, seq2seq.encoder):
+        stack.layers[0].ffn.fc_in.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    for model, run in (
+        (encoder, lambda m: m(context)),
+        (seq2seq, lambda m: m(context, response)[0]),
+    ):
+        reference = copy.deepcopy(model)
+        reference.packed = False
+        model.train()
+        reference.train()
+        out, out_ref = run(model), run(reference)
+        valid = (context if out.shape[1] == context.shape[1] else response) != 0
+        if model is encoder:
+            assert torch.equal(out[~valid], torch.zeros_like(out[~valid]))
+        weights = torch.linspace(0.5, 2.0, out.shape[1])[None, :, None]
+        (out * weights)[valid].sum().backward()
+        (out_ref * weights)[valid].sum().backward()
+        torch.testing.assert_close(out[valid], out_ref[valid], rtol=1e-5, atol=1e-6)
+        n_real = int((context != 0).sum())
+        assert seen[0] == torch.Size([n_real, 32])  # the packed run: real source tokens only
+        seen.clear()
+        for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+            if q.grad is None:
+                assert p.grad is None or not p.grad.any(), name
+                continue
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)

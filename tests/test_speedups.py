@@ -586,9 +586,9 @@ def test_unified_decoding_position_check_needs_no_sync(tmp_path):
     seen = []
     original = transformer.embeddings.forward
 
-    def spy(tokens, positions, types=None, max_position=None):
+    def spy(tokens, positions, types=None, max_position=None, **kwargs):
         seen.append((int(positions.max()), max_position))
-        return original(tokens, positions, types, max_position=max_position)
+        return original(tokens, positions, types, max_position=max_position, **kwargs)
 
     transformer.embeddings.forward = spy
     with torch.no_grad():

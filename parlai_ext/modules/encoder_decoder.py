@@ -66,6 +66,9 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.padding_idx = padding_idx
         self.embeddings = Embeddings(vocab_size, dim, n_positions, 0, padding_idx, dropout)
+        # encode() runs the encoder on real source tokens only: zeros at the padding, which
+        # cross-attention masks (memory_mask) and nothing else reads
+        self.packed = True
         block_args = dict(
             n_heads=n_heads,
             ffn_dim=ffn_dim,
@@ -88,8 +91,14 @@ class EncoderDecoder(nn.Module):
         valid = source != self.padding_idx
         length = source.shape[1]
         positions = torch.arange(length, device=source.device).expand_as(source)
-        x = self.embeddings(source, positions, max_position=length - 1)
-        hidden, _ = self.encoder(x, bidirectional_mask(valid))
+        if self.packed:  # token-wise work at the real source tokens only (Packing)
+            x = self.embeddings(source, positions, max_position=length - 1, dropout=False)
+            hidden, _ = self.encoder(
+                x, bidirectional_mask(valid), valid=valid, input_dropout=self.embeddings.dropout
+            )
+        else:
+            x = self.embeddings(source, positions, max_position=length - 1)
+            hidden, _ = self.encoder(x, bidirectional_mask(valid))
         memories = [
             layer.cross_attention.project_key_value(hidden) for layer in self.decoder.layers
         ]

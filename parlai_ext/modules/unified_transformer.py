@@ -136,9 +136,9 @@ class UnifiedTransformer(TransformerEncoder):
             reading the tensor (no device-to-host sync); None: ``positions.max()``.
         """
         if replaced is None:
-            x = self.embeddings(
-                tokens, positions, types, max_position=max_position, dropout=dropout
-            )
+            # (``dropout`` passed only when off: callers may wrap ``Embeddings.forward``)
+            extra = {} if dropout else {'dropout': False}
+            x = self.embeddings(tokens, positions, types, max_position=max_position, **extra)
         else:
             emb = self.embeddings
             largest = int(positions.max()) if max_position is None else max_position
