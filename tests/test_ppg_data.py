@@ -20,6 +20,7 @@ from parlai_ext.modules.ppg import (
     ppg_source,
     select_partner_persona,
     speaker_utterances,
+    strip_chat_role,
     unique_dialogues,
 )
 
@@ -243,6 +244,23 @@ def test_chat_fields_split_persona_lines_from_the_turns():
     assert persona == ['i am a chef.', 'i hate the cold.']
     assert context == ['hi , how are you ?', 'great , i just cooked .', 'what do you cook ?']
     assert chat_fields(['hello']) == (['hello'], [])
+
+
+@pytest.mark.parametrize(
+    'text,expected',
+    [
+        ("assistant\ni'm a writer .", "i'm a writer ."),
+        ('user: how are you ?', 'how are you ?'),
+        (' system : hi', 'hi'),
+        ('assistant', ''),
+        ('users like me .', 'users like me .'),  # a word that starts with a role: kept
+        ('user hi there', 'user hi there'),  # no colon or line break after it: kept
+        ('i am a user: ok', 'i am a user: ok'),  # only at the very start
+        ('user: assistant: hi', 'assistant: hi'),  # one role only
+    ],
+)
+def test_strip_chat_role_removes_one_leading_template_role(text, expected):
+    assert strip_chat_role(text) == expected
 
 
 # --- ConvAI2's train file holds every dialogue from both sides: the critic counts it once -------

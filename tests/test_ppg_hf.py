@@ -411,3 +411,15 @@ def test_a_free_chat_gets_generated_partner_personas(trained):
     expected = generate_texts(drg.persona_generator, [ppg_source(context, persona)])[0]
     assert second['generated_partner_persona'] == expected
     assert drg.observation['text'] == drg_source(context, persona, expected)
+
+
+@pytest.mark.parametrize('strip', [True, False])
+def test_strip_chat_role_option_cleans_decoded_texts(trained, strip):
+    """``--strip-chat-role`` (the zoo model's) drops a leading template role from what a
+    decoder-only generator decodes; off (the recipes' measurements) the text is unchanged."""
+    agent = create_agent_from_model_file(
+        trained['ppg'], {'datatype': 'valid', 'strip_chat_role': strip}
+    )
+    agent.dict.vec2txt = lambda vec, **kwargs: 'assistant\ni drive a red tractor .'
+    expected = 'i drive a red tractor .' if strip else 'assistant\ni drive a red tractor .'
+    assert agent._v2t(torch.tensor([5, 6])) == expected

@@ -53,6 +53,7 @@ from parlai_ext.modules.ppg import (
     ppg_source,
     select_partner_persona,
     set_gelu_approximation,
+    strip_chat_role,
     warm_start_from_gpt2,
 )
 from parlai_ext.modules.transformer import TransformerEncoder
@@ -128,6 +129,15 @@ def add_ppg_hf_args(parser: ParlaiParser, generator: bool) -> None:
             "context <start> target in one sequence (DialoGPT's way; the default for new "
             'models); encoder_decoder = the GPT-2 warm start of the encoder-decoder '
             '(model files without this key were trained that way)',
+        )
+    if generator and '--strip-chat-role' not in known:
+        group.add_argument(
+            '--strip-chat-role',
+            type='bool',
+            default=False,
+            help='decoder-only over a chat-tuned LM: drop a leading template role '
+            '("assistant", "user: ") from the decoded texts (briefly fine-tuned SmolLM2-Instruct '
+            "still writes one after its start token); off for the recipes' measurements",
         )
 
 
@@ -233,6 +243,12 @@ class PpgPersonaGeneratorAgent(hf_glue.HfGeneratorAgentMixin, EncoderDecoderAgen
     @property
     def decoder_only(self) -> bool:
         return self.uses_hf and self.opt.get('hf_architecture') == 'decoder_only'
+
+    def _v2t(self, vec) -> str:
+        text = super()._v2t(vec)
+        if self.decoder_only and self.opt.get('strip_chat_role'):
+            return strip_chat_role(text)
+        return text
 
     def build_model(self):
         if self.decoder_only:

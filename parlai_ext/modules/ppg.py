@@ -53,6 +53,21 @@ def ppg_source(context: Sequence[str], self_persona: Sequence[str]) -> str:
     return '\n'.join([*context, f'{SELF_PREFIX} {persona_text(self_persona)}'])
 
 
+CHAT_ROLES = ('system', 'user', 'assistant')
+_CHAT_ROLE = re.compile(r'^\s*(?:' + '|'.join(CHAT_ROLES) + r')(?:[ \t]*:|[ \t]*\n|[ \t]*$)\s*')
+
+
+def strip_chat_role(text: str) -> str:
+    """``text`` without a leading chat-template role (``assistant\\n...``, ``user: ...``).
+
+    A chat-tuned base (SmolLM2-Instruct: ``<|im_start|>assistant\\n...``) fine-tuned for a few
+    updates still starts some outputs with its template's role name after the start token; the
+    role is not part of the reply or the persona. Only a whole word at the very start, followed
+    by a colon, a line break or nothing, is removed.
+    """
+    return _CHAT_ROLE.sub('', text, count=1)
+
+
 def chat_fields(turns: Sequence[str]) -> tuple[list[str], list[str]]:
     """``(context, self_persona)`` of a free chat's turns (``parlai interactive``).
 
