@@ -180,6 +180,9 @@ def test_packed_encoder_and_encoder_decoder_equal_padded_states_and_gradients():
         reference.packed = False
         model.train()
         reference.train()
+        # the embedding dropout (a x2 stand-in) acts once per token in both paths
+        model.embeddings.dropout = _Recorder()
+        reference.embeddings.dropout = _Recorder()
         out, out_ref = run(model), run(reference)
         valid = (context if out.shape[1] == context.shape[1] else response) != 0
         if model is encoder:
@@ -196,3 +199,19 @@ def test_packed_encoder_and_encoder_decoder_equal_padded_states_and_gradients():
                 assert p.grad is None or not p.grad.any(), name
                 continue
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_attention_dropout_only_in_training():
+    """Attention dropout follows ``training`` in the packed path as in the padded one."""
+    torch.manual_seed(0)
+    stack = TransformerStack(1, 16, n_heads=2, ffn_dim=32, attention_dropout=0.9).eval()
+    x = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    mask = bidirectional_mask(valid)
+    packed, _ = stack(x, mask, valid=valid)
+    padded, _ = stack(x, mask)
+    torch.testing.assert_close(packed[valid], padded[valid], rtol=1e-5, atol=1e-6)
+    stack.train()
+    torch.manual_seed(1)
+    dropped, _ = stack(x, mask, valid=valid)
+    assert not torch.allclose(dropped[valid], padded[valid], atol=1e-3)

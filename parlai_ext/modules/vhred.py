@@ -33,7 +33,6 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from parlai_ext.losses.multiref import gaussian_kl, gmm_kl_mc, lgm_kl
 
@@ -98,17 +97,63 @@ class UtteranceEncoder(nn.Module):
     def forward(
         self, tokens: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tokens`` [N, L], ``lengths`` [N] (>= 1) -> states [N, L, H], encodings [N, H]."""
+        """``tokens`` [N, L], ``lengths`` [N] (>= 1) -> states [N, L, H], encodings [N, H].
+
+        Computes what ``self.rnn`` over a packed sequence computes (zeros at padding), as two
+        unidirectional GRU calls over padded rows (:func:`padded_bidirectional_gru`): one
+        fused kernel per direction instead of a loop over packed time steps."""
         n, max_len = tokens.shape
         embedded = self.dropout(self.embedding(tokens))
-        packed = pack_padded_sequence(
-            embedded, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
-        )
-        outputs, final = self.rnn(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=max_len)
+        outputs, final = padded_bidirectional_gru(self.rnn, embedded, lengths.clamp_min(1))
         states = outputs.view(n, max_len, 2, self.hidden).mean(dim=2)
         encodings = final.view(self.n_layers, 2, n, self.hidden)[-1].mean(dim=0)
         return states, encodings
+
+
+def padded_bidirectional_gru(
+    rnn: nn.GRU, x: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rnn`` (bidirectional, ``batch_first``) over right-padded rows of ``lengths`` tokens,
+    equal to running it on the packed sequence: outputs ``[N, L, 2H]`` (zeros at padding),
+    final states ``[layers * 2, N, H]`` (each row's state after its last real token).
+
+    The forward direction reads the padded rows as they are (padding comes after the real
+    tokens, so their states are unaffected); the backward direction reads each row's real
+    tokens reversed (``reverse``: position t holds token ``len - 1 - t``), padding again last,
+    and its outputs are put back in order. Both are plain (unpacked) GRU calls with the
+    module's own weights, which the CPU runs as one fused kernel each (packed sequences run
+    a loop over time steps: ≈ 2x slower forward + backward at the HRED benchmark sizes)."""
+    n, length, _ = x.shape
+    steps = torch.arange(length, device=x.device)
+    valid = steps[None, :] < lengths[:, None]  # [N, L]
+    source = lengths[:, None] - 1 - steps[None, :]
+    reverse = torch.where(valid, source, steps[None, :].expand(n, length))  # an involution
+    last = (lengths - 1)[:, None, None]
+    finals = []
+    inputs = x
+    for layer in range(rnn.num_layers):
+        directions = []
+        for suffix in ('', '_reverse'):
+            weights = [
+                getattr(rnn, f'{name}_l{layer}{suffix}')
+                for name in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')
+                if hasattr(rnn, f'{name}_l{layer}{suffix}')
+            ]
+            source_rows = inputs
+            if suffix:
+                source_rows = inputs.gather(1, reverse[..., None].expand_as(inputs))
+            h0 = inputs.new_zeros(1, n, rnn.hidden_size)
+            out, _ = torch._VF.gru(
+                source_rows, h0, weights, rnn.bias, 1, 0.0, rnn.training, False, True
+            )
+            finals.append(out.gather(1, last.expand(n, 1, out.shape[-1])).squeeze(1))
+            if suffix:
+                out = out.gather(1, reverse[..., None].expand_as(out))
+            directions.append(out)
+        inputs = torch.cat(directions, dim=-1) * valid[..., None]
+        if layer < rnn.num_layers - 1 and rnn.dropout > 0:
+            inputs = F.dropout(inputs, rnn.dropout, rnn.training)
+    return inputs, torch.stack(finals)
 
 
 # --- 2. context encoder ----------------------------------------------------------------------
@@ -132,11 +177,11 @@ class ContextEncoder(nn.Module):
     ) -> torch.Tensor:
         """``utterances`` [B, U, H], ``floors`` [B, U], ``n_utts`` [B] -> c [B, H]."""
         inputs = self.merge(torch.cat([utterances, self.floor_embedding(floors)], dim=-1))
-        packed = pack_padded_sequence(
-            inputs, n_utts.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, final = self.rnn(packed)
-        return final[-1]
+        # right-padded utterances: the top layer's output after the last real one is what the
+        # packed sequence's final state was (one fused GRU call instead of a packed loop)
+        outputs, _ = self.rnn(inputs)
+        last = (n_utts.clamp_min(1) - 1)[:, None, None].expand(-1, 1, outputs.shape[-1])
+        return outputs.gather(1, last).squeeze(1)
 
 
 # --- 3. latent variables ---------------------------------------------------------------------
