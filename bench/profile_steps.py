@@ -325,6 +325,9 @@ def main() -> None:
         '--precision', choices=['fp32', 'bf16'], default='fp32', help='bf16: torch.autocast'
     )
     parser.add_argument('--out', default=None)
+    parser.add_argument(
+        '--hred-dict', default=None, help='dictionary of the HRED targets (default: DailyDialog)'
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -337,7 +340,7 @@ def main() -> None:
     configs.build_dictionary([*task_no_start, '--dict-lower', 'true'], dict_lower)
     evaluator = os.path.join(workdir, 'evaluator')
     configs.save_untrained(configs.PLATO2_EVALUATOR, task_no_start, dict_file, evaluator)
-    all_targets = targets(dict_file, dict_lower, evaluator)
+    all_targets = targets(dict_file, args.hred_dict or dict_lower, evaluator)
     names = list(all_targets) if args.targets == 'all' else args.targets.split(',')
     results = []
     for name in names:
