@@ -172,3 +172,49 @@ def test_standardised_nup_head_learns_from_outlier_states_in_100_updates():
     with torch.no_grad():
         logits = transmitter._nup(states[:, None], torch.zeros(400, dtype=torch.long))
     assert (logits.argmax(-1) == labels).float().mean().item() > 0.8
+
+
+def test_nup_pmi_adds_the_context_evidence_to_the_next_utterance_logit(tmp_path):
+    """``--nup-pmi``: logit(y=1) += a·(log p(x|w,h)/|x| − log p(x|[PS])/|x|), a learned from 1,
+    the PMI without gradient; the "no context" keeps only each row's first token."""
+    from transformers import AutoModelForCausalLM
+
+    from parlai_ext.modules.p2bot import HFCausalBackbone, Transmitter, length_normalised_log_prob
+
+    directory = tiny_hf_lm(tmp_path / 'lm', list('abcdefgh'))
+    lm = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+    torch.manual_seed(0)
+    tx = Transmitter(HFCausalBackbone(lm, 0), 1, 2, 3, 0, dropout=0.0, nup_norm=True, nup_pmi=True)
+    tx.eval()
+    plain = Transmitter(tx.backbone, 1, 2, 3, 0, dropout=0.0, nup_norm=True)
+    plain.nup_head = tx.nup_head
+    context = torch.tensor([[4, 5, 6, 7], [5, 8, 0, 0]])  # right-padded
+    targets = torch.tensor([[6, 7, 2], [9, 2, 0]])
+    with torch.no_grad():
+        tx.nup_pmi_scale.fill_(0.7)
+        out = tx(context, targets)
+        head = plain(context, targets).nup_logits
+        pmi = []
+        for row in range(2):
+            y = targets[row : row + 1, : int((targets[row] != 0).sum())]
+            full = context[row : row + 1, : int((context[row] != 0).sum())]
+            pmi.append(
+                (
+                    length_normalised_log_prob(tx(full, y).lm_logits, y, 0)
+                    - length_normalised_log_prob(tx(full[:, :1], y).lm_logits, y, 0)
+                ).item()
+            )
+    assert torch.allclose(out.nup_logits[:, 0], head[:, 0], atol=1e-5)
+    assert torch.allclose(out.nup_logits[:, 1], head[:, 1] + 0.7 * torch.tensor(pmi), atol=1e-4)
+    assert abs(pmi[0] - pmi[1]) > 1e-3 and min(abs(p) for p in pmi) > 1e-4
+    # the PMI term trains a, never the LM
+    lm.zero_grad()
+    tx(context, targets).nup_logits[:, 1].sum().backward()
+    assert tx.nup_pmi_scale.grad is not None and tx.nup_pmi_scale.grad.abs() > 0
+    grads_lm = [p.grad for p in lm.parameters() if p.grad is not None]
+    lm.zero_grad()
+    plain(context, targets).nup_logits[:, 1].sum().backward()
+    for a, b in zip(grads_lm, [p.grad for p in lm.parameters() if p.grad is not None]):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match='Hugging Face backbone'):
+        Transmitter(_StubBackbone(), 1, 2, 3, 0, nup_pmi=True)

@@ -71,6 +71,7 @@ ARCH_KEYS = (
     'label_truncate',
     'persona_truncate',
     'use_persona',
+    'nup_pmi',
     'dict_tokenizer',
     'dict_lower',
 )
@@ -147,6 +148,14 @@ class P2BotTransmitterAgent(
         group.add_argument('--mle-coef', type=float, default=1.0, help='weight of Eq. 1')
         group.add_argument(
             '--nup-coef', type=float, default=1.0, help='weight of the NUP loss (§3.1)'
+        )
+        group.add_argument(
+            '--nup-pmi',
+            type='bool',
+            default=False,
+            help='(--hf-model-dir only; not in the paper) the NUP logit of "next utterance" '
+            'also reads a·PMI, PMI = log p(x|w,h)/|x| − log p(x|[PS])/|x| (a learned, from 1): '
+            "how much the context raises the reply's Eq. 2 likelihood. Saved with the model",
         )
         group.add_argument(
             '--rerank-alpha',

@@ -130,6 +130,7 @@ class P2BotTransmitterModel(TorchGeneratorModel):
             self.NULL_IDX,
             opt.get('dropout', 0.1),
             nup_norm=isinstance(backbone, HFCausalBackbone),
+            nup_pmi=bool(opt.get('nup_pmi')),
         )
         # never generated: start, padding and the P2Bot markers
         banned = [self.START_IDX, self.NULL_IDX] + [dictionary[t] for t in P2BOT_TOKENS]

@@ -182,6 +182,13 @@ class HFCausalBackbone(nn.Module):
         hidden, _ = self._joint(state, sequence, use_cache=False)
         return hidden
 
+    @staticmethod
+    def null_context(state: HFContext) -> HFContext:
+        """Each row's first context token only (P2Bot's ``[PS]`` marker): the "no context" of
+        the pointwise mutual information the NUP head can read (``--nup-pmi``)."""
+        valid = state.valid[:, :1]
+        return HFContext(state.tokens[:, :1], valid, valid.sum(dim=1))
+
     def decode(self, tokens: torch.Tensor, state: HFContext, cache: Any = None):
         """First call: context + tokens in one pass (fresh cache); later calls: new tokens.
 
@@ -244,6 +251,7 @@ class Transmitter(nn.Module):
         padding_idx: int,
         dropout: float = 0.1,
         nup_norm: bool = False,
+        nup_pmi: bool = False,
     ) -> None:
         """:param nup_norm: the NUP head reads the ``[CLS]`` state standardised (a layer norm
         without parameters), for pretrained backbones. SmolLM2's final states have norm ~50,
@@ -253,7 +261,12 @@ class Transmitter(nn.Module):
         (:data:`NUP_INIT_LOGIT_STD`): a zero head passes no gradient to the backbone (∂L/∂h =
         Wᵀ·∂L/∂logits = 0), so the NUP loss never shaped the ``[CLS]`` state, the head stayed a
         linear probe of states that do not separate true replies from distractors, and it sat
-        at chance (0.50-0.525 after 105 updates, issue #27)."""
+        at chance (0.50-0.525 after 105 updates, issue #27).
+        :param nup_pmi: the "is the next utterance" logit also gets ``a · PMI`` (a learned,
+        starting at 1): ``PMI = log p(x|w,h)/|x| − log p(x|[PS])/|x|``, how much the context
+        raises the reply's length-normalised likelihood (Eq. 2), computed without gradient
+        (needs :meth:`HFCausalBackbone.null_context`). Not in the paper: over SmolLM2 + LoRA
+        the ``[CLS]`` state alone stayed near chance after a few hundred updates."""
         super().__init__()
         self.backbone = backbone
         self.start_idx, self.end_idx = start_idx, end_idx
@@ -268,6 +281,11 @@ class Transmitter(nn.Module):
             nn.init.zeros_(self.nup_head.bias)
         else:
             init_weights(self.nup_head)
+        self.nup_pmi = nup_pmi
+        if nup_pmi:
+            if not hasattr(backbone, 'null_context'):
+                raise ValueError(f'--nup-pmi needs a Hugging Face backbone, not {backbone!r}')
+            self.nup_pmi_scale = nn.Parameter(torch.ones(()))
 
     def _nup(self, hidden: torch.Tensor, cls_position: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -290,7 +308,31 @@ class Transmitter(nn.Module):
         else:
             hidden = self.backbone.continue_from(state, sequence)
         lm_logits = self.backbone.logits(hidden[:, : targets.shape[1]])
-        return TransmitterOutput(lm_logits, self._nup(hidden, cls_position), state)
+        nup_logits = self._nup(hidden, cls_position)
+        if self.nup_pmi:
+            pmi = self.pmi(state, sequence, lm_logits, targets)
+            nup_logits = nup_logits + torch.stack(
+                [torch.zeros_like(pmi), self.nup_pmi_scale * pmi], dim=-1
+            )
+        return TransmitterOutput(lm_logits, nup_logits, state)
+
+    @torch.no_grad()
+    def pmi(
+        self, state: Any, sequence: torch.Tensor, lm_logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """``log p(x|w,h)/|x| − log p(x|[PS])/|x|`` per row, without gradient (``nup_pmi``).
+
+        :param sequence: ``[START] x [CLS]`` rows (:func:`append_cls`); ``lm_logits`` the
+            predictions of ``targets`` after the full context.
+        """
+        steps = targets.shape[1]
+        null_hidden = self.backbone.continue_from(
+            self.backbone.null_context(state), sequence[:, :steps]
+        )
+        null_logits = self.backbone.logits(null_hidden)
+        return length_normalised_log_prob(
+            lm_logits, targets, self.padding_idx
+        ) - length_normalised_log_prob(null_logits, targets, self.padding_idx)
 
     def score(self, context: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per response: ``log p(x|w,h) / |x|`` (Eq. 2) and ``log p(y=1|w,h,x)`` (Eq. 3).
