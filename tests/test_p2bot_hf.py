@@ -190,6 +190,7 @@ def test_nup_pmi_adds_the_context_evidence_to_the_next_utterance_logit(tmp_path)
     plain.nup_head = tx.nup_head
     context = torch.tensor([[4, 5, 6, 7], [5, 8, 0, 0]])  # right-padded
     targets = torch.tensor([[6, 7, 2], [9, 2, 0]])
+    assert tx.nup_pmi_scale.item() == 1.0  # a starts at 1: the PMI counts from the start
     with torch.no_grad():
         tx.nup_pmi_scale.fill_(0.7)
         out = tx(context, targets)
