@@ -215,3 +215,30 @@ def test_packed_attention_dropout_only_in_training():
     torch.manual_seed(1)
     dropped, _ = stack(x, mask, valid=valid)
     assert not torch.allclose(dropped[valid], padded[valid], atol=1e-3)
+
+
+def test_packed_masked_lm_embedding_dropout_runs_once():
+    """The masked-LM path (``replaced`` tokens, Eq. 8) leaves its dropout to the packed stack
+    too: once per real token."""
+    packed = _unified()
+    context, response = _batch()
+    packed.embeddings.dropout = _Recorder()
+    replaced = torch.zeros(3, context.shape[1] + response.shape[1], dtype=torch.bool)
+    replaced[:, 1] = True
+    _, state = packed.encode(context, response, replaced=replaced, replacement=torch.zeros(32))
+    n_real = int(state.valid.sum() + (response != 0).sum())
+    assert packed.embeddings.dropout.shapes == [(n_real, 32)]
+
+
+def test_packed_context_pass_fills_preallocated_caches():
+    """With ``reserve_cache`` (reorder-free decoding) the packed context pass returns
+    ``KVCache`` buffers, so the first decoding step appends in place (no copy)."""
+    from parlai_ext.modules.transformer import KVCache
+
+    model = _unified().eval()
+    model.stack.reserve_cache(4)
+    context, _ = _batch()
+    with torch.no_grad():
+        state = model.encode_context(context)
+    assert all(isinstance(cache, KVCache) for cache in state.caches)
+    assert state.caches[0].store.capacity == context.shape[1] + 4
