@@ -14,6 +14,7 @@ sys.path.insert(0, BENCH)
 
 import grid  # noqa: E402
 import growth  # noqa: E402
+import growth_families  # noqa: E402
 
 
 def _points(a: float, b: float, c: float, shapes):
@@ -62,8 +63,10 @@ def test_grid_parts_each_write_their_own_tables(tmp_path):
 
 
 def test_growth_point_measures_a_training_step(monkeypatch):
-    monkeypatch.setattr(growth, 'VOCAB', 60)
-    monkeypatch.setattr(growth, 'DIM', dict(dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.0))
+    monkeypatch.setattr(growth_families, 'VOCAB', 60)
+    monkeypatch.setattr(
+        growth_families, 'DIM', dict(dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.0)
+    )
     result = growth.measure_family('unified', [[2, 8], [4, 8]], 4, 1, 1, 4.0)
     points = result['points']
     assert [(p['batch'], p['context']) for p in points] == [(2, 8), (4, 8)]
