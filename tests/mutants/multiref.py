@@ -9,7 +9,7 @@ A = 'parlai_ext/agents/vhred.py'
 
 T_MR = ['tests/test_multiref_math.py', 'tests/test_vhred.py']
 TESTS = {
-    M: [*T_MR, '-k', 'not cli'],
+    M: [*T_MR, 'tests/test_hred_gru.py', '-k', 'not cli'],
     L: [*T_MR, '-k', 'not cli'],
     A: [*T_MR, 'tests/test_multiref_data.py', '-k', 'not cli and not resume and not any_generator'],
 }
@@ -31,17 +31,18 @@ MUTANTS = [
         'encodings = final.view(self.n_layers, 2, n, self.hidden)[-1].mean(dim=0)',
         'encodings = final.view(self.n_layers, 2, n, self.hidden)[0].mean(dim=0)',
     ),
+    # re-matched: the GRUs run over padded rows instead of packed sequences (#23)
     (
         M,
-        'embedded, lengths.clamp_min(1).cpu()',
-        'embedded, torch.full_like(lengths, max_len).cpu()',
+        'padded_bidirectional_gru(self.rnn, embedded, lengths.clamp_min(1))',
+        'padded_bidirectional_gru(self.rnn, embedded, torch.full_like(lengths, max_len))',
     ),
     (
         M,
-        'inputs, n_utts.clamp_min(1).cpu()',
-        'inputs, torch.full_like(n_utts, inputs.size(1)).cpu()',
+        'last = (n_utts.clamp_min(1) - 1)[:, None, None]',
+        'last = (torch.full_like(n_utts, inputs.size(1)) - 1)[:, None, None]',
     ),
-    (M, 'return final[-1]', 'return final[0]'),
+    (M, 'return outputs.gather(1, last).squeeze(1)', 'return outputs[:, 0]'),
     (
         M,
         'torch.cat([utterances, self.floor_embedding(floors)], dim=-1)',

@@ -8,6 +8,7 @@ U = 'parlai_ext/modules/unified_transformer.py'
 UA = 'parlai_ext/agents/unified_transformer.py'
 
 TR, UT = 'tests/test_transformer.py', 'tests/test_unified_transformer.py'
+PK = 'tests/test_packing.py'  # the packed stack (#23): states/gradients equal the padded pass
 ED, MATH = 'tests/test_encoder_decoder.py', 'tests/test_plato2_math.py'
 PL, OP = 'tests/test_plato2.py', 'tests/test_optim.py'
 # the slow training tests are left out
@@ -16,8 +17,8 @@ FAST = [
     'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
 ]
 TESTS = {
-    T: [TR, UT, ED, MATH, *FAST],
-    U: [UT, MATH, PL, *FAST],
+    T: [TR, UT, ED, MATH, PK, *FAST],
+    U: [UT, MATH, PL, PK, *FAST],
     UA: [UT, MATH, OP, PL, *FAST],
 }
 
@@ -41,7 +42,9 @@ MUTANTS = [
         'values = torch.cat([values, cache[1]], dim=2)',
         0,
     ),
-    (T, 'dropout_p=self.dropout if self.training else 0.0', 'dropout_p=self.dropout'),
+    # occurrence 0: the padded path; 1: the packed path (#23)
+    (T, 'dropout_p=self.dropout if self.training else 0.0', 'dropout_p=self.dropout', 0),
+    (T, 'dropout_p=self.dropout if self.training else 0.0', 'dropout_p=self.dropout', 1),
     (T, '            attn_mask=mask,\n', '            attn_mask=None,\n'),
     (
         T,
@@ -56,8 +59,9 @@ MUTANTS = [
     (T, "{'gelu': F.gelu, 'relu': F.relu}", "{'gelu': F.relu, 'relu': F.relu}"),
     (
         T,
-        'attended, new_cache = self.attention(self.norm_attention(x), mask, cache)',
-        'attended, new_cache = self.attention(x, mask, cache)',
+        # re-matched: the block passes the packing on (#23)
+        'attended, new_cache = self.attention(self.norm_attention(x), mask, cache, packing=packing)',
+        'attended, new_cache = self.attention(x, mask, cache, packing=packing)',
     ),
     (
         T,
@@ -85,7 +89,12 @@ MUTANTS = [
         'self.ffn = FeedForward(dim, ffn_dim, activation, ffn_dropout)',
         'self.ffn = FeedForward(dim, ffn_dim, activation, dropout)',
     ),
-    (T, 'return self.final_norm(x), new_caches', 'return x, new_caches'),
+    # re-matched: the stack pads the packed states after the final norm (#23)
+    (
+        T,
+        '        x = self.final_norm(x)\n        return (x if packing',
+        '        return (x if packing',
+    ),
     (T, 'None if caches is None else caches[index]', 'None if caches is None else caches[0]'),
     (T, 'x = self.tokens(tokens) + self.positions(positions)', 'x = self.tokens(tokens)'),
     (
@@ -126,9 +135,15 @@ MUTANTS = [
     ),
     (
         T,
-        # re-matched: the embeddings moved to their own line (#23)
-        'hidden, _ = self.stack(x, bidirectional_mask(valid))',
-        'hidden, _ = self.stack(x, None)',
+        # re-matched: the padded (evaluation) path of the encoder (#23)
+        'return self.stack(x, bidirectional_mask(valid))[0]',
+        'return self.stack(x, None)[0]',
+    ),
+    (
+        T,
+        # the packed training path of the encoder (#23)
+        'x, bidirectional_mask(valid), valid=valid, input_dropout=self.embeddings.dropout',
+        'x, None, valid=valid, input_dropout=self.embeddings.dropout',
     ),
     (
         T,
@@ -164,7 +179,8 @@ MUTANTS = [
     ),
     (
         U,
-        'x = torch.cat([self.embeddings.dropout(prefix), x], dim=1)',
+        # re-matched: the prefix dropout is left to the caller when dropout=False (#23)
+        'x = torch.cat([self.embeddings.dropout(prefix) if dropout else prefix, x], dim=1)',
         'x = torch.cat([prefix, x], dim=1)',
     ),
     (
@@ -185,8 +201,9 @@ MUTANTS = [
     ),
     (
         U,
-        'x = self.embeddings(tokens, positions, torch.full_like(tokens, RESPONSE_TYPE))',
-        'x = self.embeddings(tokens, positions, torch.full_like(tokens, CONTEXT_TYPE))',
+        # re-matched: decode() embeds through embed() with a known largest position
+        'tokens, positions, torch.full_like(tokens, RESPONSE_TYPE), max_position=largest',
+        'tokens, positions, torch.full_like(tokens, CONTEXT_TYPE), max_position=largest',
     ),
     (
         U,
@@ -195,8 +212,9 @@ MUTANTS = [
     ),
     (
         U,
-        '        _, caches = self.stack(x, bidirectional_mask(valid_all))',
-        '        _, caches = self.stack(x, bidirectional_mask(torch.ones_like(valid_all)))',
+        # re-matched: the context pass is packed (#23)
+        '_, caches = self.stack(x, bidirectional_mask(valid_all), valid=packed)',
+        '_, caches = self.stack(x, bidirectional_mask(torch.ones_like(valid_all)), valid=packed)',
     ),
     # UA: agents
     (
@@ -204,7 +222,12 @@ MUTANTS = [
         '            score[..., self.generation_banned] = neginf(score.dtype)',
         '            pass',
     ),
-    (UA, '        logits[:, :, self.START_IDX] = neginf(logits.dtype)', '        pass'),
+    (
+        UA,
+        # re-matched: START is banned through the output GEMM's bias (banned_bias, #23)
+        'banned = (self.START_IDX, self.NULL_IDX) if self.ban_start else (self.NULL_IDX,)',
+        'banned = (self.NULL_IDX,) if self.ban_start else (self.NULL_IDX,)',
+    ),
     (UA, 'label = min(128, n_positions // label_share)', 'label = min(128, n_positions // 2)'),
     (UA, 'text = n_positions - label - 2', 'text = n_positions - label'),
     (UA, "ffn_dropout=opt.get('relu_dropout') or 0.0,", "ffn_dropout=opt['dropout'],"),
@@ -219,9 +242,9 @@ MUTANTS = [
     (T, 'return self.out(attended), new_cache', 'return attended, new_cache'),
     (
         T,
-        # re-matched: helpers now follow Embeddings.forward (its last line is unique)
-        '            x = x + self.types(types)\n        return self.dropout(x)\n',
-        '            x = x + self.types(types)\n        return x\n',
+        # re-matched: Embeddings.forward may leave its dropout to the caller (#23)
+        'return self.dropout(x) if dropout else x',
+        'return x',
     ),
     (T, 'valid = ids != self.embeddings.tokens.padding_idx', 'valid = ids >= 0'),
     # U: unified transformer: types, positions, prefix, caches, tied output
@@ -233,8 +256,9 @@ MUTANTS = [
     (U, 'start = past_len - lc  # response', 'start = past_len  # response'),
     (
         U,
-        'return ContextState(caches, valid_all, valid.sum(dim=1))',
-        'return ContextState(caches, valid_all, valid_all.sum(dim=1))',
+        # re-matched: encode_context names the length (and its max) before the state
+        '        length = valid.sum(dim=1)\n',
+        '        length = valid_all.sum(dim=1)\n',
     ),
     # UA: unified transformer agent: bans, truncation, FFN dropout, decay exemption
     (
@@ -242,5 +266,10 @@ MUTANTS = [
         'banned += [dictionary.tok2ind[t] for t in MASK_TOKENS if t in dictionary.tok2ind]',
         'banned += []',
     ),
-    (UA, '        logits[:, :, self.NULL_IDX] = neginf(logits.dtype)', '        pass'),
+    (
+        UA,
+        # re-matched: NULL is banned through the output GEMM's bias (banned_bias, #23)
+        'banned = (self.START_IDX, self.NULL_IDX) if self.ban_start else (self.NULL_IDX,)',
+        'banned = (self.START_IDX,) if self.ban_start else ()',
+    ),
 ]
