@@ -219,3 +219,28 @@ def test_nup_pmi_adds_the_context_evidence_to_the_next_utterance_logit(tmp_path)
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match='Hugging Face backbone'):
         Transmitter(_StubBackbone(), 1, 2, 3, 0, nup_pmi=True)
+
+
+def test_nup_pmi_option_builds_saves_and_reloads_the_pmi_term(tmp_path):
+    directory = tiny_hf_lm(tmp_path / 'lm', fixture_words())
+    data = write_both(tmp_path, 6)
+    agent = _train(
+        ['-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
+         '--personachat-file', str(data), '--p2bot-train-episodes', '4',
+         '--datapath', str(tmp_path / 'data'), '--hf-model-dir', str(directory),
+         '--lora-rank', '4', '--lora-dropout', '0', '--bf16', 'false', '-lr', '1e-2',
+         '-mf', str(tmp_path / 'tx'), '-bs', '2', '--label-truncate', '8', '--nup-pmi', 'true']
+    , steps=2)  # fmt: skip
+    transmitter = agent.model.transmitter
+    assert transmitter.nup_pmi and transmitter.nup_pmi_scale.item() != 1.0  # a was trained
+    context = agent.context_vec(['i keep bees in my garden.'], ['my bees made honey again .'])
+    reply = torch.LongTensor(agent.dict.txt2vec('i keep bees') + [agent.END_IDX])
+    scores = agent.score_replies([context], [reply])
+    agent.save(str(tmp_path / 'tx'))
+    reloaded = create_agent_from_model_file(str(tmp_path / 'tx'), {'datapath': str(tmp_path)})
+    assert reloaded.model.transmitter.nup_pmi
+    again = reloaded.score_replies([context], [reply])
+    assert torch.allclose(scores[1], again[1], atol=1e-6)
+    with torch.no_grad():  # the reloaded head really uses a·PMI
+        reloaded.model.transmitter.nup_pmi_scale.zero_()
+    assert not torch.allclose(reloaded.score_replies([context], [reply])[1], scores[1])
