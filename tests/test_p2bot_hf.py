@@ -244,3 +244,13 @@ def test_nup_pmi_option_builds_saves_and_reloads_the_pmi_term(tmp_path):
     with torch.no_grad():  # the reloaded head really uses a·PMI
         reloaded.model.transmitter.nup_pmi_scale.zero_()
     assert not torch.allclose(reloaded.score_replies([context], [reply])[1], scores[1])
+
+
+def test_line_break_tokens_are_never_generated():
+    """SmolLM2 greedily answered '\\n' + END (an empty reply): tokens with a line break are banned."""
+    from types import SimpleNamespace
+
+    from parlai_ext.agents.p2bot_model import line_break_ids
+
+    vocab = SimpleNamespace(tok2ind={'hi': 0, '\u010a': 1, 'a\u010a\u010a': 2, 'x\ny': 3, 'ok': 4})
+    assert line_break_ids(vocab) == [1, 2, 3]

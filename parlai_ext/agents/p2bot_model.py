@@ -83,6 +83,11 @@ def _fit_positions_to_hf(opt: Opt) -> Opt:
     return opt
 
 
+def line_break_ids(dictionary: DictionaryAgent) -> list[int]:
+    """Ids of the tokens that hold a line break (``Ċ`` is byte-level BPE's ``\\n``)."""
+    return sorted(i for t, i in dictionary.tok2ind.items() if '\n' in t or '\u010a' in t)
+
+
 class P2BotTransmitterModel(TorchGeneratorModel):
     """ParlAI's encoder/decoder interface over :class:`Transmitter` (for tree search).
 
@@ -134,6 +139,8 @@ class P2BotTransmitterModel(TorchGeneratorModel):
         )
         # never generated: start, padding and the P2Bot markers
         banned = [self.START_IDX, self.NULL_IDX] + [dictionary[t] for t in P2BOT_TOKENS]
+        # and line breaks (an utterance is one line; SmolLM2 greedily answered "\n" + END)
+        banned += line_break_ids(dictionary)
         self.register_buffer('banned', torch.tensor(sorted(set(banned))), persistent=False)
 
     def autocast(self, like: torch.Tensor | None = None):
