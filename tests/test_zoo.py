@@ -98,7 +98,7 @@ def test_unknown_zoo_name_lists_the_entries_and_installs_nothing(tmp_path, monke
             'zoo:plato2/dailydialog_smollm2/model, zoo:plato2/dailydialog_smollm2/evaluator;'
             in message
         )
-        assert 'zoo:ppg/convai2_dev_small/model' in message  # all systems' models are listed
+        assert 'zoo:ppg/convai2_smollm2/model' in message  # all systems' models are listed
     assert calls == [] and os.listdir(tmp_path) == []
     # a file of an entry is fine (a dictionary as --dict-file)
     modelzoo_path(str(tmp_path), 'zoo:plato2/dailydialog_smollm2/model.dict')
@@ -141,10 +141,10 @@ def build_files():
 # every other shipped entry: (system, entry, the generator's name in ParlAI's chat output,
 # [secondary model files that are loaded and used below])
 ENTRIES = [
-    ('p2bot', 'convai2_dev_small', 'P2BotTransmitter', ['receiver']),
-    ('ppg', 'convai2_dev_small', 'PpgResponseGenerator', ['ppg', 'critic']),
+    ('p2bot', 'convai2_smollm2', 'P2BotTransmitter', ['receiver']),
+    ('ppg', 'convai2_smollm2', 'PpgResponseGenerator', ['ppg', 'critic']),
     ('multiref', 'dailydialog_small', 'VhredLgm', []),
-    ('coral', 'dailydialog_small', 'Coral', ['reward']),
+    ('coral', 'dailydialog_smollm2', 'Coral', ['reward']),
 ]
 
 
@@ -160,7 +160,10 @@ def test_shipped_entry_chats_offline(parlai_cli, system, entry, speaker, _):
     assert len(replies) == 2 and all(replies), out.stdout[-2000:]
     module = __import__(f'parlai_ext.zoo.{system}.build', fromlist=['FILES'])
     installed = os.path.join(os.environ['PARLAI_DATAPATH'], 'models', system, entry)
-    assert sorted(os.listdir(installed)) == sorted(['.built', *module.FILES])
+    # top-level names: entries over a pretrained base keep their tokenizers in <name>.dict.hf/
+    assert sorted(os.listdir(installed)) == sorted(
+        {'.built', *(f.split('/')[0] for f in module.FILES)}
+    )
 
 
 def test_shipped_secondary_models_load_and_score(tmp_path):
@@ -173,7 +176,7 @@ def test_shipped_secondary_models_load_and_score(tmp_path):
     def path(name: str) -> str:
         return modelzoo_path(str(tmp_path), name)
 
-    receiver = load_receiver(path('zoo:p2bot/convai2_dev_small/receiver'))
+    receiver = load_receiver(path('zoo:p2bot/convai2_smollm2/receiver'))
     scores = receiver.perception_scores(
         ['i walk my two dogs every morning'] * 2,
         [['i have two dogs.', 'i like to ski.'], ['i am a nurse.', 'i hate winter.']],
@@ -181,7 +184,7 @@ def test_shipped_secondary_models_load_and_score(tmp_path):
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
     ppg = create_agent_from_model_file(
-        path('zoo:ppg/convai2_dev_small/ppg'),
+        path('zoo:ppg/convai2_smollm2/ppg'),
         {'inference': 'greedy', 'beam_size': 1, 'datatype': 'valid'},
     )
     ppg.observe(
@@ -190,13 +193,13 @@ def test_shipped_secondary_models_load_and_score(tmp_path):
     assert ppg.act()['text'].strip()
 
     reward = create_agent_from_model_file(
-        path('zoo:coral/dailydialog_small/reward'), {'datatype': 'valid'}
+        path('zoo:coral/dailydialog_smollm2/reward'), {'datatype': 'valid'}
     )
     values = reward.score(['how much is it ?', 'how much is it ?'], ['it is ten dollars .', 'no'])
     assert values.shape == (2,) and bool(((values > 0) & (values < 1)).all())
 
     critic = create_agent_from_model_file(
-        path('zoo:ppg/convai2_dev_small/critic'), {'datatype': 'valid'}
+        path('zoo:ppg/convai2_smollm2/critic'), {'datatype': 'valid'}
     )
     probability = critic.positive_probability(['i have two dogs.'], ['my dogs are great'])
     assert probability.shape == (1,) and 0.0 <= float(probability) <= 1.0
