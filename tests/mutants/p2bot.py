@@ -8,17 +8,24 @@ L = 'parlai_ext/losses/p2bot.py'
 R = 'parlai_ext/losses/reinforce.py'
 W = 'tasks/p2bot_selfplay/worlds.py'
 A = 'parlai_ext/agents/p2bot.py'
+# the network side of the agents (dictionary, P2BotTransmitterModel, HFLanguageModelScorer)
+AM = 'parlai_ext/agents/p2bot_model.py'
+# the transmitter's MLE normalisation (ParlAI's loss/ppl metrics) lives here
+G = 'parlai_ext/agents/generation.py'
 RX = 'parlai_ext/agents/p2bot_receiver.py'
 RW = 'parlai_ext/rewards.py'
 
 T = 'tests/'
 MODELS, P2, SELFPLAY = T + 'test_p2bot_models.py', T + 'test_p2bot.py', T + 'test_p2bot_selfplay.py'
+HF = T + 'test_p2bot_hf.py'
 TESTS = {
-    M: [MODELS, P2, SELFPLAY],
+    M: [MODELS, P2, SELFPLAY, HF],
     L: [P2, MODELS, SELFPLAY],
     R: [T + 'test_reinforce.py', SELFPLAY],
     W: [SELFPLAY],
     A: [SELFPLAY, MODELS],
+    AM: [SELFPLAY, MODELS, HF],
+    G: [SELFPLAY, '-k', 'transmitter_loss'],
     RX: [SELFPLAY, MODELS],
     RW: [T + 'test_coral.py', T + 'test_reinforce.py', SELFPLAY],
 }
@@ -54,8 +61,8 @@ MUTANTS = [
     ),
     (
         M,
-        'return self.nup_head(self.nup_dropout(hidden[rows, cls_position]))',
-        'return self.nup_head(self.nup_dropout(hidden[rows, cls_position - 1]))',
+        '        state = hidden[rows, cls_position]\n',
+        '        state = hidden[rows, cls_position - 1]\n',
     ),
     (
         M,
@@ -397,9 +404,9 @@ MUTANTS = [
         '            loss = loss + nup',
     ),
     (
-        A,
-        '        mle = loss_per_token.sum() / target_tokens.sum()',
-        '        mle = loss_per_token.mean()',
+        G,
+        '    return loss / num_target_tokens.sum()',
+        '    return loss_per_token.mean()',
     ),
     (
         A,
@@ -437,12 +444,12 @@ MUTANTS = [
         '        try:\n            rows = sample_responses(',
     ),
     (
-        A,
+        AM,
         '        return lennorm, F.log_softmax(out.nup_logits.float(), dim=-1)[:, 1]',
         '        return lennorm, F.log_softmax(out.nup_logits.float(), dim=-1)[:, 0]',
     ),
     (
-        A,
+        AM,
         '        lennorm = length_normalised_log_prob(\n            self.mask_logits(out.lm_logits), targets, self.NULL_IDX\n        )',
         '        lennorm = length_normalised_log_prob(out.lm_logits, targets, self.NULL_IDX)',
     ),
@@ -455,22 +462,22 @@ MUTANTS = [
     (RX, '        self._module.tau.fill_(tau)', '        pass'),
     (
         RX,
-        'class P2BotReceiverAgent(DecayExemptOptimizerMixin, TorchAgent):',
-        'class P2BotReceiverAgent(TorchAgent):',
+        'class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchAgent):',
+        'class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, TorchAgent):',
     ),
     # A: agents
     (
         A,
-        'class P2BotTransmitterAgent(DecayExemptOptimizerMixin, TorchGeneratorAgent):',
-        'class P2BotTransmitterAgent(TorchGeneratorAgent):',
+        'class P2BotTransmitterAgent(\n    hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchGeneratorAgent\n',
+        'class P2BotTransmitterAgent(\n    hf_glue.HfCheckpointMixin, TorchGeneratorAgent\n',
     ),
     (
-        A,
+        AM,
         '            rows.append(([self.prefix] if self.prefix is not None else []) + ids)',
         '            rows.append(ids)',
     ),
     (
-        A,
+        AM,
         '        return (picked * mask).sum(1) / mask.sum(1).clamp(min=1)',
         '        return picked.sum(1) / mask.sum(1).clamp(min=1)',
     ),
