@@ -454,4 +454,35 @@ MUTANTS = [
         'decoder_input = ys',
     ),
     (A, "            metrics_dict['loss'] = metrics_dict['elbo_loss']", '            pass'),
+    # M: the bidirectional GRU over padded rows (#23)
+    (
+        M,
+        'source = lengths[:, None] - 1 - steps[None, :]',
+        'source = lengths[:, None] - steps[None, :]',
+    ),
+    (
+        M,
+        'last = (lengths - 1)[:, None, None]',
+        'last = (lengths - 2).clamp_min(0)[:, None, None]',
+    ),
+    (
+        M,
+        'inputs = torch.cat(directions, dim=-1) * valid[..., None]',
+        'inputs = torch.cat(directions, dim=-1)',
+    ),
+    (
+        M,
+        '            if suffix:\n                out = out.gather(1, reverse[..., None].expand_as(out))',
+        '            pass',
+    ),
+    (
+        M,
+        "for name in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')",
+        "for name in ('weight_hh', 'weight_ih', 'bias_ih', 'bias_hh')",
+    ),
+    (
+        M,
+        'h0 = inputs.new_zeros(1, n, rnn.hidden_size)',
+        'h0 = inputs.new_ones(1, n, rnn.hidden_size)',
+    ),
 ]

@@ -11,13 +11,26 @@ TR, UT = 'tests/test_transformer.py', 'tests/test_unified_transformer.py'
 PK = 'tests/test_packing.py'  # the packed stack (#23): states/gradients equal the padded pass
 ED, MATH = 'tests/test_encoder_decoder.py', 'tests/test_plato2_math.py'
 PL, OP = 'tests/test_plato2.py', 'tests/test_optim.py'
+# the module-level tests of the speed-ups (#23): output-layer bans, padded_from_flat, KVCache
+SPEEDUPS = [
+    f'tests/test_speedups.py::{name}'
+    for name in (
+        'test_padded_from_flat_keeps_row_major_order_and_fill',
+        'test_banned_linear_equals_in_place_bans_in_values_and_gradients',
+        'test_banned_linear_under_bf16_autocast_and_in_fp16',
+        'test_preallocated_cache_gives_the_cat_cache_outputs_in_place',
+        'test_two_continuations_of_one_cache_do_not_overwrite_each_other',
+        'test_preallocated_cache_is_off_under_autograd',
+        'test_kv_cache_copies_keep_their_buffer',
+    )
+]
 # the slow training tests are left out
 FAST = [
     '-k',
     'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
 ]
 TESTS = {
-    T: [TR, UT, ED, MATH, PK, *FAST],
+    T: [TR, UT, ED, MATH, PK, *SPEEDUPS, *FAST],
     U: [UT, MATH, PL, PK, *FAST],
     UA: [UT, MATH, OP, PL, *FAST],
 }
@@ -114,12 +127,19 @@ MUTANTS = [
         'is_context_key = torch.arange(total, device=device) < context_len',
         'is_context_key = torch.arange(total, device=device) <= context_len',
     ),
+    # the two prefix-LM mask entries below replace equivalent ones that survived: `key_index <
+    # query_index` (the diagonal comes back through `mask | eye`) and dropping
+    # `query_index >= context_len` (a context query's causal keys are all context keys)
     (
         T,
         '(query_index >= context_len) & (key_index <= query_index)',
-        '(query_index >= context_len) & (key_index < query_index)',
+        '(query_index >= context_len) & (key_index <= query_index + 1)',
     ),
-    (T, '(query_index >= context_len) & (key_index <= query_index)', '(key_index <= query_index)'),
+    (
+        T,
+        'structure = is_context_key[None, :] | (',
+        'structure = is_context_key[:, None] | (',
+    ),
     (
         T,
         '    mask = structure[None, :, :] & key_valid[:, None, :]',
@@ -271,5 +291,81 @@ MUTANTS = [
         # re-matched: NULL is banned through the output GEMM's bias (banned_bias, #23)
         'banned = (self.START_IDX, self.NULL_IDX) if self.ban_start else (self.NULL_IDX,)',
         'banned = (self.START_IDX,) if self.ban_start else ()',
+    ),
+    # T: the packed stack (#23): Packing, the fused q/k/v projection, where packing applies
+    (
+        T,
+        'self.index = valid.reshape(-1).nonzero().squeeze(1)',
+        'self.index = (~valid).reshape(-1).nonzero().squeeze(1)',
+    ),
+    (
+        T,
+        'out = packed.new_zeros(batch * time, packed.shape[-1])',
+        'out = packed.new_ones(batch * time, packed.shape[-1])',
+    ),
+    (
+        T,
+        'query, keys, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))',
+        'keys, query, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))',
+    ),
+    (
+        T,
+        'weight = torch.cat([self.query.weight, self.key_value.weight])',
+        'weight = torch.cat([self.key_value.weight, self.query.weight])',
+    ),
+    (
+        T,
+        'bias = torch.cat([self.query.bias, self.key_value.bias])',
+        'bias = torch.cat([self.key_value.bias, self.query.bias])',
+    ),
+    (
+        T,
+        'if valid is not None and caches is None and memories is None:',
+        'if valid is not None and memories is None:',
+    ),
+    (T, '        if input_dropout is not None:\n            x = input_dropout(x)\n', ''),
+    (
+        T,
+        'return (x if packing is None else packing.pad(x)), new_caches',
+        'return (x if packing is None else packing.pad(x).detach()), new_caches',
+    ),
+    (T, 'return self.dropout(x) if dropout else x', 'return self.dropout(x)'),
+    (T, 'if not (self.packed and self.training):', 'if not (self.packed or self.training):'),
+    (
+        T,
+        'return self.out(attended), KVCache.allocate(keys, values, self.cache_reserve)',
+        'return self.out(attended), (keys, values)',
+    ),
+    # T: output-layer bans folded into the bias, padded_from_flat, preallocated caches (#23)
+    (
+        T,
+        'total = ban if bias is None else bias + ban',
+        'total = ban if bias is None else bias',
+    ),
+    (T, 'return logits.masked_fill(ban < 0, -NEAR_INF_FP16)', 'return logits'),
+    (
+        T,
+        'padded = torch.full(mask.shape, fill, dtype=flat.dtype, device=flat.device)',
+        'padded = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)',
+    ),
+    (T, 'store.filled == length\n', 'store.filled >= length\n'),
+    (
+        T,
+        'if self.cache_reserve > 0 and not torch.is_grad_enabled():\n                new_cache',
+        'if self.cache_reserve > 0:\n                new_cache',
+    ),
+    # U: the packed unified stack (#23)
+    (
+        U,
+        'valid = torch.cat([context_valid, response_valid], dim=1) if self.packed else None',
+        'valid = torch.cat([response_valid, context_valid], dim=1) if self.packed else None',
+    ),
+    (U, 'x = emb.dropout(x) if dropout else x', 'x = emb.dropout(x)'),
+    (U, '                       dropout=not self.packed)', '                       dropout=True)'),
+    # UA: the bans reach the logits (#23)
+    (
+        UA,
+        'return self.transformer.banned_logits(hidden, self.banned_bias)',
+        'return self.transformer.logits(hidden)',
     ),
 ]
