@@ -194,6 +194,18 @@ def test_incremental_decoding_equals_teacher_forcing(prior, attention):
     assert torch.allclose(alone.context[0], encoded.context[1], atol=1e-6)
 
 
+def test_utterance_encoder_sees_only_the_real_utterances():
+    """E(X) encodes each dialogue's n_utts utterances, not its padding slots (§4.1)."""
+    config = VHREDConfig(vocab_size=30, embedding_size=8, hidden_size=12, latent_size=4)
+    net = HierarchicalEncoderDecoder(config).eval()
+    rows = []
+    net.utterance_encoder.register_forward_hook(lambda _m, args, _o: rows.append(args[0]))
+    utts, floors, n_utts = pack_context([[[3, 4, 5], [6, 7], [8]], [[8, 9, 10, 11]]], 0)
+    net.encode(utts, floors, n_utts)
+    assert n_utts.tolist() == [3, 1] and rows[0].shape[0] == 4  # 3 + 1, not 2 x 3 slots
+    assert rows[0][3].tolist() == [8, 9, 10, 11]
+
+
 def test_pack_context_floors_alternate_and_last_utterance_is_the_other_speaker():
     utts, floors, n_utts = pack_context([[[5], [6, 7], [8]], [[9, 9]]], 0)
     assert utts.shape == (2, 3, 2) and n_utts.tolist() == [3, 1]
