@@ -138,9 +138,13 @@ def test_list_sample_and_bad_specs(fake, tmp_path, capsys):
     assert run.main(['--system', str(bad), '--list']) == 2
 
 
-def test_every_shipped_spec_loads_with_tests_for_each_file():
+def test_every_shipped_spec_loads_with_tests_for_each_file_and_applies():
+    """Each shipped spec loads, names existing test files, and every one of its mutants applies
+    to the current code (file found, text found once or at its occurrence): a stale mutant would
+    otherwise be skipped silently and leave its line unchecked."""
     names = run.system_names()
     assert {'plato2', 'transformer', 'multiref', 'coral', 'ppg', 'p2bot'} <= set(names)
+    stale = []
     for name in names:
         spec = run.load_spec(name)
         assert spec.mutants, name
@@ -148,3 +152,9 @@ def test_every_shipped_spec_loads_with_tests_for_each_file():
             selection = spec.tests_for(mutant.path)
             files = [arg for arg in selection if arg.endswith('.py')]
             assert files and all((run.REPO / f).is_file() for f in files), (name, selection)
+        stale += [
+            f'{name} #{mutant.index} {mutant.path}: {why}: {mutant.short()}'
+            for mutant, why, _ in run.check(spec, run.REPO)
+            if why
+        ]
+    assert not stale, 'mutants that no longer apply to the code:\n' + '\n'.join(stale)

@@ -417,7 +417,13 @@ MUTANTS = [
         '                drawn = self.pool.sample([texts[i] for i in negative_rows])',
         '                drawn = self.pool.sample([texts[0] for i in negative_rows])',
     ),
-    (A, 'sub_unused', 'x'),  # a placeholder in the original list: never found, always skipped
+    (
+        A,
+        # replaces a placeholder of the original list ('sub_unused', never found): the
+        # negatives' BCE (a metric and the eval loss) must target label 0
+        "neg_bce = bce(neg_logits.float(), torch.zeros_like(neg_logits), reduction='none')",
+        "neg_bce = bce(neg_logits.float(), torch.ones_like(neg_logits), reduction='none')",
+    ),
     # M: CORAL reward model and policy scoring
     (
         M,

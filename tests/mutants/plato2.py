@@ -53,8 +53,9 @@ MUTANTS = [
     ),
     (
         P,
-        'return self.logits(self.bow_transform(latent_hidden)) + self.bow_bias',
-        'return self.logits(self.bow_transform(latent_hidden))',
+        # re-matched: the BOW head projects through the tied embeddings (project)
+        'return project(self.bow_transform(latent_hidden)) + self.bow_bias',
+        'return project(self.bow_transform(latent_hidden))',
     ),
     (
         P,
@@ -101,8 +102,9 @@ MUTANTS = [
     ),
     (
         P,
-        'return self.classifier(pooled), hidden[:, 1:]',
-        'return self.classifier(pooled), hidden[:, :-1]',
+        # re-matched: the [CLS] slot is optional (cls='slot' | 'token')
+        'return self.classifier(pooled), (hidden[:, 1:] if slot else hidden)',
+        'return self.classifier(pooled), (hidden[:, :-1] if slot else hidden)',
     ),
     (
         P,
@@ -111,7 +113,8 @@ MUTANTS = [
     ),
     (
         P,
-        '            replacement=self.mask_embedding,',
+        # re-matched: the [MASK] input is mask_vector(self) (learned slot or a token's row)
+        '            replacement=mask_vector(self),',
         '            replacement=self.cls_embedding,',
     ),
     (
@@ -216,13 +219,15 @@ MUTANTS = [
     ),
     (
         A,
-        'unfinished = len(tokens) - 1 >= self._max_ts',
-        'unfinished = len(tokens) - 1 > self._max_ts',
+        # re-matched: the word count is n_words (Knover style also drops END)
+        'unfinished = n_words >= self._max_ts',
+        'unfinished = n_words > self._max_ts',
     ),
     (
         A,
-        'if unfinished or repetition_reason(self._v2t(tokens), turns, ids):',
-        'if unfinished or repetition_reason(self._v2t(tokens), turns):',
+        # re-matched: the heuristic is chosen by --rerank-style (reason)
+        'if unfinished or reason(self._v2t(tokens), turns, ids):',
+        'if unfinished or reason(self._v2t(tokens), turns):',
     ),
     (
         A,
@@ -247,6 +252,7 @@ MUTANTS = [
         A,
         "    if len(set(grams)) < len(grams):\n        return 'in-turn trigram repetition'",
         "    if False:\n        return 'in-turn trigram repetition'",
+        0,  # repetition_reason (1 = knover_repetition_reason)
     ),
     (A, '    words = text.lower().split()', '    words = text.split()'),
     (A, '    if context_grams.intersection(grams):', '    if False:'),
@@ -295,10 +301,11 @@ MUTANTS = [
         'context, response, labels = coherence_pairs(batch.text_vec, batch.text_vec)',
     ),
     # P: PLATO-2 model: recognition from [M], BOW from z, Gumbel tau, NUP from [CLS]
-    (P, 'n_latent: int = 20, tau: float = 0.67', 'n_latent: int = 20, tau: float = 1.0'),
+    (P, '        tau: float = 0.67,', '        tau: float = 1.0,'),  # re-matched: one per line
     (
         P,
-        'prefix = self.mask_embedding.expand(context.shape[0], 1, -1)',
+        # re-matched: the [M] input is mask_vector(self)
+        'prefix = mask_vector(self).expand(context.shape[0], 1, -1)',
         'prefix = self.latent_embedding[:1].expand(context.shape[0], 1, -1)',
     ),
     # A: PLATO-2 agent: loss weights, marginal over z, rerank, truncation inheritance
