@@ -16,7 +16,7 @@ import torch
 pytest.importorskip('transformers')
 pytest.importorskip('peft')
 
-from parlai_ext.modules import hf  # noqa: E402
+from parlai_ext.modules import hf, hf_source  # noqa: E402
 
 WORDS = (
     'hello hi how are you today i like my dog cat the sat on mat good fine thanks yes no'.split()
@@ -224,13 +224,13 @@ def test_cache_root_follows_the_parlai_datapath(monkeypatch, tmp_path):
 def test_gguf_is_dequantised_once_and_the_cache_reused(tmp_path, monkeypatch):
     path = tiny_gguf(tmp_path / 'src')
     calls = []
-    original = hf._load_gguf
+    original = hf_source._load_gguf
 
     def counting(folder, gguf_file, progress=None):
         calls.append(gguf_file)
         return original(folder, gguf_file, progress)
 
-    monkeypatch.setattr(hf, '_load_gguf', counting)
+    monkeypatch.setattr(hf_source, '_load_gguf', counting)
     cache = str(tmp_path / 'cache')
     first = hf.model_folder(path, cache_root=cache)
     assert calls == ['tiny.gguf']
@@ -259,7 +259,7 @@ def test_an_interrupted_dequantisation_leaves_no_cache(tmp_path, monkeypatch):
         open(os.path.join(target, 'config.json'), 'w').close()
         raise OSError('disk full')
 
-    monkeypatch.setattr(hf, '_save_dequantised', broken_save)
+    monkeypatch.setattr(hf_source, '_save_dequantised', broken_save)
     cache = str(tmp_path / 'cache')
     with pytest.raises(OSError, match='disk full'):
         hf.model_folder(path, cache_root=cache)

@@ -15,7 +15,7 @@ from parlai.core.params import ParlaiParser  # noqa: E402
 from test_hf import tiny_checkpoint, tiny_gguf  # noqa: E402
 
 from parlai_ext.agents import hf as glue  # noqa: E402
-from parlai_ext.modules import hf  # noqa: E402
+from parlai_ext.modules import hf, hf_source  # noqa: E402
 
 
 def make_opt(tmp_path, model_dir, **extra) -> Opt:
@@ -149,7 +149,7 @@ def test_a_gguf_dictionary_uses_the_cached_folder(tmp_path, monkeypatch):
     opt = make_opt(tmp_path, path)
     d = glue.HfDictionaryAgent(opt)
     assert d.end_token == '</s>' and d.start_token == '<s>' and d.null_token == '__null__'
-    monkeypatch.setattr(hf, '_load_gguf', lambda *a: pytest.fail('dequantised twice'))
+    monkeypatch.setattr(hf_source, '_load_gguf', lambda *a: pytest.fail('dequantised twice'))
     assert glue.base_folder(opt).startswith(str(tmp_path / 'data' / 'hf_cache' / 'gguf'))
 
 
@@ -158,7 +158,7 @@ def test_a_recorded_short_name_finds_the_base_on_another_machine(tmp_path, monke
     monkeypatch.setitem(
         hf.PACKAGED_MODELS, 'tiny-bert', hf.PackagedModel('tiny_bert_pkg', '', None, 'encoder', 'x')
     )
-    monkeypatch.setattr(hf, 'packaged_model_dir', lambda name: (base, None))
+    monkeypatch.setattr(hf_source, 'packaged_model_dir', lambda name: (base, None))
     opt = make_opt(tmp_path, 'tiny-bert')
     glue.HfDictionaryAgent(opt).save(opt['dict_file'])
     # the model file's .opt records a path of the training machine; the saved short name wins

@@ -24,7 +24,7 @@ from parlai.scripts.train_model import TrainLoop, setup_args  # noqa: E402
 from test_hf import WORDS, tiny_checkpoint  # noqa: E402
 
 from parlai_ext.agents import hf as glue  # noqa: E402
-from parlai_ext.modules import hf  # noqa: E402
+from parlai_ext.modules import hf, hf_source  # noqa: E402
 
 AGENT = 'parlai_ext.agents.hf:HfGeneratorAgent'
 PAIRS = [
@@ -199,7 +199,7 @@ def test_lora_adapters_over_a_short_named_base_save_small_and_reload(tmp_path, b
     monkeypatch.setitem(
         hf.PACKAGED_MODELS, 'tiny-llama', hf.PackagedModel('tiny_pkg', '', None, 'causal', 'x')
     )
-    monkeypatch.setattr(hf, 'packaged_model_dir', lambda name: (bases['llama'], None))
+    monkeypatch.setattr(hf_source, 'packaged_model_dir', lambda name: (bases['llama'], None))
     agent, model_file, stats = train(
         tmp_path,
         'tiny-llama',

