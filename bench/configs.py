@@ -57,6 +57,15 @@ def train_args(dict_file: str, batch: int = 32, text: int = 128, label: int = 64
     ]  # fmt: skip
 
 
+def without_flag(args: list[str], flag: str) -> list[str]:
+    """``args`` without ``flag`` and its value (e.g. ``--skip-generation`` for a ranker)."""
+    out = list(args)
+    while flag in out:
+        at = out.index(flag)
+        del out[at : at + 2]
+    return out
+
+
 def generate_args(dict_file: str, batch: int, length: int, text: int = 128) -> list[str]:
     """Generation options: every response exactly ``length`` tokens (min length = max length),
     so the comparison does not depend on when untrained weights happen to stop."""

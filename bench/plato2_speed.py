@@ -83,9 +83,11 @@ def main() -> None:
     }
     if args.quick:
         trainers.pop('PLATO-2 stage 2.2 (plato2_evaluator, 2)')
+    ranker_args = configs.without_flag(train_args, '--skip-generation')  # the evaluator ranks
     specs = {
-        name: {'kind': 'train', 'agent_args': agent + train_args, 'task_args': task,
-               'precision': args.precision}
+        name: {'kind': 'train', 'precision': args.precision, 'task_args': task,
+               'agent_args': agent + (ranker_args if agent is configs.PLATO2_EVALUATOR
+                                      else train_args)}
         for name, agent in trainers.items()
     }  # fmt: skip
     print('training:')

@@ -76,3 +76,22 @@ def test_growth_point_measures_a_training_step(monkeypatch):
         # real tokens: rows of at least half the length, at most all of it
         rows = point['batch']
         assert rows * (4 + 2) <= point['tokens_per_step'] <= rows * (8 + 4)
+
+
+def test_every_plato2_speed_trainer_parses_its_training_options():
+    """The full (non --quick) PLATO-2 table trains the stage-2.2 evaluator too: a ranker, which
+    takes no --skip-generation (its options once stopped the grid's plato2 part)."""
+    import configs
+    from parlai.core.params import ParlaiParser
+
+    import parlai_ext.compat  # noqa: F401
+
+    train = configs.train_args('x.dict', 4, 16, 8)
+    ranker = configs.without_flag(train, '--skip-generation')
+    assert ranker == [a for a in train if a not in ('--skip-generation', 'true')]
+    opt = ParlaiParser(True, True).parse_args(
+        [*configs.PLATO2_EVALUATOR, *ranker, '-t', 'ext_demo']
+    )
+    assert opt['model'] == 'plato2_evaluator' and opt['batchsize'] == 4
+    with pytest.raises(SystemExit):  # what the grid passed before
+        ParlaiParser(True, True).parse_args([*configs.PLATO2_EVALUATOR, *train, '-t', 'ext_demo'])
