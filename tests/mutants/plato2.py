@@ -11,17 +11,18 @@ S = 'parlai_ext/agents/plato2_stages.py'
 
 MATH, PL = 'tests/test_plato2_math.py', 'tests/test_plato2.py'
 UT, OP = 'tests/test_unified_transformer.py', 'tests/test_optim.py'
+KN = 'tests/test_knover.py'  # the Knover-style rerank and token [MASK]/[CLS] (3 s)
 # the slow training tests are left out
 FAST = [
     '-k',
     'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
 ]
 TESTS = {
-    P: [MATH, PL, OP, *FAST],
-    L: [MATH, PL, OP, *FAST],
-    A: [MATH, PL, OP, *FAST],
-    E: [MATH, PL, OP, *FAST],
-    S: [MATH, PL, OP, *FAST],
+    P: [MATH, PL, OP, KN, *FAST],
+    L: [MATH, PL, OP, KN, *FAST],
+    A: [MATH, PL, OP, KN, *FAST],
+    E: [MATH, PL, OP, KN, *FAST],
+    S: [MATH, PL, OP, KN, *FAST],
 }
 
 MUTANTS = [
@@ -339,5 +340,25 @@ MUTANTS = [
         A,
         "if self.ranking == 'random':\n            return [torch.rand(len(cands)).tolist() for cands in candidates]",
         "if self.ranking == 'random':\n            return [[0.0] * len(cands) for cands in candidates]",
+    ),
+    # A/P: the Knover-style rerank (--rerank-style knover) and the token [MASK] row (#18)
+    (
+        A,
+        "    if len(set(grams)) < len(grams):\n        return 'in-turn trigram repetition'",
+        "    if False:\n        return 'in-turn trigram repetition'",
+        1,  # knover_repetition_reason
+    ),
+    (
+        A,
+        "    if not response.split():\n        return 'empty response'",
+        "    if False:\n        return 'empty response'",
+    ),
+    (A, '    words = response.split()', '    words = response.lower().split()'),
+    (A, 'n_words = len(tokens) - (2 if knover_style else 1)', 'n_words = len(tokens) - 1'),
+    (A, '            max_ts += 1\n', '            max_ts += 0\n'),
+    (
+        P,
+        'return model.embeddings.tokens.weight[model.mask_id]',
+        'return model.embeddings.tokens.weight[model.mask_id - 1]',
     ),
 ]
