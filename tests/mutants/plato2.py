@@ -205,8 +205,10 @@ MUTANTS = [
     ),
     (
         A,
+        # was ys[:, :-1] without END->NULL: equivalent here (the generation pass is causal,
+        # an END left in a shorter row only feeds positions whose labels are padding)
         'inputs = model.response_inputs(labels)',
-        'inputs = model._get_initial_forced_decoder_input(labels.size(0), labels[:, :-1])',
+        'inputs = labels  # no START shift: each position sees its own label',
     ),
     (
         A,
