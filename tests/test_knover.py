@@ -518,3 +518,30 @@ def test_convert_knover_refuses_a_state_that_does_not_fill_the_model(converted_f
     with pytest.raises(ValueError, match=r'<Plato>: missing \['):
         ck._write_agent(argv, state, '<Plato>')
     assert not os.path.exists(tmp_path / 'g')
+
+
+def test_knover_unfinished_rule_counts_words_between_start_and_a_forced_end(converted, monkeypatch):
+    """Knover decodes one step past --max-dec-len, so a candidate whose END was forced there has
+    max-dec-len words between START and END and is penalised as unfinished; one that ended
+    within max-dec-len words is not."""
+    from types import SimpleNamespace
+
+    from parlai.core.torch_generator_agent import TorchGeneratorAgent
+
+    from parlai_ext.agents.plato2 import PENALTY
+
+    _, _, agent, _, _ = converted
+    steps = []
+    monkeypatch.setattr(
+        TorchGeneratorAgent, '_generate', lambda self, b, beam, max_ts, p=None: steps.append(max_ts)
+    )
+    agent._generate(None, 1, 3)
+    assert agent._max_ts == 3 and steps == [4]  # --max-dec-len 3, one more step (Knover)
+    start, end = agent.START_IDX, agent.END_IDX
+    forced = torch.tensor([start, 5, 6, 7, end])  # 3 words, then the forced END
+    ended = torch.tensor([start, 5, 6, end])  # ended after 2 words
+    monkeypatch.setattr(agent, 'candidate_scores', lambda batch, cands: [[0.0, 0.0]])
+    batch = SimpleNamespace(observations=[{'text': 'w9 w8'}])
+    reranked = agent._rerank_beams(batch, [[(forced, 0.0, None), (ended, 0.0, None)]])
+    scores = {len(tokens): float(score) for tokens, score, _ in reranked[0]}
+    assert scores == {4: 0.0, 5: -PENALTY}
