@@ -22,6 +22,7 @@ from parlai.core.torch_generator_agent import TorchGeneratorModel
 from parlai.utils.torch import neginf, padded_tensor
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.unified_transformer import transformer_args
 from parlai_ext.modules import hf
 from parlai_ext.modules.p2bot import (
     HFCausalBackbone,
@@ -113,19 +114,7 @@ class P2BotTransmitterModel(TorchGeneratorModel):
             self.bf16 = hf_glue.bf16_enabled(opt, device)
         else:
             backbone = UnifiedBackbone(
-                UnifiedTransformer(
-                    len(dictionary),
-                    dim=opt['embedding_size'],
-                    n_layers=opt['n_layers'],
-                    n_heads=opt['n_heads'],
-                    ffn_dim=opt['ffn_size'],
-                    n_positions=opt['n_positions'],
-                    dropout=opt['dropout'],
-                    attention_dropout=opt['attention_dropout'],
-                    ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
-                    activation=opt['activation'],
-                    padding_idx=self.NULL_IDX,
-                )
+                UnifiedTransformer(len(dictionary), **transformer_args(opt, dictionary))
             )
         self.transmitter = Transmitter(
             backbone,
