@@ -127,7 +127,7 @@ def test_nup_head_of_a_pretrained_backbone_reads_a_standardised_state():
 
 
 def test_pretrained_nup_head_starts_small_and_sends_its_loss_into_the_backbone():
-    """Issue #27: the zero-initialised head passed no gradient to the backbone (∂L/∂h = 0), so
+    """Issue #21: the zero-initialised head passed no gradient to the backbone (∂L/∂h = 0), so
     the NUP loss never shaped the [CLS] state and the head stayed at chance over SmolLM2."""
     from parlai_ext.losses.p2bot import nup_loss
     from parlai_ext.modules.p2bot import NUP_INIT_LOGIT_STD

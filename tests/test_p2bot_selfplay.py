@@ -692,7 +692,7 @@ def test_context_keeps_the_newest_turns_within_the_budget(setup):
 
 
 def test_nup_distractors_in_evaluation_and_validation_are_other_replies(setup):
-    """Issue #27: the distractor pool held training replies only, so a loaded transmitter's
+    """Issue #21: the distractor pool held training replies only, so a loaded transmitter's
     evaluation (and train_model's validation copy, which had its own empty pool) scored every
     true reply against the empty reply."""
     from parlai.core.agents import create_agent_from_model_file, create_agent_from_shared

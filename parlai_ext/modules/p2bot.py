@@ -261,7 +261,7 @@ class Transmitter(nn.Module):
         (:data:`NUP_INIT_LOGIT_STD`): a zero head passes no gradient to the backbone (∂L/∂h =
         Wᵀ·∂L/∂logits = 0), so the NUP loss never shaped the ``[CLS]`` state, the head stayed a
         linear probe of states that do not separate true replies from distractors, and it sat
-        at chance (0.50-0.525 after 105 updates, issue #27).
+        at chance (0.50-0.525 after 105 updates, issue #21).
         :param nup_pmi: the "is the next utterance" logit also gets ``a · PMI`` (a learned,
         starting at 1): ``PMI = log p(x|w,h)/|x| − log p(x|[PS])/|x|``, how much the context
         raises the reply's length-normalised likelihood (Eq. 2), computed without gradient

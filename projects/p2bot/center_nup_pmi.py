@@ -1,4 +1,4 @@
-"""Centre the ``--nup-pmi`` term of a transmitter on training data (issue #27).
+"""Centre the ``--nup-pmi`` term of a transmitter on training data (issue #21).
 
 For the first N training examples (``train:evalmode``, in order) it computes the PMI (how much
 the context raises the Eq. 2 likelihood, :meth:`parlai_ext.modules.p2bot.Transmitter.pmi`) of
