@@ -1,4 +1,5 @@
-"""Mutants of the shared Hugging Face piece (modules/hf.py, hf_source.py, hf_lora.py, agents/hf.py).
+"""Mutants of the shared Hugging Face piece (modules/hf.py, hf_source.py, hf_lora.py,
+agents/hf.py, agents/hf_backbone.py).
 
 Converted from the HF engineer's hand-made lists (exact duplicates dropped), issue #18. Run: .venv/bin/python tests/mutants/run.py --system hf
 """
@@ -6,7 +7,8 @@ Converted from the HF engineer's hand-made lists (exact duplicates dropped), iss
 M = 'parlai_ext/modules/hf.py'
 S = 'parlai_ext/modules/hf_source.py'  # finding weights, the GGUF cache
 L = 'parlai_ext/modules/hf_lora.py'  # LoRA, adapter-only checkpoints
-A = 'parlai_ext/agents/hf.py'
+A = 'parlai_ext/agents/hf.py'  # the dictionary, the generator glue
+B = 'parlai_ext/agents/hf_backbone.py'  # options, model folders, building, checkpoints
 
 TESTS = ['tests/test_hf.py', 'tests/test_hf_agents.py']
 
@@ -92,7 +94,7 @@ MUTANTS = [
     ),
     (M, '        model.pooler = None\n    return model', '    return model'),
     (L, '    really_missing = [k for k in missing if k not in frozen]', '    really_missing = []'),
-    # A: HF agents: dictionary specials, adapter loading, bf16, option aliases
+    # A/B: HF agents: dictionary specials, adapter loading, bf16, option aliases
     (
         A,
         "            pad = tok.pad_token if tok.pad_token not in (None, end, start) else '__null__'",
@@ -109,15 +111,15 @@ MUTANTS = [
         '        return list(range(self.base_vocab_size or len(self), len(self)))',
         '        return list(range(self.base_vocab_size or len(self), len(self) - 1))',
     ),
-    (A, '    if fresh or adapter_only:', '    if fresh:'),
+    (B, '    if fresh or adapter_only:', '    if fresh:'),
     (
-        A,
+        B,
         "                if self.opt.get('lora_merge'):",
         "                if not self.opt.get('lora_merge'):",
     ),
     # re-matched: bf16_enabled lost one indentation level; the aliases became a one-line dict
-    (A, '    return hf.cpu_supports_bf16()', '    return True'),
-    (A, "{'hf_encoder_path': 'hf_model_dir'}", "{'hf_encoder': 'hf_model_dir'}"),
-    (A, '            if short and short != name:', '            if short and short == name:'),
-    (A, '        model.config.pad_token_id = pad', '        pass'),
+    (B, '    return hf.cpu_supports_bf16()', '    return True'),
+    (B, "{'hf_encoder_path': 'hf_model_dir'}", "{'hf_encoder': 'hf_model_dir'}"),
+    (B, '            if short and short != name:', '            if short and short == name:'),
+    (B, '        model.config.pad_token_id = pad', '        pass'),
 ]
