@@ -91,14 +91,14 @@ class EncoderDecoder(nn.Module):
         valid = source != self.padding_idx
         length = source.shape[1]
         positions = torch.arange(length, device=source.device).expand_as(source)
-        if self.packed:  # token-wise work at the real source tokens only (Packing)
-            x = self.embeddings(source, positions, max_position=length - 1, dropout=False)
-            hidden, _ = self.encoder(
-                x, bidirectional_mask(valid), valid=valid, input_dropout=self.embeddings.dropout
-            )
-        else:
-            x = self.embeddings(source, positions, max_position=length - 1)
-            hidden, _ = self.encoder(x, bidirectional_mask(valid))
+        packed = self.packed  # token-wise work at the real source tokens only (Packing)
+        x = self.embeddings(source, positions, max_position=length - 1, dropout=not packed)
+        hidden, _ = self.encoder(
+            x,
+            bidirectional_mask(valid),
+            valid=valid if packed else None,
+            input_dropout=self.embeddings.dropout if packed else None,
+        )
         memories = [
             layer.cross_attention.project_key_value(hidden) for layer in self.decoder.layers
         ]
