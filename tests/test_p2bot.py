@@ -326,6 +326,9 @@ def test_split_history_extracts_persona_and_speakers():
     assert turns == [(False, 'hello there'), (True, 'hi , i like tea'), (False, 'cool , me too')]
     persona, turns = split_history(['your persona: i sing.'])  # self-chat context only
     assert persona == ['i sing.'] and turns == []
+    # the prefixes are matched as ConvAI2 writes them (lower case): other text is a turn
+    persona, turns = split_history(["Your persona: i sing.\nPartner's persona: i dance."])
+    assert persona == [] and turns == [(False, "Your persona: i sing. Partner's persona: i dance.")]
 
 
 # ---------------------------------------------------------------------------- teachers

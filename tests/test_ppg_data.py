@@ -233,10 +233,13 @@ def test_input_layouts_put_the_personas_last():
 
 
 def test_chat_fields_split_persona_lines_from_the_turns():
-    """A free chat (``parlai interactive``): ``your persona:`` lines (any case, anywhere in a
-    turn) are the self persona, prefix removed; the other non-empty lines are the context."""
+    """A free chat (``parlai interactive``, self-chat): ``your persona:`` lines (any case,
+    anywhere in a turn) are the self persona, prefix removed; ``partner's persona:`` lines (a
+    ``both``-view opener) are dropped, not read as dialogue; the other non-empty lines are the
+    context."""
     turns = [
-        'your persona: i am a chef.\nYour persona: i hate the cold.\nhi , how are you ?',
+        "your persona: i am a chef.\nPartner's persona: i drive a tractor.\n"
+        "Your persona: i hate the cold.\npartner's persona: i keep bees.\nhi , how are you ?",
         'great , i just cooked .',
         '\nwhat do you cook ?  ',
     ]

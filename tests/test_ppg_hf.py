@@ -389,12 +389,16 @@ def test_generated_persona_input_reports_its_own_context_length(trained):
 def test_a_free_chat_gets_generated_partner_personas(trained):
     """``parlai interactive`` (text only) with ``--partner-personas generated``: the history
     (the bot's replies included) is the context, its ``your persona:`` line the self persona,
-    and the DRG answers from (c, s, p̂) with p̂ the PPG's own output for (c, s)."""
+    a ``partner's persona:`` line is dropped, and the DRG answers from (c, s, p̂) with p̂ the
+    PPG's own output for (c, s)."""
     drg = create_agent_from_model_file(
         trained['drg'],
         {'datatype': 'valid', 'skip_generation': False, 'inference': 'greedy', 'beam_size': 1},
     )
-    first = 'your persona: i keep bees in my garden.\nhello , my bees kept me busy today .'
+    first = (  # a both-view opener: the gold partner persona is no dialogue text
+        "your persona: i keep bees in my garden.\npartner's persona: i drive a tractor.\n"
+        'hello , my bees kept me busy today .'
+    )
     drg.observe({'text': first, 'episode_done': False})
     reply = drg.act()
     context, persona = ['hello , my bees kept me busy today .'], ['i keep bees in my garden.']

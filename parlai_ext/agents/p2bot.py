@@ -50,10 +50,9 @@ from parlai_ext.agents.p2bot_model import (
 from parlai_ext.agents.unified_transformer import add_transformer_args, default_truncation
 from parlai_ext.losses.p2bot import nup_loss
 from parlai_ext.modules.p2bot import eq3_score, sample_responses
+from parlai_ext.persona import split_persona_lines
 
-YOUR_PERSONA = 'your persona:'
 SHARED_LABELS = 'p2bot_recent_labels'  # share() key of the training replies (distractor pool)
-PARTNER_PERSONA = "partner's persona:"
 
 # options copied from --init-model's .opt so `-m p2bot_transmitter --init-model X` rebuilds X
 ARCH_KEYS = (
@@ -85,24 +84,12 @@ def split_history(raw_turns: Sequence[str]) -> tuple[list[str], list[tuple[bool,
 
     ``your persona:`` lines (anywhere, as ParlAI's PersonaChat teachers and self-chat contexts
     put them) form the persona; ``partner's persona:`` lines are dropped (the transmitter is
-    conditioned on its own persona, §3.1). The remaining text of each history entry is one
-    turn. The last turn is the partner's (the message being answered), so speakers alternate
-    backwards from it: ``(is_self, text)`` in chronological order.
+    conditioned on its own persona, §3.1). The remaining lines of each history entry, joined
+    by spaces, are one turn. The last turn is the partner's (the message being answered), so
+    speakers alternate backwards from it: ``(is_self, text)`` in chronological order.
     """
-    persona: list[str] = []
-    texts: list[str] = []
-    for entry in raw_turns:
-        kept = []
-        for line in entry.split('\n'):
-            stripped = line.strip()
-            if stripped.startswith(YOUR_PERSONA):
-                persona.append(stripped[len(YOUR_PERSONA) :].strip())
-            elif stripped.startswith(PARTNER_PERSONA):
-                continue
-            elif stripped:
-                kept.append(stripped)
-        if kept:
-            texts.append(' '.join(kept))
+    persona, _, lines = split_persona_lines(raw_turns)
+    texts = [' '.join(kept) for kept in lines]
     last = len(texts) - 1
     return persona, [((last - i) % 2 == 1, text) for i, text in enumerate(texts)]
 

@@ -34,9 +34,8 @@ from torch import nn
 from parlai_ext.modules.encoder_decoder import EncoderDecoder
 from parlai_ext.modules.sampling import sample
 from parlai_ext.modules.transformer import init_weights
+from parlai_ext.persona import PARTNER_PREFIX, SELF_PREFIX, split_persona_lines
 
-SELF_PREFIX = 'your persona:'
-PARTNER_PREFIX = "partner's persona:"
 SILENCE = '__SILENCE__'
 
 
@@ -69,22 +68,17 @@ def strip_chat_role(text: str) -> str:
 
 
 def chat_fields(turns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(context, self_persona)`` of a free chat's turns (``parlai interactive``).
+    """``(context, self_persona)`` of a free chat's turns (``parlai interactive``, self-chat).
 
-    Lines that start with ``your persona:`` (ConvAI2's convention for giving the bot a persona)
-    are the self persona sentences, prefix removed; every other non-empty line is a context
-    turn, in order (a turn holding several lines gives several turns).
+    Lines that start with ``your persona:`` (ConvAI2's convention for giving the bot a persona;
+    any case) are the self persona sentences, prefix removed. ``partner's persona:`` lines (a
+    ``both``-view opener, e.g. ``parlai self_chat --seed-messages-from-task``) are dropped: on
+    this path the partner persona is the PPG's to generate, and the gold one is no dialogue
+    text. Every other non-empty line is a context turn, in order (a turn holding several lines
+    gives several turns).
     """
-    context: list[str] = []
-    persona: list[str] = []
-    for turn in turns:
-        for line in turn.split('\n'):
-            line = line.strip()
-            if line.lower().startswith(SELF_PREFIX):
-                persona.append(line[len(SELF_PREFIX) :].strip())
-            elif line:
-                context.append(line)
-    return context, persona
+    self_persona, _, lines = split_persona_lines(turns, ignore_case=True)
+    return [line for kept in lines for line in kept], self_persona
 
 
 def drg_source(
