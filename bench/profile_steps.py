@@ -50,6 +50,7 @@ from harness import (  # noqa: E402
     machine_info,
     machine_load,
     markdown_table,
+    recast_after_optimizer_steps,
     write_results,
 )
 
@@ -331,6 +332,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.precision != 'fp32':  # one autocast context per target: recast after each step
+        recast_after_optimizer_steps()
     units = args.units or (3 if args.quick else 10)
     workdir = tempfile.mkdtemp(prefix='profile_steps_')
     task = configs.task_args(args.data)

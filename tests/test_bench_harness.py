@@ -143,3 +143,66 @@ def test_mfu_divides_by_cpu_time_on_the_cpu_and_by_wall_time_otherwise():
     assert group.mfu('A') == [4.0]
     group.clock = 'wall'
     assert group.mfu('A') == [0.5]
+
+
+def test_recast_after_optimizer_steps_refreshes_autocast_weights():
+    """One autocast context over two optimizer steps: without the hook the second forward
+    reuses the first step's bf16 weights (stale); with it, the updated ones."""
+    import torch
+
+    def second_output(hook: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(4, 3)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+        x = torch.randn(2, 4)
+        handle = harness.recast_after_optimizer_steps() if hook else None
+        try:
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                layer(x).sum().backward()
+                optimizer.step()
+                after = layer(x).float()
+        finally:
+            if handle is not None:
+                handle.remove()
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # a fresh context: fresh casts
+            fresh = layer(x).float()
+        return after, fresh
+
+    stale, fresh = second_output(hook=False)
+    assert not torch.allclose(stale, fresh, atol=0.1)  # lr 1: the weights moved by ~x
+    refreshed, fresh = second_output(hook=True)
+    assert torch.equal(refreshed, fresh)
+
+
+class TwoStepWorkload:
+    """Two SGD steps of a linear layer per run; reports whether the second forward saw the
+    first step's update (it must, under the worker's bf16 autocast too)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(4, 3)
+        self.optimizer = torch.optim.SGD(self.layer.parameters(), lr=1.0)
+        self.x = torch.randn(2, 4)
+        self.info = {'params': 15}
+
+    def run(self, n: int) -> dict[str, float]:
+        import torch
+
+        self.layer(self.x).sum().backward()
+        self.optimizer.step()
+        seen = self.layer(self.x).float()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=False):
+            expected = torch.nn.functional.linear(
+                self.x.bfloat16(), self.layer.weight.bfloat16(), self.layer.bias.bfloat16()
+            ).float()
+        return {'seconds': 1.0, 'units': n, 'matches': float(torch.equal(seen, expected))}
+
+
+def test_bf16_worker_casts_the_updated_weights(monkeypatch):
+    monkeypatch.setenv('PYTHONPATH', os.path.dirname(__file__))
+    spec = {'kind': 'factory', 'factory': 'test_bench_harness:TwoStepWorkload', 'precision': 'bf16'}
+    with harness.Worker('two-step', spec) as worker:
+        result = worker.measure(1)
+    assert result['matches'] == 1.0

@@ -27,111 +27,33 @@ from torch import nn
 # Hugging Face encoders live in the shared loader; re-exported for the callers of this module
 from parlai_ext.modules.hf import HfEncoder, drop_unused_pooler  # noqa: F401
 
+# the memory layouts (caches, packing, joined weights) live in their own module; re-exported
+from parlai_ext.modules.transformer_layout import (  # noqa: F401
+    KVCache,
+    Packing,
+    _KVStore,
+    join_rows,
+    lie_end_to_end,
+)
+
 LayerCache = tuple[torch.Tensor, torch.Tensor]
 
 
-class _KVStore:
-    """Preallocated key and value buffers ``(batch, heads, capacity, head_dim)`` shared by
-    the :class:`KVCache` views cut from them; ``filled`` = positions written so far."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
-        self.keys, self.values, self.filled = keys, values, filled
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[2]
-
-
-class KVCache(tuple):
-    """A layer cache ``(keys, values)`` whose tensors are views ``[:, :, :length]`` of
-    preallocated buffers: appending writes the new positions into the buffers in place
-    instead of copying the whole cache (``torch.cat``). It *is* a ``(keys, values)`` tuple,
-    so code that reads ``cache[0].shape[2]`` or index-selects the pair works unchanged (an
-    index-selected pair is a plain tuple again: the next append starts a new buffer).
-
-    An append writes in place only when this cache is the longest view of its buffer (no
-    other cache extended it first: two continuations of one cache never overwrite each
-    other) and the buffer has room; otherwise it copies into a new buffer with
-    ``reserve`` free positions.
-    """
-
-    store: _KVStore
-
-    def __new__(cls, store: _KVStore, length: int) -> KVCache:
-        cache = super().__new__(cls, (store.keys[:, :, :length], store.values[:, :, :length]))
-        cache.store = store
-        return cache
-
-    def __getnewargs__(self) -> tuple[_KVStore, int]:  # copy / pickle
-        return self.store, self.length
-
-    @property
-    def length(self) -> int:
-        return self[0].shape[2]
-
-    @classmethod
-    def allocate(cls, keys: torch.Tensor, values: torch.Tensor, reserve: int) -> KVCache:
-        """A new buffer holding ``keys``/``values`` and ``reserve`` free positions."""
-        batch, heads, length, head_dim = keys.shape
-        shape = (batch, heads, length + reserve, head_dim)
-        key_buffer = keys.new_empty(shape)
-        value_buffer = values.new_empty(shape)
-        key_buffer[:, :, :length] = keys
-        value_buffer[:, :, :length] = values
-        return cls(_KVStore(key_buffer, value_buffer, length), length)
-
-    def append(self, keys: torch.Tensor, values: torch.Tensor, reserve: int) -> KVCache:
-        """This cache followed by ``keys``/``values`` (in place when possible, see above)."""
-        length, new = self.length, keys.shape[2]
-        store = self.store
-        if (
-            store.filled == length
-            and length + new <= store.capacity
-            and keys.shape[:2] == store.keys.shape[:2]
-            and keys.dtype == store.keys.dtype
-        ):
-            store.keys[:, :, length : length + new] = keys
-            store.values[:, :, length : length + new] = values
-            store.filled = length + new
-            return KVCache(store, length + new)
-        return KVCache.allocate(
-            torch.cat([self[0], keys], dim=2), torch.cat([self[1], values], dim=2), reserve
-        )
-
-
-class Packing:
-    """The valid positions of a ``(batch, time)`` layout, for running the token-wise parts of
-    a stack (projections, feed-forward, norms, residual dropout) on real tokens only.
-
-    Right-padded batches of dialogue contexts are ~half padding (DailyDialog, batch 32: 35 %
-    of label and ~50 % of context positions are real); the padded positions' states are never
-    read (their keys are masked, their outputs ignored), so computing them is waste. Only
-    attention needs the padded layout; :meth:`pad` and :meth:`pack` move between the two.
-    ``index`` holds the flat positions ``b * time + t`` of the valid tokens, in row-major
-    order (the order of ``tensor[valid]``).
-    """
-
-    def __init__(self, valid: torch.Tensor) -> None:
-        self.shape = tuple(valid.shape)
-        self.index = valid.reshape(-1).nonzero().squeeze(1)  # one host sync per forward
-
-    @property
-    def n_tokens(self) -> int:
-        return self.index.shape[0]
-
-    def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """``(batch, time, d)`` -> ``(n_tokens, d)``: the rows at the valid positions."""
-        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.index)
-
-    def pad(self, packed: torch.Tensor) -> torch.Tensor:
-        """``(n_tokens, d)`` -> ``(batch, time, d)`` with zeros at the padding."""
-        batch, time = self.shape
-        out = packed.new_zeros(batch * time, packed.shape[-1])
-        return out.index_copy(0, self.index, packed).view(batch, time, -1)
+def _fuse_after_load(module: MultiHeadAttention, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook (a module-level function: picklable)."""
+    module.fuse_qkv()
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with an optional key/value cache (self- or cross-attention)."""
+    """Multi-head attention with an optional key/value cache (self- or cross-attention).
+
+    The ``query`` and ``key_value`` projections keep their own parameters (and state-dict
+    names), but their weights (and biases) lie end to end in one storage
+    (:meth:`fuse_qkv`), so the packed path's single QKV GEMM reads them as one matrix without
+    concatenating them on every call (:func:`join_rows`). The layout is restored after
+    ``.to()`` / ``.half()`` (``_apply``), ``load_state_dict`` and copies; where it is not
+    (e.g. parameters replaced by hand), :func:`join_rows` concatenates: same values.
+    """
 
     def __init__(self, dim: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -146,6 +68,30 @@ class MultiHeadAttention(nn.Module):
         # > 0: self-attention caches are KVCache buffers with this many free positions
         # (set by TransformerStack.reserve_cache; used only while autograd is off)
         self.cache_reserve = 0
+        self.fuse_qkv()
+        self.register_load_state_dict_post_hook(_fuse_after_load)
+
+    def fuse_qkv(self) -> None:
+        """Place the query and key/value weights (and biases) end to end in one new storage
+        (values unchanged; the same Parameter objects, so optimizers keep them)."""
+        with torch.no_grad():
+            for name in ('weight', 'bias'):
+                query, key_value = getattr(self.query, name), getattr(self.key_value, name)
+                if query is None or key_value is None or lie_end_to_end(query, key_value):
+                    continue
+                joined = torch.cat([query, key_value])
+                query.data = joined[: query.shape[0]]
+                key_value.data = joined[query.shape[0] :]
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .half(), .cuda(), ...
+        module = super()._apply(fn, recurse)
+        self.fuse_qkv()
+        return module
+
+    def __setstate__(self, state) -> None:  # copy.deepcopy, pickle
+        super().__setstate__(state)
+        if '_modules' in state:
+            self.fuse_qkv()
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape
@@ -207,9 +153,9 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, LayerCache]:
         """Self-attention of packed rows: one scatter of q/k/v to the padded layout, one
         gather of the attended rows; the three projections and ``out`` see real tokens only."""
-        # one GEMM for query, keys and values (the weights concatenated: same parameters)
-        weight = torch.cat([self.query.weight, self.key_value.weight])
-        bias = torch.cat([self.query.bias, self.key_value.bias])
+        # one GEMM for query, keys and values: the two weights read as one matrix (fuse_qkv)
+        weight = join_rows(self.query.weight, self.key_value.weight)
+        bias = join_rows(self.query.bias, self.key_value.bias)
         qkv = packing.pad(F.linear(x, weight, bias))
         query, keys, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))
         attended = F.scaled_dot_product_attention(

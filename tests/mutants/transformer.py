@@ -4,11 +4,13 @@ Converted from the PLATO-2 engineer's hand-made list, issue #18. Run: .venv/bin/
 """
 
 T = 'parlai_ext/modules/transformer.py'
+TL = 'parlai_ext/modules/transformer_layout.py'  # KVCache, Packing, join_rows (split from T)
 U = 'parlai_ext/modules/unified_transformer.py'
 UA = 'parlai_ext/agents/unified_transformer.py'
 
 TR, UT = 'tests/test_transformer.py', 'tests/test_unified_transformer.py'
 PK = 'tests/test_packing.py'  # the packed stack (#23): states/gradients equal the padded pass
+FQ = 'tests/test_fused_qkv.py'  # the joined query/key_value weights (#23)
 ED, MATH = 'tests/test_encoder_decoder.py', 'tests/test_plato2_math.py'
 PL, OP = 'tests/test_plato2.py', 'tests/test_optim.py'
 # the module-level tests of the speed-ups (#23): output-layer bans, padded_from_flat, KVCache
@@ -30,7 +32,8 @@ FAST = [
     'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
 ]
 TESTS = {
-    T: [TR, UT, ED, MATH, PK, *SPEEDUPS, *FAST],
+    T: [TR, UT, ED, MATH, PK, FQ, *SPEEDUPS, *FAST],
+    TL: [TR, UT, ED, MATH, PK, FQ, *SPEEDUPS, *FAST],
     U: [UT, MATH, PL, PK, *FAST],
     UA: [UT, MATH, OP, PL, *FAST],
 }
@@ -294,12 +297,12 @@ MUTANTS = [
     ),
     # T: the packed stack (#23): Packing, the fused q/k/v projection, where packing applies
     (
-        T,
+        TL,
         'self.index = valid.reshape(-1).nonzero().squeeze(1)',
         'self.index = (~valid).reshape(-1).nonzero().squeeze(1)',
     ),
     (
-        T,
+        TL,
         'out = packed.new_zeros(batch * time, packed.shape[-1])',
         'out = packed.new_ones(batch * time, packed.shape[-1])',
     ),
@@ -310,14 +313,40 @@ MUTANTS = [
     ),
     (
         T,
-        'weight = torch.cat([self.query.weight, self.key_value.weight])',
-        'weight = torch.cat([self.key_value.weight, self.query.weight])',
+        'weight = join_rows(self.query.weight, self.key_value.weight)',
+        'weight = join_rows(self.key_value.weight, self.query.weight)',
     ),
     (
         T,
-        'bias = torch.cat([self.query.bias, self.key_value.bias])',
-        'bias = torch.cat([self.key_value.bias, self.query.bias])',
+        'bias = join_rows(self.query.bias, self.key_value.bias)',
+        'bias = join_rows(self.key_value.bias, self.query.bias)',
     ),
+    # T / TL: the joined query/key_value layout (fuse_qkv, join_rows; #23)
+    (
+        T,
+        'query.data = joined[: query.shape[0]]',
+        'query.data = joined[: query.shape[0]].clone()',
+    ),
+    (
+        T,
+        '        module = super()._apply(fn, recurse)\n        self.fuse_qkv()\n',
+        '        module = super()._apply(fn, recurse)\n',
+    ),
+    (T, "        if '_modules' in state:\n            self.fuse_qkv()\n", ''),
+    (T, '        self.register_load_state_dict_post_hook(_fuse_after_load)\n', ''),
+    (
+        TL,
+        'and second.storage_offset() == first.storage_offset() + first.numel()',
+        'and second.storage_offset() >= first.storage_offset()',
+    ),
+    (TL, 'and first.shape[1:] == second.shape[1:]', 'and True'),
+    (
+        TL,
+        'return view.set_(first.untyped_storage(), first.storage_offset(), shape, first.stride())',
+        'return view.set_(first.untyped_storage(), 0, shape, first.stride())',
+    ),
+    (TL, 'return grad.split(ctx.rows)', 'return grad.split(ctx.rows[::-1])'),
+    (TL, '        return _JoinedView.apply(first, second)\n', ''),
     (
         T,
         'if valid is not None and caches is None and memories is None:',
@@ -348,7 +377,7 @@ MUTANTS = [
         'padded = torch.full(mask.shape, fill, dtype=flat.dtype, device=flat.device)',
         'padded = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)',
     ),
-    (T, 'store.filled == length\n', 'store.filled >= length\n'),
+    (TL, 'store.filled == length\n', 'store.filled >= length\n'),
     (
         T,
         'if self.cache_reserve > 0 and not torch.is_grad_enabled():\n                new_cache',
