@@ -9,16 +9,17 @@ Gaussian model prior, LGM) and Appendix B.1 (sizes). Read top to bottom:
 2. :class:`ContextEncoder`: a 30-d floor embedding (same speaker as the response or not)
    joined to every utterance encoding, then a unidirectional GRU over the utterances: the
    dialogue encoding ``c = E(X)`` (§4.1);
-3. latent variables (VHREDs only): the unimodal Gaussian posterior q(z | x, y) of every VHRED
-   (B.1) and one of three priors p(z | x), each a small class with ``forward`` (parameters from
-   c), ``sample`` and ``kl`` (against the posterior):
-   :class:`GaussianPrior` (VHRED), :class:`GMMPrior` (VHRED-GMM, K components) and
-   :class:`LGMPrior` (VHRED-LGM, z = sum_k pi_k z_k);
+3. latent variables (VHREDs only; :mod:`parlai_ext.modules.vhred_latent`, re-exported here):
+   the unimodal Gaussian posterior q(z | x, y) of every VHRED (B.1) and one of three priors
+   p(z | x), each a small class with ``forward`` (parameters from c), ``sample`` and ``kl``
+   (against the posterior): :class:`GaussianPrior` (VHRED), :class:`GMMPrior` (VHRED-GMM, K
+   components) and :class:`LGMPrior` (VHRED-LGM, z = sum_k pi_k z_k);
 4. :class:`AttentionDecoder`: a GRU decoder that reads ``tanh(W[c; z])`` at every step and
    attends over all context word states; the output layer is tied to the word embeddings;
 5. :class:`HierarchicalEncoderDecoder`: the whole model, a bag-of-words head for VHREDs.
 
-The KL/loss formulas themselves live in :mod:`parlai_ext.losses.multiref`. Defaults follow
+The KL/loss formulas themselves live in :mod:`parlai_ext.losses.multiref`; every GRU runs
+through :mod:`parlai_ext.modules.hred_gru` (a fused CPU loop, the same equations as ``nn.GRU``). Defaults follow
 Appendix B.1: GRUs of 1 layer x 500 units, 30-d floor embeddings, 200-d latents; dropout 0.2
 (B.2). Where the paper is silent we follow the authors' code (see projects/multiref/README.md):
 200-d word embeddings, the two directions of the utterance GRU averaged, Linear-tanh prior and
@@ -34,12 +35,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from parlai_ext.losses.multiref import gaussian_kl, gmm_kl_mc, lgm_kl
+from parlai_ext.modules.hred_gru import padded_bidirectional_gru, unidirectional_gru
+from parlai_ext.modules.vhred_latent import (  # noqa: F401 (re-exported)
+    VAR_FLOOR,
+    Gaussian,
+    GaussianHeads,
+    GaussianPrior,
+    GMMPrior,
+    LGMPrior,
+    Posterior,
+    PriorParams,
+    _forced,
+    build_prior,
+)
 
 LATENT_PRIORS = ('none', 'gaussian', 'gmm', 'lgm')
 ATTENTION_KINDS = ('general', 'additive')
 LGM_KL_MODES = ('exact', 'authors')
-VAR_FLOOR = 1e-6  # keeps softplus variances away from 0 (log var in the KL)
 
 
 @dataclass
@@ -110,52 +122,6 @@ class UtteranceEncoder(nn.Module):
         return states, encodings
 
 
-def padded_bidirectional_gru(
-    rnn: nn.GRU, x: torch.Tensor, lengths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rnn`` (bidirectional, ``batch_first``) over right-padded rows of ``lengths`` tokens,
-    equal to running it on the packed sequence: outputs ``[N, L, 2H]`` (zeros at padding),
-    final states ``[layers * 2, N, H]`` (each row's state after its last real token).
-
-    The forward direction reads the padded rows as they are (padding comes after the real
-    tokens, so their states are unaffected); the backward direction reads each row's real
-    tokens reversed (``reverse``: position t holds token ``len - 1 - t``), padding again last,
-    and its outputs are put back in order. Both are plain (unpacked) GRU calls with the
-    module's own weights, which the CPU runs as one fused kernel each (packed sequences run
-    a loop over time steps: ≈ 2x slower forward + backward at the HRED benchmark sizes)."""
-    n, length, _ = x.shape
-    steps = torch.arange(length, device=x.device)
-    valid = steps[None, :] < lengths[:, None]  # [N, L]
-    source = lengths[:, None] - 1 - steps[None, :]
-    reverse = torch.where(valid, source, steps[None, :].expand(n, length))  # an involution
-    last = (lengths - 1)[:, None, None]
-    finals = []
-    inputs = x
-    for layer in range(rnn.num_layers):
-        directions = []
-        for suffix in ('', '_reverse'):
-            weights = [
-                getattr(rnn, f'{name}_l{layer}{suffix}')
-                for name in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')
-                if hasattr(rnn, f'{name}_l{layer}{suffix}')
-            ]
-            source_rows = inputs
-            if suffix:
-                source_rows = inputs.gather(1, reverse[..., None].expand_as(inputs))
-            h0 = inputs.new_zeros(1, n, rnn.hidden_size)
-            out, _ = torch._VF.gru(
-                source_rows, h0, weights, rnn.bias, 1, 0.0, rnn.training, False, True
-            )
-            finals.append(out.gather(1, last.expand(n, 1, out.shape[-1])).squeeze(1))
-            if suffix:
-                out = out.gather(1, reverse[..., None].expand_as(out))
-            directions.append(out)
-        inputs = torch.cat(directions, dim=-1) * valid[..., None]
-        if layer < rnn.num_layers - 1 and rnn.dropout > 0:
-            inputs = F.dropout(inputs, rnn.dropout, rnn.training)
-    return inputs, torch.stack(finals)
-
-
 # --- 2. context encoder ----------------------------------------------------------------------
 class ContextEncoder(nn.Module):
     """Floor embeddings + a unidirectional GRU over utterance encodings: c = E(X) (§4.1, B.1).
@@ -179,168 +145,9 @@ class ContextEncoder(nn.Module):
         inputs = self.merge(torch.cat([utterances, self.floor_embedding(floors)], dim=-1))
         # right-padded utterances: the top layer's output after the last real one is what the
         # packed sequence's final state was (one fused GRU call instead of a packed loop)
-        outputs, _ = self.rnn(inputs)
+        outputs, _ = unidirectional_gru(self.rnn, inputs)
         last = (n_utts.clamp_min(1) - 1)[:, None, None].expand(-1, 1, outputs.shape[-1])
         return outputs.gather(1, last).squeeze(1)
-
-
-# --- 3. latent variables ---------------------------------------------------------------------
-class Gaussian(NamedTuple):
-    """A diagonal Gaussian by mean and variance ([B, Z] each)."""
-
-    mu: torch.Tensor
-    var: torch.Tensor
-
-    def sample(self) -> torch.Tensor:
-        """Reparameterised sample mu + sigma * eps (differentiable in mu and var)."""
-        return self.mu + self.var.sqrt() * torch.randn_like(self.mu)
-
-
-class PriorParams(NamedTuple):
-    """K component means/variances [B, K, Z] and weights pi [B, K] (K = 1: one Gaussian)."""
-
-    pi: torch.Tensor
-    mu: torch.Tensor
-    var: torch.Tensor
-
-
-class GaussianHeads(nn.Module):
-    """Linear -> tanh, then linear heads for K means and K softplus variances (B.1: prior and
-    posterior networks are feed-forward with tanh), plus mixture logits when K > 1."""
-
-    def __init__(self, in_size: int, latent: int, components: int = 1):
-        super().__init__()
-        self.latent, self.components = latent, components
-        self.hidden = nn.Linear(in_size, latent)
-        self.mu = nn.Linear(latent, components * latent)
-        self.var = nn.Linear(latent, components * latent)
-        self.pi = nn.Linear(latent, components) if components > 1 else None
-
-    def forward(self, x: torch.Tensor) -> PriorParams:
-        h = torch.tanh(self.hidden(x))
-        shape = (x.size(0), self.components, self.latent)
-        mu = self.mu(h).view(shape)
-        var = F.softplus(self.var(h)).view(shape) + VAR_FLOOR
-        if self.pi is None:
-            pi = torch.ones(x.size(0), 1, dtype=mu.dtype, device=mu.device)
-        else:
-            pi = torch.softmax(self.pi(h), dim=-1)
-        return PriorParams(pi, mu, var)
-
-
-class Posterior(nn.Module):
-    """q(z | x, y): a unimodal Gaussian from [response encoding; c] for every VHRED (B.1)."""
-
-    def __init__(self, hidden: int, latent: int):
-        super().__init__()
-        self.heads = GaussianHeads(2 * hidden, latent)
-
-    def forward(self, response: torch.Tensor, context: torch.Tensor) -> Gaussian:
-        params = self.heads(torch.cat([response, context], dim=-1))
-        return Gaussian(params.mu[:, 0], params.var[:, 0])
-
-
-class GaussianPrior(nn.Module):
-    """VHRED (§4.1): mu, sigma = MLP(c); z ~ N(mu, sigma^2 I); closed-form KL."""
-
-    def __init__(self, hidden: int, latent: int):
-        super().__init__()
-        self.heads = GaussianHeads(hidden, latent)
-
-    def forward(self, context: torch.Tensor) -> PriorParams:
-        return self.heads(context)
-
-    def sample(self, params: PriorParams, component: int | None = None) -> torch.Tensor:
-        return Gaussian(params.mu[:, 0], params.var[:, 0]).sample()
-
-    def mean(self, params: PriorParams) -> torch.Tensor:
-        return params.mu[:, 0]
-
-    def kl(self, posterior: Gaussian, z: torch.Tensor, params: PriorParams) -> torch.Tensor:
-        return gaussian_kl(posterior.mu, posterior.var, params.mu[:, 0], params.var[:, 0])
-
-
-def _forced(pi: torch.Tensor, component: int | None) -> torch.Tensor:
-    """Mixture weights, or one-hot on ``component`` (decoding with one variable, §8.2)."""
-    if component is None:
-        return pi
-    if not 0 <= component < pi.size(-1):
-        raise ValueError(f'component {component} not in 0..{pi.size(-1) - 1}')
-    return F.one_hot(torch.full_like(pi[:, 0], component, dtype=torch.long), pi.size(-1)).to(
-        pi.dtype
-    )
-
-
-class GMMPrior(nn.Module):
-    """VHRED-GMM (§4.1, Gu et al. 2019): z ~ sum_k pi_k N(mu_k, sigma_k^2 I).
-
-    Sampling picks a component k ~ Cat(pi), then z ~ N(mu_k, sigma_k^2). The KL to the
-    posterior has no closed form: a one-sample Monte-Carlo estimate with the posterior's
-    reparameterised sample (:func:`~parlai_ext.losses.multiref.gmm_kl_mc`).
-    """
-
-    def __init__(self, hidden: int, latent: int, components: int):
-        super().__init__()
-        self.heads = GaussianHeads(hidden, latent, components)
-
-    def forward(self, context: torch.Tensor) -> PriorParams:
-        return self.heads(context)
-
-    def sample(self, params: PriorParams, component: int | None = None) -> torch.Tensor:
-        pi = _forced(params.pi, component)
-        k = torch.multinomial(pi, 1)  # [B, 1]
-        index = k.unsqueeze(-1).expand(-1, 1, params.mu.size(-1))
-        mu = params.mu.gather(1, index)[:, 0]
-        var = params.var.gather(1, index)[:, 0]
-        return Gaussian(mu, var).sample()
-
-    def mean(self, params: PriorParams) -> torch.Tensor:
-        return (params.pi.unsqueeze(-1) * params.mu).sum(dim=1)
-
-    def kl(self, posterior: Gaussian, z: torch.Tensor, params: PriorParams) -> torch.Tensor:
-        return gmm_kl_mc(z, posterior.mu, posterior.var, params.pi, params.mu, params.var)
-
-
-class LGMPrior(nn.Module):
-    """VHRED-LGM (§6.3): z_k ~ N(mu_k, sigma_k^2 I) independently, z = sum_k pi_k z_k.
-
-    pi = softmax(MLP(c)). The KL to the unimodal posterior is closed form because z is itself
-    Gaussian: mean sum_k pi_k mu_k and variance sum_k pi_k^2 sigma_k^2 (``kl_mode='exact'``,
-    the default). ``kl_mode='authors'`` reproduces the authors' code, which uses the variance
-    sum_k pi_k sigma_k^2 while sampling as above (see
-    :func:`~parlai_ext.losses.multiref.lgm_moments`).
-    """
-
-    def __init__(self, hidden: int, latent: int, components: int, kl_mode: str = 'exact'):
-        super().__init__()
-        self.heads = GaussianHeads(hidden, latent, components)
-        self.kl_mode = kl_mode
-
-    def forward(self, context: torch.Tensor) -> PriorParams:
-        return self.heads(context)
-
-    def sample(self, params: PriorParams, component: int | None = None) -> torch.Tensor:
-        pi = _forced(params.pi, component)
-        z_k = params.mu + params.var.sqrt() * torch.randn_like(params.mu)  # [B, K, Z]
-        return (pi.unsqueeze(-1) * z_k).sum(dim=1)
-
-    def mean(self, params: PriorParams) -> torch.Tensor:
-        return (params.pi.unsqueeze(-1) * params.mu).sum(dim=1)
-
-    def kl(self, posterior: Gaussian, z: torch.Tensor, params: PriorParams) -> torch.Tensor:
-        return lgm_kl(posterior.mu, posterior.var, params.pi, params.mu, params.var, self.kl_mode)
-
-
-def build_prior(config: VHREDConfig) -> nn.Module | None:
-    """The prior network of ``config.latent_prior`` (None for HRED)."""
-    hidden, latent = config.hidden_size, config.latent_size
-    if config.latent_prior == 'gaussian':
-        return GaussianPrior(hidden, latent)
-    if config.latent_prior == 'gmm':
-        return GMMPrior(hidden, latent, config.n_components)
-    if config.latent_prior == 'lgm':
-        return LGMPrior(hidden, latent, config.n_components, config.lgm_kl)
-    return None
 
 
 # --- 4. decoder ------------------------------------------------------------------------------
@@ -416,7 +223,7 @@ class AttentionDecoder(nn.Module):
             state = self.initial_state(dec_context)
         embedded = self.dropout(self.embedding(tokens))
         steps = dec_context.unsqueeze(1).expand(-1, tokens.size(1), -1)
-        outputs, state = self.rnn(torch.cat([embedded, steps], dim=-1), state)
+        outputs, state = unidirectional_gru(self.rnn, torch.cat([embedded, steps], dim=-1), state)
         attended = self.attention(self.dropout(outputs), memory, mask)
         return self.to_embedding(self.dropout(attended)), state
 
@@ -508,11 +315,37 @@ class HierarchicalEncoderDecoder(nn.Module):
     # -- encoding -----------------------------------------------------------------------------
     def encode(self, utts: torch.Tensor, floors: torch.Tensor, n_utts: torch.Tensor) -> Encoded:
         """c = E(X) (§4.1) and the word states the decoder attends to."""
+        return self.encode_with_response(utts, floors, n_utts)[0]
+
+    def encode_with_response(
+        self,
+        utts: torch.Tensor,
+        floors: torch.Tensor,
+        n_utts: torch.Tensor,
+        ys: torch.Tensor | None = None,
+    ) -> tuple[Encoded, torch.Tensor | None]:
+        """:meth:`encode`, and with ``ys`` also :meth:`encode_response` of it, in one call of
+        the utterance encoder: the response rows join the context utterances' (padded to the
+        longer of the two; padding after a row's tokens changes neither its states nor its
+        encoding), so its GRU loop runs once for both (the posterior's input, §4.1)."""
         batch, n_max, length = utts.shape
         pad = self.config.padding_idx
         present = torch.arange(n_max, device=utts.device).unsqueeze(0) < n_utts.unsqueeze(1)
         lengths = utts.ne(pad).sum(dim=-1)
-        states, encodings = self.utterance_encoder(utts[present], lengths[present])
+        rows, row_lengths = utts[present], lengths[present]
+        n_rows = rows.size(0)
+        if ys is not None:
+            width = max(length, ys.size(1))
+            rows = torch.cat(
+                [
+                    F.pad(rows, (0, width - length), value=pad),
+                    F.pad(ys, (0, width - ys.size(1)), value=pad),
+                ]
+            )
+            row_lengths = torch.cat([row_lengths, ys.ne(pad).sum(dim=-1)])
+        states, encodings = self.utterance_encoder(rows, row_lengths)
+        response = encodings[n_rows:] if ys is not None else None
+        states, encodings = states[:n_rows, :length], encodings[:n_rows]
         hidden = self.config.hidden_size
         word_states = states.new_zeros(batch, n_max, length, hidden)
         word_states[present] = states
@@ -520,9 +353,10 @@ class HierarchicalEncoderDecoder(nn.Module):
         utterance_encodings[present] = encodings
         context = self.context_encoder(self.dropout(utterance_encodings), floors, n_utts)
         mask = utts.ne(pad) & present.unsqueeze(-1)
-        return Encoded(
+        encoded = Encoded(
             word_states.view(batch, n_max * length, hidden), mask.view(batch, -1), context
         )
+        return encoded, response
 
     def encode_response(self, ys: torch.Tensor) -> torch.Tensor:
         """Encoding of the response for the posterior (the same utterance encoder)."""
@@ -580,13 +414,18 @@ class HierarchicalEncoderDecoder(nn.Module):
         sample (``'prior'``: what generation does) or the prior mean (``'prior_mean'``).
         ``encoded`` reuses a previous :meth:`encode` of the same context.
         """
-        if encoded is None:
-            encoded = self.encode(utts, floors, n_utts)
+        response = None
+        if encoded is None:  # VHREDs: the response is encoded in the same pass (posterior)
+            encoded, response = self.encode_with_response(
+                utts, floors, n_utts, ys if self.prior is not None else None
+            )
         z = kl = bow_logits = pi = None
         if self.prior is not None:
             params = self.prior(encoded.context)
             pi = params.pi if params.pi.size(-1) > 1 else None
-            posterior = self.posterior(self.encode_response(ys), encoded.context)
+            if response is None:
+                response = self.encode_response(ys)
+            posterior = self.posterior(response, encoded.context)
             z_post = posterior.sample()
             kl = self.prior.kl(posterior, z_post, params)
             if z_source == 'posterior':

@@ -4,12 +4,16 @@ Converted from the multi-reference engineer's hand-made lists (two rounds), issu
 """
 
 M = 'parlai_ext/modules/vhred.py'
+LT = 'parlai_ext/modules/vhred_latent.py'
+G = 'parlai_ext/modules/hred_gru.py'
 L = 'parlai_ext/losses/multiref.py'
 A = 'parlai_ext/agents/vhred.py'
 
 T_MR = ['tests/test_multiref_math.py', 'tests/test_vhred.py']
 TESTS = {
     M: [*T_MR, 'tests/test_hred_gru.py', '-k', 'not cli'],
+    LT: [*T_MR, '-k', 'not cli'],
+    G: [*T_MR, 'tests/test_hred_gru.py', '-k', 'not cli'],
     L: [*T_MR, '-k', 'not cli'],
     A: [*T_MR, 'tests/test_multiref_data.py', '-k', 'not cli and not resume and not any_generator'],
 }
@@ -49,89 +53,89 @@ MUTANTS = [
         'torch.cat([utterances, self.floor_embedding(1 - floors)], dim=-1)',
     ),
     (
-        M,
+        LT,
         'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu + self.var * torch.randn_like(self.mu)',
     ),
     (
-        M,
+        LT,
         'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu.detach() + self.var.sqrt() * torch.randn_like(self.mu)',
     ),
     (
-        M,
+        LT,
         'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu + self.var.sqrt().detach() * torch.randn_like(self.mu)',
     ),
     (
-        M,
+        LT,
         'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu + self.var.sqrt() * torch.rand_like(self.mu)',
     ),
-    (M, 'h = torch.tanh(self.hidden(x))', 'h = torch.relu(self.hidden(x))'),
+    (LT, 'h = torch.tanh(self.hidden(x))', 'h = torch.relu(self.hidden(x))'),
     (
-        M,
+        LT,
         'var = F.softplus(self.var(h)).view(shape) + VAR_FLOOR',
         'var = torch.exp(self.var(h)).view(shape) + VAR_FLOOR',
     ),
     (
-        M,
+        LT,
         'var = F.softplus(self.var(h)).view(shape) + VAR_FLOOR',
         'var = F.softplus(self.var(h)).view(shape)',
     ),
-    (M, 'pi = torch.softmax(self.pi(h), dim=-1)', 'pi = torch.sigmoid(self.pi(h))'),
-    (M, 'pi = torch.softmax(self.pi(h), dim=-1)', 'pi = torch.softmax(self.pi(h), dim=0)'),
-    (M, 'torch.cat([response, context], dim=-1)', 'torch.cat([context, response], dim=-1)'),
+    (LT, 'pi = torch.softmax(self.pi(h), dim=-1)', 'pi = torch.sigmoid(self.pi(h))'),
+    (LT, 'pi = torch.softmax(self.pi(h), dim=-1)', 'pi = torch.softmax(self.pi(h), dim=0)'),
+    (LT, 'torch.cat([response, context], dim=-1)', 'torch.cat([context, response], dim=-1)'),
     (
-        M,
+        LT,
         'torch.cat([response, context], dim=-1)',
         'torch.cat([response.detach(), context], dim=-1)',
     ),
     (
-        M,
+        LT,
         'return gaussian_kl(posterior.mu, posterior.var, params.mu[:, 0], params.var[:, 0])',
         'return gaussian_kl(params.mu[:, 0], params.var[:, 0], posterior.mu, posterior.var)',
     ),
-    (M, 'k = torch.multinomial(pi, 1)  # [B, 1]', 'k = pi.argmax(-1, keepdim=True)'),
-    (M, 'var = params.var.gather(1, index)[:, 0]', 'var = params.var[:, 0]'),
-    (M, 'mu = params.mu.gather(1, index)[:, 0]', 'mu = params.mu[:, 0]'),
+    (LT, 'k = torch.multinomial(pi, 1)  # [B, 1]', 'k = pi.argmax(-1, keepdim=True)'),
+    (LT, 'var = params.var.gather(1, index)[:, 0]', 'var = params.var[:, 0]'),
+    (LT, 'mu = params.mu.gather(1, index)[:, 0]', 'mu = params.mu[:, 0]'),
     (
-        M,
+        LT,
         'return (params.pi.unsqueeze(-1) * params.mu).sum(dim=1)',
         'return params.mu.mean(dim=1)',
         0,
     ),
     (
-        M,
+        LT,
         'return (params.pi.unsqueeze(-1) * params.mu).sum(dim=1)',
         'return params.mu.mean(dim=1)',
         1,
     ),
-    (M, 'return gmm_kl_mc(z, posterior.mu,', 'return gmm_kl_mc(posterior.mu, posterior.mu,'),
+    (LT, 'return gmm_kl_mc(z, posterior.mu,', 'return gmm_kl_mc(posterior.mu, posterior.mu,'),
     (
-        M,
+        LT,
         'z_k = params.mu + params.var.sqrt() * torch.randn_like(params.mu)',
         'z_k = params.mu + params.var * torch.randn_like(params.mu)',
     ),
-    (M, 'return (pi.unsqueeze(-1) * z_k).sum(dim=1)', 'return z_k.mean(dim=1)'),
+    (LT, 'return (pi.unsqueeze(-1) * z_k).sum(dim=1)', 'return z_k.mean(dim=1)'),
     (
-        M,
+        LT,
         'return (pi.unsqueeze(-1) * z_k).sum(dim=1)',
         'return (pi.detach().unsqueeze(-1) * z_k).sum(dim=1)',
     ),
     (
-        M,
+        LT,
         '        pi = _forced(params.pi, component)\n        z_k',
         '        pi = params.pi\n        z_k',
     ),
-    (M, 'params.var, self.kl_mode)', "params.var, 'exact')"),
+    (LT, 'params.var, self.kl_mode)', "params.var, 'exact')"),
     (
-        M,
+        LT,
         'return LGMPrior(hidden, latent, config.n_components, config.lgm_kl)',
         'return LGMPrior(hidden, latent, config.n_components)',
     ),
     (
-        M,
+        LT,
         'F.one_hot(torch.full_like(pi[:, 0], component, dtype=torch.long)',
         'F.one_hot(torch.full_like(pi[:, 0], 0, dtype=torch.long)',
     ),
@@ -456,33 +460,113 @@ MUTANTS = [
     (A, "            metrics_dict['loss'] = metrics_dict['elbo_loss']", '            pass'),
     # M: the bidirectional GRU over padded rows (#23)
     (
-        M,
+        G,
         'source = lengths[:, None] - 1 - steps[None, :]',
         'source = lengths[:, None] - steps[None, :]',
     ),
     (
-        M,
+        G,
         'last = (lengths - 1)[:, None, None]',
         'last = (lengths - 2).clamp_min(0)[:, None, None]',
     ),
     (
-        M,
+        G,
         'inputs = torch.cat(directions, dim=-1) * valid[..., None]',
         'inputs = torch.cat(directions, dim=-1)',
     ),
     (
-        M,
+        G,
         '            if suffix:\n                out = out.gather(1, reverse[..., None].expand_as(out))',
         '            pass',
     ),
     (
+        G,
+        "GRU_PARAMS = ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')",
+        "GRU_PARAMS = ('weight_hh', 'weight_ih', 'bias_ih', 'bias_hh')",
+    ),
+    (
+        G,
+        'h0 = inputs.new_zeros(1, n, rnn.hidden_size)',
+        'h0 = inputs.new_ones(1, n, rnn.hidden_size)',
+    ),
+    # G: the fused CPU GRU loop, its hand-written backward and the packed layout (#23)
+    (G, 'rz.sigmoid_()', 'rz.tanh_()'),
+    (
+        G,
+        'new = torch.addcmul(gi_t[..., h2:], reset, gh_n).add_(b_in).tanh_()',
+        'new = torch.addcmul(gi_t[..., h2:], reset, gh_n).tanh_()',
+    ),
+    (
+        G,
+        'h = torch.lerp(new, h, update, out=out[:, step])',
+        'h = torch.lerp(h, new, update, out=out[:, step])',
+    ),
+    (
+        G,
+        'bias = torch.cat([b_ih[:, :h2] + b_hh[:, :h2], b_hh[:, h2:]], dim=-1)',
+        'bias = torch.cat([b_hh[:, :h2], b_hh[:, h2:]], dim=-1)',
+    ),
+    (
+        G,
+        'torch.addcmul(keep, keep, new * new, value=-1, out=d_new[:, step])',
+        'torch.addcmul(keep, keep, new * new, value=1, out=d_new[:, step])',
+    ),
+    (
+        G,
+        'torch.mul(h - new, slopes[..., hidden:], out=d_update[:, step])',
+        'torch.mul(new - h, slopes[..., hidden:], out=d_update[:, step])',
+    ),
+    (
+        G,
+        'torch.mul(gh_n, slopes[..., :hidden], out=d_reset[:, step])',
+        'torch.mul(gh_n, slopes[..., hidden:], out=d_reset[:, step])',
+    ),
+    (
+        G,
+        'carry = torch.baddbmm(dh * rz_all[:, step, hidden:], gates, w_hh)',
+        'carry = torch.baddbmm(dh * rz_all[:, step, :hidden], gates, w_hh)',
+    ),
+    (G, 'dh[:, : carry.shape[1]] += carry', 'pass'),
+    (
+        G,
+        'torch.mul(dn, rz_all[:, step, :hidden], out=gates[..., h2:])',
+        'torch.mul(dh, rz_all[:, step, :hidden], out=gates[..., h2:])',
+    ),
+    (
+        G,
+        'grads[4] = torch.cat([grad_bias_h[:, :h2], grad_new.sum(dim=1)], dim=-1)',
+        'grads[4] = grad_bias_h',
+    ),
+    (
+        G,
+        'out[:, start : start + size] for start, size in zip(starts, batch_sizes[1:])',
+        'out[:, start : start + size] for start, size in zip(starts[1:], batch_sizes[1:])',
+    ),
+    (
+        G,
+        'sorted_lengths, order = lengths.sort(descending=True, stable=True)',
+        'sorted_lengths, order = lengths.sort(descending=False, stable=True)',
+    ),
+    (
+        G,
+        'backward = (start_of_row + sorted_lengths[None, :] - 1 - steps[:, None])[running]',
+        'backward = (start_of_row + steps[:, None])[running]',
+    ),
+    (G, 'last = starts[lengths - 1] + rank', 'last = starts[lengths - 1] + order'),
+    (
+        G,
+        'target = torch.cat([forward * 2, backward * 2 + 1])',
+        'target = torch.cat([forward * 2, forward * 2 + 1])',
+    ),
+    # M: the response encoded in the context's utterance-encoder call (#23)
+    (
         M,
-        "for name in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')",
-        "for name in ('weight_hh', 'weight_ih', 'bias_ih', 'bias_hh')",
+        'row_lengths = torch.cat([row_lengths, ys.ne(pad).sum(dim=-1)])',
+        'row_lengths = torch.cat([row_lengths, torch.full_like(ys[:, 0], ys.size(1))])',
     ),
     (
         M,
-        'h0 = inputs.new_zeros(1, n, rnn.hidden_size)',
-        'h0 = inputs.new_ones(1, n, rnn.hidden_size)',
+        'response = encodings[n_rows:] if ys is not None else None',
+        'response = encodings[: ys.size(0)] if ys is not None else None',
     ),
 ]
