@@ -71,19 +71,22 @@ def test_context_encoder_reads_the_state_after_the_last_real_utterance():
     torch.testing.assert_close(encoder(utterances2, floors, n_utts)[1], got[1])
 
 
+@pytest.mark.parametrize('per_row', [False, True])
 @pytest.mark.parametrize('batch_sizes', [(3, 3, 3), (4, 3, 3, 1)])
-def test_fused_gru_gradients_are_the_derivatives_of_its_outputs(batch_sizes):
+def test_fused_gru_gradients_are_the_derivatives_of_its_outputs(batch_sizes, per_row):
     """Both directions' weights, biases, inputs and initial states (float64 gradcheck); packed
-    rows (4, 3, 3, 1: rows ending at different steps get no carry) and the plain layout."""
+    rows (4, 3, 3, 1: rows ending at different steps get no carry) and the plain layout; the
+    input bias shared by every row or one per row (the decoder's constant input term)."""
     torch.manual_seed(1)
     double = {'dtype': torch.float64, 'requires_grad': True}
     rows, hidden = sum(batch_sizes), 3
+    bias_rows = (batch_sizes[0],) if per_row else ()
     args = (
         torch.randn(2, rows, 4, **double),
         torch.randn(2, batch_sizes[0], hidden, **double),
         torch.randn(2, 3 * hidden, 4, **double),
         torch.randn(2, 3 * hidden, hidden, **double),
-        torch.randn(2, 3 * hidden, **double),
+        torch.randn(2, *bias_rows, 3 * hidden, **double),
         torch.randn(2, 3 * hidden, **double),
     )
     assert torch.autograd.gradcheck(lambda *a: FusedGRU.apply(*a, batch_sizes), args)
@@ -117,16 +120,19 @@ def test_packed_indices_by_value():
 
 @pytest.mark.parametrize('layers', [1, 2])
 def test_unidirectional_gru_equals_nn_gru_with_a_state(layers):
+    """With a per-row constant input (the decoder context): the same as nn.GRU over
+    [x_t; constant] at every step, including the constant's gradient."""
     torch.manual_seed(3)
-    rnn = nn.GRU(4, 5, layers, batch_first=True)
+    rnn = nn.GRU(4 + 2, 5, layers, batch_first=True)
     x = torch.randn(3, 6, 4, requires_grad=True)
+    constant = torch.randn(3, 2, requires_grad=True)
     state = torch.randn(layers, 3, 5, requires_grad=True)
-    out, final = unidirectional_gru(rnn, x, state)
-    ref_out, ref_final = rnn(x, state)
+    out, final = unidirectional_gru(rnn, x, state, constant=constant)
+    ref_out, ref_final = rnn(torch.cat([x, constant[:, None].expand(-1, 6, -1)], -1), state)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(final, ref_final, rtol=1e-5, atol=1e-6)
     weights = torch.linspace(0.5, 2.0, 6 * 5).view(1, 6, 5)
-    inputs = [x, state, *rnn.parameters()]
+    inputs = [x, constant, state, *rnn.parameters()]
     grads = torch.autograd.grad((out * weights).sum() + (final**3).sum(), inputs)
     ref = torch.autograd.grad((ref_out * weights).sum() + (ref_final**3).sum(), inputs)
     for got, want in zip(grads, ref):

@@ -213,6 +213,23 @@ def test_pack_context_floors_alternate_and_last_utterance_is_the_other_speaker()
     assert utts[0, 1].tolist() == [6, 7] and utts[1, 1].tolist() == [0, 0]
 
 
+def test_pack_context_equals_the_per_utterance_loop():
+    """The one-write packing against the loop it replaced (#23): every token in its slot,
+    padding elsewhere, floors (n - 1 - i) % 2 of the real utterances and 0 at padded ones
+    (a 2-utterance example next to a 4-utterance one: its slot 2 would read floor 1)."""
+    contexts = [[[5, 6], [7]], [[8], [9, 10, 11], [12], [13, 14]], [[15, 16, 17]]]
+    utts = torch.zeros(3, 4, 3, dtype=torch.long)
+    floors = torch.zeros(3, 4, dtype=torch.long)
+    for b, context in enumerate(contexts):
+        for i, utterance in enumerate(context):
+            utts[b, i, : len(utterance)] = torch.tensor(utterance)
+            floors[b, i] = (len(context) - 1 - i) % 2
+    got = pack_context(contexts, 0)
+    assert torch.equal(got[0], utts) and torch.equal(got[1], floors)
+    assert got[1].tolist() == [[1, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert got[2].tolist() == [2, 4, 1]
+
+
 # --- agents (in process) -------------------------------------------------------------------
 FIXTURE = [  # (context utterances, response): every response is determined by its context
     (['hello , who are you ?'], 'i am anna from paris .'),

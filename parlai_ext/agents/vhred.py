@@ -55,19 +55,26 @@ def pack_context(
     """Token-id utterances per example -> utts [B, U, L], relative floors [B, U], n_utts [B].
 
     The floor of an utterance is 1 when its speaker is the one who responds next: speakers
-    alternate, and the last context utterance is always the other speaker's (floor 0).
+    alternate, and the last context utterance is always the other speaker's (floor 0); 0 at
+    padded utterances. One tensor write for every token of the batch (no per-utterance
+    tensor operations).
     """
     n_utts = torch.tensor([len(c) for c in contexts], dtype=torch.long)
     n_max = int(n_utts.max())
     length = max(len(u) for c in contexts for u in c)
-    utts = torch.full((len(contexts), n_max, length), pad, dtype=torch.long)
-    floors = torch.zeros(len(contexts), n_max, dtype=torch.long)
+    tokens: list[int] = []
+    positions: list[int] = []
     for b, context in enumerate(contexts):
-        n = len(context)
         for i, utterance in enumerate(context):
-            utts[b, i, : len(utterance)] = torch.as_tensor(utterance, dtype=torch.long)
-            floors[b, i] = (n - 1 - i) % 2
-    return utts, floors, n_utts
+            start = (b * n_max + i) * length
+            tokens += utterance
+            positions += range(start, start + len(utterance))
+    utts = torch.full((len(contexts) * n_max * length,), pad, dtype=torch.long)
+    utts[torch.tensor(positions, dtype=torch.long)] = torch.tensor(tokens, dtype=torch.long)
+    index = torch.arange(n_max)
+    present = index[None, :] < n_utts[:, None]
+    floors = (n_utts[:, None] - 1 - index[None, :]) % 2 * present
+    return utts.view(len(contexts), n_max, length), floors, n_utts
 
 
 class VhredGeneratorModel(TorchGeneratorModel):

@@ -35,7 +35,9 @@ class FusedGRU(torch.autograd.Function):
     the rows still running at each step, longest first, as
     :func:`~torch.nn.utils.rnn.pack_padded_sequence` lays them out; equal sizes are the plain
     time-major layout). ``h0`` [D, N, H] (N = ``batch_sizes[0]``), weights ``w_ih`` [D, 3H, I],
-    ``w_hh`` [D, 3H, H], biases [D, 3H] -> every state [D, P, H] in the same layout.
+    ``w_hh`` [D, 3H, H], biases [D, 3H] -> every state [D, P, H] in the same layout. ``b_ih``
+    may also be per row, [D, N, 3H]: an input term that is the same at every step of a row
+    (the decoder's ``W [c; z]`` part, computed once instead of at every step).
 
     Memory: the chain-rule factors are computed inside the forward loop while its values are
     in cache (only when a gradient is needed), so the backward loop is seven operators per step;
@@ -50,8 +52,14 @@ class FusedGRU(torch.autograd.Function):
         # every step's input projection at once: [D, P, 3H]. b_ir, b_iz join b_hr, b_hz in the
         # per-step product's bias; b_in is added inside the tanh's argument
         gi = torch.bmm(x, w_ih.transpose(1, 2))
-        bias = torch.cat([b_ih[:, :h2] + b_hh[:, :h2], b_hh[:, h2:]], dim=-1).unsqueeze(1)
-        b_in = b_ih[:, None, h2:]
+        per_row = b_ih.dim() == 3
+        if not per_row:
+            b_ih = b_ih.unsqueeze(1)
+        bias = torch.cat(
+            [b_ih[..., :h2] + b_hh[:, None, :h2], b_hh[:, None, h2:].expand(-1, b_ih.shape[1], -1)],
+            dim=-1,
+        )  # [D, 1 or N, 3H]
+        b_in = b_ih[..., h2:]
         w_hh_t = w_hh.transpose(1, 2)
         grad = any(ctx.needs_input_grad)
         out = x.new_empty(d, rows, hidden)
@@ -62,12 +70,13 @@ class FusedGRU(torch.autograd.Function):
         for size in batch_sizes:
             step = slice(start, start + size)
             h = h[:, :size]
-            gh = torch.baddbmm(bias, h, w_hh_t)  # [D, size, 3H]
+            gh = torch.baddbmm(bias[:, :size] if per_row else bias, h, w_hh_t)  # [D, size, 3H]
             gi_t = gi[:, step]
             rz = torch.add(gi_t[..., :h2], gh[..., :h2], out=rz_all[:, step])
             rz.sigmoid_()
             reset, update, gh_n = rz[..., :hidden], rz[..., hidden:], gh[..., h2:]
-            new = torch.addcmul(gi_t[..., h2:], reset, gh_n).add_(b_in).tanh_()
+            new = torch.addcmul(gi_t[..., h2:], reset, gh_n)
+            new = new.add_(b_in[:, :size] if per_row else b_in).tanh_()
             if grad:
                 keep = 1 - update
                 slopes = rz * (1 - rz)  # sigmoid' of r and z
@@ -80,7 +89,7 @@ class FusedGRU(torch.autograd.Function):
             h = torch.lerp(new, h, update, out=out[:, step])  # n + z * (h - n)
             start += size
         if grad:
-            ctx.batch_sizes = batch_sizes
+            ctx.batch_sizes, ctx.per_row = batch_sizes, per_row
             ctx.save_for_backward(x, h0, w_ih, w_hh, out, rz_all, d_new, d_update, d_reset)
         return out
 
@@ -135,7 +144,12 @@ class FusedGRU(torch.autograd.Function):
         if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
             grad_bias_h = grad_gates.sum(dim=1)
             grads[5] = grad_bias_h
-            grads[4] = torch.cat([grad_bias_h[:, :h2], grad_new.sum(dim=1)], dim=-1)
+            if ctx.per_row:  # each row's sum over its steps
+                row = torch.cat([torch.arange(size, device=x.device) for size in batch_sizes])
+                per_row = x.new_zeros(d, batch_sizes[0], 3 * hidden)
+                grads[4] = per_row.index_add_(1, row, torch.cat([flat_rz, grad_new], dim=-1))
+            else:
+                grads[4] = torch.cat([grad_bias_h[:, :h2], grad_new.sum(dim=1)], dim=-1)
         return tuple(grads)
 
 
@@ -161,10 +175,19 @@ def layer_weights(rnn: nn.GRU, layer: int, suffixes: tuple[str, ...]) -> list[to
 
 
 def unidirectional_gru(
-    rnn: nn.GRU, x: torch.Tensor, state: torch.Tensor | None = None
+    rnn: nn.GRU,
+    x: torch.Tensor,
+    state: torch.Tensor | None = None,
+    constant: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``rnn(x, state)`` for a unidirectional ``batch_first`` GRU: outputs [N, T, H] (top
-    layer) and the final states [layers, N, H]; the fused loop on the CPU."""
+    layer) and the final states [layers, N, H]; the fused loop on the CPU.
+
+    ``constant`` [N, C]: the first layer's input at every step is ``[x_t; constant]`` (the
+    decoder's ``tanh(W [c; z])``); on the CPU its share of the input projection is computed
+    once per row, not once per step."""
+    if constant is not None and not uses_fused(rnn, x):
+        x = torch.cat([x, constant.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
     if not uses_fused(rnn, x):
         return rnn(x, state)
     n, steps = x.shape[:2]
@@ -174,6 +197,13 @@ def unidirectional_gru(
     inputs = x
     for layer in range(rnn.num_layers):
         weights = layer_weights(rnn, layer, ('',))
+        if layer == 0 and constant is not None:  # W_ih [x; c] + b_ih = W_x x + (W_c c + b_ih)
+            w_ih, b_ih = weights[0], weights[2]
+            split = x.shape[-1]
+            row_term = torch.baddbmm(
+                b_ih.unsqueeze(1), constant.unsqueeze(0), w_ih[:, :, split:].transpose(1, 2)
+            )
+            weights = [w_ih[:, :, :split], weights[1], row_term, weights[3]]
         time_major = inputs.transpose(0, 1).reshape(1, steps * n, -1)  # [1, T * N, I]
         out = FusedGRU.apply(time_major, state[layer : layer + 1], *weights, (n,) * steps)
         out = out.view(steps, n, -1).transpose(0, 1)

@@ -222,8 +222,8 @@ class AttentionDecoder(nn.Module):
         if state is None:
             state = self.initial_state(dec_context)
         embedded = self.dropout(self.embedding(tokens))
-        steps = dec_context.unsqueeze(1).expand(-1, tokens.size(1), -1)
-        outputs, state = unidirectional_gru(self.rnn, torch.cat([embedded, steps], dim=-1), state)
+        # input [word embedding; decoder context] at every step
+        outputs, state = unidirectional_gru(self.rnn, embedded, state, constant=dec_context)
         attended = self.attention(self.dropout(outputs), memory, mask)
         return self.to_embedding(self.dropout(attended)), state
 

@@ -167,8 +167,8 @@ MUTANTS = [
     ),
     (
         M,
-        'torch.cat([embedded, steps], dim=-1), state)',
-        'torch.cat([embedded, steps * 0], dim=-1), state)',
+        'unidirectional_gru(self.rnn, embedded, state, constant=dec_context)',
+        'unidirectional_gru(self.rnn, embedded, state, constant=dec_context * 0)',
     ),
     (
         M,
@@ -392,7 +392,17 @@ MUTANTS = [
     # re-matched: the prior evaluation became a named flag
     (A, 'evaluate_prior = self.latent and not training', 'evaluate_prior = False'),
     (A, 'bound = nll_post if kl is None else nll_post + kl', 'bound = nll_post'),
-    (A, 'floors[b, i] = (n - 1 - i) % 2', 'floors[b, i] = (n - i) % 2'),
+    (
+        A,
+        'floors = (n_utts[:, None] - 1 - index[None, :]) % 2 * present',
+        'floors = (n_utts[:, None] - index[None, :]) % 2 * present',
+    ),
+    (
+        A,
+        'floors = (n_utts[:, None] - 1 - index[None, :]) % 2 * present',
+        'floors = (n_utts[:, None] - 1 - index[None, :]) % 2',
+    ),
+    (A, 'start = (b * n_max + i) * length', 'start = (i * len(contexts) + b) * length'),
     (
         A,
         'return utterances[-self.max_context_utts :] if',
@@ -493,8 +503,8 @@ MUTANTS = [
     (G, 'rz.sigmoid_()', 'rz.tanh_()'),
     (
         G,
-        'new = torch.addcmul(gi_t[..., h2:], reset, gh_n).add_(b_in).tanh_()',
-        'new = torch.addcmul(gi_t[..., h2:], reset, gh_n).tanh_()',
+        'new = new.add_(b_in[:, :size] if per_row else b_in).tanh_()',
+        'new = new.tanh_()',
     ),
     (
         G,
@@ -503,8 +513,8 @@ MUTANTS = [
     ),
     (
         G,
-        'bias = torch.cat([b_ih[:, :h2] + b_hh[:, :h2], b_hh[:, h2:]], dim=-1)',
-        'bias = torch.cat([b_hh[:, :h2], b_hh[:, h2:]], dim=-1)',
+        '[b_ih[..., :h2] + b_hh[:, None, :h2], b_hh[:, None, h2:]',
+        '[b_hh[:, None, :h2].expand_as(b_ih[..., :h2]), b_hh[:, None, h2:]',
     ),
     (
         G,
@@ -527,6 +537,16 @@ MUTANTS = [
         'carry = torch.baddbmm(dh * rz_all[:, step, :hidden], gates, w_hh)',
     ),
     (G, 'dh[:, : carry.shape[1]] += carry', 'pass'),
+    (
+        G,
+        'grads[4] = per_row.index_add_(1, row, torch.cat([flat_rz, grad_new], dim=-1))',
+        'grads[4] = per_row.index_add_(1, row, torch.cat([flat_rz, grad_new], dim=-1)) / 2',
+    ),
+    (
+        G,
+        'b_ih.unsqueeze(1), constant.unsqueeze(0), w_ih[:, :, split:].transpose(1, 2)',
+        'torch.zeros_like(b_ih).unsqueeze(1), constant.unsqueeze(0), w_ih[:, :, split:].transpose(1, 2)',
+    ),
     (
         G,
         'torch.mul(dn, rz_all[:, step, :hidden], out=gates[..., h2:])',
