@@ -327,6 +327,12 @@ def main() -> None:
     )
     parser.add_argument('--out', default=None)
     parser.add_argument(
+        '--dim',
+        type=int,
+        default=256,
+        help='hidden size of the transformer targets (heads of 64, FFN 4x)',
+    )
+    parser.add_argument(
         '--hred-dict', default=None, help='dictionary of the HRED targets (default: DailyDialog)'
     )
     args = parser.parse_args()
@@ -345,6 +351,9 @@ def main() -> None:
     configs.save_untrained(configs.PLATO2_EVALUATOR, task_no_start, dict_file, evaluator)
     all_targets = targets(dict_file, args.hred_dict or dict_lower, evaluator)
     names = list(all_targets) if args.targets == 'all' else args.targets.split(',')
+    for target in all_targets.values():  # the transformer targets (the HRED ones have no heads)
+        if '--n-heads' in target['args']:
+            target['args'] = configs.with_dim(target['args'], args.dim)
     results = []
     for name in names:
         target = all_targets[name]
@@ -364,7 +373,7 @@ def main() -> None:
     load = machine_load()
     header = (
         f'Machine: {machine["description"]}, commit {machine.get("commit", "?")}; '
-        f'{args.precision}; '
+        f'{args.precision}; transformer hidden {args.dim}; '
         f'{units} units per target (training: one step of batch 32 / 30; generation: one '
         f'batch of 8 contexts, 20 tokens each); load at the end: 1-minute average '
         f'{load["loadavg_1m"]}, {load["busy_processes"]} other busy processes.\n\n'

@@ -14,8 +14,23 @@ import copy
 import pytest
 import torch
 
-from parlai_ext.modules.transformer import Packing, TransformerStack, bidirectional_mask
+from parlai_ext.modules import transformer_layout
+from parlai_ext.modules.transformer import (
+    Packing,
+    TransformerStack,
+    bidirectional_mask,
+    prefix_lm_mask,
+)
+from parlai_ext.modules.transformer_layout import split_sorted_lengths
 from parlai_ext.modules.unified_transformer import UnifiedTransformer
+
+
+def _close_gradients(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    """Equal up to float32 rounding at the gradient's own scale: grouped attention
+    (``Packing.attention_groups``) sums over fewer (masked) keys than the padded pass, so
+    every element may differ by a few ulps of the largest one."""
+    scale = max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
 def _batch(seed: int = 0):
@@ -50,9 +65,21 @@ def _unified(**kw):
     return model
 
 
+@pytest.fixture(params=['one group', 'a group per length'])
+def attention_groups(request, monkeypatch):
+    """Grouped attention as configured (the tiny batches make one group) and with a group
+    for every distinct row length (no overhead per group)."""
+    if request.param != 'one group':
+        monkeypatch.setattr(transformer_layout, 'GROUP_OVERHEAD', 0)
+        monkeypatch.setattr(transformer_layout, 'MAX_ATTENTION_GROUPS', 8)
+    return request.param
+
+
 @pytest.mark.parametrize('lm_head', ['tied', 'knover'])
 @pytest.mark.parametrize('bidirectional', [False, True])
-def test_packed_unified_encode_equals_padded_states_gradients_and_caches(lm_head, bidirectional):
+def test_packed_unified_encode_equals_padded_states_gradients_and_caches(
+    lm_head, bidirectional, attention_groups
+):
     packed = _unified(lm_head=lm_head)
     padded = copy.deepcopy(packed)
     padded.packed = False
@@ -76,7 +103,7 @@ def test_packed_unified_encode_equals_padded_states_gradients_and_caches(lm_head
     assert torch.equal(hidden[~valid], torch.zeros_like(hidden[~valid]))
     for (name, p), (_, q) in zip(packed.named_parameters(), padded.named_parameters()):
         assert p.grad is not None, name
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+        _close_gradients(p.grad, q.grad, name)
     # the context keys/values a decoder continues from, at the valid context positions
     for (k, v), (k_ref, v_ref) in zip(state.caches, state_ref.caches):
         keep = state.valid[:, None, :, None].expand_as(k)
@@ -198,7 +225,7 @@ def test_packed_encoder_and_encoder_decoder_equal_padded_states_and_gradients():
             if q.grad is None:
                 assert p.grad is None or not p.grad.any(), name
                 continue
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+            _close_gradients(p.grad, q.grad, name)
 
 
 def test_packed_attention_dropout_only_in_training():
@@ -242,3 +269,78 @@ def test_packed_context_pass_fills_preallocated_caches():
         state = model.encode_context(context)
     assert all(isinstance(cache, KVCache) for cache in state.caches)
     assert state.caches[0].store.capacity == context.shape[1] + 4
+
+
+def test_split_sorted_lengths_minimises_padded_attention_work():
+    # a group per length when groups cost nothing, two clusters when each costs 20 units,
+    # one group when they are dear
+    assert split_sorted_lengths([2, 2, 3, 10, 10], 4, 0.0) == [0, 2, 3, 5]
+    assert split_sorted_lengths([2, 2, 3, 10, 10], 4, 20.0) == [0, 3, 5]
+    assert split_sorted_lengths([2, 2, 3, 10, 10], 4, 1000.0) == [0, 5]
+    assert split_sorted_lengths([2, 2, 3, 10, 10], 1, 0.0) == [0, 5]
+    assert split_sorted_lengths([1, 2, 3], 3, 0.0) == [0, 1, 2, 3]
+    assert split_sorted_lengths([], 4, 0.0) == [0]
+    # the dynamic program's cost equals the best of every split into at most 3 groups
+    lengths = [1, 3, 4, 4, 7, 9, 12]
+
+    def cost(points):
+        return sum(
+            (hi - lo) * lengths[hi - 1] ** 2 + 5.0 for lo, hi in zip(points[:-1], points[1:])
+        )
+
+    from itertools import combinations
+
+    best = min(
+        cost([0, *inner, len(lengths)])
+        for k in range(3)
+        for inner in combinations(range(1, len(lengths)), k)
+    )
+    assert cost(split_sorted_lengths(lengths, 3, 5.0)) == best
+
+
+def test_attention_groups_cover_each_real_token_once_with_the_gathered_mask(monkeypatch):
+    monkeypatch.setattr(transformer_layout, 'GROUP_OVERHEAD', 0)
+    context_valid = torch.tensor(
+        [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool
+    )
+    response_valid = torch.tensor([[1, 1], [1, 0], [1, 1], [0, 0]], dtype=torch.bool)
+    valid = torch.cat([context_valid, response_valid], dim=1)
+    mask = prefix_lm_mask(context_valid, response_valid)
+    packing = Packing(valid)
+    groups, back = packing.attention_groups(mask)
+    assert packing.attention_groups(mask)[0] is groups  # built once per mask
+    # rows by real length (2, 5, 6; the empty row has none), one group each
+    assert [(g.rows, g.length) for g in groups] == [(1, 2), (1, 5), (1, 6)]
+    sources = torch.cat([g.source for g in groups])
+    assert sorted(sources.tolist()) == list(range(packing.n_tokens))
+    packed = torch.arange(float(packing.n_tokens))[:, None]
+    assert torch.equal(packed[sources][back], packed)  # back to packed order
+    positions = packing.index % valid.shape[1]
+    for group in groups:
+        length = group.length
+        where = torch.zeros(group.rows * length, dtype=torch.long)
+        where[group.target] = positions[group.source]
+        row = int(packing.index[group.source[0]]) // valid.shape[1]
+        where = where.view(group.rows, length)[0]
+        # each real token's row and column of the mask, in compacted order
+        torch.testing.assert_close(group.mask[0, 0], mask[row, 0][where][:, where])
+    # row 0 (3 context + 2 response tokens): the first response token sees the context and
+    # itself, not the next response token; context tokens never see the response
+    first = groups[1].mask[0, 0]
+    assert first[3].tolist() == [True, True, True, True, False]
+    assert first[0].tolist() == [True, True, True, False, False]
+
+
+def test_attention_group_padding_slots_see_only_themselves(monkeypatch):
+    monkeypatch.setattr(transformer_layout, 'GROUP_OVERHEAD', 10**6)  # one group
+    valid = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    groups, _ = Packing(valid).attention_groups(bidirectional_mask(valid))
+    (group,) = groups
+    assert (group.rows, group.length) == (2, 3)
+    # rows by length: slot 0 is batch row 1, one real token (its slots 1 and 2 are padding)
+    assert group.mask[0, 0].tolist() == [
+        [True, False, False],
+        [False, True, False],
+        [False, False, True],
+    ]
+    assert group.mask[1, 0].all()

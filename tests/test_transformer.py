@@ -300,3 +300,26 @@ def test_embedding_dropout_acts_on_the_sum_in_training_only():
     assert torch.equal(emb.train()(tokens, positions), torch.zeros(1, 2, 8))
     hand = emb.tokens(tokens) + emb.positions(positions)
     assert torch.equal(emb.eval()(tokens, positions), hand)
+
+
+def test_attend_runs_the_fp32_kernel_in_cpu_bf16_training_only():
+    """Under CPU bf16 autocast with gradients, attention runs in fp32 (the bf16 CPU backward
+    is slower); without gradients (generation) it stays at bf16; outside autocast it is SDPA."""
+    from parlai_ext.modules.transformer import attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 8).bfloat16() for _ in range(3))
+    mask = (torch.rand(2, 1, 5, 5) > 0.4) | torch.eye(5, dtype=torch.bool)
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    leaf = q.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        trained = attend(leaf, k, v, attn_mask=mask)
+        with torch.no_grad():
+            generated = attend(q, k, v, attn_mask=mask)
+    assert trained.dtype == torch.float32 and generated.dtype == torch.bfloat16
+    torch.testing.assert_close(trained, reference)
+    assert not torch.equal(generated.float(), reference)  # the bf16 kernel rounds differently
+    trained.pow(2).sum().backward()
+    assert leaf.grad.dtype == torch.bfloat16 and leaf.grad.abs().sum() > 0
+    plain = attend(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert torch.equal(plain, reference)

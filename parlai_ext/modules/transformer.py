@@ -2,7 +2,7 @@
 
 Every transformer model of the project (PLATO-2's unified transformer, the CORAL / PPG
 encoder-decoders, classifiers and rankers) is built from :class:`TransformerBlock`.
-Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`.
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (:func:`attend`).
 
 Conventions
 - Hidden states are ``(batch, time, dim)``.
@@ -37,6 +37,33 @@ from parlai_ext.modules.transformer_layout import (  # noqa: F401
 )
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def attend(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``; in training under CPU low-precision autocast the
+    kernel runs in fp32 (inputs cast up, output left in fp32 for the next projection, which
+    autocast casts down). On the CPU, torch 2.13's bf16 flash-attention backward is slower
+    than its fp32 one (forward + backward of ``(32, 4, 180, 64)`` with a padding mask, one
+    thread: 86 ms bf16, 59 ms fp32, 64 ms bf16 inputs through the fp32 kernel). Without
+    gradients (generation) and on GPUs the kernel runs at the autocast precision as before.
+    """
+    if (
+        query.device.type == 'cpu'
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled('cpu')
+        and torch.get_autocast_dtype('cpu') != torch.float32
+    ):
+        with torch.autocast('cpu', enabled=False):
+            return F.scaled_dot_product_attention(
+                query.float(), keys.float(), values.float(), attn_mask, dropout_p
+            )
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask, dropout_p)
 
 
 def _fuse_after_load(module: MultiHeadAttention, incompatible_keys) -> None:
@@ -137,7 +164,7 @@ class MultiHeadAttention(nn.Module):
                 new_cache = (keys, values)
         else:
             keys, values = new_cache = memory
-        attended = F.scaled_dot_product_attention(
+        attended = attend(
             query,
             keys,
             values,
@@ -151,21 +178,46 @@ class MultiHeadAttention(nn.Module):
     def _packed_forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, packing: Packing
     ) -> tuple[torch.Tensor, LayerCache]:
-        """Self-attention of packed rows: one scatter of q/k/v to the padded layout, one
-        gather of the attended rows; the three projections and ``out`` see real tokens only."""
+        """Self-attention of packed rows; the three projections and ``out`` see real tokens
+        only. With a boolean ``mask`` attention runs on :meth:`Packing.attention_groups` (each
+        row's real tokens, rows of similar length together) and the keys/values returned
+        for the cache are scattered to the padded layout; otherwise one scatter of q/k/v to
+        the padded layout and one gather of the attended rows."""
         # one GEMM for query, keys and values: the two weights read as one matrix (fuse_qkv)
         weight = join_rows(self.query.weight, self.key_value.weight)
         bias = join_rows(self.query.bias, self.key_value.bias)
-        qkv = packing.pad(F.linear(x, weight, bias))
-        query, keys, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))
-        attended = F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        batch, _, time, _ = attended.shape
-        attended = packing.pack(attended.transpose(1, 2).reshape(batch, time, -1))
+        projected = F.linear(x, weight, bias)
+        dropout = self.dropout if self.training else 0.0
+        if mask is not None and mask.dtype == torch.bool and packing.n_tokens:
+            attended = self._grouped_attention(projected, mask, packing, dropout)
+            key_value = packing.pad(projected[:, x.shape[-1] :])
+            keys, values = (self._split_heads(part) for part in key_value.chunk(2, dim=-1))
+        else:
+            qkv = packing.pad(projected)
+            query, keys, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))
+            attended = attend(query, keys, values, attn_mask=mask, dropout_p=dropout)
+            batch, _, time, _ = attended.shape
+            attended = packing.pack(attended.transpose(1, 2).reshape(batch, time, -1))
         if self.cache_reserve > 0 and not torch.is_grad_enabled():
             return self.out(attended), KVCache.allocate(keys, values, self.cache_reserve)
         return self.out(attended), (keys, values)
+
+    def _grouped_attention(
+        self, projected: torch.Tensor, mask: torch.Tensor, packing: Packing, dropout: float
+    ) -> torch.Tensor:
+        """Attention of packed ``(n_tokens, 3 * dim)`` q/k/v rows group by group
+        (:meth:`Packing.attention_groups`); the attended rows come back in packed order."""
+        groups, back = packing.attention_groups(mask)
+        parts = []
+        for group in groups:
+            rows = projected.index_select(0, group.source)
+            padded = rows.new_zeros(group.rows * group.length, rows.shape[1])
+            padded = padded.index_copy_(0, group.target, rows).view(group.rows, group.length, -1)
+            query, keys, values = (self._split_heads(part) for part in padded.chunk(3, dim=-1))
+            attended = attend(query, keys, values, attn_mask=group.mask, dropout_p=dropout)
+            attended = attended.transpose(1, 2).reshape(group.rows * group.length, -1)
+            parts.append(attended.index_select(0, group.target))
+        return torch.cat(parts).index_select(0, back)
 
     def _buffered_cache(
         self, cache: LayerCache | None, keys: torch.Tensor, values: torch.Tensor

@@ -12,7 +12,53 @@ tensors lie, so that no step copies what it does not have to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+# attention groups: at most this many per batch, and a group must save at least this many
+# (row x length^2) units of attention work to pay for its extra kernel calls and gathers
+MAX_ATTENTION_GROUPS = 4
+GROUP_OVERHEAD = 64 * 64
+
+
+def split_sorted_lengths(lengths: list[int], max_groups: int, overhead: float) -> list[int]:
+    """Cut points ``[0, ..., len(lengths)]`` splitting ascending ``lengths`` into at most
+    ``max_groups`` consecutive groups, minimising the attention work of padding each group to
+    its longest row, ``sum(rows * longest^2)``, plus ``overhead`` per group (dynamic program)."""
+    n = len(lengths)
+    if n == 0:
+        return [0]
+    inf = float('inf')
+    # best[k][j]: the cost of the first j rows in k groups; cut[k][j]: where the last one starts
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            longest = lengths[j - 1] ** 2
+            for i in range(k - 1, j):
+                cost = best[k - 1][i] + (j - i) * longest + overhead
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    groups = min(range(1, max_groups + 1), key=lambda k: best[k][n])
+    points, j = [n], n
+    for k in range(groups, 0, -1):
+        j = cut[k][j]
+        points.append(j)
+    return points[::-1]
+
+
+@dataclass
+class AttentionGroup:
+    """Rows of a packed batch that attend together, each row's real tokens first (in order,
+    its padding dropped) and padded to the group's longest row: ``(rows, length, ...)``."""
+
+    rows: int  # batch rows in the group
+    length: int  # real tokens of its longest row
+    source: torch.Tensor  # (t,) packed index of each of the group's real tokens
+    target: torch.Tensor  # (t,) its flat position ``slot * length + j`` in the group layout
+    mask: torch.Tensor  # (rows, heads or 1, length, length) bool, True = may attend
 
 
 class _KVStore:
@@ -98,7 +144,9 @@ class Packing:
 
     def __init__(self, valid: torch.Tensor) -> None:
         self.shape = tuple(valid.shape)
+        self.valid = valid
         self.index = valid.reshape(-1).nonzero().squeeze(1)  # one host sync per forward
+        self._groups: tuple[torch.Tensor, list[AttentionGroup], torch.Tensor] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -114,6 +162,66 @@ class Packing:
         out = packed.new_zeros(batch * time, packed.shape[-1])
         # in place: the out-of-place ``index_copy`` would copy the whole zero tensor once more
         return out.index_copy_(0, self.index, packed).view(batch, time, -1)
+
+    def attention_groups(self, mask: torch.Tensor) -> tuple[list[AttentionGroup], torch.Tensor]:
+        """The batch regrouped for attention, and the permutation that puts the groups'
+        concatenated real tokens back in packed order.
+
+        Attention over the padded layout costs ``batch * time^2``; a dialogue batch's rows
+        are ~half padding, with their padding in the middle (between context and response).
+        Here each row's real tokens come first and the rows, sorted by length, are cut into
+        at most :data:`MAX_ATTENTION_GROUPS` groups, each padded to its own longest row
+        (:func:`split_sorted_lengths`): the same attention over real tokens for less work.
+        ``mask`` (bool, broadcastable to ``(batch, heads, time, time)``) is gathered to each
+        group's layout; it must already mask every padding key (as
+        :func:`~parlai_ext.modules.transformer.prefix_lm_mask` and ``bidirectional_mask``
+        do), since padding keys are dropped. A group's padding slots see only themselves.
+        Built once per mask (every layer of a stack shares it).
+        """
+        if self._groups is not None and self._groups[0] is mask:
+            return self._groups[1], self._groups[2]
+        valid = self.valid
+        batch, time = self.shape
+        device = valid.device
+        counts = valid.sum(dim=1).tolist()  # host sync, once per stack forward
+        starts = [0] * batch
+        for row in range(1, batch):
+            starts[row] = starts[row - 1] + counts[row - 1]
+        order = sorted((row for row in range(batch) if counts[row]), key=counts.__getitem__)
+        lengths = [counts[row] for row in order]
+        cuts = split_sorted_lengths(lengths, MAX_ATTENTION_GROUPS, GROUP_OVERHEAD)
+        positions = self.index % time  # (n_tokens,) each real token's padded position
+        full = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        full = full.expand(batch, full.shape[1], time, time)
+        groups = []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            rows = order[lo:hi]
+            length = counts[rows[-1]]
+            source = torch.cat([torch.arange(starts[r], starts[r] + counts[r]) for r in rows])
+            target = torch.cat(
+                [torch.arange(counts[r]) + slot * length for slot, r in enumerate(rows)]
+            )
+            source, target = source.to(device), target.to(device)
+            size = len(rows) * length
+            # each slot's position in the padded layout (padding slots: position 0, masked)
+            where = torch.zeros(size, dtype=torch.long, device=device)
+            where = where.index_copy_(0, target, positions.index_select(0, source))
+            where = where.view(len(rows), length)
+            real = torch.zeros(size, dtype=torch.bool, device=device)
+            real = real.index_fill_(0, target, True).view(len(rows), length)
+            heads = full.shape[1]
+            picked = full.index_select(0, torch.tensor(rows, device=device))
+            picked = picked.gather(2, where[:, None, :, None].expand(-1, heads, -1, time))
+            picked = picked.gather(3, where[:, None, None, :].expand(-1, heads, length, -1))
+            eye = torch.eye(length, dtype=torch.bool, device=device)
+            group_mask = (picked & real[:, None, None, :] & real[:, None, :, None]) | eye
+            groups.append(AttentionGroup(len(rows), length, source, target, group_mask))
+        sources = torch.cat([group.source for group in groups])
+        back = torch.empty_like(sources).index_copy_(
+            0, sources, torch.arange(sources.shape[0], device=device)
+        )
+        self._groups = (mask, groups, back)
+        return groups, back
 
 
 def lie_end_to_end(first: torch.Tensor, second: torch.Tensor) -> bool:

@@ -60,7 +60,47 @@ MUTANTS = [
     ),
     # occurrence 0: the padded path; 1: the packed path (#23)
     (T, 'dropout_p=self.dropout if self.training else 0.0', 'dropout_p=self.dropout', 0),
-    (T, 'dropout_p=self.dropout if self.training else 0.0', 'dropout_p=self.dropout', 1),
+    # the packed path (#23): its dropout, then the grouped attention (Packing.attention_groups)
+    (T, 'dropout = self.dropout if self.training else 0.0', 'dropout = self.dropout'),
+    (
+        T,
+        'attend(query, keys, values, attn_mask=group.mask, dropout_p=dropout)',
+        'attend(query, keys, values, attn_mask=None, dropout_p=dropout)',
+    ),
+    (T, 'return torch.cat(parts).index_select(0, back)', 'return torch.cat(parts)'),
+    (
+        T,
+        'key_value = packing.pad(projected[:, x.shape[-1] :])',
+        'key_value = packing.pad(projected[:, : 2 * x.shape[-1]])',
+    ),
+    (T, 'if mask is not None and mask.dtype == torch.bool and packing.n_tokens:', 'if False:'),
+    (
+        TL,
+        'group_mask = (picked & real[:, None, None, :] & real[:, None, :, None]) | eye',
+        'group_mask = picked | eye',
+    ),
+    (
+        TL,
+        'picked = picked.gather(3, where[:, None, None, :].expand(-1, heads, length, -1))',
+        'picked = picked[..., :length]',
+    ),
+    (
+        TL,
+        'cost = best[k - 1][i] + (j - i) * longest + overhead',
+        'cost = best[k - 1][i] + longest + overhead',
+    ),
+    (
+        TL,
+        'order = sorted((row for row in range(batch) if counts[row]), key=counts.__getitem__)',
+        'order = [row for row in range(batch) if counts[row]]',
+    ),
+    # T: fp32 attention kernel in CPU low-precision training (attend)
+    (T, '        and torch.is_grad_enabled()\n', ''),
+    (
+        T,
+        'query.float(), keys.float(), values.float(), attn_mask, dropout_p',
+        'query, keys, values, attn_mask, dropout_p',
+    ),
     (T, '            attn_mask=mask,\n', '            attn_mask=None,\n'),
     (
         T,
