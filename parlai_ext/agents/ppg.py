@@ -369,8 +369,9 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
     def _observe_chat(self, observation: Message) -> Message:
         """A free chat turn (``parlai interactive``: text only) with generated partner
         personas: the dialogue so far (ParlAI's history, the bot's own replies included) is the
-        context, its ``your persona:`` lines the self personas; ``batch_act`` then asks the PPG
-        for p̂ and answers from (c, s, p̂), as on ``-t ppg_ext``."""
+        context, its ``your persona:`` lines the self personas (``partner's persona:`` lines are
+        dropped, :func:`chat_fields`); ``batch_act`` then asks the PPG for p̂ and answers from
+        (c, s, p̂), as on ``-t ppg_ext``."""
         observation = super().observe(observation)
         if observation.get('text_vec') is None or self.history is None:
             return observation
@@ -434,14 +435,13 @@ class PpgResponseGeneratorAgent(PpgPersonaGeneratorAgent):
                 obs = observations[i]
                 text = drg_source(obs['context'], obs['self_persona'], partner)
                 full = self._vectorize_text(text)
-                vec = self._check_truncate(full, self.text_truncate, True)
-                # ParlAI's context-length metrics (clen, ctrunc, ctrunclen) of the new input
-                obs.force_set('context_original_length', len(full))
-                obs.force_set('context_truncate_rate', len(full) != len(vec))
-                obs.force_set('context_truncated_length', max(len(full) - len(vec), 0))
                 obs.force_set('text', text)
                 obs.force_set('full_text', text)
-                obs.force_set('text_vec', vec)
+                obs.force_set('full_text_vec', full)
+                obs.force_set('text_vec', full)
+                # ParlAI's own truncation of a precomputed text_vec, with its context-length
+                # metrics (clen, ctrunc, ctrunclen) of the new input
+                self._set_text_vec(obs, self.history, self.text_truncate)
                 obs.force_set('generated_partner_persona', partner)
                 generated[i] = partner
         replies = super().batch_act(observations)

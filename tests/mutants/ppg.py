@@ -411,7 +411,7 @@ MUTANTS = [
         'agent._vectorize_text(s, truncate=agent.text_truncate, truncate_left=False)',
     ),
     # A: PPG agents
-    (A, "obs.force_set('text_vec', vec)", 'pass'),
+    (A, "obs.force_set('text_vec', full)", 'pass'),
     # M: PPG modules
     (
         M,
