@@ -1,11 +1,12 @@
-"""Mutants of CORAL (reward model, losses, agents).
+"""Mutants of CORAL (reward model, losses, agents: the generator A, the reward agents R).
 
 Converted from the CORAL engineer's hand-made lists (three rounds), issue #18. Run: .venv/bin/python tests/mutants/run.py --system coral
 """
 
 M = 'parlai_ext/modules/coral.py'
 L = 'parlai_ext/losses/coral.py'
-A = 'parlai_ext/agents/coral.py'
+A = 'parlai_ext/agents/coral.py'  # the CORAL generator
+R = 'parlai_ext/agents/coral_reward.py'  # the reward-model agents
 
 TESTS = ['tests/test_coral_math.py', 'tests/test_coral_agents.py', 'tests/test_coral.py']
 
@@ -196,72 +197,72 @@ MUTANTS = [
         "below = np.searchsorted(neg_sorted, pos, side='left')",
         "below = np.searchsorted(neg_sorted, pos, side='right')",
     ),
-    # A: agents/coral.py
-    (A, '        return roc_auc(positive, negative)', '        return roc_auc(negative, positive)'),
+    # A / R: agents/coral.py, agents/coral_reward.py
+    (R, '        return roc_auc(positive, negative)', '        return roc_auc(negative, positive)'),
     (
-        A,
+        R,
         'loss = retrieval_bce_loss(logits[:bsz], logits[bsz:])',
         'loss = retrieval_bce_loss(logits[bsz:], logits[:bsz])',
     ),
     (
-        A,
+        R,
         '        contexts = torch.cat([batch.text_vec, batch.text_vec])\n        logits = self.model(contexts, responses)',
         '        contexts = torch.cat([batch.text_vec, batch.text_vec.flip(0)])\n        logits = self.model(contexts, responses)',
     ),
     (
-        A,
+        R,
         'negatives = [vec for _, vec in self.pool.sample(batch.labels)]',
         "negatives = [vec for _, vec in self.pool.sample([''] * len(batch.labels))]",
     ),
     (
-        A,
+        R,
         'acc.append(AverageMetric((p > 0.5) + (n < 0.5), 2)',
         'acc.append(AverageMetric((p > 0.5) + (n > 0.5), 2)',
     ),
     (
-        A,
+        R,
         'bces.append(AverageMetric(pb + nb, 2) if ok else AverageMetric(pb, 1))',
         'bces.append(AverageMetric(pb + nb, 1) if ok else AverageMetric(pb, 1))',
     ),
     (
-        A,
+        R,
         'neg_scores.append(AverageMetric(n, 1) if ok else AverageMetric(0, 0))',
         'neg_scores.append(AverageMetric(p, 1) if ok else AverageMetric(0, 0))',
     ),
-    (A, 'auc.append(AucMetric([p], [n] if ok else []))', 'auc.append(AucMetric([p], [n]))'),
+    (R, 'auc.append(AucMetric([p], [n] if ok else []))', 'auc.append(AucMetric([p], [n]))'),
     (
-        A,
+        R,
         'previous = [self._previous_eval_response] + list(zip(batch.labels, rows))[:-1]',
         'previous = list(zip(batch.labels, rows))[1:] + [self._previous_eval_response]',
     ),
     (
-        A,
+        R,
         'self._previous_eval_response = (batch.labels[-1], rows[-1])',
         'self._previous_eval_response = (batch.labels[0], rows[0])',
     ),
     (
-        A,
+        R,
         'has_negative = [p is not None and p[0] != text for p, text in zip(previous, batch.labels)]',
         'has_negative = [p is not None for p, text in zip(previous, batch.labels)]',
     ),
     (
-        A,
+        R,
         'contexts = context.repeat_interleave(n_cands, dim=0)',
         'contexts = context.repeat(n_cands, 1)',
     ),
     (
-        A,
+        R,
         '[self._vectorize_text(c, truncate=self.text_truncate) for c in contexts]',
         '[self._vectorize_text(c, truncate=self.label_truncate) for c in contexts]',
     ),
     (
-        A,
+        R,
         'self._vectorize_text(r, truncate=self.label_truncate, truncate_left=False)',
         'self._vectorize_text(r, truncate=self.label_truncate, truncate_left=True)',
     ),
-    (A, "        kwargs['add_end'] = False", "        kwargs['add_end'] = True"),
+    (R, "        kwargs['add_end'] = False", "        kwargs['add_end'] = True"),
     (
-        A,
+        R,
         '        return [row[row != self.NULL_IDX].cpu() for row in vec]',
         '        return [row.cpu() for row in vec]',
     ),
@@ -373,26 +374,26 @@ MUTANTS = [
         "        if source == 'random' and self.opt['p_positive'] < 1.0:\n            self.pool.add(texts[::-1], labels)",
     ),
     (
-        A,
+        R,
         'logits = self._pair_logits(contexts, cand_vecs.reshape(bsz * n_cands, -1))',
         'logits = self._pair_logits(contexts, cand_vecs.transpose(0, 1).reshape(bsz * n_cands, -1))',
     ),
     (
-        A,
+        R,
         # re-matched: the class gained hf_glue.HfCheckpointMixin
         'class _RewardAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRankerAgent):',
         'class _RewardAgent(hf_glue.HfCheckpointMixin, TorchRankerAgent):',
     ),
-    # A: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
-    (A, '        self.pool.add(batch.labels, positives)\n', ''),
+    # A / R: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
+    (R, '        self.pool.add(batch.labels, positives)\n', ''),
     (
-        A,
+        R,
         'self._record_pairs(logits[:bsz], logits[bsz:], has_negative)',
         'self._record_pairs(logits[bsz:], logits[:bsz], has_negative)',
     ),
-    (A, 'total._chunks = self._chunks + other._chunks', 'total._chunks = self._chunks'),
+    (R, 'total._chunks = self._chunks + other._chunks', 'total._chunks = self._chunks'),
     (
-        A,
+        R,
         'return reward_probability(self._pair_logits(context, response)).cpu()',
         'return self._pair_logits(context, response).cpu()',
     ),
@@ -406,7 +407,7 @@ MUTANTS = [
         "for name, model in (('r3', self.reward), ('maude', self.maude)):",
         "for name, model in (('r3', self.maude), ('maude', self.reward)):",
     ),
-    (A, '        self.model.eval()\n        context = pad_rows(', '        context = pad_rows('),
+    (R, '        self.model.eval()\n        context = pad_rows(', '        context = pad_rows('),
     (
         A,
         '            tokens = tokens[tokens != self.NULL_IDX]  # the padding after the end token\n',
@@ -418,7 +419,7 @@ MUTANTS = [
         '                drawn = self.pool.sample([texts[0] for i in negative_rows])',
     ),
     (
-        A,
+        R,
         # replaces a placeholder of the original list ('sub_unused', never found): the
         # negatives' BCE (a metric and the eval loss) must target label 0
         "neg_bce = bce(neg_logits.float(), torch.zeros_like(neg_logits), reduction='none')",
@@ -457,7 +458,7 @@ MUTANTS = [
         "not_above = np.searchsorted(neg_sorted, pos, side='right')",
         "not_above = np.searchsorted(neg_sorted, pos, side='left')",
     ),
-    # A: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
+    # A / R: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
     (
         A,
         "self.record_local_metric('train_reward', AverageMetric.many(scores.tolist()))",
@@ -469,12 +470,12 @@ MUTANTS = [
         'targets = pad_rows(rows[::-1], self.NULL_IDX).to(device)',
     ),
     (
-        A,
+        R,
         '        positives = self._rows(batch.label_vec)\n',
         '        positives = self._rows(batch.text_vec)\n',
     ),
     (
-        A,
+        R,
         'responses = pad_rows(positives + negatives, self.NULL_IDX)',
         'responses = pad_rows(negatives + positives, self.NULL_IDX)',
     ),
@@ -489,7 +490,7 @@ MUTANTS = [
         'return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)',
         'return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=2.0)',
     ),
-    # A: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
+    # A / R: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
     (A, '        contexts = batch.context_texts\n', '        contexts = list(batch.labels)\n'),
     # M: CORAL reward model and policy scoring
     (
@@ -497,7 +498,7 @@ MUTANTS = [
         'logits = model.output(hidden[:, -1:]).squeeze(1).float()',
         'logits = model.output(hidden[:, -1:]).squeeze(1).float() / 0.7',
     ),
-    # A: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
+    # A / R: CORAL agents: Eq. 3 reward, mix policy, pairs, metrics
     (A, '        cap = self.label_truncate\n', '        cap = self.text_truncate\n'),
     # M: CORAL reward model and policy scoring
     (
