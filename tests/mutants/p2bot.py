@@ -16,18 +16,20 @@ RX = 'parlai_ext/agents/p2bot_receiver.py'
 RW = 'parlai_ext/rewards.py'
 
 T = 'tests/'
-MODELS, P2, SELFPLAY = T + 'test_p2bot_models.py', T + 'test_p2bot.py', T + 'test_p2bot_selfplay.py'
+MODELS, P2 = T + 'test_p2bot_models.py', T + 'test_p2bot.py'
+TRANSMITTER = T + 'test_p2bot_transmitter.py'
+SELFPLAY = [T + 'test_p2bot_selfplay.py', TRANSMITTER]  # one file until it was split by topic
 HF = T + 'test_p2bot_hf.py'
 TESTS = {
-    M: [MODELS, P2, SELFPLAY, HF],
-    L: [P2, MODELS, SELFPLAY],
-    R: [T + 'test_reinforce.py', SELFPLAY],
-    W: [SELFPLAY],
-    A: [SELFPLAY, MODELS],
-    AM: [SELFPLAY, MODELS, HF],
-    G: [SELFPLAY, '-k', 'transmitter_loss'],
-    RX: [SELFPLAY, MODELS],
-    RW: [T + 'test_coral.py', T + 'test_reinforce.py', SELFPLAY],
+    M: [MODELS, P2, *SELFPLAY, HF],
+    L: [P2, MODELS, *SELFPLAY],
+    R: [T + 'test_reinforce.py', *SELFPLAY],
+    W: [*SELFPLAY],
+    A: [*SELFPLAY, MODELS],
+    AM: [*SELFPLAY, MODELS, HF],
+    G: [TRANSMITTER, '-k', 'transmitter_loss'],
+    RX: [*SELFPLAY, MODELS],
+    RW: [T + 'test_coral.py', T + 'test_reinforce.py', *SELFPLAY],
 }
 
 MUTANTS = [
