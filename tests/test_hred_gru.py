@@ -165,3 +165,17 @@ def test_response_encoded_with_the_context_equals_the_separate_encodings(respons
     params = list(net.utterance_encoder.parameters())
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_runs_pytorchs_gru():
+    """Under CPU bf16 autocast the fused fp32 loop steps aside (PyTorch's GRU runs, as
+    nn.GRU would): same outputs as nn.GRU under the same autocast."""
+    torch.manual_seed(5)
+    rnn = nn.GRU(4, 5, batch_first=True)
+    x = torch.randn(2, 3, 4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, final = unidirectional_gru(rnn, x)
+        ref_out, ref_final = rnn(x)
+    assert out.dtype == ref_out.dtype
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(final, ref_final)

@@ -66,28 +66,31 @@ class FusedGRU(torch.autograd.Function):
         rz_all = x.new_empty(d, rows, h2)
         if grad:  # chain-rule factors, see backward
             d_new, d_update, d_reset = (x.new_empty(d, rows, hidden) for _ in range(3))
+        # views of the gates, sliced along the rows only inside the loop
+        gi_rz, gi_n = gi[..., :h2], gi[..., h2:]
+        r_all, z_all = rz_all[..., :hidden], rz_all[..., hidden:]
         h, start = h0, 0
         for size in batch_sizes:
-            step = slice(start, start + size)
+            end = start + size
             h = h[:, :size]
             gh = torch.baddbmm(bias[:, :size] if per_row else bias, h, w_hh_t)  # [D, size, 3H]
-            gi_t = gi[:, step]
-            rz = torch.add(gi_t[..., :h2], gh[..., :h2], out=rz_all[:, step])
+            gh_n = gh[..., h2:]
+            rz = torch.add(gi_rz[:, start:end], gh[..., :h2], out=rz_all[:, start:end])
             rz.sigmoid_()
-            reset, update, gh_n = rz[..., :hidden], rz[..., hidden:], gh[..., h2:]
-            new = torch.addcmul(gi_t[..., h2:], reset, gh_n)
+            reset, update = r_all[:, start:end], z_all[:, start:end]
+            new = torch.addcmul(gi_n[:, start:end], reset, gh_n)
             new = new.add_(b_in[:, :size] if per_row else b_in).tanh_()
             if grad:
                 keep = 1 - update
                 slopes = rz * (1 - rz)  # sigmoid' of r and z
                 # dh -> d(pre-tanh n): (1 - z)(1 - n^2)
-                torch.addcmul(keep, keep, new * new, value=-1, out=d_new[:, step])
+                torch.addcmul(keep, keep, new * new, value=-1, out=d_new[:, start:end])
                 # dh -> d(pre-sigmoid z): (h_prev - n) z (1 - z)
-                torch.mul(h - new, slopes[..., hidden:], out=d_update[:, step])
+                torch.mul(h - new, slopes[..., hidden:], out=d_update[:, start:end])
                 # d(pre-tanh n) -> d(pre-sigmoid r): (W_hn h + b_hn) r (1 - r)
-                torch.mul(gh_n, slopes[..., :hidden], out=d_reset[:, step])
-            h = torch.lerp(new, h, update, out=out[:, step])  # n + z * (h - n)
-            start += size
+                torch.mul(gh_n, slopes[..., :hidden], out=d_reset[:, start:end])
+            h = torch.lerp(new, h, update, out=out[:, start:end])  # n + z * (h - n)
+            start = end
         if grad:
             ctx.batch_sizes, ctx.per_row = batch_sizes, per_row
             ctx.save_for_backward(x, h0, w_ih, w_hh, out, rz_all, d_new, d_update, d_reset)
@@ -108,22 +111,27 @@ class FusedGRU(torch.autograd.Function):
         # n part, d(pre-tanh n), kept apart
         grad_gates = x.new_empty(d, rows, 3 * hidden)
         grad_new = x.new_empty(d, rows, hidden)
+        grad_r, grad_z, grad_hn = (
+            grad_gates[..., :hidden],
+            grad_gates[..., hidden:h2],
+            grad_gates[..., h2:],
+        )
+        r_all, z_all = rz_all[..., :hidden], rz_all[..., hidden:]
         carry = None  # d h_{t} from step t + 1, for that step's rows
         for start, size in zip(reversed(starts), reversed(batch_sizes)):
-            step = slice(start, start + size)
-            dh = grad_out[:, step]
+            end = start + size
+            dh = grad_out[:, start:end]
             if carry is not None:
                 if carry.shape[1] == size:
                     dh = dh + carry
                 else:  # rows that end at this step get no carry
                     dh = dh.clone()
                     dh[:, : carry.shape[1]] += carry
-            gates = grad_gates[:, step]
-            dn = torch.mul(dh, d_new[:, step], out=grad_new[:, step])
-            torch.mul(dn, d_reset[:, step], out=gates[..., :hidden])
-            torch.mul(dh, d_update[:, step], out=gates[..., hidden:h2])
-            torch.mul(dn, rz_all[:, step, :hidden], out=gates[..., h2:])
-            carry = torch.baddbmm(dh * rz_all[:, step, hidden:], gates, w_hh)
+            dn = torch.mul(dh, d_new[:, start:end], out=grad_new[:, start:end])
+            torch.mul(dn, d_reset[:, start:end], out=grad_r[:, start:end])
+            torch.mul(dh, d_update[:, start:end], out=grad_z[:, start:end])
+            torch.mul(dn, r_all[:, start:end], out=grad_hn[:, start:end])
+            carry = torch.baddbmm(dh * z_all[:, start:end], grad_gates[:, start:end], w_hh)
         flat_rz = grad_gates[..., :h2]
         grads = [None] * 7
         if ctx.needs_input_grad[0]:
@@ -154,8 +162,13 @@ class FusedGRU(torch.autograd.Function):
 
 
 def uses_fused(rnn: nn.GRU, x: torch.Tensor) -> bool:
-    """The fused loop runs on the CPU in fp32/fp64; elsewhere PyTorch's own kernels."""
-    return x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64)
+    """The fused loop runs on the CPU in fp32/fp64 without autocast; elsewhere (a GPU, bf16
+    autocast) PyTorch's own kernels."""
+    return (
+        x.device.type == 'cpu'
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled('cpu')
+    )
 
 
 def layer_weights(rnn: nn.GRU, layer: int, suffixes: tuple[str, ...]) -> list[torch.Tensor]:

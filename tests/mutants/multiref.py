@@ -508,8 +508,8 @@ MUTANTS = [
     ),
     (
         G,
-        'h = torch.lerp(new, h, update, out=out[:, step])',
-        'h = torch.lerp(h, new, update, out=out[:, step])',
+        'h = torch.lerp(new, h, update, out=out[:, start:end])',
+        'h = torch.lerp(h, new, update, out=out[:, start:end])',
     ),
     (
         G,
@@ -518,23 +518,23 @@ MUTANTS = [
     ),
     (
         G,
-        'torch.addcmul(keep, keep, new * new, value=-1, out=d_new[:, step])',
-        'torch.addcmul(keep, keep, new * new, value=1, out=d_new[:, step])',
+        'torch.addcmul(keep, keep, new * new, value=-1, out=d_new[:, start:end])',
+        'torch.addcmul(keep, keep, new * new, value=1, out=d_new[:, start:end])',
     ),
     (
         G,
-        'torch.mul(h - new, slopes[..., hidden:], out=d_update[:, step])',
-        'torch.mul(new - h, slopes[..., hidden:], out=d_update[:, step])',
+        'torch.mul(h - new, slopes[..., hidden:], out=d_update[:, start:end])',
+        'torch.mul(new - h, slopes[..., hidden:], out=d_update[:, start:end])',
     ),
     (
         G,
-        'torch.mul(gh_n, slopes[..., :hidden], out=d_reset[:, step])',
-        'torch.mul(gh_n, slopes[..., hidden:], out=d_reset[:, step])',
+        'torch.mul(gh_n, slopes[..., :hidden], out=d_reset[:, start:end])',
+        'torch.mul(gh_n, slopes[..., hidden:], out=d_reset[:, start:end])',
     ),
     (
         G,
-        'carry = torch.baddbmm(dh * rz_all[:, step, hidden:], gates, w_hh)',
-        'carry = torch.baddbmm(dh * rz_all[:, step, :hidden], gates, w_hh)',
+        'carry = torch.baddbmm(dh * z_all[:, start:end], grad_gates[:, start:end], w_hh)',
+        'carry = torch.baddbmm(dh * r_all[:, start:end], grad_gates[:, start:end], w_hh)',
     ),
     (G, 'dh[:, : carry.shape[1]] += carry', 'pass'),
     (
@@ -549,8 +549,8 @@ MUTANTS = [
     ),
     (
         G,
-        'torch.mul(dn, rz_all[:, step, :hidden], out=gates[..., h2:])',
-        'torch.mul(dh, rz_all[:, step, :hidden], out=gates[..., h2:])',
+        'torch.mul(dn, r_all[:, start:end], out=grad_hn[:, start:end])',
+        'torch.mul(dh, r_all[:, start:end], out=grad_hn[:, start:end])',
     ),
     (
         G,
