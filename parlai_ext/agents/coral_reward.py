@@ -27,7 +27,7 @@ from parlai.core.torch_ranker_agent import TorchRankerAgent
 
 from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
-from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.agents.unified_transformer import add_transformer_args, encoder_args
 from parlai_ext.losses.coral import UtterancePool, retrieval_bce_loss, roc_auc
 from parlai_ext.modules.coral import CrossEncoder, Esim, reward_probability
 from parlai_ext.modules.hf import HfEncoder
@@ -336,19 +336,7 @@ class CoralCrossEncoderAgent(_RewardAgent):
         if hf_glue.hf_model_name(opt):
             encoder = HfEncoder(hf_glue.build_encoder(opt, self.dict, fresh=self.hf_fresh))
         else:
-            encoder = TransformerEncoder(
-                len(self.dict),
-                dim=opt['embedding_size'],
-                n_layers=opt['n_layers'],
-                n_heads=opt['n_heads'],
-                ffn_dim=opt['ffn_size'],
-                n_positions=opt['n_positions'],
-                dropout=opt['dropout'],
-                attention_dropout=opt['attention_dropout'],
-                activation=opt['activation'],
-                padding_idx=self.NULL_IDX,
-                ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
-            )
+            encoder = TransformerEncoder(len(self.dict), **encoder_args(opt, self.dict))
         return CrossEncoder(
             encoder,
             pad=self.NULL_IDX,

@@ -23,7 +23,7 @@ from parlai.utils.torch import padded_tensor
 from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.p2bot import P2BotDictionaryAgent, load_frozen
-from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.agents.unified_transformer import add_transformer_args, encoder_args
 from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.losses.p2bot import receiver_loss
 from parlai_ext.modules import hf
@@ -113,17 +113,10 @@ class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, T
                 # model file, base + LoRA adapters with --lora-rank
                 model = hf_glue.build_encoder(opt, d, fresh=getattr(self, '_fresh', True))
                 return HFSentenceEncoder(model, pad)
-            return SentenceEncoder(
-                len(d),
-                dim=opt['embedding_size'],
-                n_layers=opt['n_layers'],
-                n_heads=opt['n_heads'],
-                ffn_dim=opt['ffn_size'],
-                n_positions=opt['n_positions'],
-                dropout=opt['dropout'],
-                ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
-                padding_idx=pad,
-            )
+            args = encoder_args(opt, d)
+            # SentenceEncoder takes neither: GELU, no attention dropout, whatever the options
+            del args['attention_dropout'], args['activation']
+            return SentenceEncoder(len(d), **args)
 
         return Receiver(encoder(), encoder(), tau=opt['tau_start'])
 

@@ -40,7 +40,7 @@ from parlai.utils.torch import padded_tensor
 from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent, EncoderDecoderGeneratorModel
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
-from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.agents.unified_transformer import add_transformer_args, encoder_args
 from parlai_ext.distributed import wrap_in_ddp
 from parlai_ext.modules.hf import HfEncoder
 from parlai_ext.modules.ppg import (
@@ -501,20 +501,7 @@ class PpgCriticAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, Torch
         if hf_glue.hf_model_name(self.opt):
             encoder = HfEncoder(hf_glue.build_encoder(self.opt, self.dict, fresh=self.hf_fresh))
         else:
-            o = self.opt
-            encoder = TransformerEncoder(
-                len(self.dict),
-                dim=o['embedding_size'],
-                n_layers=o['n_layers'],
-                n_heads=o['n_heads'],
-                ffn_dim=o['ffn_size'],
-                n_positions=o['n_positions'],
-                dropout=o['dropout'],
-                attention_dropout=o['attention_dropout'],
-                ffn_dropout=o.get('relu_dropout') or 0.0,
-                activation=o['activation'],
-                padding_idx=self.NULL_IDX,
-            )
+            encoder = TransformerEncoder(len(self.dict), **encoder_args(self.opt, self.dict))
         return PersonaCritic(encoder, self.NULL_IDX, self.END_IDX, self.opt['dropout'])
 
     @property

@@ -91,8 +91,11 @@ def add_transformer_args(parser: ParlaiParser, title: str) -> None:
     )
 
 
-def transformer_args(opt: Opt, dictionary) -> dict:
-    """Keyword arguments of :class:`UnifiedTransformer` (and its subclasses) from ``opt``."""
+def encoder_args(opt: Opt, dictionary) -> dict:
+    """Keyword arguments of the project's transformer stacks from :func:`add_transformer_args`'s
+    options: :class:`~parlai_ext.modules.transformer.TransformerEncoder` (CORAL's
+    cross-encoder, PPG's critic, P2Bot's receiver) and, via :func:`transformer_args`,
+    :class:`UnifiedTransformer`."""
     return dict(
         dim=opt['embedding_size'],
         n_layers=opt['n_layers'],
@@ -104,6 +107,13 @@ def transformer_args(opt: Opt, dictionary) -> dict:
         ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
         activation=opt['activation'],
         padding_idx=dictionary[dictionary.null_token],
+    )
+
+
+def transformer_args(opt: Opt, dictionary) -> dict:
+    """Keyword arguments of :class:`UnifiedTransformer` (and its subclasses) from ``opt``."""
+    return dict(
+        encoder_args(opt, dictionary),
         lm_head=opt.get('lm_head') or 'tied',  # absent from older model files
     )
 
