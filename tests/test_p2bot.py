@@ -33,6 +33,7 @@ from parlai_ext.modules.p2bot import (
     relevance,
 )
 from parlai_ext.modules.unified_transformer import UnifiedTransformer
+from parlai_ext.tasks.p2bot_selfplay.agents import strip_persona
 
 # ---------------------------------------------------------------- a PersonaChat-like fixture
 
@@ -329,6 +330,14 @@ def test_split_history_extracts_persona_and_speakers():
     # the prefixes are matched as ConvAI2 writes them (lower case): other text is a turn
     persona, turns = split_history(["Your persona: i sing.\nPartner's persona: i dance."])
     assert persona == [] and turns == [(False, "Your persona: i sing. Partner's persona: i dance.")]
+
+
+def test_strip_persona_leaves_the_first_utterance():
+    text = "your persona: i like tea.\npartner's persona: i hate tea.\nhello there\nhow are you"
+    assert strip_persona(text) == 'hello there\nhow are you'
+    # only the prefixes as ConvAI2 writes them, at the start of a line, are persona lines
+    text = 'Your persona: i sing.\n your persona: i dance.\nhi'
+    assert strip_persona(text) == text
 
 
 # ---------------------------------------------------------------------------- teachers

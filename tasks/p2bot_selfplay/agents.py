@@ -25,9 +25,8 @@ import random
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
+from parlai_ext.persona import persona_line
 from parlai_ext.tasks.personachat.agents import (
-    PARTNER_PREFIX,
-    YOUR_PREFIX,
     PersonachatTeacher,
     episode_messages,
     parse_fbdialog,
@@ -113,11 +112,7 @@ def add_selfplay_args(parser: ParlaiParser) -> None:
 
 def strip_persona(text: str) -> str:
     """The utterance of a first message (persona lines removed)."""
-    lines = [
-        line
-        for line in text.split('\n')
-        if not line.startswith(YOUR_PREFIX) and not line.startswith(PARTNER_PREFIX)
-    ]
+    lines = [line for line in text.split('\n') if persona_line(line) is None]
     return '\n'.join(lines).strip()
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
+from parlai_ext.persona import persona_line
 from parlai_ext.tasks.common import (
     DataNotFoundError,
     MalformedLog,
@@ -33,8 +34,6 @@ from parlai_ext.tasks.common import (
 TASK = 'personachat_ext'
 VIEWS = ('self', 'other', 'both', 'none')
 PERSONAS = ('original', 'revised')
-YOUR_PREFIX = 'your persona:'
-PARTNER_PREFIX = "partner's persona:"
 OBTAIN = (
     "ParlAI's downloads: `parlai display_data -t convai2` fetches "
     'http://parl.ai/downloads/convai2/convai2_fix_723.tgz into <datapath>/ConvAI2/ (train, '
@@ -136,7 +135,7 @@ def parse_fbdialog(
         last_index = index
         parts = [p.strip() for p in rest.split('\t')]
         if len(parts) == 1:
-            _persona_line(current, parts[0], view, lineno, bad)
+            _add_persona_line(current, parts[0], view, lineno, bad)
             continue
         if len(parts) > 4:
             bad(
@@ -169,15 +168,13 @@ def parse_fbdialog(
     return episodes
 
 
-def _persona_line(current: Episode, line: str, view: str, lineno: int, bad) -> None:
+def _add_persona_line(current: Episode, line: str, view: str, lineno: int, bad) -> None:
     """Record one context line; only persona lines before the dialogue are allowed."""
-    if line.startswith(YOUR_PREFIX):
-        kind, sentence = 'self', line[len(YOUR_PREFIX) :].strip()
-    elif line.startswith(PARTNER_PREFIX):
-        kind, sentence = 'partner', line[len(PARTNER_PREFIX) :].strip()
-    else:
+    persona = persona_line(line)
+    if persona is None:
         bad(lineno, 'a line without a tab must be a "your persona:" or "partner\'s persona:" line')
         return
+    kind, sentence = persona
     if current.turns:
         bad(lineno, 'persona line after the dialogue has started')
         return
