@@ -140,6 +140,10 @@ def test_stack_packs_only_self_attention_without_caches():
     out_padded, _ = stack(x, mask)
     assert seen == [torch.Size([8, 16]), torch.Size([2, 5, 16])]  # 8 real tokens, then all
     torch.testing.assert_close(out_packed[valid], out_padded[valid], rtol=1e-5, atol=1e-6)
+    # an additive float mask (not grouped: one padded attention) gives the same states
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float('-inf'))
+    out_float, _ = stack(x, additive, valid=valid)
+    torch.testing.assert_close(out_float[valid], out_padded[valid], rtol=1e-5, atol=1e-6)
     # with caches (decoding) the padded path runs whatever ``valid`` says
     seen.clear()
     stack(x[:, :1], None, caches=caches, valid=valid[:, :1])
@@ -344,3 +348,25 @@ def test_attention_group_padding_slots_see_only_themselves(monkeypatch):
         [False, False, True],
     ]
     assert group.mask[1, 0].all()
+
+
+def test_packed_attention_runs_on_real_tokens_grouped_by_length(monkeypatch):
+    """The packed stack attends over each row's real tokens (the context's padding in the
+    middle of ``[context; response]`` dropped), not over the padded layout."""
+    from parlai_ext.modules import transformer
+
+    seen = []
+
+    def recording_attend(query, keys, values, **kw):
+        seen.append(tuple(keys.shape))
+        return attend(query, keys, values, **kw)
+
+    attend = transformer.attend
+    monkeypatch.setattr(transformer, 'attend', recording_attend)
+    model = _unified()
+    context, response = _batch()
+    model.encode(context, response)
+    padded_time = context.shape[1] + response.shape[1]
+    longest = int(((context != 0).sum(1) + (response != 0).sum(1)).max())
+    assert len(seen) == 2  # one group per layer (tiny rows: one group pays)
+    assert all(shape[2] == longest < padded_time for shape in seen)

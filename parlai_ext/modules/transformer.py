@@ -208,9 +208,10 @@ class MultiHeadAttention(nn.Module):
         """Attention of packed ``(n_tokens, 3 * dim)`` q/k/v rows group by group
         (:meth:`Packing.attention_groups`); the attended rows come back in packed order."""
         groups, back = packing.attention_groups(mask)
+        # one gather of every group's rows (its backward: one zero-filled scatter, not one each)
+        ordered = projected.index_select(0, torch.cat([group.source for group in groups]))
         parts = []
-        for group in groups:
-            rows = projected.index_select(0, group.source)
+        for group, rows in zip(groups, ordered.split([len(g.source) for g in groups])):
             padded = rows.new_zeros(group.rows * group.length, rows.shape[1])
             padded = padded.index_copy_(0, group.target, rows).view(group.rows, group.length, -1)
             query, keys, values = (self._split_heads(part) for part in padded.chunk(3, dim=-1))
