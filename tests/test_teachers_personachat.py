@@ -265,6 +265,16 @@ def test_persona_line_after_dialogue_and_wrong_view(tmp_path):
         read_file(path, 'personachat_ext:self_original')
 
 
+def test_persona_prefixes_are_exact_and_need_a_sentence(tmp_path):
+    # ConvAI2 writes the prefixes in lower case: another spelling is no persona line
+    path = write(tmp_path / 'caps.txt', _broken(2, '2 Your persona: i like tea.'))
+    with pytest.raises(MalformedDataError, match=r'caps\.txt:2: a line without a tab must be'):
+        read_file(path)
+    path = write(tmp_path / 'empty.txt', _broken(2, "2 partner's persona:  "))
+    with pytest.raises(MalformedDataError, match=r'empty\.txt:2: empty persona sentence'):
+        read_file(path)
+
+
 def test_candidate_problems(tmp_path):
     no_cands = write(tmp_path / 'plain.txt', fbdialog('self', False))
     with pytest.raises(MalformedDataError, match=r'plain\.txt:3: no label candidates'):
