@@ -1,6 +1,7 @@
 """One reading of the transformer options (``unified_transformer.encoder_args``) builds the
-four from-scratch stacks exactly as their former hand-written keyword lists did: CORAL's
-cross-encoder, PPG's critic, P2Bot's receiver encoders and the unified transformer."""
+from-scratch stacks exactly as their former hand-written keyword lists did: CORAL's
+cross-encoder, PPG's critic, P2Bot's receiver encoders, the unified transformer and the
+encoder-decoder (CORAL's generator, PPG's generators)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from parlai_ext.agents import coral_reward, p2bot_receiver, ppg, unified_transformer
+from parlai_ext.agents import (
+    coral_reward,
+    encoder_decoder,
+    p2bot_receiver,
+    ppg,
+    unified_transformer,
+)
+from parlai_ext.modules.encoder_decoder import EncoderDecoder
 from parlai_ext.modules.transformer import TransformerEncoder
 from parlai_ext.modules.unified_transformer import UnifiedTransformer
 
@@ -37,6 +45,8 @@ def tiny_opt(**changes) -> dict:
     opt = dict(
         embedding_size=12,
         n_layers=3,
+        n_encoder_layers=None,
+        n_decoder_layers=2,
         n_heads=3,
         ffn_size=20,
         n_positions=24,
@@ -72,6 +82,20 @@ OLD_RECEIVER = dict(  # SentenceEncoder: no attention dropout, GELU
     ffn_dropout=0.25, padding_idx=NULL,
 )  # fmt: skip
 OLD_UNIFIED = dict(OLD_ENCODER, lm_head='knover')
+OLD_ENCODER_DECODER = dict(
+    vocab_size=9,
+    dim=12,
+    n_encoder_layers=3,  # --n-layers
+    n_decoder_layers=2,
+    n_heads=3,
+    ffn_dim=20,
+    n_positions=24,
+    dropout=0.15,
+    attention_dropout=0.05,
+    ffn_dropout=0.25,
+    activation='relu',
+    padding_idx=NULL,
+)
 
 
 def recording(monkeypatch, module, name: str, calls: list):
@@ -105,15 +129,28 @@ def build_unified(opt, d):
     return [unified_transformer.UnifiedTransformerGeneratorModel(opt, d).transformer]
 
 
+def build_encoder_decoder(opt, d):
+    return [encoder_decoder.EncoderDecoderGeneratorModel(opt, d).seq2seq]
+
+
+VOCAB = (9,)  # the vocabulary size, passed positionally
 CASES = {
-    'coral_cross_encoder': (coral_reward, 'TransformerEncoder', build_coral, OLD_ENCODER),
-    'ppg_critic': (ppg, 'TransformerEncoder', build_ppg, OLD_ENCODER),
-    'p2bot_receiver': (p2bot_receiver, 'SentenceEncoder', build_receiver, OLD_RECEIVER),
+    'coral_cross_encoder': (coral_reward, 'TransformerEncoder', build_coral, VOCAB, OLD_ENCODER),
+    'ppg_critic': (ppg, 'TransformerEncoder', build_ppg, VOCAB, OLD_ENCODER),
+    'p2bot_receiver': (p2bot_receiver, 'SentenceEncoder', build_receiver, VOCAB, OLD_RECEIVER),
     'unified_transformer': (
         unified_transformer,
         'UnifiedTransformer',
         build_unified,
+        VOCAB,
         OLD_UNIFIED,
+    ),
+    'encoder_decoder': (
+        encoder_decoder,
+        'EncoderDecoder',
+        build_encoder_decoder,
+        (),
+        OLD_ENCODER_DECODER,
     ),
 }
 
@@ -123,12 +160,15 @@ def outputs(module: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     if isinstance(module, UnifiedTransformer):
         hidden, _ = module(ids, ids[:, :3])
         return module.logits(hidden)
+    if isinstance(module, EncoderDecoder):
+        hidden, _ = module(ids, ids[:, :3])
+        return module.logits(hidden)
     return module(ids)
 
 
 @pytest.mark.parametrize('system', sorted(CASES))
 def test_builders_construct_the_hand_written_stack(system, monkeypatch):
-    module, name, builder, expected = CASES[system]
+    module, name, builder, expected_args, expected = CASES[system]
     d = TinyDict()
     calls: list = []
     real = recording(monkeypatch, module, name, calls)
@@ -136,10 +176,10 @@ def test_builders_construct_the_hand_written_stack(system, monkeypatch):
     built = builder(tiny_opt(), d)
     assert len(calls) == len(built)
     for args, kwargs in calls:
-        assert args == (len(d),)
+        assert args == expected_args
         assert kwargs == expected
     torch.manual_seed(0)
-    reference = [real(len(d), **expected) for _ in built]
+    reference = [real(*expected_args, **expected) for _ in built]
     ids = torch.tensor([[0, 4, 5, 6, 1, NULL], [0, 7, 8, 1, NULL, NULL]])
     for got, want in zip(built, reference):
         assert repr(got) == repr(want)  # dropout rates, layer sizes

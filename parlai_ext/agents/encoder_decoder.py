@@ -16,7 +16,7 @@ from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGenerato
 
 from parlai_ext.agents.generation import record_generator_metrics, reorders_identically
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
-from parlai_ext.agents.unified_transformer import add_transformer_args
+from parlai_ext.agents.unified_transformer import add_transformer_args, encoder_args
 from parlai_ext.modules.encoder_decoder import EncoderDecoder, EncoderState
 from parlai_ext.modules.transformer import banned_bias, banned_linear, padded_from_flat
 
@@ -31,20 +31,13 @@ class EncoderDecoderGeneratorModel(TorchGeneratorModel):
             end_idx=dictionary[dictionary.end_token],
             unknown_idx=dictionary[dictionary.unk_token],
         )
-        n_layers = opt['n_layers']
+        args = encoder_args(opt, dictionary)
+        n_layers = args.pop('n_layers')
         self.seq2seq = EncoderDecoder(
             vocab_size=len(dictionary),
-            dim=opt['embedding_size'],
             n_encoder_layers=opt.get('n_encoder_layers') or n_layers,
             n_decoder_layers=opt.get('n_decoder_layers') or n_layers,
-            n_heads=opt['n_heads'],
-            ffn_dim=opt['ffn_size'],
-            n_positions=opt['n_positions'],
-            dropout=opt['dropout'],
-            attention_dropout=opt['attention_dropout'],
-            ffn_dropout=opt.get('relu_dropout') or 0.0,  # absent from older model files
-            activation=opt['activation'],
-            padding_idx=self.NULL_IDX,
+            **args,
         )
         # never generate the start or the padding token (a bias of the output GEMM)
         self.register_buffer(
