@@ -408,7 +408,11 @@ MUTANTS = [
         'return utterances[-self.max_context_utts :] if',
         'return utterances[: self.max_context_utts] if',
     ),
-    (A, 'self.dict.txt2vec(u)[: self.max_utt_len]', 'self.dict.txt2vec(u)[: self.max_utt_len + 1]'),
+    (
+        A,
+        'return vec[: self.max_utt_len] or [self.END_IDX]',
+        'return vec[: self.max_utt_len + 1] or [self.END_IDX]',
+    ),
     # re-matched: the START ban is now fused into the output layer's bias (speed-ups, #23)
     (
         A,
@@ -444,8 +448,8 @@ MUTANTS = [
     ),
     (
         A,
-        'utterances += [u for u in turn.split(history.delimiter) if u.strip()]',
-        'utterances += [u for u in turn.split(history.delimiter)]',
+        'utterances += [(u, whole) for u in parts if u.strip()]',
+        'utterances += [(u, whole) for u in parts]',
     ),
     (
         A,
@@ -577,6 +581,12 @@ MUTANTS = [
         G,
         'target = torch.cat([forward * 2, backward * 2 + 1])',
         'target = torch.cat([forward * 2, forward * 2 + 1])',
+    ),
+    # A: whole history turns reuse the history's token ids (#23)
+    (
+        A,
+        'whole = i if len(parts) == 1 else None',
+        'whole = max(i - 1, 0) if len(parts) == 1 else None',
     ),
     # M: the response encoded in the context's utterance-encoder call (#23)
     (
