@@ -13,10 +13,12 @@ computes exactly the GRU of ``nn.GRU`` (PyTorch's equations)::
     h' = (1 - z) * n + z * h
 
 with the input projections of every step as one batched product before the loop, six
-operators per step (no autograd graph inside), and a hand-written backward of seven operators
-per step (the weight gradients again as one product after the loop). ``D`` independent GRUs of
-the same sizes (the two directions of a bidirectional layer) share each step's operators
-through batched products (``baddbmm``). CUDA keeps PyTorch's cuDNN kernels.
+operators per step (no autograd graph inside; eight more when a gradient is needed, for the
+chain-rule factors), and a hand-written backward of seven operators per step (the weight
+gradients again as one product after the loop). ``D`` independent GRUs of the same sizes (the
+two directions of a bidirectional layer) share each step's operators through batched products
+(``baddbmm``), and rows of different lengths run packed (a step only updates the rows still
+running), so padding costs nothing. CUDA and bf16 autocast keep PyTorch's kernels.
 """
 
 from __future__ import annotations

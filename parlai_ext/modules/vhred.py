@@ -19,11 +19,12 @@ Gaussian model prior, LGM) and Appendix B.1 (sizes). Read top to bottom:
 5. :class:`HierarchicalEncoderDecoder`: the whole model, a bag-of-words head for VHREDs.
 
 The KL/loss formulas themselves live in :mod:`parlai_ext.losses.multiref`; every GRU runs
-through :mod:`parlai_ext.modules.hred_gru` (a fused CPU loop, the same equations as ``nn.GRU``). Defaults follow
-Appendix B.1: GRUs of 1 layer x 500 units, 30-d floor embeddings, 200-d latents; dropout 0.2
-(B.2). Where the paper is silent we follow the authors' code (see projects/multiref/README.md):
-200-d word embeddings, the two directions of the utterance GRU averaged, Linear-tanh prior and
-posterior networks with softplus variances, tied output embeddings.
+through :mod:`parlai_ext.modules.hred_gru` (a fused CPU loop, the same equations as
+``nn.GRU``). Defaults follow Appendix B.1: GRUs of 1 layer x 500 units, 30-d floor embeddings,
+200-d latents; dropout 0.2 (B.2). Where the paper is silent we follow the authors' code (see
+projects/multiref/README.md): 200-d word embeddings, the two directions of the utterance GRU
+averaged, Linear-tanh prior and posterior networks with softplus variances, tied output
+embeddings.
 """
 
 from __future__ import annotations
