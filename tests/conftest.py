@@ -24,9 +24,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_datapath(tmp_path_factory, monkeypatch):
-    """Seed every RNG; point ParlAI's datapath at a temporary folder (never site-packages)."""
+def _seed_everything() -> None:
     random.seed(0)
     try:
         import numpy
@@ -36,6 +34,20 @@ def _seed_and_datapath(tmp_path_factory, monkeypatch):
         torch.manual_seed(0)
     except ImportError:  # pragma: no cover
         pass
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _seed_module():
+    """Seed every RNG before a test file's module-wide fixtures (tiny trainings) run too, so
+    their data order and initial weights do not depend on which tests ran before."""
+    _seed_everything()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_datapath(tmp_path_factory, monkeypatch):
+    """Seed every RNG; point ParlAI's datapath at a temporary folder (never site-packages)."""
+    _seed_everything()
     datapath = tmp_path_factory.mktemp('parlai_data')
     monkeypatch.setenv('PARLAI_DATAPATH', str(datapath))
     yield
