@@ -26,6 +26,7 @@ from parlai.core.torch_agent import Batch, Output
 from parlai.core.torch_ranker_agent import TorchRankerAgent
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.batching import context_candidate_pairs, pad_rows
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args, encoder_args
 from parlai_ext.losses.coral import UtterancePool, retrieval_bce_loss, roc_auc
@@ -42,15 +43,6 @@ def seed_of(opt: Opt) -> int:
     (``train_model`` applies ``--seed`` only after the agent is built.)"""
     seed = opt.get('seed')
     return torch.initial_seed() if seed is None else int(seed)
-
-
-def pad_rows(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
-    """Right-pad 1-d long tensors into ``(N, max(1, longest))``."""
-    length = max([1] + [len(row) for row in rows])
-    out = torch.full((len(rows), length), pad, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
 
 
 class AucMetric(Metric):
@@ -226,13 +218,8 @@ class _RewardAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRa
 
     def score_candidates(self, batch: Batch, cand_vecs: torch.Tensor, cand_encs=None):
         """Logit of f_R for every (context, candidate): ``(batch, n_candidates)``."""
-        context = batch.text_vec
-        bsz = context.shape[0]
-        if cand_vecs.dim() == 2:  # one candidate set shared by the batch
-            cand_vecs = cand_vecs.unsqueeze(0).expand(bsz, -1, -1)
-        n_cands = cand_vecs.shape[1]
-        contexts = context.repeat_interleave(n_cands, dim=0)
-        logits = self._pair_logits(contexts, cand_vecs.reshape(bsz * n_cands, -1))
+        contexts, responses, bsz, n_cands = context_candidate_pairs(batch.text_vec, cand_vecs)
+        logits = self._pair_logits(contexts, responses)
         return logits.view(bsz, n_cands)
 
     @torch.no_grad()

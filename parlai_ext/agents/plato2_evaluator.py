@@ -38,6 +38,7 @@ from parlai.utils import logging
 from torch import nn
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.batching import context_candidate_pairs, pad_rows
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.plato2_stages import (
     add_mask_slot_arg,
@@ -70,15 +71,6 @@ HF_EVALUATOR_FRESH = (
     'transformer.mlm_transform', 'transformer.mlm_bias',
 )  # fmt: skip
 PAIRS_PER_PASS = 512  # evaluator (context, response) pairs per forward pass
-
-
-def pad_rows(rows: list[torch.Tensor], padding_idx: int) -> torch.Tensor:
-    """Right-pad 1-d tensors into ``(len(rows), max_len)``."""
-    length = max(1, max(row.numel() for row in rows))
-    out = rows[0].new_full((len(rows), length), padding_idx)
-    for i, row in enumerate(rows):
-        out[i, : row.numel()] = row
-    return out
 
 
 class Plato2EvaluatorModel(nn.Module):
@@ -251,13 +243,7 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
 
     def score_candidates(self, batch: Batch, cand_vecs: torch.Tensor, cand_encs=None):
         """log p(l_r = 1 | c, r) for every (context, candidate): ``(batch, n_candidates)``."""
-        context = batch.text_vec
-        bsz = context.shape[0]
-        if cand_vecs.dim() == 2:  # one candidate set for the whole batch
-            cand_vecs = cand_vecs.unsqueeze(0).expand(bsz, -1, -1)
-        n_cands = cand_vecs.shape[1]
-        contexts = context.repeat_interleave(n_cands, dim=0)
-        responses = cand_vecs.reshape(bsz * n_cands, -1)
+        contexts, responses, bsz, n_cands = context_candidate_pairs(batch.text_vec, cand_vecs)
         scores = []
         for start in range(0, contexts.shape[0], PAIRS_PER_PASS):
             stop = start + PAIRS_PER_PASS

@@ -35,9 +35,9 @@ from parlai.core.torch_agent import Batch
 from parlai.core.torch_classifier_agent import TorchClassifierAgent
 from parlai.utils import logging
 from parlai.utils.distributed import is_distributed
-from parlai.utils.torch import padded_tensor
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.batching import pad_rows
 from parlai_ext.agents.encoder_decoder import EncoderDecoderAgent, EncoderDecoderGeneratorModel
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
 from parlai_ext.agents.unified_transformer import add_transformer_args, encoder_args
@@ -163,11 +163,6 @@ def generate_texts(agent, sources: Sequence[str]) -> list[str]:
     with torch.no_grad():
         beam_preds_scores, _ = agent._generate(batch, agent.beam_size, agent.label_truncate or 128)
     return [agent._v2t(tokens) for tokens, *_ in beam_preds_scores]
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
-    tensor, _ = padded_tensor([list(r) for r in rows], pad_idx=pad)
-    return tensor
 
 
 # --- generators (§3.1, §3.2) ------------------------------------------------------------------

@@ -7,6 +7,7 @@ M = 'parlai_ext/modules/coral.py'
 L = 'parlai_ext/losses/coral.py'
 A = 'parlai_ext/agents/coral.py'  # the CORAL generator
 R = 'parlai_ext/agents/coral_reward.py'  # the reward-model agents
+B = 'parlai_ext/agents/batching.py'  # (context, candidate) pairs of score_candidates
 
 TESTS = ['tests/test_coral_math.py', 'tests/test_coral_agents.py', 'tests/test_coral.py']
 
@@ -246,7 +247,7 @@ MUTANTS = [
         'has_negative = [p is not None for p, text in zip(previous, batch.labels)]',
     ),
     (
-        R,
+        B,
         'contexts = context.repeat_interleave(n_cands, dim=0)',
         'contexts = context.repeat(n_cands, 1)',
     ),
@@ -374,9 +375,9 @@ MUTANTS = [
         "        if source == 'random' and self.opt['p_positive'] < 1.0:\n            self.pool.add(texts[::-1], labels)",
     ),
     (
-        R,
-        'logits = self._pair_logits(contexts, cand_vecs.reshape(bsz * n_cands, -1))',
-        'logits = self._pair_logits(contexts, cand_vecs.transpose(0, 1).reshape(bsz * n_cands, -1))',
+        B,
+        'return contexts, cand_vecs.reshape(bsz * n_cands, -1), bsz, n_cands',
+        'return contexts, cand_vecs.transpose(0, 1).reshape(bsz * n_cands, -1), bsz, n_cands',
     ),
     (
         R,

@@ -8,6 +8,7 @@ L = 'parlai_ext/losses/plato2.py'
 A = 'parlai_ext/agents/plato2.py'
 E = 'parlai_ext/agents/plato2_evaluator.py'
 S = 'parlai_ext/agents/plato2_stages.py'
+B = 'parlai_ext/agents/batching.py'  # (context, candidate) pairs of score_candidates
 
 MATH, PL = 'tests/test_plato2_math.py', 'tests/test_plato2.py'
 UT, OP = 'tests/test_unified_transformer.py', 'tests/test_optim.py'
@@ -23,6 +24,7 @@ TESTS = {
     A: [MATH, PL, OP, KN, *FAST],
     E: [MATH, PL, OP, KN, *FAST],
     S: [MATH, PL, OP, KN, *FAST],
+    B: [MATH, PL, OP, KN, *FAST],
 }
 
 MUTANTS = [
@@ -294,7 +296,7 @@ MUTANTS = [
         'resp_rows = [row[row != self.NULL_IDX] for row in responses]',
     ),
     (
-        E,
+        B,
         'contexts = context.repeat_interleave(n_cands, dim=0)',
         'contexts = context.repeat(n_cands, 1)',
     ),
