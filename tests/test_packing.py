@@ -128,6 +128,24 @@ def test_packed_context_continues_to_the_same_decoding_logits():
     torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-6)
 
 
+def test_packed_context_pass_equals_the_padded_one():
+    """``encode_context`` (generation's context pass, packed: attention over real tokens only)
+    gives the decoder the same keys/values as the padded pass, whose mask must hide the
+    context's padding."""
+    packed = _unified()
+    padded = copy.deepcopy(packed)
+    padded.packed = False
+    packed.eval()
+    padded.eval()
+    context, response = _batch(1)
+    with torch.no_grad():
+        hidden = []
+        for model in (packed, padded):
+            state = model.encode_context(context)
+            hidden.append(model.decode(response[:, :3], state)[0])
+    torch.testing.assert_close(hidden[0], hidden[1], rtol=1e-5, atol=1e-6)
+
+
 def test_stack_packs_only_self_attention_without_caches():
     torch.manual_seed(0)
     stack = TransformerStack(1, 16, n_heads=2, ffn_dim=32)
