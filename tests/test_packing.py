@@ -65,6 +65,14 @@ def _unified(**kw):
     return model
 
 
+def _packed_and_padded(**kw):
+    """The same tiny model twice: packed (real tokens only) and padded (``packed = False``)."""
+    packed = _unified(**kw)
+    padded = copy.deepcopy(packed)
+    padded.packed = False
+    return packed, padded
+
+
 @pytest.fixture(params=['one group', 'a group per length'])
 def attention_groups(request, monkeypatch):
     """Grouped attention as configured (the tiny batches make one group) and with a group
@@ -80,9 +88,7 @@ def attention_groups(request, monkeypatch):
 def test_packed_unified_encode_equals_padded_states_gradients_and_caches(
     lm_head, bidirectional, attention_groups
 ):
-    packed = _unified(lm_head=lm_head)
-    padded = copy.deepcopy(packed)
-    padded.packed = False
+    packed, padded = _packed_and_padded(lm_head=lm_head)
     context, response = _batch()
     prefix = torch.randn(3, 1, 32)  # PLATO-2's latent slot: always valid
     seen = []
@@ -113,9 +119,7 @@ def test_packed_unified_encode_equals_padded_states_gradients_and_caches(
 
 def test_packed_context_continues_to_the_same_decoding_logits():
     """A response decoded from a packed encode's context state equals the padded one's."""
-    packed = _unified()
-    padded = copy.deepcopy(packed)
-    padded.packed = False
+    packed, padded = _packed_and_padded()
     packed.eval()
     padded.eval()
     context, response = _batch(1)
@@ -132,9 +136,7 @@ def test_packed_context_pass_equals_the_padded_one():
     """``encode_context`` (generation's context pass, packed: attention over real tokens only)
     gives the decoder the same keys/values as the padded pass, whose mask must hide the
     context's padding."""
-    packed = _unified()
-    padded = copy.deepcopy(packed)
-    padded.packed = False
+    packed, padded = _packed_and_padded()
     packed.eval()
     padded.eval()
     context, response = _batch(1)
@@ -192,9 +194,7 @@ class _Recorder(torch.nn.Module):
 def test_packed_embedding_dropout_runs_once_on_the_real_tokens():
     """The input dropout acts once per token, prefix included, after packing (not on the
     padding); its effect on the states equals the padded path's."""
-    packed = _unified()
-    padded = copy.deepcopy(packed)
-    padded.packed = False
+    packed, padded = _packed_and_padded()
     context, response = _batch()
     prefix = torch.randn(3, 1, 32)
     for model in (packed, padded):
