@@ -14,6 +14,19 @@ from test_p2bot import fixture_words, tiny_hf_lm, write_both
 from parlai_ext.modules import hf, hf_source
 
 
+def _lora_transmitter_args(tmp_path, *extra: str) -> list[str]:
+    """A supervised LoRA transmitter over a tiny HF LM made here, on 4 ConvAI2-style episodes."""
+    directory = tiny_hf_lm(tmp_path / 'lm', fixture_words())
+    data = write_both(tmp_path, 6)
+    return [
+        '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
+        '--personachat-file', str(data), '--p2bot-train-episodes', '4',
+        '--datapath', str(tmp_path / 'data'), '--hf-model-dir', str(directory),
+        '--lora-rank', '4', '--lora-dropout', '0', '--bf16', 'false', '-lr', '1e-2',
+        '-mf', str(tmp_path / 'tx'), '-bs', '2', '--label-truncate', '8', *extra,
+    ]  # fmt: skip
+
+
 def _train(args: list[str], steps: int = 3):
     opt = ParlaiParser(True, True).parse_args([*args, '-dt', 'train'])
     agent = create_agent(opt)
@@ -24,15 +37,7 @@ def _train(args: list[str], steps: int = 3):
 
 
 def test_lora_transmitter_saves_adapters_only_and_reloads_identically(tmp_path):
-    directory = tiny_hf_lm(tmp_path / 'lm', fixture_words())
-    data = write_both(tmp_path, 6)
-    agent = _train(
-        ['-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
-         '--personachat-file', str(data), '--p2bot-train-episodes', '4',
-         '--datapath', str(tmp_path / 'data'), '--hf-model-dir', str(directory),
-         '--lora-rank', '4', '--lora-dropout', '0', '--bf16', 'false', '-lr', '1e-2',
-         '-mf', str(tmp_path / 'tx'), '-bs', '2', '--label-truncate', '8']
-    )  # fmt: skip
+    agent = _train(_lora_transmitter_args(tmp_path))
     assert agent._number_training_updates == 3
     assert agent.model.transmitter.nup_norm  # pretrained backbone: standardised NUP input
     lm = agent.model.transmitter.backbone.model
@@ -222,15 +227,7 @@ def test_nup_pmi_adds_the_context_evidence_to_the_next_utterance_logit(tmp_path)
 
 
 def test_nup_pmi_option_builds_saves_and_reloads_the_pmi_term(tmp_path):
-    directory = tiny_hf_lm(tmp_path / 'lm', fixture_words())
-    data = write_both(tmp_path, 6)
-    agent = _train(
-        ['-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
-         '--personachat-file', str(data), '--p2bot-train-episodes', '4',
-         '--datapath', str(tmp_path / 'data'), '--hf-model-dir', str(directory),
-         '--lora-rank', '4', '--lora-dropout', '0', '--bf16', 'false', '-lr', '1e-2',
-         '-mf', str(tmp_path / 'tx'), '-bs', '2', '--label-truncate', '8', '--nup-pmi', 'true']
-    , steps=2)  # fmt: skip
+    agent = _train(_lora_transmitter_args(tmp_path, '--nup-pmi', 'true'), steps=2)
     transmitter = agent.model.transmitter
     assert transmitter.nup_pmi and transmitter.nup_pmi_scale.item() != 1.0  # a was trained
     context = agent.context_vec(['i keep bees in my garden.'], ['my bees made honey again .'])
