@@ -163,7 +163,7 @@ class FusedGRU(torch.autograd.Function):
         return tuple(grads)
 
 
-def uses_fused(rnn: nn.GRU, x: torch.Tensor) -> bool:
+def uses_fused(x: torch.Tensor) -> bool:
     """The fused loop runs on the CPU in fp32/fp64 without autocast; elsewhere (a GPU, bf16
     autocast) PyTorch's own kernels."""
     return (
@@ -201,9 +201,9 @@ def unidirectional_gru(
     ``constant`` [N, C]: the first layer's input at every step is ``[x_t; constant]`` (the
     decoder's ``tanh(W [c; z])``); on the CPU its share of the input projection is computed
     once per row, not once per step."""
-    if constant is not None and not uses_fused(rnn, x):
-        x = torch.cat([x, constant.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
-    if not uses_fused(rnn, x):
+    if not uses_fused(x):
+        if constant is not None:
+            x = torch.cat([x, constant.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
         return rnn(x, state)
     n, steps = x.shape[:2]
     if state is None:
@@ -240,7 +240,7 @@ def padded_bidirectional_gru(
     rows (:func:`packed_indices`: each step only the rows still running; the backward
     direction reads each row's real tokens in reverse); elsewhere
     :func:`padded_bidirectional_gru_plain` (PyTorch's kernels over padded rows)."""
-    if not uses_fused(rnn, x):
+    if not uses_fused(x):
         return padded_bidirectional_gru_plain(rnn, x, lengths)
     n, length, _ = x.shape
     hidden = rnn.hidden_size
@@ -273,6 +273,7 @@ def packed_indices(
     token t) and ``backward`` (the same steps reading each row in reverse: token
     ``len - 1 - t``), and ``last`` ([N], in row order): the packed position of each row's last
     step, where its final state is."""
+    device = lengths.device
     lengths = lengths.to('cpu')
     sorted_lengths, order = lengths.sort(descending=True, stable=True)
     steps = torch.arange(length)
@@ -286,9 +287,7 @@ def packed_indices(
     starts = torch.cumsum(sizes, 0) - sizes
     last = starts[lengths - 1] + rank
     batch_sizes = tuple(size for size in sizes.tolist() if size > 0)
-    device = lengths.device if lengths.device.type != 'cpu' else None
-    if device is not None:
-        forward, backward, last = forward.to(device), backward.to(device), last.to(device)
+    forward, backward, last = forward.to(device), backward.to(device), last.to(device)
     return batch_sizes, forward, backward, last
 
 
