@@ -334,26 +334,6 @@ def test_context_from_history_turns_equals_newline_joined_text(tmp_path):
     assert len(per_turn[0]) == 1 and len(per_turn[0][0]) == 4  # cut to 4 tokens
 
 
-def test_context_reuses_the_history_token_ids_of_whole_turns(tmp_path):
-    """A whole history turn is tokenised once (by ParlAI's history), a newline-joined turn per
-    utterance; the ids equal txt2vec of each utterance, cut to --max-utt-len (#23)."""
-    agent = create_agent(_opt('mr_hred', tmp_path, '--max-context-utts', '4', '--max-utt-len', '3'))
-    calls = []
-    txt2vec = agent.dict.txt2vec
-    agent.dict.txt2vec = lambda text, *a, **k: calls.append(text) or txt2vec(text, *a, **k)
-    for i, (text, label) in enumerate([('a b c d', 'e f'), ('g h', 'i j')]):
-        calls.clear()
-        observed = agent.observe({'text': text, 'labels': [label], 'episode_done': i == 1})
-        agent.self_observe({})
-    assert calls == ['g h', 'i j']  # the history's parse of the turn and of the label only
-    expected = [txt2vec(u)[:3] for u in ['a b c d', 'e f', 'g h']]
-    assert observed['context_utts'] == expected and len(expected[0]) == 3
-    calls.clear()
-    flat = agent.observe({'text': 'x y\nz', 'labels': ['w'], 'episode_done': True})
-    assert calls == ['x y\nz', 'x y', 'z', 'w']  # split turns: each part tokenised
-    assert flat['context_utts'] == [txt2vec('x y'), txt2vec('z')]
-
-
 def test_min_lr_stops_training(tmp_path):
     agent = create_agent(_opt('vhred', tmp_path, '--min-lr', '1e-4'))
     agent.receive_metrics({'elbo_loss': 1.0, 'loss': 5.0})  # lr 1e-3: nothing happens

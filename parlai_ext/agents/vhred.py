@@ -24,7 +24,6 @@ from parlai.core.exceptions import StopTrainException
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
-from parlai.core.torch_agent import History
 from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent, TorchGeneratorModel
 
 from parlai_ext.agents.optim import FusedAdamOptimizerMixin
@@ -291,40 +290,18 @@ class VhredAgent(FusedAdamOptimizerMixin, TorchGeneratorAgent):
     # --- context -------------------------------------------------------------------------
     def context_utterances(self, history) -> list[str]:
         """The last ``--max-context-utts`` utterances: history turns split on the delimiter."""
-        return [text for text, _ in self._context_parts(history)]
-
-    def _context_parts(self, history) -> list[tuple[str, int | None]]:
-        """:meth:`context_utterances` with, for an utterance that is a whole history turn, the
-        index of that turn (else None)."""
         utterances = []
-        for i, turn in enumerate(history.history_strings):
-            parts = turn.split(history.delimiter)
-            whole = i if len(parts) == 1 else None
-            utterances += [(u, whole) for u in parts if u.strip()]
+        for turn in history.history_strings:
+            utterances += [u for u in turn.split(history.delimiter) if u.strip()]
         return utterances[-self.max_context_utts :] if self.max_context_utts > 0 else utterances
 
     def _set_text_vec(self, obs, history, truncate):
-        """Per-utterance token ids in ``context_utts``; ``text_vec`` is their concatenation.
-
-        An utterance that is a whole history turn reuses the token ids ParlAI's history made
-        of that turn (``history_vecs[i]`` is ``parse(history_strings[i])``, i.e. the same
-        ``txt2vec``): each turn is tokenised once, not again at every later turn."""
+        """Per-utterance token ids in ``context_utts``; ``text_vec`` is their concatenation."""
         if 'text' not in obs:
             return obs
         if 'context_utts' not in obs:
-            parts = self._context_parts(history) or [('', None)]
-            turn_vecs = history.history_vecs
-            reuse = len(turn_vecs) == len(history.history_strings) and (
-                type(history).parse is History.parse
-            )
-
-            def ids(utterance: str, turn: int | None) -> list[int]:
-                vec = (
-                    turn_vecs[turn] if reuse and turn is not None else self.dict.txt2vec(utterance)
-                )
-                return vec[: self.max_utt_len] or [self.END_IDX]
-
-            vecs = [ids(u, i) for u, i in parts]
+            utterances = self.context_utterances(history) or ['']
+            vecs = [self.dict.txt2vec(u)[: self.max_utt_len] or [self.END_IDX] for u in utterances]
             obs.force_set('context_utts', vecs)
             obs.force_set('text_vec', torch.LongTensor([t for v in vecs for t in v]))
         return obs

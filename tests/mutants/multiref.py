@@ -408,11 +408,7 @@ MUTANTS = [
         'return utterances[-self.max_context_utts :] if',
         'return utterances[: self.max_context_utts] if',
     ),
-    (
-        A,
-        'return vec[: self.max_utt_len] or [self.END_IDX]',
-        'return vec[: self.max_utt_len + 1] or [self.END_IDX]',
-    ),
+    (A, 'self.dict.txt2vec(u)[: self.max_utt_len]', 'self.dict.txt2vec(u)[: self.max_utt_len + 1]'),
     # re-matched: the START ban is now fused into the output layer's bias (speed-ups, #23)
     (
         A,
@@ -448,8 +444,8 @@ MUTANTS = [
     ),
     (
         A,
-        'utterances += [(u, whole) for u in parts if u.strip()]',
-        'utterances += [(u, whole) for u in parts]',
+        'utterances += [u for u in turn.split(history.delimiter) if u.strip()]',
+        'utterances += [u for u in turn.split(history.delimiter)]',
     ),
     (
         A,
@@ -581,12 +577,6 @@ MUTANTS = [
         G,
         'target = torch.cat([forward * 2, backward * 2 + 1])',
         'target = torch.cat([forward * 2, forward * 2 + 1])',
-    ),
-    # A: whole history turns reuse the history's token ids (#23)
-    (
-        A,
-        'whole = i if len(parts) == 1 else None',
-        'whole = max(i - 1, 0) if len(parts) == 1 else None',
     ),
     # M: the response encoded in the context's utterance-encoder call (#23)
     (
