@@ -9,7 +9,7 @@ G = 'parlai_ext/modules/hred_gru.py'
 L = 'parlai_ext/losses/multiref.py'
 A = 'parlai_ext/agents/vhred.py'
 
-T_MR = ['tests/test_multiref_math.py', 'tests/test_vhred.py']
+T_MR = ['tests/test_multiref_math.py', 'tests/test_multiref_agent.py', 'tests/test_vhred.py']
 TESTS = {
     M: [*T_MR, 'tests/test_hred_gru.py', '-k', 'not cli'],
     LT: [*T_MR, '-k', 'not cli'],

@@ -10,7 +10,8 @@ E = 'parlai_ext/agents/plato2_evaluator.py'
 S = 'parlai_ext/agents/plato2_stages.py'
 B = 'parlai_ext/agents/batching.py'  # (context, candidate) pairs of score_candidates
 
-MATH, PL = 'tests/test_plato2_math.py', 'tests/test_plato2.py'
+MATH = ['tests/test_plato2_math.py', 'tests/test_plato2_agents.py']
+PL = 'tests/test_plato2.py'
 UT, OP = 'tests/test_unified_transformer.py', 'tests/test_optim.py'
 KN = 'tests/test_knover.py'  # the Knover-style rerank and token [MASK]/[CLS] (3 s)
 # the slow training tests are left out
@@ -19,12 +20,12 @@ FAST = [
     'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
 ]
 TESTS = {
-    P: [MATH, PL, OP, KN, *FAST],
-    L: [MATH, PL, OP, KN, *FAST],
-    A: [MATH, PL, OP, KN, *FAST],
-    E: [MATH, PL, OP, KN, *FAST],
-    S: [MATH, PL, OP, KN, *FAST],
-    B: [MATH, PL, OP, KN, *FAST],
+    P: [*MATH, PL, OP, KN, *FAST],
+    L: [*MATH, PL, OP, KN, *FAST],
+    A: [*MATH, PL, OP, KN, *FAST],
+    E: [*MATH, PL, OP, KN, *FAST],
+    S: [*MATH, PL, OP, KN, *FAST],
+    B: [*MATH, PL, OP, KN, *FAST],
 }
 
 MUTANTS = [
