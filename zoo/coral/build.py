@@ -16,20 +16,14 @@ Apache 2.0.
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
+from parlai_ext.zoo.entry_files import CHAT_LM_TOKENIZER_FILES, ENCODER_TOKENIZER_FILES, model_files
 
 ENTRY = 'dailydialog_smollm2'
 VERSION = 'v1'
-_MODEL_HF = [
-    'chat_template.jinja', 'config.json', 'parlai_ext_hf.json', 'tokenizer.json',
-    'tokenizer_config.json',
-]  # fmt: skip
-_REWARD_HF = ['config.json', 'parlai_ext_hf.json', 'tokenizer.json', 'tokenizer_config.json']
 FILES = [
-    'model', 'model.opt', 'model.dict', 'model.dict.opt',
-    *(f'model.dict.hf/{name}' for name in _MODEL_HF),
-    'reward', 'reward.opt', 'reward.dict', 'reward.dict.opt',
-    *(f'reward.dict.hf/{name}' for name in _REWARD_HF),
-]  # fmt: skip
+    *model_files('model', CHAT_LM_TOKENIZER_FILES),
+    *model_files('reward', ENCODER_TOKENIZER_FILES),
+]
 BUILD = 'bash zoo/coral/make_dailydialog_smollm2.sh  # trains it on ../shared/data/dailydialog'
 
 

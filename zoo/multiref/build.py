@@ -6,10 +6,11 @@ Model card: ``dailydialog_small/README.md``. Licence: trained on DailyDialog (CC
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
+from parlai_ext.zoo.entry_files import model_files
 
 ENTRY = 'dailydialog_small'
 VERSION = 'v2'
-FILES = ['model', 'model.opt', 'model.dict', 'model.dict.opt']
+FILES = model_files('model')
 BUILD = (
     'bash zoo/multiref/make_dailydialog_small.sh  # trains it on ../shared/data, see the model card'
 )

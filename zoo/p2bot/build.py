@@ -13,20 +13,14 @@ Licence: trained on ConvAI2 / PersonaChat (CC BY 4.0); SmolLM2 and MiniLM are Ap
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
+from parlai_ext.zoo.entry_files import CHAT_LM_TOKENIZER_FILES, ENCODER_TOKENIZER_FILES, model_files
 
 ENTRY = 'convai2_smollm2'
 VERSION = 'v1'
-_MODEL_HF = [
-    'chat_template.jinja', 'config.json', 'parlai_ext_hf.json', 'tokenizer.json',
-    'tokenizer_config.json',
-]  # fmt: skip
-_RECEIVER_HF = ['config.json', 'parlai_ext_hf.json', 'tokenizer.json', 'tokenizer_config.json']
 FILES = [
-    'model', 'model.opt', 'model.dict', 'model.dict.opt',
-    *(f'model.dict.hf/{name}' for name in _MODEL_HF),
-    'receiver', 'receiver.opt', 'receiver.dict', 'receiver.dict.opt',
-    *(f'receiver.dict.hf/{name}' for name in _RECEIVER_HF),
-]  # fmt: skip
+    *model_files('model', CHAT_LM_TOKENIZER_FILES),
+    *model_files('receiver', ENCODER_TOKENIZER_FILES),
+]
 BUILD = 'bash zoo/p2bot/make_convai2_smollm2.sh  # trains it on ../shared/data/convai2'
 
 

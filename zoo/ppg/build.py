@@ -15,22 +15,15 @@ SmolLM2 and MiniLM are Apache 2.0.
 from __future__ import annotations
 
 from parlai_ext.zoo.common import install_entry, shipped_folder
+from parlai_ext.zoo.entry_files import CHAT_LM_TOKENIZER_FILES, ENCODER_TOKENIZER_FILES, model_files
 
 ENTRY = 'convai2_smollm2'
 VERSION = 'v1'
-_GENERATOR_HF = [
-    'chat_template.jinja', 'config.json', 'parlai_ext_hf.json', 'tokenizer.json',
-    'tokenizer_config.json',
-]  # fmt: skip
-_CRITIC_HF = ['config.json', 'parlai_ext_hf.json', 'tokenizer.json', 'tokenizer_config.json']
 FILES = [
-    'model', 'model.opt', 'model.dict', 'model.dict.opt',
-    *(f'model.dict.hf/{name}' for name in _GENERATOR_HF),
-    'ppg', 'ppg.opt', 'ppg.dict', 'ppg.dict.opt',
-    *(f'ppg.dict.hf/{name}' for name in _GENERATOR_HF),
-    'critic', 'critic.opt', 'critic.dict', 'critic.dict.opt',
-    *(f'critic.dict.hf/{name}' for name in _CRITIC_HF),
-]  # fmt: skip
+    *model_files('model', CHAT_LM_TOKENIZER_FILES),
+    *model_files('ppg', CHAT_LM_TOKENIZER_FILES),
+    *model_files('critic', ENCODER_TOKENIZER_FILES),
+]
 BUILD = 'bash zoo/ppg/make_convai2_smollm2.sh  # trains it on ../shared/data/convai2'
 
 
