@@ -18,6 +18,12 @@ TESTS = {
     A: [*T_MR, 'tests/test_multiref_data.py', '-k', 'not cli and not resume and not any_generator'],
 }
 
+
+def variants(path: str, old: str, *news: str) -> list[tuple[str, str, str]]:
+    """One mutant per replacement of the same text ``old`` (in the order given)."""
+    return [(path, old, new) for new in news]
+
+
 MUTANTS = [
     # M: VHRED/multi-ref model: encoders, Gaussian/GMM/LGM priors, KL, attention
     (
@@ -25,14 +31,10 @@ MUTANTS = [
         'states = outputs.view(n, max_len, 2, self.hidden).mean(dim=2)',
         'states = outputs.view(n, max_len, 2, self.hidden).sum(dim=2)',
     ),
-    (
+    *variants(
         M,
         'encodings = final.view(self.n_layers, 2, n, self.hidden)[-1].mean(dim=0)',
         'encodings = final.view(self.n_layers, 2, n, self.hidden)[-1][0]',
-    ),
-    (
-        M,
-        'encodings = final.view(self.n_layers, 2, n, self.hidden)[-1].mean(dim=0)',
         'encodings = final.view(self.n_layers, 2, n, self.hidden)[0].mean(dim=0)',
     ),
     # re-matched: the GRUs run over padded rows instead of packed sequences (#23)
@@ -52,43 +54,31 @@ MUTANTS = [
         'torch.cat([utterances, self.floor_embedding(floors)], dim=-1)',
         'torch.cat([utterances, self.floor_embedding(1 - floors)], dim=-1)',
     ),
-    (
+    *variants(
         LT,
         'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu + self.var * torch.randn_like(self.mu)',
-    ),
-    (
-        LT,
-        'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu.detach() + self.var.sqrt() * torch.randn_like(self.mu)',
-    ),
-    (
-        LT,
-        'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu + self.var.sqrt().detach() * torch.randn_like(self.mu)',
-    ),
-    (
-        LT,
-        'return self.mu + self.var.sqrt() * torch.randn_like(self.mu)',
         'return self.mu + self.var.sqrt() * torch.rand_like(self.mu)',
     ),
     (LT, 'h = torch.tanh(self.hidden(x))', 'h = torch.relu(self.hidden(x))'),
-    (
+    *variants(
         LT,
         'var = F.softplus(self.var(h)).view(shape) + VAR_FLOOR',
         'var = torch.exp(self.var(h)).view(shape) + VAR_FLOOR',
-    ),
-    (
-        LT,
-        'var = F.softplus(self.var(h)).view(shape) + VAR_FLOOR',
         'var = F.softplus(self.var(h)).view(shape)',
     ),
-    (LT, 'pi = torch.softmax(self.pi(h), dim=-1)', 'pi = torch.sigmoid(self.pi(h))'),
-    (LT, 'pi = torch.softmax(self.pi(h), dim=-1)', 'pi = torch.softmax(self.pi(h), dim=0)'),
-    (LT, 'torch.cat([response, context], dim=-1)', 'torch.cat([context, response], dim=-1)'),
-    (
+    *variants(
+        LT,
+        'pi = torch.softmax(self.pi(h), dim=-1)',
+        'pi = torch.sigmoid(self.pi(h))',
+        'pi = torch.softmax(self.pi(h), dim=0)',
+    ),
+    *variants(
         LT,
         'torch.cat([response, context], dim=-1)',
+        'torch.cat([context, response], dim=-1)',
         'torch.cat([response.detach(), context], dim=-1)',
     ),
     (
@@ -117,10 +107,10 @@ MUTANTS = [
         'z_k = params.mu + params.var.sqrt() * torch.randn_like(params.mu)',
         'z_k = params.mu + params.var * torch.randn_like(params.mu)',
     ),
-    (LT, 'return (pi.unsqueeze(-1) * z_k).sum(dim=1)', 'return z_k.mean(dim=1)'),
-    (
+    *variants(
         LT,
         'return (pi.unsqueeze(-1) * z_k).sum(dim=1)',
+        'return z_k.mean(dim=1)',
         'return (pi.detach().unsqueeze(-1) * z_k).sum(dim=1)',
     ),
     (
@@ -149,14 +139,10 @@ MUTANTS = [
         'attended = torch.bmm(torch.softmax(scores, dim=-1), memory)',
         'attended = torch.bmm(torch.softmax(scores, dim=1), memory)',
     ),
-    (
+    *variants(
         M,
         'return torch.tanh(self.combine(torch.cat([attended, query], dim=-1)))',
         'return self.combine(torch.cat([attended, query], dim=-1))',
-    ),
-    (
-        M,
-        'return torch.tanh(self.combine(torch.cat([attended, query], dim=-1)))',
         'return torch.tanh(self.combine(torch.cat([attended, attended], dim=-1)))',
     ),
     (M, 'state = torch.tanh(self.init_state(dec_context))', 'state = self.init_state(dec_context)'),
@@ -190,14 +176,10 @@ MUTANTS = [
         '_, encoding = self.utterance_encoder(ys, ys.ne(self.config.padding_idx).sum(dim=-1))',
         '_, encoding = self.utterance_encoder(ys, torch.full_like(ys[:, 0], ys.size(1)))',
     ),
-    (
+    *variants(
         M,
         'inputs = context if z is None else torch.cat([context, z], dim=-1)',
         'inputs = context if z is None else torch.cat([context, z.detach()], dim=-1)',
-    ),
-    (
-        M,
-        'inputs = context if z is None else torch.cat([context, z], dim=-1)',
         'inputs = context if z is None else torch.cat([context, z * 0], dim=-1)',
     ),
     (
@@ -210,14 +192,10 @@ MUTANTS = [
         'kl = self.prior.kl(posterior, z_post, params)',
         'kl = self.prior.kl(posterior, self.prior.sample(params), params)',
     ),
-    (
+    *variants(
         M,
         'bow_logits = self.bow(torch.cat([encoded.context, z], dim=-1))',
         'bow_logits = self.bow(torch.cat([encoded.context, z_post], dim=-1))',
-    ),
-    (
-        M,
-        'bow_logits = self.bow(torch.cat([encoded.context, z], dim=-1))',
         'bow_logits = self.bow(torch.cat([encoded.context, z.detach()], dim=-1))',
     ),
     (
@@ -281,45 +259,37 @@ MUTANTS = [
         'terms = torch.log(var_p) - torch.log(var_q) + (var_q',
         'terms = torch.log(var_q) - torch.log(var_p) + (var_q',
     ),
-    (L, '(var_q + (mu_q - mu_p) ** 2) / var_p - 1.0', '(var_q + (mu_q - mu_p) ** 2) / var_q - 1.0'),
-    (L, '(var_q + (mu_q - mu_p) ** 2) / var_p - 1.0', '(var_q + (mu_q - mu_p) ** 2) / var_p + 1.0'),
-    (L, '(var_q + (mu_q - mu_p) ** 2) / var_p - 1.0', '(var_p + (mu_q - mu_p) ** 2) / var_p - 1.0'),
-    (L, '(var_q + (mu_q - mu_p) ** 2) / var_p - 1.0', '(var_q + (mu_q - mu_p)) / var_p - 1.0'),
-    (L, 'return 0.5 * terms.sum(dim=-1)', 'return terms.sum(dim=-1)'),
-    (L, 'return 0.5 * terms.sum(dim=-1)', 'return 0.5 * terms.mean(dim=-1)'),
-    (
+    *variants(
+        L,
+        '(var_q + (mu_q - mu_p) ** 2) / var_p - 1.0',
+        '(var_q + (mu_q - mu_p) ** 2) / var_q - 1.0',
+        '(var_q + (mu_q - mu_p) ** 2) / var_p + 1.0',
+        '(var_p + (mu_q - mu_p) ** 2) / var_p - 1.0',
+        '(var_q + (mu_q - mu_p)) / var_p - 1.0',
+    ),
+    *variants(
+        L,
+        'return 0.5 * terms.sum(dim=-1)',
+        'return terms.sum(dim=-1)',
+        'return 0.5 * terms.mean(dim=-1)',
+    ),
+    *variants(
         L,
         'return -0.5 * (LOG_2PI + torch.log(var) + (z - mu) ** 2 / var).sum(dim=-1)',
         'return -0.5 * (torch.log(var) + (z - mu) ** 2 / var).sum(dim=-1)',
-    ),
-    (
-        L,
-        'return -0.5 * (LOG_2PI + torch.log(var) + (z - mu) ** 2 / var).sum(dim=-1)',
         'return -0.5 * (LOG_2PI + torch.log(var) + (z - mu) ** 2 / var.sqrt()).sum(dim=-1)',
-    ),
-    (
-        L,
-        'return -0.5 * (LOG_2PI + torch.log(var) + (z - mu) ** 2 / var).sum(dim=-1)',
         'return -0.5 * (LOG_2PI - torch.log(var) + (z - mu) ** 2 / var).sum(dim=-1)',
     ),
-    (
+    *variants(
         L,
         'return torch.logsumexp(torch.log(pi.clamp_min(1e-30)) + component, dim=-1)',
         'return torch.logsumexp(component, dim=-1)',
-    ),
-    (
-        L,
-        'return torch.logsumexp(torch.log(pi.clamp_min(1e-30)) + component, dim=-1)',
         'return (torch.log(pi.clamp_min(1e-30)) + component).max(dim=-1).values',
     ),
-    (
+    *variants(
         L,
         'return gaussian_log_prob(z, mu_q, var_q) - gmm_log_prob(z, pi, mu, var)',
         'return gmm_log_prob(z, pi, mu, var) - gaussian_log_prob(z, mu_q, var_q)',
-    ),
-    (
-        L,
-        'return gaussian_log_prob(z, mu_q, var_q) - gmm_log_prob(z, pi, mu, var)',
         'return gaussian_log_prob(z.detach(), mu_q, var_q) - gmm_log_prob(z.detach(), pi, mu, var)',
     ),
     (L, 'variance = (weights**2 * var).sum(dim=-2)', 'variance = (weights * var).sum(dim=-2)'),
@@ -334,26 +304,22 @@ MUTANTS = [
         'return gaussian_kl(mu_q, var_q, mean, variance)',
         'return gaussian_kl(mean, variance, mu_q, var_q)',
     ),
-    (
+    *variants(
         L,
         'return min(1.0, max(step, 0) / anneal_steps)',
         'return min(1.0, max(step - 1, 0) / anneal_steps)',
+        'return max(step, 0) / anneal_steps',
     ),
-    (L, 'return min(1.0, max(step, 0) / anneal_steps)', 'return max(step, 0) / anneal_steps'),
     (
         L,
         '    if anneal_steps <= 0:\n        return 1.0',
         '    if anneal_steps <= 0:\n        return 0.0',
     ),
-    (L, 'return -(picked * targets.ne(pad_idx)).sum(dim=-1)', 'return -(picked).sum(dim=-1)'),
-    (
+    *variants(
         L,
         'return -(picked * targets.ne(pad_idx)).sum(dim=-1)',
+        'return -(picked).sum(dim=-1)',
         'return -(picked * targets.ne(pad_idx)).mean(dim=-1)',
-    ),
-    (
-        L,
-        'return -(picked * targets.ne(pad_idx)).sum(dim=-1)',
         'return (picked * targets.ne(pad_idx)).sum(dim=-1)',
     ),
     (
@@ -362,10 +328,18 @@ MUTANTS = [
         'log_probs = F.log_softmax(bow_logits.float(), dim=0)',
     ),
     (L, "        ignore_index=pad_idx,\n        reduction='none',", "        reduction='none',"),
-    (L, '        total = total + kl_weight * kl', '        total = total + kl'),
-    (L, '        total = total + kl_weight * kl', '        total = total - kl_weight * kl'),
-    (L, '        total = total + bow_weight * bow', '        total = total + bow'),
-    (L, '        total = total + bow_weight * bow', '        total = total'),
+    *variants(
+        L,
+        '        total = total + kl_weight * kl',
+        '        total = total + kl',
+        '        total = total - kl_weight * kl',
+    ),
+    *variants(
+        L,
+        '        total = total + bow_weight * bow',
+        '        total = total + bow',
+        '        total = total',
+    ),
     (L, '    return total.mean()', '    return total.sum()'),
     # A: VHRED agent: ELBO, KL annealing, metrics, context splitting
     (
@@ -373,14 +347,10 @@ MUTANTS = [
         'return kl_anneal_weight(self._number_training_updates + 1,',
         'return kl_anneal_weight(self._number_training_updates,',
     ),
-    (
+    *variants(
         A,
         "loss = elbo_loss(nll_post, kl, kl_weight, bow, self.opt['bow_weight'])",
         "loss = elbo_loss(nll_tok.sum(dim=-1), kl, kl_weight, bow, self.opt['bow_weight'])",
-    ),
-    (
-        A,
-        "loss = elbo_loss(nll_post, kl, kl_weight, bow, self.opt['bow_weight'])",
         'loss = elbo_loss(nll_post, kl, kl_weight, bow, 1.0)',
     ),
     (A, 'kl_weight = self.kl_weight() if training else 1.0', 'kl_weight = self.kl_weight()'),
@@ -392,14 +362,10 @@ MUTANTS = [
     # re-matched: the prior evaluation became a named flag
     (A, 'evaluate_prior = self.latent and not training', 'evaluate_prior = False'),
     (A, 'bound = nll_post if kl is None else nll_post + kl', 'bound = nll_post'),
-    (
+    *variants(
         A,
         'floors = (n_utts[:, None] - 1 - index[None, :]) % 2 * present',
         'floors = (n_utts[:, None] - index[None, :]) % 2 * present',
-    ),
-    (
-        A,
-        'floors = (n_utts[:, None] - 1 - index[None, :]) % 2 * present',
         'floors = (n_utts[:, None] - 1 - index[None, :]) % 2',
     ),
     (A, 'start = (b * n_max + i) * length', 'start = (i * len(contexts) + b) * length'),
@@ -415,14 +381,10 @@ MUTANTS = [
         'banned_bias(len(dictionary), (self.START_IDX, self.NULL_IDX))',
         'banned_bias(len(dictionary), (self.NULL_IDX,))',
     ),
-    (
+    *variants(
         A,
         'z = self.net.prior_sample(encoded.context, self.test_z, self.component)',
         "z = self.net.prior_sample(encoded.context, 'sample', self.component)",
-    ),
-    (
-        A,
-        'z = self.net.prior_sample(encoded.context, self.test_z, self.component)',
         'z = self.net.prior_sample(encoded.context, self.test_z)',
     ),
     (A, 'return incr_state.index_select(1, inds)', 'return incr_state'),
