@@ -59,14 +59,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_setup import write_and_print_results  # noqa: E402
 from growth_families import FAMILIES, HEAVY  # noqa: E402
 from harness import (  # noqa: E402
-    default_out_stem,
     machine_info,
     machine_load,
     markdown_table,
     on_gpu,
-    write_results,
 )
 
 LIMIT_GIB = 24.0
@@ -313,11 +312,9 @@ def main() -> None:
         results[family] = {'points': points, 'skipped': skipped, 'batch': batch, **summary}
         rows.append(_row(family, points, batch, args.context, summary))
     markdown = _markdown(args, machine, rows, results, time.perf_counter() - started)
-    stem = args.out or default_out_stem(__file__, args.quick or args.tiny)
     data = {'machine': machine, 'settings': vars(args), 'results': results}
     data['load'] = _load(results)
-    paths = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, args.out, args.quick or args.tiny, data, markdown)
 
 
 def _load(results: dict[str, Any]) -> dict[str, Any]:

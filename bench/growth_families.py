@@ -27,6 +27,11 @@ def _tokens(batch: int, length: int, vocab: int, generator: torch.Generator) -> 
     return ids.masked_fill(torch.arange(length)[None, :] >= lengths[:, None], PAD)
 
 
+def _decoder_input(target: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing: each row ``[START, target[:-1]]`` (the target shifted right)."""
+    return torch.cat([torch.full_like(target[:, :1], START), target[:, :-1]], 1)
+
+
 def _lm_loss(logits_of: Callable[[torch.Tensor], torch.Tensor], hidden, targets) -> torch.Tensor:
     """Token-mean cross-entropy at the real target tokens only (the agents' P1 path)."""
     real = targets != PAD
@@ -53,6 +58,17 @@ class Family:
     def data(self, batch: int, length: int, vocab: int | None = None) -> torch.Tensor:
         return _tokens(batch, length, vocab or VOCAB, self.generator).to(self.device)
 
+    def teacher_forced_loss(
+        self, logits_of: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        """The step of a (context, response) LM: ``hidden, _ = model(context, decoder input)``,
+        :func:`_lm_loss` of the response through ``logits_of``; real tokens of both counted."""
+        context = self.data(self.batch, self.context)
+        target = self.data(self.batch, self.response)
+        hidden, _ = self.model(context, _decoder_input(target))
+        count = int((context != PAD).sum() + (target != PAD).sum())
+        return _lm_loss(logits_of, hidden, target), count
+
 
 class Unified(Family):
     def build(self):
@@ -62,12 +78,7 @@ class Unified(Family):
         return UnifiedTransformer(VOCAB, n_positions=n_positions, **DIM)
 
     def loss(self):
-        context = self.data(self.batch, self.context)
-        target = self.data(self.batch, self.response)
-        response = torch.cat([torch.full_like(target[:, :1], START), target[:, :-1]], 1)
-        hidden, _ = self.model(context, response)
-        count = int((context != PAD).sum() + (target != PAD).sum())
-        return _lm_loss(self.model.tied_logits, hidden, target), count
+        return self.teacher_forced_loss(self.model.tied_logits)
 
 
 class Plato2(Unified):
@@ -80,8 +91,7 @@ class Plato2(Unified):
     def loss(self):
         context = self.data(self.batch, self.context)
         target = self.data(self.batch, self.response)
-        response = torch.cat([torch.full_like(target[:, :1], START), target[:, :-1]], 1)
-        out = self.model(context, response)
+        out = self.model(context, _decoder_input(target))
         nll = _lm_loss(self.model.tied_logits, out.response_hidden, target)
         bow = -(F.log_softmax(out.bow_logits.float(), -1).gather(1, target) * (target != PAD))
         count = int((context != PAD).sum() + (target != PAD).sum())
@@ -149,8 +159,7 @@ class Hred(Family):
         floors = torch.randint(0, 2, (self.batch, n), generator=self.generator).to(self.device)
         n_utts = torch.full((self.batch,), n, device=self.device)
         target = self.data(self.batch, self.response, HRED_VOCAB)
-        decoder_input = torch.cat([torch.full_like(target[:, :1], START), target[:, :-1]], 1)
-        out = self.model(utts, floors, n_utts, decoder_input, target)
+        out = self.model(utts, floors, n_utts, _decoder_input(target), target)
         loss = _lm_loss(self.model.logits, out.features, target)
         if out.kl is not None:
             loss = loss + out.kl.mean()
@@ -173,12 +182,7 @@ class CoralGenerator(Family):
         )  # fmt: skip
 
     def loss(self):
-        source = self.data(self.batch, self.context)
-        target = self.data(self.batch, self.response)
-        target_input = torch.cat([torch.full_like(target[:, :1], START), target[:, :-1]], 1)
-        hidden, _ = self.model(source, target_input)
-        count = int((source != PAD).sum() + (target != PAD).sum())
-        return _lm_loss(self.model.logits, hidden, target), count
+        return self.teacher_forced_loss(self.model.logits)
 
 
 class CoralEsim(Family):

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_setup import write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
-    default_out_stem,
     load_line,
     load_summary,
     machine_info,
@@ -47,7 +47,6 @@ from harness import (  # noqa: E402
     paired_ratios,
     run_interleaved,
     spread,
-    write_results,
 )
 
 from parlai_ext.modules import hf  # noqa: E402
@@ -279,10 +278,8 @@ def main() -> None:
             markdown_table(headers, rows),
         ]
     )
-    stem = args.out or default_out_stem(__file__, args.quick or args.tiny)
     data = {'machine': machine, 'settings': vars(args), 'load': load, 'results': results}
-    paths = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, args.out, args.quick or args.tiny, data, markdown)
 
 
 if __name__ == '__main__':

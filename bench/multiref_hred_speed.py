@@ -39,8 +39,8 @@ from parlai.core.teachers import create_task_agent_from_taskname
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_setup import write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
-    default_out_stem,
     load_line,
     load_summary,
     machine_info,
@@ -48,7 +48,6 @@ from harness import (  # noqa: E402
     paired_ratios,
     run_interleaved,
     spread,
-    write_results,
 )
 
 AGENTS = {
@@ -257,7 +256,6 @@ def main() -> None:
             ),
         ]
     )  # fmt: skip
-    stem = cli.out or default_out_stem(__file__, cli.quick)
     data = {
         'machine': machine,
         'settings': vars(cli),
@@ -265,8 +263,7 @@ def main() -> None:
         'group': group.to_json(),
         'summary': summary,
     }
-    paths = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, cli.out, cli.quick, data, markdown)
 
 
 if __name__ == '__main__':

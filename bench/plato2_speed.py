@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import configs  # noqa: E402
+from bench_setup import task_with_dictionary, write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
-    default_out_stem,
     load_line,
     load_summary,
     machine_info,
@@ -41,7 +40,6 @@ from harness import (  # noqa: E402
     paired_ratios,
     run_interleaved,
     spread,
-    write_results,
 )
 
 TRAIN_REFERENCE = 'ParlAI transformer/generator (2+2)'
@@ -66,10 +64,7 @@ def main() -> None:
     steps = args.steps or (2 if args.quick else 5)
     gen_batches = args.gen_batches or (1 if args.quick else 3)
 
-    task = configs.task_args(args.data, no_start=True)
-    workdir = tempfile.mkdtemp(prefix='bench_plato2_')
-    dict_file = os.path.join(workdir, 'dict')
-    configs.build_dictionary(task, dict_file)
+    task, workdir, dict_file = task_with_dictionary(args.data, 'bench_plato2_', no_start=True)
     evaluator = os.path.join(workdir, 'evaluator')
     configs.save_untrained(configs.PLATO2_EVALUATOR, task, dict_file, evaluator)
     machine = machine_info(args.threads)
@@ -155,7 +150,6 @@ def main() -> None:
             ),
         ]
     )  # fmt: skip
-    stem = args.out or default_out_stem(__file__, args.quick)
     data = {
         'machine': machine,
         'settings': vars(args),
@@ -163,8 +157,7 @@ def main() -> None:
         'train': {'group': train.to_json(), 'summary': summary},
         'generate': {'group': gen.to_json(), 'summary': gen_summary},
     }
-    paths = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, args.out, args.quick, data, markdown)
 
 
 if __name__ == '__main__':

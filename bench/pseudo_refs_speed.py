@@ -26,8 +26,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_setup import write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
-    default_out_stem,
     load_line,
     load_summary,
     machine_info,
@@ -35,7 +35,6 @@ from harness import (  # noqa: E402
     paired_ratios,
     run_interleaved,
     spread,
-    write_results,
 )
 
 DECODERS = ('parlai', 'batched')
@@ -155,7 +154,6 @@ def main() -> None:
             ),
         ]
     )  # fmt: skip
-    stem = args.out or default_out_stem(__file__, args.quick)
     data = {
         'machine': machine,
         'settings': vars(args),
@@ -165,8 +163,7 @@ def main() -> None:
         'speedup': speedup,
         'cpu_speedup': cpu_speedup,
     }
-    paths = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, args.out, args.quick, data, markdown)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +33,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import configs  # noqa: E402
+from bench_setup import task_with_dictionary, write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
     GenerateWorkload,
     TrainWorkload,
-    default_out_stem,
     load_line,
     load_summary,
     machine_info,
@@ -45,7 +44,6 @@ from harness import (  # noqa: E402
     paired_ratios,
     run_interleaved,
     spread,
-    write_results,
 )
 
 
@@ -100,10 +98,7 @@ def main() -> None:
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     rounds = args.rounds or (4 if args.quick else 8)
-    task = configs.task_args(args.data, no_start=True)
-    workdir = tempfile.mkdtemp(prefix='bench_whatif_')
-    dict_file = os.path.join(workdir, 'dict')
-    configs.build_dictionary(task, dict_file)
+    task, workdir, dict_file = task_with_dictionary(args.data, 'bench_whatif_', no_start=True)
     train_args = configs.UNIFIED_2 + configs.train_args(dict_file)
     here = 'whatif_speedups'
     train_specs = {
@@ -177,7 +172,6 @@ def main() -> None:
             ),
         ]
     )  # fmt: skip
-    stem = args.out or default_out_stem(__file__, args.quick)
     data = {
         'machine': machine,
         'settings': vars(args),
@@ -185,8 +179,7 @@ def main() -> None:
         'train': train.to_json(),
         'generate': gen.to_json(),
     }
-    paths = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, args.out, args.quick, data, markdown)
 
 
 if __name__ == '__main__':
