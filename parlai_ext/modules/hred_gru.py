@@ -299,7 +299,14 @@ def padded_bidirectional_gru_plain(
     direction reads the padded rows as they are (padding comes after the real tokens, so their
     states are unaffected); the backward direction reads each row's real tokens reversed
     (``reverse``: position t holds token ``len - 1 - t``), padding again last, and its outputs
-    are put back in order."""
+    are put back in order.
+
+    Each direction runs ``torch.ops.aten.gru.input``, the operator behind ``nn.GRU`` (and the
+    private ``torch._VF.gru``): same kernels, outputs and speed. Not ``torch.func.functional_call``
+    on a one-direction ``nn.GRU``: about 75 us more per call on the CPU, and on CUDA it would
+    re-flatten the weights it is given in place (``flatten_parameters``) at every call. Not
+    ``pack_padded_sequence``: twice as slow on the CPU (``docs/speed.md`` 7.C2) and the lengths
+    must go to the host."""
     n, length, _ = x.shape
     steps = torch.arange(length, device=x.device)
     valid = steps[None, :] < lengths[:, None]  # [N, L]
@@ -316,7 +323,9 @@ def padded_bidirectional_gru_plain(
             if suffix:
                 source_rows = inputs.gather(1, reverse[..., None].expand_as(inputs))
             h0 = inputs.new_zeros(1, n, rnn.hidden_size)
-            out, _ = torch._VF.gru(
+            # the GRU operator nn.GRU runs (its schema: input, hx, params, has_biases,
+            # num_layers, dropout, train, bidirectional, batch_first), one direction's weights
+            out, _ = torch.ops.aten.gru.input(
                 source_rows, h0, weights, True, 1, 0.0, rnn.training, False, True
             )
             finals.append(out.gather(1, last.expand(n, 1, out.shape[-1])).squeeze(1))
