@@ -33,9 +33,9 @@ from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGenerato
 from parlai.utils.torch import neginf
 from torch import nn
 
-from parlai_ext.agents.hf_backbone import (
-    HF_ARCH_KEYS,
-    OPTION_ALIASES,
+from parlai_ext.agents import hf_backbone
+from parlai_ext.agents.hf_backbone import *  # noqa: F403 (the backbone half, re-exported below)
+from parlai_ext.agents.hf_backbone import (  # the names used here
     SAVED_FOLDER_SUFFIX,
     SAVED_META,
     HfCheckpointMixin,
@@ -47,12 +47,8 @@ from parlai_ext.agents.hf_backbone import (
     base_folder,
     bf16_enabled,
     build_causal_lm,
-    build_encoder,
-    cache_root,
-    hf_autocast,
     hf_model_name,
     is_fresh,
-    lora_settings,
     saved_folder,
 )
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
@@ -446,30 +442,18 @@ class HfGeneratorAgent(HfGeneratorAgentMixin, DecayExemptOptimizerMixin, TorchGe
         super().__init__(opt, shared)
 
 
+# one list: the backbone half's public names (hf_backbone.__all__) and this module's own
 __all__ = [
-    'HF_ARCH_KEYS',
-    'OPTION_ALIASES',
-    'HfCheckpointMixin',
+    *hf_backbone.__all__,
     'HfDictionaryAgent',
     'HfGeneratorAgent',
     'HfGeneratorAgentMixin',
     'HfGeneratorModel',
     'HfOrParlaiDictionaryAgent',
-    'add_hf_args',
     'add_hf_generator_args',
     'build_generator_model',
     'fit_truncation',
+    'hf_tokenizer_of',
     'max_positions',
     'start_input_id',
-    'base_folder',
-    'bf16_enabled',
-    'build_causal_lm',
-    'build_encoder',
-    'cache_root',
-    'hf_autocast',
-    'hf_model_name',
-    'hf_tokenizer_of',
-    'is_fresh',
-    'lora_settings',
-    'saved_folder',
 ]
