@@ -190,6 +190,45 @@ def _receiver(tau: float = 1.0) -> Receiver:
     return Receiver(encoder(), encoder(), tau=tau).eval()
 
 
+def _sentence_encoder(**options) -> SentenceEncoder:
+    torch.manual_seed(0)  # the same weights whatever the options
+    return SentenceEncoder(20, dim=8, n_layers=2, n_heads=2, ffn_dim=16, dropout=0.0, **options)
+
+
+SENTENCES = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0], [9, 10, 11, 0]])
+
+
+def test_sentence_encoder_uses_its_activation():
+    """--activation reaches the receiver's encoders: ReLU and GELU differ on the same weights;
+    the default is GELU (what receivers saved before the option was honoured used)."""
+    with torch.no_grad():
+        gelu = _sentence_encoder(activation='gelu').eval()(SENTENCES)
+        relu = _sentence_encoder(activation='relu').eval()(SENTENCES)
+        default = _sentence_encoder().eval()(SENTENCES)
+    assert (gelu - relu).abs().max().item() > 1e-3
+    assert torch.equal(default, gelu)
+    ffn = _sentence_encoder(activation='relu').stack.layers[0].ffn
+    x = torch.randn(5, 8)
+    assert torch.allclose(ffn(x), ffn.fc_out(F.relu(ffn.fc_in(x))), atol=1e-6)
+
+
+def test_sentence_encoder_attention_dropout_acts_in_training_only():
+    """--attention-dropout: outputs vary between training passes and equal the undropped
+    encoder's in evaluation; without it (the default) a training pass is the evaluation one."""
+    dropped, plain = _sentence_encoder(attention_dropout=0.5), _sentence_encoder()
+    with torch.no_grad():
+        reference = plain.eval()(SENTENCES)
+        assert torch.allclose(plain.train()(SENTENCES), reference, atol=1e-5)
+        assert torch.equal(dropped.eval()(SENTENCES), reference)
+        dropped.train()
+        torch.manual_seed(1)
+        first = dropped(SENTENCES)
+        torch.manual_seed(2)
+        second = dropped(SENTENCES)
+    assert (first - reference).abs().max().item() > 1e-3
+    assert (first - second).abs().max().item() > 1e-3
+
+
 def test_receiver_scores_variable_length_batches_by_hand():
     """Eq. 11 (√d scaling), Eq. 13 (τ), Eq. 14 (mean over valid utterances), padding masked."""
     receiver = _receiver(tau=0.5)

@@ -409,7 +409,10 @@ def sample_responses(
 
 
 class SentenceEncoder(TransformerEncoder):
-    """The shared bidirectional encoder (no type embeddings) with mean pooling over tokens."""
+    """The shared bidirectional encoder (no type embeddings) with mean pooling over tokens.
+
+    ``activation`` and ``attention_dropout`` default to what every receiver saved before they
+    were options here used (GELU, no attention dropout), so such models rebuild unchanged."""
 
     def __init__(
         self,
@@ -422,10 +425,13 @@ class SentenceEncoder(TransformerEncoder):
         dropout: float = 0.1,
         padding_idx: int = 0,
         ffn_dropout: float = 0.0,
+        activation: str = 'gelu',
+        attention_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             vocab_size, dim, n_layers, n_heads, ffn_dim, n_positions, n_types=0,
-            dropout=dropout, padding_idx=padding_idx, ffn_dropout=ffn_dropout,
+            dropout=dropout, attention_dropout=attention_dropout, activation=activation,
+            padding_idx=padding_idx, ffn_dropout=ffn_dropout,
         )  # fmt: skip
         self.padding_idx = padding_idx
         self.dim = dim

@@ -587,4 +587,25 @@ MUTANTS = [
         '        missing = slots[None, :] >= batch.n_candidates.to(out.scores.device)[:, None]',
         '        missing = slots[None, :] > batch.n_candidates.to(out.scores.device)[:, None]',
     ),
+    # M: the receiver's SentenceEncoder honours --activation / --attention-dropout
+    (
+        M,
+        'dropout=dropout, attention_dropout=attention_dropout, activation=activation,',
+        "dropout=dropout, attention_dropout=attention_dropout, activation='gelu',",
+    ),
+    (
+        M,
+        'dropout=dropout, attention_dropout=attention_dropout, activation=activation,',
+        'dropout=dropout, attention_dropout=0.0, activation=activation,',
+    ),
+    (
+        M,
+        "activation: str = 'gelu',\n        attention_dropout",
+        "activation: str = 'relu',\n        attention_dropout",
+    ),
+    (
+        M,
+        'attention_dropout: float = 0.0,\n    ) -> None:',
+        'attention_dropout: float = 0.1,\n    ) -> None:',
+    ),
 ]
