@@ -1,11 +1,11 @@
-"""The query and key/value weights read as one matrix without a per-call copy (issue #23).
+"""Self-attention's one ``qkv`` projection (issue #23) and the model files written before it.
 
-``MultiHeadAttention`` keeps its ``query`` and ``key_value`` parameters (same names, same state
-dict), but places them end to end in one storage, so the packed path's single QKV GEMM reads
-them through ``join_rows`` (a view whose backward splits the gradient) instead of a
-``torch.cat`` per call. These tests pin that the layout holds after ``.to()``, copies, loads
-and optimizer steps, that gradients and training equal the concatenating path, and that model
-files in the old layout still load.
+Self-attention holds one ``qkv`` Linear (query rows, then key rows, then value rows: one GEMM);
+cross-attention keeps ``query`` and ``key_value``. Model files written up to commit 0936f2a hold
+self-attention as ``query.*`` + ``key_value.*``; ``MultiHeadAttention._load_from_state_dict``
+stacks them into ``qkv.*``. These tests pin the seeded initialisation (the same weights as the
+two separate layers), the old-layout load (identical outputs), the outputs of the code before
+the change, and the ``query`` / ``key_value`` row views kept for callers of the old names.
 """
 
 from __future__ import annotations
@@ -15,113 +15,22 @@ import io
 
 import pytest
 import torch
+from torch import nn
 
-from parlai_ext.modules.transformer import MultiHeadAttention, join_rows, lie_end_to_end
+from parlai_ext.modules.encoder_decoder import EncoderDecoder
+from parlai_ext.modules.transformer import MultiHeadAttention, init_weights
+from parlai_ext.modules.transformer_layout import join_legacy_rows
 from parlai_ext.modules.unified_transformer import UnifiedTransformer
 
 
-def _fused(mha: MultiHeadAttention) -> bool:
-    return lie_end_to_end(mha.query.weight, mha.key_value.weight) and lie_end_to_end(
-        mha.query.bias, mha.key_value.bias
-    )
-
-
-def _unfuse(model: torch.nn.Module) -> None:
-    """Give every query/key_value parameter its own storage (the old layout: join_rows then
-    concatenates)."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, MultiHeadAttention):
-                for linear in (module.query, module.key_value):
-                    for param in (linear.weight, linear.bias):
-                        param.data = param.data.clone()
-
-
-def test_query_and_key_value_join_without_a_copy():
-    torch.manual_seed(0)
-    mha = MultiHeadAttention(8, 2)
-    assert _fused(mha)
-    weight = join_rows(mha.query.weight, mha.key_value.weight)
-    assert weight.data_ptr() == mha.query.weight.data_ptr()  # a view, no copy
-    assert torch.equal(weight, torch.cat([mha.query.weight, mha.key_value.weight]))
-    bias = join_rows(mha.query.bias, mha.key_value.bias)
-    assert bias.data_ptr() == mha.query.bias.data_ptr()
-    assert torch.equal(bias, torch.cat([mha.query.bias, mha.key_value.bias]))
-    # the parameters and their state-dict names are those of the two projections
-    assert sorted(mha.state_dict()) == [
-        'key_value.bias', 'key_value.weight', 'out.bias', 'out.weight', 'query.bias',
-        'query.weight',
-    ]  # fmt: skip
-    # tensors that do not lie end to end are concatenated (a copy, same values)
-    _unfuse(mha)
-    assert not _fused(mha)
-    joined = join_rows(mha.query.weight, mha.key_value.weight)
-    assert joined.data_ptr() != mha.query.weight.data_ptr()
-    assert torch.equal(joined, torch.cat([mha.query.weight, mha.key_value.weight]))
-
-
-def test_lie_end_to_end_needs_adjacent_rows_in_order_of_one_dtype():
-    base = torch.arange(16.0).view(8, 2)
-    assert lie_end_to_end(base[2:4], base[4:7])
-    # a view at a non-zero offset joins to the right rows
-    assert torch.equal(join_rows(base[2:4], base[4:7]), base[2:7])
-    assert not lie_end_to_end(base[2:4], base[5:7])  # a gap
-    assert not lie_end_to_end(base[4:7], base[2:4])  # the wrong order
-    assert not lie_end_to_end(base[:2], base[2:4].clone())  # another storage
-    assert not lie_end_to_end(base[:2], base.view(16)[4:6])  # another trailing shape
-    doubles = torch.arange(16.0, dtype=torch.float64).view(8, 2)
-    assert not lie_end_to_end(base[:2], doubles[2:4].float())
-    assert torch.equal(join_rows(base[2:4], base[5:7]), torch.cat([base[2:4], base[5:7]]))
-
-
-def test_join_rows_gradient_splits_like_cat():
-    torch.manual_seed(0)
-    mha = MultiHeadAttention(8, 2)
-    reference = copy.deepcopy(mha)
-    _unfuse(reference)
-    x = torch.randn(5, 8)
-    scale = torch.linspace(0.5, 2.0, 24)[:, None]  # every output row weighted differently
-    for module in (mha, reference):
-        weight = join_rows(module.query.weight, module.key_value.weight)
-        bias = join_rows(module.query.bias, module.key_value.bias)
-        (torch.nn.functional.linear(x, weight, bias).T * scale).pow(2).sum().backward()
-    for name in ('query', 'key_value'):
-        for kind in ('weight', 'bias'):
-            got = getattr(getattr(mha, name), kind).grad
-            want = getattr(getattr(reference, name), kind).grad
-            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f'{name}.{kind}')
-
-
-def test_layout_survives_conversion_copies_and_loads(tmp_path):
-    torch.manual_seed(0)
-    mha = MultiHeadAttention(8, 2)
-    values = {k: v.clone() for k, v in mha.state_dict().items()}
-    mha.double()  # _apply: new storages, fused again
-    assert mha.query.weight.dtype == torch.float64 and _fused(mha)
-    mha.float()
-    assert _fused(copy.deepcopy(mha))  # __setstate__
-    buffer = io.BytesIO()
-    torch.save(mha, buffer)  # a whole-module pickle (the load hook is a plain function)
-    buffer.seek(0)
-    assert _fused(torch.load(buffer, weights_only=False))
-    # a state dict of separately stored tensors (the old layout), copied in or assigned
-    fresh = MultiHeadAttention(8, 2)
-    fresh.load_state_dict(values)
-    assert _fused(fresh) and torch.equal(fresh.key_value.weight, values['key_value.weight'])
-    fresh.load_state_dict({k: v.clone() for k, v in values.items()}, assign=True)
-    assert _fused(fresh) and torch.equal(fresh.query.bias, values['query.bias'])
-
-
-def _tiny_unified() -> UnifiedTransformer:
-    torch.manual_seed(0)
-    model = UnifiedTransformer(
+def _tiny_unified(seed: int = 0) -> UnifiedTransformer:
+    torch.manual_seed(seed)
+    return UnifiedTransformer(
         40, dim=16, n_layers=2, n_heads=2, ffn_dim=32, n_positions=32, dropout=0.0
     )
-    model.train()
-    return model
 
 
-def _batch():
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     context = torch.randint(4, 40, (3, 7), generator=generator)
     context[1, 4:] = 0
@@ -130,54 +39,144 @@ def _batch():
     return context, response
 
 
-def _train(model: UnifiedTransformer, steps: int) -> list[float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-    context, response = _batch()
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        hidden, _ = model(context, response)
-        logits = model.logits(hidden[response != 0])
-        loss = torch.nn.functional.cross_entropy(logits, response[response != 0])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+def _old_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` as the code before ``qkv`` saved it: every self-attention ``qkv.*`` split
+    into ``query.*`` (the first ``dim`` rows) and ``key_value.*`` (the other ``2 * dim``)."""
+    old = {}
+    for name, tensor in state.items():
+        if '.attention.qkv.' in name:
+            dim = tensor.shape[0] // 3
+            old[name.replace('.qkv.', '.query.')] = tensor[:dim].clone()
+            old[name.replace('.qkv.', '.key_value.')] = tensor[dim:].clone()
+        else:
+            old[name] = tensor.clone()
+    return old
 
 
-def test_packed_training_with_the_joined_view_equals_the_concatenating_path():
-    fused = _tiny_unified()
-    concatenating = copy.deepcopy(fused)
-    _unfuse(concatenating)
-    attention = fused.stack.layers[0].attention
-    pointer = attention.query.weight.data_ptr()
-    losses = _train(fused, 3)
-    assert losses == pytest.approx(_train(concatenating, 3), rel=1e-5, abs=1e-6)
-    assert losses[-1] < losses[0]  # the optimizer's in-place steps reach the joined view
-    # still the same storage: the optimizer updated the joined weights in place
-    assert attention.query.weight.data_ptr() == pointer and _fused(attention)
-    for (name, p), (_, q) in zip(fused.named_parameters(), concatenating.named_parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+def test_self_attention_has_one_qkv_and_cross_attention_query_and_key_value():
+    assert sorted(MultiHeadAttention(8, 2).state_dict()) == [
+        'out.bias', 'out.weight', 'qkv.bias', 'qkv.weight',
+    ]  # fmt: skip
+    assert MultiHeadAttention(8, 2).qkv.weight.shape == (24, 8)
+    assert sorted(MultiHeadAttention(8, 2, cross=True).state_dict()) == [
+        'key_value.bias', 'key_value.weight', 'out.bias', 'out.weight', 'query.bias',
+        'query.weight',
+    ]  # fmt: skip
 
 
-def test_model_file_in_the_old_layout_loads_and_gives_the_same_outputs(tmp_path):
-    old = _tiny_unified()
-    _unfuse(old)  # the layout of model files written before the joined weights
-    path = tmp_path / 'model.pt'
-    torch.save(old.state_dict(), path)
-    new = UnifiedTransformer(
-        40, dim=16, n_layers=2, n_heads=2, ffn_dim=32, n_positions=32, dropout=0.0
-    )
-    new.load_state_dict(torch.load(path))
-    assert all(_fused(layer.attention) for layer in new.stack.layers)
-    old.eval()
-    new.eval()
-    context, response = _batch()
+def test_seeded_weights_equal_the_separate_query_and_key_value_layers():
+    """PyTorch's default initialisation and init_weights' Xavier-normal, part by part: a
+    seeded model gets the weights the separate layers had (Xavier's scale depends on each
+    part's output size: dim for the query, 2 * dim for keys and values)."""
+    torch.manual_seed(3)
+    query, key_value, out = nn.Linear(8, 8), nn.Linear(8, 16), nn.Linear(8, 8)
+    torch.manual_seed(3)
+    mha = MultiHeadAttention(8, 2)
+    assert torch.equal(mha.qkv.weight, torch.cat([query.weight, key_value.weight]))
+    assert torch.equal(mha.qkv.bias, torch.cat([query.bias, key_value.bias]))
+    assert torch.equal(mha.out.weight, out.weight)
+    torch.manual_seed(4)
+    for layer in (query, key_value, out):
+        nn.init.xavier_normal_(layer.weight)
+    torch.manual_seed(4)
+    init_weights(mha)
+    assert torch.equal(mha.qkv.weight, torch.cat([query.weight, key_value.weight]))
+    assert torch.equal(mha.qkv.bias, torch.zeros(24))
+    assert torch.equal(mha.out.weight, out.weight)
+
+
+def test_outputs_equal_the_code_before_qkv():
+    """Literals from the code at commit 0936f2a (separate query / key_value layers), same seed
+    and batch: initialisation and forward unchanged."""
+    model = _tiny_unified().eval()
     with torch.no_grad():
-        torch.testing.assert_close(new(context, response)[0], old(context, response)[0])
-    # and a file written with the joined layout loads into a model with separate storages
-    torch.save(new.state_dict(), path)
-    _unfuse(old)
-    old.load_state_dict(torch.load(path))
-    for (name, p), (_, q) in zip(old.named_parameters(), new.named_parameters()):
+        hidden = model(*_batch())[0]
+    before = {
+        (1, 2): [-0.451388538, -1.553028464, 0.146327361, 0.550416768, 1.533179998, 0.744234383],
+        (0, 4): [0.346645325, 0.168900445, 1.091643810, 0.009124473, 1.385868788, 0.622640312],
+    }
+    for (row, position), values in before.items():
+        torch.testing.assert_close(hidden[row, position, :6], torch.tensor(values))
+    assert hidden.abs().sum().item() == pytest.approx(155.554993, rel=1e-6)
+
+
+def test_model_file_in_the_old_layout_loads_and_gives_identical_outputs(tmp_path):
+    new = _tiny_unified()
+    path = tmp_path / 'model.pt'
+    torch.save(_old_layout(new.state_dict()), path)
+    loaded = _tiny_unified(seed=1)  # other weights until the load
+    result = loaded.load_state_dict(torch.load(path))  # strict: every key has its place
+    assert not result.missing_keys and not result.unexpected_keys
+    for (name, p), (_, q) in zip(loaded.named_parameters(), new.named_parameters()):
         assert torch.equal(p, q), name
+    context, response = _batch()
+    for mode in ('eval', 'train'):  # the padded pass and the packed (training) one
+        getattr(new, mode)(), getattr(loaded, mode)()
+        assert torch.equal(loaded(context, response)[0], new(context, response)[0]), mode
+    # assign=True takes the stacked tensor as the parameter: same values
+    assigned = _tiny_unified(seed=2)
+    assigned.load_state_dict(torch.load(path), assign=True)
+    layer = assigned.stack.layers[1].attention
+    assert torch.equal(layer.qkv.weight, new.stack.layers[1].attention.qkv.weight)
+
+
+def test_encoder_decoder_old_layout_loads_its_cross_attention_unchanged():
+    torch.manual_seed(0)
+    new = EncoderDecoder(30, dim=16, n_encoder_layers=1, n_decoder_layers=1, n_heads=2,
+                         ffn_dim=32, n_positions=16, dropout=0.0).eval()  # fmt: skip
+    old = _old_layout(new.state_dict())
+    assert 'decoder.layers.0.cross_attention.query.weight' in old  # untouched by the split
+    torch.manual_seed(1)
+    loaded = EncoderDecoder(30, dim=16, n_encoder_layers=1, n_decoder_layers=1, n_heads=2,
+                            ffn_dim=32, n_positions=16, dropout=0.0).eval()  # fmt: skip
+    loaded.load_state_dict(old)
+    source = torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11]])
+    target = torch.tensor([[1, 12, 13], [1, 14, 0]])
+    assert torch.equal(loaded(source, target)[0], new(source, target)[0])
+
+
+def test_join_legacy_rows_stacks_in_order_and_skips_what_it_cannot_join():
+    state = {'a.query.weight': torch.ones(2, 3), 'a.key_value.weight': torch.zeros(4, 3),
+             'a.query.bias': torch.ones(2), 'a.key_value.bias': 2 * torch.ones(4)}  # fmt: skip
+    join_legacy_rows(state, 'a.', ('query', 'key_value'), 'qkv')
+    assert sorted(state) == ['a.qkv.bias', 'a.qkv.weight']
+    assert state['a.qkv.weight'][:2].eq(1).all() and state['a.qkv.weight'][2:].eq(0).all()
+    assert state['a.qkv.bias'].tolist() == [1, 1, 2, 2, 2, 2]
+    # a missing part, or qkv already there: nothing changes
+    partial = {'a.query.weight': torch.ones(2, 3)}
+    join_legacy_rows(partial, 'a.', ('query', 'key_value'), 'qkv')
+    assert sorted(partial) == ['a.query.weight']
+    both = {'a.qkv.weight': torch.ones(6, 3), 'a.query.weight': torch.zeros(2, 3),
+            'a.key_value.weight': torch.zeros(4, 3)}  # fmt: skip
+    join_legacy_rows(both, 'a.', ('query', 'key_value'), 'qkv')
+    assert both['a.qkv.weight'].eq(1).all() and 'a.query.weight' in both
+    # a self-attention file missing key_value fails a strict load, naming qkv
+    mha = MultiHeadAttention(8, 2)
+    old = _old_layout({f'x.attention.{k}': v for k, v in mha.state_dict().items()})
+    old = {k.removeprefix('x.attention.'): v for k, v in old.items() if 'key_value' not in k}
+    with pytest.raises(RuntimeError, match='qkv.weight'):
+        MultiHeadAttention(8, 2).load_state_dict(old)
+
+
+def test_query_and_key_value_names_are_row_views_of_qkv():
+    """Callers of the old names (PPG's GPT-2 initialisation copies into them in place; the
+    Knover tests read them) reach the qkv rows."""
+    mha = MultiHeadAttention(8, 2)
+    assert torch.equal(mha.query.weight, mha.qkv.weight[:8])
+    assert torch.equal(mha.key_value.bias, mha.qkv.bias[8:])
+    with torch.no_grad():
+        mha.key_value.weight.copy_(torch.full((16, 8), 0.5))
+        mha.query.bias.zero_()
+    assert mha.qkv.weight[8:].eq(0.5).all() and mha.qkv.bias[:8].eq(0).all()
+    assert not mha.qkv.weight[:8].eq(0.5).all()
+    with pytest.raises(AttributeError):
+        mha.value  # noqa: B018 (only the two old names)
+    # copies and whole-module pickles keep working (the views are computed, not stored)
+    x = torch.randn(2, 3, 8)
+    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    buffer = io.BytesIO()
+    torch.save(mha, buffer)
+    buffer.seek(0)
+    for copied in (copy.deepcopy(mha), torch.load(buffer, weights_only=False)):
+        assert torch.equal(copied(x, mask)[0], mha(x, mask)[0])
+        assert torch.equal(copied.query.weight, mha.query.weight)

@@ -114,8 +114,13 @@ def _reference_attention(mha, x, mask, source=None):
     source = x if source is None else source
     batch, time, dim = x.shape
     heads, d = mha.n_heads, dim // mha.n_heads
-    w_kv, b_kv = mha.key_value.weight, mha.key_value.bias
-    q = F.linear(x, mha.query.weight, mha.query.bias)
+    if mha.cross:  # query; key_value = keys then values
+        w_q, b_q = mha.query.weight, mha.query.bias
+        w_kv, b_kv = mha.key_value.weight, mha.key_value.bias
+    else:  # one qkv: query rows, key rows, value rows
+        w_q, b_q = mha.qkv.weight[:dim], mha.qkv.bias[:dim]
+        w_kv, b_kv = mha.qkv.weight[dim:], mha.qkv.bias[dim:]
+    q = F.linear(x, w_q, b_q)
     k = F.linear(source, w_kv[:dim], b_kv[:dim])  # keys: the first half of key_value
     v = F.linear(source, w_kv[dim:], b_kv[dim:])
 
@@ -143,12 +148,19 @@ def test_attention_equals_scaled_dot_product_by_hand():
     assert torch.allclose(keys2, keys, atol=1e-6)
     assert torch.allclose(out2, out[:, 3:], atol=1e-5)
     # cross-attention reads the given memory
+    cross = MultiHeadAttention(16, 4, cross=True).eval()
+    _randomise_norms(cross)
     memory_source = torch.randn(2, 3, 16)
-    memory = mha.project_key_value(memory_source)
+    memory = cross.project_key_value(memory_source)
     full = torch.ones(2, 1, 5, 3, dtype=torch.bool)
-    crossed, returned = mha(x, full, memory=memory)
+    crossed, returned = cross(x, full, memory=memory)
     assert returned is memory
-    assert torch.allclose(crossed, _reference_attention(mha, x, full, memory_source), atol=1e-5)
+    assert torch.allclose(crossed, _reference_attention(cross, x, full, memory_source), atol=1e-5)
+    # each kind refuses the other's call
+    with pytest.raises(ValueError, match='cross-attention needs a memory'):
+        cross(x, mask)
+    with pytest.raises(ValueError, match='self-attention takes none'):
+        mha(x, full, memory=memory)
 
 
 def test_feed_forward_and_its_inner_dropout():

@@ -19,6 +19,7 @@ Conventions
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +28,14 @@ from torch import nn
 # Hugging Face encoders live in the shared loader; re-exported for the callers of this module
 from parlai_ext.modules.hf import HfEncoder, drop_unused_pooler  # noqa: F401
 
-# the memory layouts (caches, packing, joined weights) live in their own module; re-exported
+# the memory layouts (caches, packing, stacked projections) live in their own module; re-exported
 from parlai_ext.modules.transformer_layout import (  # noqa: F401
     KVCache,
     Packing,
+    StackedLinear,
     _KVStore,
-    join_rows,
-    lie_end_to_end,
+    join_legacy_rows,
+    part_weights,
 )
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
@@ -66,66 +68,70 @@ def attend(
     return F.scaled_dot_product_attention(query, keys, values, attn_mask, dropout_p)
 
 
-def _fuse_after_load(module: MultiHeadAttention, incompatible_keys) -> None:
-    """``load_state_dict`` post-hook (a module-level function: picklable)."""
-    module.fuse_qkv()
+@dataclass
+class LinearRows:
+    """``weight`` / ``bias`` row views of one part of a :class:`StackedLinear` (read and
+    written in place like an ``nn.Linear``'s parameters)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with an optional key/value cache (self- or cross-attention).
 
-    The ``query`` and ``key_value`` projections keep their own parameters (and state-dict
-    names), but their weights (and biases) lie end to end in one storage
-    (:meth:`fuse_qkv`), so the packed path's single QKV GEMM reads them as one matrix without
-    concatenating them on every call (:func:`join_rows`). The layout is restored after
-    ``.to()`` / ``.half()`` (``_apply``), ``load_state_dict`` and copies; where it is not
-    (e.g. parameters replaced by hand), :func:`join_rows` concatenates: same values.
+    Self-attention projects queries, keys and values with one ``qkv`` Linear (``3 * dim``
+    outputs: query rows, then key rows, then value rows; one GEMM); cross-attention
+    (``cross=True``) projects its input with ``query`` and the memory with ``key_value`` (keys
+    then values; :meth:`project_key_value`). Model files written when self-attention also
+    had ``query`` and ``key_value`` load: :meth:`_load_from_state_dict` stacks their rows.
     """
 
-    def __init__(self, dim: int, n_heads: int, dropout: float = 0.0) -> None:
+    # the layers self-attention had before ``qkv`` (model files up to commit 0936f2a)
+    LEGACY_SELF_ATTENTION = ('query', 'key_value')
+
+    def __init__(self, dim: int, n_heads: int, dropout: float = 0.0, cross: bool = False) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f'dim {dim} is not divisible by n_heads {n_heads}')
         self.n_heads = n_heads
         self.head_dim = dim // n_heads
         self.dropout = dropout
-        self.query = nn.Linear(dim, dim)
-        self.key_value = nn.Linear(dim, 2 * dim)
+        self.cross = cross
+        if cross:
+            self.query = nn.Linear(dim, dim)
+            self.key_value = nn.Linear(dim, 2 * dim)
+        else:
+            # initialised part by part as the separate query and key_value layers were
+            self.qkv = StackedLinear(dim, (dim, 2 * dim))
         self.out = nn.Linear(dim, dim)
         # > 0: self-attention caches are KVCache buffers with this many free positions
         # (set by TransformerStack.reserve_cache; used only while autograd is off)
         self.cache_reserve = 0
-        self.fuse_qkv()
-        self.register_load_state_dict_post_hook(_fuse_after_load)
 
-    def fuse_qkv(self) -> None:
-        """Place the query and key/value weights (and biases) end to end in one new storage
-        (values unchanged; the same Parameter objects, so optimizers keep them)."""
-        with torch.no_grad():
-            for name in ('weight', 'bias'):
-                query, key_value = getattr(self.query, name), getattr(self.key_value, name)
-                if query is None or key_value is None or lie_end_to_end(query, key_value):
-                    continue
-                joined = torch.cat([query, key_value])
-                query.data = joined[: query.shape[0]]
-                key_value.data = joined[query.shape[0] :]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Self-attention: a state dict with ``query.*`` and ``key_value.*`` (the layout
+        before ``qkv``) loads as ``qkv.*`` = their rows stacked (query, then keys and values)."""
+        if not self.cross:
+            join_legacy_rows(state_dict, prefix, self.LEGACY_SELF_ATTENTION, 'qkv')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _apply(self, fn, recurse: bool = True):  # .to(), .half(), .cuda(), ...
-        module = super()._apply(fn, recurse)
-        self.fuse_qkv()
-        return module
-
-    def __setstate__(self, state) -> None:  # copy.deepcopy, pickle
-        super().__setstate__(state)
-        if '_modules' in state:
-            self.fuse_qkv()
+    def __getattr__(self, name: str):
+        """Self-attention's ``query`` / ``key_value``: row views of ``qkv`` (:class:`LinearRows`)
+        for code written against the separate layers (e.g. weight copies in place)."""
+        if name in self.LEGACY_SELF_ATTENTION and not self.__dict__.get('cross', True):
+            qkv = self.qkv
+            index = self.LEGACY_SELF_ATTENTION.index(name)
+            biases = qkv.bias.split(qkv.parts) if qkv.bias is not None else (None, None)
+            return LinearRows(qkv.weight.split(qkv.parts)[index], biases[index])
+        return super().__getattr__(name)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape
         return x.view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
 
     def project_key_value(self, source: torch.Tensor) -> LayerCache:
-        """Keys and values of ``source`` (e.g. an encoder output for cross-attention)."""
+        """Keys and values of ``source`` (cross-attention: e.g. an encoder output)."""
         keys, values = self.key_value(source).chunk(2, dim=-1)
         return self._split_heads(keys), self._split_heads(values)
 
@@ -149,11 +155,12 @@ class MultiHeadAttention(nn.Module):
         ``cache_reserve`` > 0 and autograd is off). Cross-attention: keys/values are
         ``memory`` (already projected), returned unchanged.
         """
+        if (memory is None) == self.cross:
+            raise ValueError('cross-attention needs a memory, self-attention takes none')
         if packing is not None:
             return self._packed_forward(x, mask, packing)
-        query = self._split_heads(self.query(x))
         if memory is None:
-            keys, values = self.project_key_value(x)
+            query, keys, values = (self._split_heads(part) for part in self.qkv(x).chunk(3, -1))
             if self.cache_reserve > 0 and not torch.is_grad_enabled():
                 new_cache = self._buffered_cache(cache, keys, values)
                 keys, values = new_cache
@@ -163,6 +170,7 @@ class MultiHeadAttention(nn.Module):
                     values = torch.cat([cache[1], values], dim=2)
                 new_cache = (keys, values)
         else:
+            query = self._split_heads(self.query(x))
             keys, values = new_cache = memory
         attended = attend(
             query,
@@ -183,10 +191,7 @@ class MultiHeadAttention(nn.Module):
         row's real tokens, rows of similar length together) and the keys/values returned
         for the cache are scattered to the padded layout; otherwise one scatter of q/k/v to
         the padded layout and one gather of the attended rows."""
-        # one GEMM for query, keys and values: the two weights read as one matrix (fuse_qkv)
-        weight = join_rows(self.query.weight, self.key_value.weight)
-        bias = join_rows(self.query.bias, self.key_value.bias)
-        projected = F.linear(x, weight, bias)
+        projected = self.qkv(x)  # (n_tokens, 3 * dim): query, keys, values
         dropout = self.dropout if self.training else 0.0
         if mask is not None and mask.dtype == torch.bool and packing.n_tokens:
             attended = self._grouped_attention(projected, mask, packing, dropout)
@@ -274,7 +279,7 @@ class TransformerBlock(nn.Module):
         self.cross_attention = None
         if cross_attention:
             self.norm_cross = nn.LayerNorm(dim)
-            self.cross_attention = MultiHeadAttention(dim, n_heads, attention_dropout)
+            self.cross_attention = MultiHeadAttention(dim, n_heads, attention_dropout, cross=True)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, activation, ffn_dropout)
         self.dropout = nn.Dropout(dropout)
@@ -467,7 +472,8 @@ def init_weights(module: nn.Module) -> None:
     """
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
-            nn.init.xavier_normal_(sub.weight)
+            for weight in part_weights(sub):  # a StackedLinear: each projection on its own
+                nn.init.xavier_normal_(weight)
             if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
 

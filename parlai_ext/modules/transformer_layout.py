@@ -5,16 +5,18 @@ tensors lie, so that no step copies what it does not have to.
   extends in place (instead of a ``torch.cat`` copy of the whole cache per step and layer).
 - :class:`Packing`: the valid positions of a right-padded ``(batch, time)`` batch, for running
   the token-wise parts of a stack on real tokens only.
-- :func:`join_rows`: ``torch.cat`` of two tensors along dim 0 that is a view (no copy) when
-  they already :func:`lie_end_to_end` in one storage (the query and key/value weights of
-  :class:`~parlai_ext.modules.transformer.MultiHeadAttention`).
+- :class:`StackedLinear`: one ``nn.Linear`` whose output rows stack several projections (the
+  self-attention query, keys and values: one GEMM), each initialised as its own layer was, and
+  :func:`join_legacy_rows`, which maps a state dict of the separate layers onto it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 # attention groups: at most this many per batch, and a group must save at least this many
 # (row x length^2) units of attention work to pay for its extra kernel calls and gathers
@@ -224,40 +226,43 @@ class Packing:
         return groups, back
 
 
-def lie_end_to_end(first: torch.Tensor, second: torch.Tensor) -> bool:
-    """Whether ``second`` starts in ``first``'s storage where ``first`` ends (both contiguous,
-    same dtype, device and trailing shape): then ``torch.cat([first, second])`` is a view."""
-    return (
-        first.is_contiguous()
-        and second.is_contiguous()
-        and first.dtype == second.dtype
-        and first.device == second.device
-        and first.shape[1:] == second.shape[1:]
-        and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
-        and second.storage_offset() == first.storage_offset() + first.numel()
-    )
+class StackedLinear(nn.Linear):
+    """``nn.Linear(in_features, sum(parts))`` whose output rows stack ``len(parts)`` projections
+    (``parts``: their output sizes, in order), e.g. a query ``(dim, dim)`` on top of keys and
+    values ``(2 * dim, dim)``. Each part is initialised as a separate ``nn.Linear`` of its
+    size would be, drawing in the same order (weight then bias, part by part), so a seeded
+    model gets the same weights as with the separate layers; :func:`part_weights` gives
+    ``init_weights`` the parts to initialise one by one."""
+
+    def __init__(self, in_features: int, parts: tuple[int, ...], bias: bool = True) -> None:
+        self.parts = tuple(parts)
+        super().__init__(in_features, sum(self.parts), bias)
+
+    def reset_parameters(self) -> None:
+        biases = self.bias.split(self.parts) if self.bias is not None else [None] * len(self.parts)
+        for weight, bias in zip(self.weight.split(self.parts), biases):
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's own initialisation
+            if bias is not None:
+                bound = 1 / math.sqrt(weight.shape[1]) if weight.shape[1] > 0 else 0
+                nn.init.uniform_(bias, -bound, bound)
 
 
-class _JoinedView(torch.autograd.Function):
-    """``torch.cat(parts)`` (dim 0) of tensors that :func:`lie_end_to_end`: forward returns a
-    view of their common storage (no copy), backward splits the gradient between them."""
-
-    @staticmethod
-    def forward(ctx, *parts: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.rows = [part.shape[0] for part in parts]
-        first = parts[0]
-        shape = (sum(ctx.rows), *first.shape[1:])
-        view = first.new_empty(0)
-        return view.set_(first.untyped_storage(), first.storage_offset(), shape, first.stride())
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        return grad.split(ctx.rows)
+def part_weights(linear: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """The weight of each part of a :class:`StackedLinear` (row views), or ``(weight,)``."""
+    if isinstance(linear, StackedLinear):
+        return linear.weight.split(linear.parts)
+    return (linear.weight,)
 
 
-def join_rows(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """``torch.cat([first, second])``, differentiable; without a copy when the two
-    :func:`lie_end_to_end` (e.g. parameters placed so by :meth:`MultiHeadAttention.fuse_qkv`)."""
-    if lie_end_to_end(first, second):
-        return _JoinedView.apply(first, second)
-    return torch.cat([first, second])
+def join_legacy_rows(
+    state_dict: dict[str, torch.Tensor], prefix: str, old: tuple[str, ...], new: str
+) -> None:
+    """In place: replace the ``{prefix}{old[i]}.weight`` / ``.bias`` entries of separate layers
+    by ``{prefix}{new}.weight`` / ``.bias``, their rows stacked in the order of ``old`` (a
+    model file written before the layers were stacked into one :class:`StackedLinear`).
+    Nothing changes when ``new`` is already there or an ``old`` layer is missing."""
+    for kind in ('weight', 'bias'):
+        names = [f'{prefix}{name}.{kind}' for name in old]
+        if f'{prefix}{new}.{kind}' in state_dict or not all(n in state_dict for n in names):
+            continue
+        state_dict[f'{prefix}{new}.{kind}'] = torch.cat([state_dict.pop(n) for n in names])

@@ -4,13 +4,13 @@ Converted from the PLATO-2 engineer's hand-made list, issue #18. Run: .venv/bin/
 """
 
 T = 'parlai_ext/modules/transformer.py'
-TL = 'parlai_ext/modules/transformer_layout.py'  # KVCache, Packing, join_rows (split from T)
+TL = 'parlai_ext/modules/transformer_layout.py'  # KVCache, Packing, StackedLinear (split from T)
 U = 'parlai_ext/modules/unified_transformer.py'
 UA = 'parlai_ext/agents/unified_transformer.py'
 
 TR, UT = 'tests/test_transformer.py', 'tests/test_unified_transformer.py'
 PK = 'tests/test_packing.py'  # the packed stack (#23): states/gradients equal the padded pass
-FQ = 'tests/test_fused_qkv.py'  # the joined query/key_value weights (#23)
+FQ = 'tests/test_fused_qkv.py'  # self-attention's one qkv Linear, older model files (#23)
 ED, MATH = 'tests/test_encoder_decoder.py', 'tests/test_plato2_math.py'
 PL, OP = 'tests/test_plato2.py', 'tests/test_optim.py'
 # the module-level tests of the speed-ups (#23): output-layer bans, padded_from_flat, KVCache
@@ -351,42 +351,78 @@ MUTANTS = [
         'query, keys, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))',
         'keys, query, values = (self._split_heads(part) for part in qkv.chunk(3, dim=-1))',
     ),
+    # T / TL: self-attention's one qkv Linear and the load of older model files (#23; these
+    # replace the mutants of the joined query/key_value storage, fuse_qkv / join_rows)
+    (T, 'projected = self.qkv(x)  #', 'projected = self.qkv(x.detach())  #'),
     (
         T,
-        'weight = join_rows(self.query.weight, self.key_value.weight)',
-        'weight = join_rows(self.key_value.weight, self.query.weight)',
+        'query, keys, values = (self._split_heads(part) for part in self.qkv(x).chunk(3, -1))',
+        'query, values, keys = (self._split_heads(part) for part in self.qkv(x).chunk(3, -1))',
     ),
     (
         T,
-        'bias = join_rows(self.query.bias, self.key_value.bias)',
-        'bias = join_rows(self.key_value.bias, self.query.bias)',
-    ),
-    # T / TL: the joined query/key_value layout (fuse_qkv, join_rows; #23)
-    (
-        T,
-        'query.data = joined[: query.shape[0]]',
-        'query.data = joined[: query.shape[0]].clone()',
+        'query, keys, values = (self._split_heads(part) for part in self.qkv(x).chunk(3, -1))',
+        'keys, query, values = (self._split_heads(part) for part in self.qkv(x).chunk(3, -1))',
     ),
     (
         T,
-        '        module = super()._apply(fn, recurse)\n        self.fuse_qkv()\n',
-        '        module = super()._apply(fn, recurse)\n',
+        'self.qkv = StackedLinear(dim, (dim, 2 * dim))',
+        'self.qkv = StackedLinear(dim, (2 * dim, dim))',
     ),
-    (T, "        if '_modules' in state:\n            self.fuse_qkv()\n", ''),
-    (T, '        self.register_load_state_dict_post_hook(_fuse_after_load)\n', ''),
+    (
+        T,
+        "LEGACY_SELF_ATTENTION = ('query', 'key_value')",
+        "LEGACY_SELF_ATTENTION = ('key_value', 'query')",
+    ),
+    (
+        T,
+        "            join_legacy_rows(state_dict, prefix, self.LEGACY_SELF_ATTENTION, 'qkv')\n",
+        '            pass\n',
+    ),
+    (
+        T,
+        '        if not self.cross:\n            join_legacy_rows',
+        '        if self.cross:\n            join_legacy_rows',
+    ),
+    (
+        T,
+        'return LinearRows(qkv.weight.split(qkv.parts)[index], biases[index])',
+        'return LinearRows(qkv.weight.split(qkv.parts)[index].clone(), biases[index])',
+    ),
+    (T, 'if (memory is None) == self.cross:', 'if False:'),
+    (T, 'for weight in part_weights(sub):', 'for weight in (sub.weight,):'),
+    (TL, 'return linear.weight.split(linear.parts)', 'return (linear.weight,)'),
     (
         TL,
-        'and second.storage_offset() == first.storage_offset() + first.numel()',
-        'and second.storage_offset() >= first.storage_offset()',
+        'bound = 1 / math.sqrt(weight.shape[1]) if weight.shape[1] > 0 else 0',
+        'bound = 1 / math.sqrt(weight.shape[0]) if weight.shape[0] > 0 else 0',
     ),
-    (TL, 'and first.shape[1:] == second.shape[1:]', 'and True'),
+    (TL, 'nn.init.kaiming_uniform_(weight, a=math.sqrt(5))', 'nn.init.kaiming_uniform_(weight)'),
     (
         TL,
-        'return view.set_(first.untyped_storage(), first.storage_offset(), shape, first.stride())',
-        'return view.set_(first.untyped_storage(), 0, shape, first.stride())',
+        "state_dict[f'{prefix}{new}.{kind}'] = torch.cat([state_dict.pop(n) for n in names])",
+        "state_dict[f'{prefix}{new}.{kind}'] = torch.cat([state_dict.pop(n) for n in names[::-1]])",
     ),
-    (TL, 'return grad.split(ctx.rows)', 'return grad.split(ctx.rows[::-1])'),
-    (TL, '        return _JoinedView.apply(first, second)\n', ''),
+    (
+        TL,
+        "state_dict[f'{prefix}{new}.{kind}'] = torch.cat([state_dict.pop(n) for n in names])",
+        "state_dict[f'{prefix}{new}.{kind}'] = torch.cat([state_dict[n] for n in names])",
+    ),
+    (
+        TL,
+        "if f'{prefix}{new}.{kind}' in state_dict or not all(n in state_dict for n in names):",
+        'if not all(n in state_dict for n in names):',
+    ),
+    (
+        TL,
+        "if f'{prefix}{new}.{kind}' in state_dict or not all(n in state_dict for n in names):",
+        "if f'{prefix}{new}.{kind}' in state_dict or not any(n in state_dict for n in names):",
+    ),
+    (
+        TL,
+        "    for kind in ('weight', 'bias'):\n        names",
+        "    for kind in ('weight',):\n        names",
+    ),
     (
         T,
         'if valid is not None and caches is None and memories is None:',
