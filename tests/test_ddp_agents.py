@@ -7,6 +7,12 @@ adapters and the frozen base never moves. ``bench/ddp_check.sh`` runs every agen
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,6 +23,7 @@ from test_p2bot import write_both
 
 from parlai_ext.losses.reinforce import average_gradients
 
+DRIVER = Path(__file__).with_name('ddp_driver.py')
 GENERATORS = ('transmitter', 'selfplay', 'ppg_rl')
 TINY = dict(n_layers=1, embedding_size=16, n_heads=2, ffn_size=32, batchsize=4)
 
@@ -137,22 +144,53 @@ def _lines(path) -> list[str]:
     return path.read_text().splitlines()
 
 
-@pytest.mark.parametrize('run', ['receiver', 'transmitter', 'selfplay', 'critic', 'ppg_rl'])
-def test_workers_hold_identical_weights_after_every_update(models, tmp_path, run):
+RUNS = ['receiver', 'transmitter', 'selfplay', 'critic', 'ppg_rl']
+
+
+@pytest.fixture(scope='module')
+def ddp_runs(models, tmp_path_factory):
+    """All five configurations under one pair of DDP workers (``tests/ddp_driver.py`` does what
+    ``parlai multiprocessing_train`` does, once per configuration, without importing torch and
+    ParlAI again for each: ~35 s less than five ``parlai`` runs; the stock command itself is
+    run by ``test_compat.py`` and the LoRA test below). Returns each run's checksum folder."""
     root, data = models
-    env = _worker_env(root, tmp_path)
-    run_parlai(
-        'multiprocessing_train', *_runs(root, data)[run], '-mf', str(tmp_path / 'model'),
-        '-bs', '2' if run == 'selfplay' else '4', '--max-train-steps', '4', '-vstep', '-1',
-        '-vme', '4', '--short-final-eval', 'true', '--distributed-world-size', '2',
-        *(['--skip-generation', 'true'] if run in GENERATORS else []), env=env, timeout=600,
+    out = tmp_path_factory.mktemp('ddp_runs')
+    configurations = []
+    for run in RUNS:
+        folder = out / run
+        folder.mkdir()
+        args = [
+            *_runs(root, data)[run], '-mf', str(folder / 'model'),
+            '-bs', '2' if run == 'selfplay' else '4', '--max-train-steps', '4', '-vstep', '-1',
+            '-vme', '4', '--short-final-eval', 'true', '--distributed-world-size', '2',
+            *(['--skip-generation', 'true'] if run in GENERATORS else []),
+        ]  # fmt: skip
+        configurations.append([run, str(folder), args])
+    (out / 'runs.json').write_text(json.dumps(configurations))
+    env = {**os.environ, **_worker_env(root, out), 'PYTHONUNBUFFERED': '1'}
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), str(out / 'runs.json')],
+        capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
-    logs = [dict(line.split() for line in _lines(tmp_path / f'rank{r}.txt')) for r in (0, 1)]
-    assert sorted(logs[0]) == sorted(logs[1]) == ['1', '2', '3', '4']
-    assert logs[0] == logs[1]  # the same weights on both workers after every update
-    assert len(set(logs[0].values())) == 4  # and they changed every update
+    started = [line[4:] for line in proc.stdout.splitlines() if line.startswith('=== ')]
+    # the configuration that was running when it failed, with the output's tail
+    assert proc.returncode == 0, (
+        f'DDP run {started[-1] if started else "(before the first)"} failed\n'
+        f'{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
+    )
+    assert started == [x for run in RUNS for x in (run, f'{run} done')], started
+    return {run: out / run for run in RUNS}
+
+
+@pytest.mark.parametrize('run', RUNS)
+def test_workers_hold_identical_weights_after_every_update(ddp_runs, run):
+    folder = ddp_runs[run]
+    logs = [dict(line.split() for line in _lines(folder / f'rank{r}.txt')) for r in (0, 1)]
+    assert sorted(logs[0]) == sorted(logs[1]) == ['1', '2', '3', '4'], run
+    assert logs[0] == logs[1], run  # the same weights on both workers after every update
+    assert len(set(logs[0].values())) == 4, run  # and they changed every update
     if run == 'selfplay':  # each worker samples its own dialogues
-        samples = [_lines(tmp_path / f'samples{r}.txt') for r in (0, 1)]
+        samples = [_lines(folder / f'samples{r}.txt') for r in (0, 1)]
         assert len(samples[0]) == len(samples[1]) == 4 * 3  # 4 updates x 3 turns
         assert samples[0] != samples[1]
 

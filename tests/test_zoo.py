@@ -108,8 +108,11 @@ def test_unknown_zoo_name_lists_the_entries_and_installs_nothing(tmp_path, monke
         modelzoo_path(str(tmp_path), 'zoo:no_such_system/x/model')
 
 
-def test_shipped_plato2_entry_chats_offline(parlai_cli):
-    """zoo:plato2/dailydialog_smollm2: installed from the package, generate-then-rank answers."""
+def test_shipped_plato2_entry_chats_offline(parlai_cli, shared_hf_cache):
+    """zoo:plato2/dailydialog_smollm2: installed from the package, generate-then-rank answers.
+
+    SmolLM2 comes dequantised from the session's cache (``shared_hf_cache``), as on a user's
+    second start; ``test_hf_smoke.py`` and ``test_demo.py`` test the first start."""
     out = parlai_cli(
         'interactive', '-mf', 'zoo:plato2/dailydialog_smollm2/model',
         '--display-add-fields', 'beam_texts', '--inference', 'greedy',  # deterministic
@@ -149,8 +152,9 @@ ENTRIES = [
 
 
 @pytest.mark.parametrize('system,entry,speaker,_', ENTRIES, ids=[e[0] for e in ENTRIES])
-def test_shipped_entry_chats_offline(parlai_cli, system, entry, speaker, _):
-    """zoo:<system>/<entry>/model installs from the package and answers two piped turns."""
+def test_shipped_entry_chats_offline(parlai_cli, shared_hf_cache, system, entry, speaker, _):
+    """zoo:<system>/<entry>/model installs from the package and answers two piped turns
+    (the SmolLM2 base from the session's dequantised copy, see ``shared_hf_cache``)."""
     out = parlai_cli(
         'interactive', '-mf', f'zoo:{system}/{entry}/model', '--inference', 'greedy',
         '--beam-size', '1', stdin='hi , how are you today ?\nwhat do you do for fun ?\n', timeout=600,
@@ -166,7 +170,7 @@ def test_shipped_entry_chats_offline(parlai_cli, system, entry, speaker, _):
     )
 
 
-def test_shipped_secondary_models_load_and_score(tmp_path):
+def test_shipped_secondary_models_load_and_score(tmp_path, shared_hf_cache):
     """The receiver, PPG persona generator, critic and CORAL reward model of the zoo work."""
     from parlai.core.agents import create_agent_from_model_file
     from parlai.core.build_data import modelzoo_path
