@@ -8,7 +8,10 @@ round (``bench/harness.py``), every ratio taken between chunks of the same round
    (fp32 against fp32, bf16 against bf16), with the model FLOP utilisation (MFU) against the
    matmul peak measured in the same rounds at the same precision: ``unified_transformer`` with
    2 layers (the depth of each side of ParlAI's 2+2) and 4 layers (≈ equal parameters) and
-   ``encoder_decoder`` (2+2) vs ``transformer/generator`` (2+2);
+   ``encoder_decoder`` (2+2) vs ``transformer/generator`` (2+2); in the bf16 table also
+   ``unified_transformer`` with ``--bf16-weights`` (bf16 parameters end to end, fp32 master
+   weights; training only: no fp32 row, no generation, growth or ``@base`` rows; its
+   ``CPU time vs @base`` cell holds its ratio to the same model under autocast, per round);
 2. generation latency per response (batch 1, every response exactly ``--gen-length`` tokens):
    greedy and beam 20;
 3. (full grid only) how training cost and memory grow with context length (64, 128, 256) and
@@ -52,10 +55,13 @@ from harness import (  # noqa: E402
 )
 
 REFERENCE = 'ParlAI transformer/generator (2+2)'
+BF16_WEIGHTS = 'unified_transformer (2 layers, bf16 weights)'
+AUTOCAST_TWIN = 'unified_transformer (2 layers)'  # the same model, fp32 weights under autocast
 MODELS = {
     REFERENCE: configs.PARLAI_GENERATOR,
     'unified_transformer (2 layers)': configs.UNIFIED_2,
     'unified_transformer (4 layers)': configs.UNIFIED_4,
+    BF16_WEIGHTS: configs.UNIFIED_2_BF16_WEIGHTS,
     'encoder_decoder (2+2 layers)': configs.ENCODER_DECODER,
 }
 QUICK_MODELS = [REFERENCE, 'unified_transformer (2 layers)']
@@ -108,6 +114,10 @@ def training_table(group, precision: str) -> tuple[str, dict]:
             before = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(name + BASE)))
             summary[name]['vs_base_cpu_time'] = before
             vs_base = before.format('.2f', '×')
+        if name == BF16_WEIGHTS and AUTOCAST_TWIN in group.names:
+            twin = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(AUTOCAST_TWIN)))
+            summary[name]['vs_autocast_cpu_time'] = twin
+            vs_base = f'{twin.format(".2f", "×")} vs autocast'
         rows.append(
             [
                 name,
@@ -198,9 +208,10 @@ def main() -> None:
     else:
         names = QUICK_MODELS if args.quick else list(MODELS)
     if args.baseline_src:
-        names += [name + BASE for name in names if name != REFERENCE]
+        names += [name + BASE for name in names if name not in (REFERENCE, BF16_WEIGHTS)]
     sources = {name: args.baseline_src for name in names if name.endswith(BASE)}
     for precision in precisions:
+        trained = [name for name in names if precision != 'fp32' or name != BF16_WEIGHTS]
         specs = {
             name: {
                 'kind': 'train',
@@ -209,7 +220,7 @@ def main() -> None:
                 'precision': precision,
                 **({'source': sources[name]} if name in sources else {}),
             }
-            for name in names
+            for name in trained
         }
         print(f'training, {precision}:')
         group = run_interleaved(specs, rounds, steps, [precision], args.threads, workdir)
@@ -225,7 +236,7 @@ def main() -> None:
             table,
         ]
 
-    gen_names = [] if args.no_generation else names
+    gen_names = [] if args.no_generation else [n for n in names if n != BF16_WEIGHTS]
     decodings = {
         'greedy': ['--inference', 'greedy'],
         'beam 20': ['--inference', 'beam', '--beam-size', '20'],

@@ -17,6 +17,8 @@ PARLAI_GENERATOR = [
 ]  # fmt: skip
 UNIFIED_2 = ['-m', 'unified_transformer', '--n-layers', '2', *DIMS]
 UNIFIED_4 = ['-m', 'unified_transformer', '--n-layers', '4', *DIMS]
+# bf16 parameters end to end with fp32 master weights (a bf16-only configuration)
+UNIFIED_2_BF16_WEIGHTS = [*UNIFIED_2, '--bf16-weights', 'true']
 ENCODER_DECODER = ['-m', 'encoder_decoder', '--n-layers', '2', *DIMS]
 PLATO2 = ['-m', 'plato2', '--n-layers', '2', '--n-latent', '20', *DIMS]
 PLATO2_EVALUATOR = ['-m', 'plato2_evaluator', '--n-layers', '2', *DIMS]

@@ -14,6 +14,7 @@ from torch import nn
 
 from parlai_ext.agents.optim import (
     DecayExemptOptimizerMixin,
+    MasterWeights,
     decay_exempt_names,
     decay_param_groups,
 )
@@ -139,3 +140,74 @@ def test_checkpoints_resume_with_their_optimizer_state(model, dict_file, tmp_pat
     for (name, p), q in zip(agent.model.named_parameters(), older.model.parameters()):
         assert torch.equal(p, q), name
     _train_one_step(older)  # and it trains
+
+
+def test_master_weights_step_is_a_hand_applied_adamw_step_rounded_into_bf16():
+    torch.manual_seed(0)
+    toy = Toy()
+    start = {n: p.detach().clone() for n, p in toy.named_parameters()}
+    groups = decay_param_groups(toy, toy.parameters())
+    masters = MasterWeights(toy, [p for g in groups for p in g['params']])
+    toy.to(torch.bfloat16)
+    lr, decay, eps = 0.1, 0.5, 1e-8
+    optimizer = torch.optim.AdamW(masters.groups(groups), lr=lr, weight_decay=decay, eps=eps)
+    masters.install(optimizer)
+    grads = {n: torch.randn_like(p) for n, p in toy.named_parameters()}
+    for name, param in toy.named_parameters():
+        param.grad = grads[name]
+    optimizer.step()
+    exempt = decay_exempt_names(toy)
+    by_name = dict(zip(masters.names, masters.masters))
+    for name, param in toy.named_parameters():
+        g = grads[name].float()
+        wd = 0.0 if name in exempt else decay  # the exempt group's master takes no decay
+        expected = start[name] * (1 - lr * wd) - lr * g / (g.abs() + eps)  # AdamW's 1st step
+        assert by_name[name].dtype == torch.float32
+        assert torch.allclose(by_name[name], expected, atol=1e-6), name
+        assert param.dtype == torch.bfloat16 and torch.equal(param, by_name[name].bfloat16())
+        assert param.grad is None
+    state = masters.state_dict(toy.state_dict())
+    assert all(torch.equal(state[n], by_name[n]) for n in by_name)
+    assert any(not torch.equal(by_name[n], p.float()) for n, p in toy.named_parameters())
+
+
+def _masters(agent):
+    return dict(zip(agent.master_weights.names, agent.master_weights.masters))
+
+
+def test_bf16_weights_agent_trains_fp32_masters_and_resumes_the_same_run(dict_file, tmp_path):
+    path = str(tmp_path / 'm')
+    args = ('--bf16-weights', 'true', '-bs', '1', '--dropout', '0', '-lr', '0.01')
+    agent = _agent('unified_transformer', dict_file, path, *args)
+    assert all(p.dtype == torch.bfloat16 for p in agent.model.parameters())
+    assert all(p.dtype == torch.float32 for g in agent.optimizer.param_groups for p in g['params'])
+    obs = agent.observe({'text': 'hi', 'labels': ['i am fine .'], 'episode_done': True})
+    loss = agent.compute_loss(agent.batchify([obs]))  # under bf16 autocast: fp32 loss
+    assert loss.dtype == torch.float32 and loss.requires_grad
+    agent.reset()
+    start = {n: m.clone() for n, m in _masters(agent).items()}
+    _train_one_step(agent)
+    masters = _masters(agent)
+    assert sum(not torch.equal(start[n], m) for n, m in masters.items()) > len(masters) // 2
+    params = dict(agent.model.named_parameters())
+    for name, master in masters.items():
+        assert torch.equal(params[name], master.bfloat16()), name
+    agent.save(path)
+    saved = torch.load(path, weights_only=False)['model']
+    assert all(torch.equal(saved[n], m) and saved[n].dtype == torch.float32
+               for n, m in masters.items())  # fmt: skip
+    resumed = create_agent_from_model_file(path, {'datatype': 'train'})
+    for name, master in _masters(resumed).items():
+        assert torch.equal(master, masters[name]), name  # the fp32 values, not the rounded
+    _train_one_step(agent)
+    _train_one_step(resumed)
+    for name, master in _masters(resumed).items():
+        assert torch.equal(master, _masters(agent)[name]), name
+
+
+def test_bf16_weights_is_refused_where_it_cannot_run(dict_file, tmp_path):
+    with pytest.raises(ValueError, match='--fp16'):
+        _agent('unified_transformer', dict_file, str(tmp_path / 'a'), '--bf16-weights', 'true',
+               '--fp16', 'true')  # fmt: skip
+    with pytest.raises(ValueError, match='not supported'):
+        _agent('plato2', dict_file, str(tmp_path / 'b'), '--bf16-weights', 'true')

@@ -8,6 +8,9 @@ decay (``--weight-decay``, or AdamW's own default of 0.01 when none is given) la
 :class:`DecayExemptOptimizerMixin` goes first in an agent's bases; it splits the parameters
 ParlAI passes into two groups and leaves everything else (learning rate, betas, optimizer
 state loading, schedulers) to ParlAI.
+
+With ``--bf16-weights`` (``unified_transformer``) the model's parameters are bf16 and the
+optimizer steps fp32 copies of them (:class:`MasterWeights`).
 """
 
 from __future__ import annotations
@@ -94,6 +97,64 @@ def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
     return True
 
 
+class MasterWeights:
+    """fp32 master copies of a model's low-precision (bf16) parameters, for the optimizer.
+
+    The optimizer is built over :attr:`masters`; :meth:`install` hooks it so that before each
+    ``step()`` the parameters' gradients are cast up into the masters' (:meth:`grads_in`) and
+    after it the masters are rounded into the parameters, whose gradients are then dropped
+    (:meth:`weights_out`). AdamW's moments and its small updates stay in fp32 (a bf16 weight
+    would round most updates away). :meth:`state_dict` is the model's state dict with the
+    fp32 masters in place of the bf16 parameters: what checkpoints save, so that a resumed
+    run continues from the same fp32 weights (``sources``: those saved values, by name).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Iterable[torch.nn.Parameter],
+        sources: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.params = list(params)
+        self.names = [names[id(p)] for p in self.params]
+        sources = sources or {}
+        self.masters = []
+        for name, param in zip(self.names, self.params):
+            source = sources.get(name)
+            if source is None or source.shape != param.shape:
+                source = param
+            self.masters.append(source.detach().to(torch.float32, copy=True))
+        self._master_of = {id(p): m for p, m in zip(self.params, self.masters)}
+
+    def groups(self, groups: list[dict]) -> list[dict]:
+        """``groups`` (parameter groups over :attr:`params`) over the masters instead."""
+        return [{**group, 'params': [self._master_of[id(p)] for p in group['params']]}
+                for group in groups]  # fmt: skip
+
+    def grads_in(self) -> None:
+        for master, param in zip(self.masters, self.params):
+            master.grad = None if param.grad is None else param.grad.to(torch.float32)
+
+    @torch.no_grad()
+    def weights_out(self) -> None:
+        torch._foreach_copy_(self.params, self.masters)
+        for param in self.params:
+            param.grad = None
+
+    def install(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(lambda *_: self.grads_in())
+        optimizer.register_step_post_hook(lambda *_: self.weights_out())
+
+    def state_dict(self, model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``model_state`` (the model's own state dict) with the fp32 masters in it."""
+        state = dict(model_state)
+        for name, master in zip(self.names, self.masters):
+            if name in state:
+                state[name] = master.detach()
+        return state
+
+
 class FusedAdamOptimizerMixin:
     """Put before a ParlAI ``TorchAgent`` subclass: ``--optimizer adam|adamw`` runs torch's
     fused kernel (:func:`use_fused_adam`); optimizer states load as before."""
@@ -111,14 +172,26 @@ class FusedAdamOptimizerMixin:
 
 class DecayExemptOptimizerMixin(FusedAdamOptimizerMixin):
     """Put before a ParlAI ``TorchAgent`` subclass: biases and norms get no weight decay (and
-    Adam/AdamW run fused, :class:`FusedAdamOptimizerMixin`)."""
+    Adam/AdamW run fused, :class:`FusedAdamOptimizerMixin`). With ``--bf16-weights`` the
+    optimizer steps fp32 masters of the bf16 parameters (:class:`MasterWeights`, seeded from
+    the agent's ``fp32_weights``, the loaded checkpoint's values, where it has them)."""
 
     def init_optim(self, params, optim_states=None, saved_optim_type=None, is_finetune=False):
         model = self.model.module if hasattr(self.model, 'module') else self.model
         groups = decay_param_groups(model, params)
-        return super().init_optim(
+        masters = None
+        if self.opt.get('bf16_weights'):
+            params = [p for group in groups for p in group['params']]
+            masters = MasterWeights(model, params, getattr(self, 'fp32_weights', None))
+            self.fp32_weights = None
+            groups = masters.groups(groups)
+        failed = super().init_optim(
             groups,
             optim_states=optim_states,
             saved_optim_type=saved_optim_type,
             is_finetune=is_finetune,
         )
+        if masters is not None:
+            masters.install(self.optimizer)
+        self.master_weights = masters
+        return failed

@@ -23,6 +23,7 @@ the LM's position limit (at most :data:`HF_POSITION_BUDGET` positions by default
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -312,6 +313,21 @@ def generation_banned_ids(dictionary) -> list[int]:
     return sorted(set(banned) - {end})
 
 
+def check_bf16_weights(agent, opt: Opt) -> None:
+    """``--bf16-weights`` needs the from-scratch stack of this agent's own ``build_model``
+    (not ``--hf-model-dir``, not ParlAI's ``--fp16``, not a subclass that builds another
+    model)."""
+    if not opt.get('bf16_weights'):
+        return
+    if hf_glue.hf_model_name(opt):
+        raise ValueError('--bf16-weights: the from-scratch stack only, not with --hf-model-dir '
+                         '(use --bf16 there)')  # fmt: skip
+    if opt.get('fp16'):
+        raise ValueError('--bf16-weights and --fp16: choose one')
+    if type(agent).build_model is not UnifiedTransformerAgent.build_model:
+        raise ValueError(f'--bf16-weights: not supported by {type(agent).__name__}')
+
+
 def causal_context(opt: Opt) -> bool:
     """``--hf-context-attention causal`` (model files without the option: bidirectional)."""
     return opt.get('hf_context_attention') == 'causal'
@@ -343,6 +359,15 @@ class UnifiedTransformerAgent(
             "paper's prefix LM) or causal, as the LM was pretrained (a causal LM starts far "
             'closer to its pretrained perplexity that way); inherited by stage 2.1',
         )
+        parser.add_argument(
+            '--bf16-weights',
+            type='bool',
+            default=False,
+            help='from-scratch stack only: bf16 parameters and activations end to end, the '
+            'forward and the loss under bf16 autocast (fp32 attention kernel in training, '
+            'fp32 loss), fp32 master weights in the optimizer; checkpoints hold the fp32 '
+            'masters (docs/speed.md 10.E.4)',
+        )
         parser.set_defaults(learningrate=5e-4, optimizer='adamw')
         return parser
 
@@ -352,6 +377,7 @@ class UnifiedTransformerAgent(
         return hf_glue.HfOrParlaiDictionaryAgent
 
     def __init__(self, opt: Opt, shared=None) -> None:
+        check_bf16_weights(self, opt)
         opt, self.hf_fresh = prepare_hf_opt(self, opt, shared)
         super().__init__(fit_truncation(opt), shared)
         self.generation_banned = generation_banned_ids(self.dict)
@@ -369,7 +395,33 @@ class UnifiedTransformerAgent(
                 causal_context=causal_context(self.opt),
             )
             return UnifiedTransformerGeneratorModel(self.opt, self.dict, backbone)
-        return UnifiedTransformerGeneratorModel(self.opt, self.dict)
+        model = UnifiedTransformerGeneratorModel(self.opt, self.dict)
+        return model.to(torch.bfloat16) if self.opt.get('bf16_weights') else model
+
+    def _bf16_autocast(self):
+        """``--bf16-weights``: bf16 autocast around forwards with a loss (attention's fp32
+        kernel in training and the fp32 loss come from it; the bf16 weights need no casts)."""
+        if not self.opt.get('bf16_weights'):
+            return contextlib.nullcontext()
+        return torch.autocast('cuda' if self.use_cuda else 'cpu', dtype=torch.bfloat16)
+
+    def load_state_dict(self, state_dict):
+        """``--bf16-weights``: the checkpoint's fp32 values seed the optimizer's masters
+        (:class:`~parlai_ext.agents.optim.MasterWeights`) before the bf16 model rounds them."""
+        if self.opt.get('bf16_weights'):
+            self.fp32_weights = {
+                name: value for name, value in state_dict.items()
+                if torch.is_tensor(value) and value.dtype == torch.float32
+            }  # fmt: skip
+        return super().load_state_dict(state_dict)
+
+    def state_dict(self):
+        """ParlAI's states; with ``--bf16-weights`` the model entry holds the fp32 masters."""
+        states = super().state_dict()
+        masters = getattr(self, 'master_weights', None)
+        if masters is not None and 'model' in states:
+            states['model'] = masters.state_dict(states['model'])
+        return states
 
     def _own_model(self) -> UnifiedTransformerGeneratorModel:
         return self.model.module if hasattr(self.model, 'module') else self.model
@@ -412,9 +464,10 @@ class UnifiedTransformerAgent(
         only: the same loss, metrics and gradients as ``TorchGeneratorAgent.compute_loss``.
         With ``return_output`` (evaluation; ParlAI's callers read ``(batch, time, vocab)``
         scores) the padded pass runs, as in ParlAI."""
-        if return_output:
-            return super().compute_loss(batch, return_output=True)
-        return self._real_token_loss(batch)[0]
+        with self._bf16_autocast():
+            if return_output:
+                return super().compute_loss(batch, return_output=True)
+            return self._real_token_loss(batch)[0]
 
     def _real_token_loss(self, batch) -> tuple[torch.Tensor, tuple]:
         """``(loss, model_output)`` of the real-token pass: ``model_output`` is the model's
