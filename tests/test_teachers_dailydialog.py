@@ -7,8 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from parlai.core.loader import load_teacher_module
-from parlai.core.params import ParlaiParser
+from teacher_helpers import episodes, make_teacher
 
 from parlai_ext.tasks.common import DataNotFoundError, MalformedDataError
 from parlai_ext.tasks.dailydialog.agents import ACTS, EMOTIONS, normalize_spacing
@@ -50,25 +49,6 @@ def write_split(root: Path, split: str = 'train', files=None, end: str = '\n') -
         (folder / f'{prefix}{name}.txt').write_bytes((end.join(lines) + end).encode('utf-8'))
     (folder / f'dialogues_emotion_{name}.txt').write_bytes((end.join(emotions) + end).encode())
     return folder
-
-
-def make_teacher(task: str, *args: str, datatype: str = 'train:ordered'):
-    opt = ParlaiParser(True, False).parse_args(['-t', task, '-dt', datatype, *args])
-    return load_teacher_module(task)(opt)
-
-
-def episodes(teacher) -> list[list[dict]]:
-    result = []
-    for episode_idx in range(teacher.num_episodes()):
-        episode, entry = [], 0
-        while True:
-            message = teacher.get(episode_idx, entry)
-            episode.append(message)
-            entry += 1
-            if message['episode_done']:
-                break
-        result.append(episode)
-    return result
 
 
 def from_dir(root: Path, task: str = 'dailydialog_ext', *args: str, datatype='train:ordered'):

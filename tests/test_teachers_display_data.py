@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from parlai.core.loader import load_teacher_module
-from parlai.core.params import ParlaiParser
+from teacher_helpers import make_teacher
 from test_teachers_dailydialog import DIALOGUES, N_UTTERANCES, write_split
 from test_teachers_personachat import EPISODES, N_EXAMPLES, fbdialog
 from test_teachers_ubuntu import VALID_HEADER, VALID_ROWS, csv_text, write_dstc7, write_udc
@@ -74,10 +73,7 @@ def datapath(tmp_path_factory) -> Path:
 
 
 def counts(task: str, datapath: Path) -> tuple[int, int]:
-    opt = ParlaiParser(True, False).parse_args(
-        ['-t', task, '-dt', 'valid', '--datapath', str(datapath)]
-    )
-    teacher = load_teacher_module(task)(opt)
+    teacher = make_teacher(task, '--datapath', str(datapath))
     return teacher.num_episodes(), teacher.num_examples()
 
 

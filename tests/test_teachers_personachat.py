@@ -6,9 +6,8 @@ import copy
 from pathlib import Path
 
 import pytest
-from parlai.core.loader import load_teacher_module
-from parlai.core.params import ParlaiParser
 from parlai.core.teachers import FbDeprecatedDialogTeacher
+from teacher_helpers import episodes, make_teacher
 
 from parlai_ext.tasks.common import DataNotFoundError, MalformedDataError
 
@@ -68,25 +67,6 @@ def write(path: Path, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding='utf-8')
     return path
-
-
-def make_teacher(task: str, *args: str, datatype: str = 'valid'):
-    opt = ParlaiParser(True, False).parse_args(['-t', task, '-dt', datatype, *args])
-    return load_teacher_module(task)(opt)
-
-
-def episodes(teacher) -> list[list[dict]]:
-    result = []
-    for episode_idx in range(teacher.num_episodes()):
-        episode, entry = [], 0
-        while True:
-            message = teacher.get(episode_idx, entry)
-            episode.append(message)
-            entry += 1
-            if message['episode_done']:
-                break
-        result.append(episode)
-    return result
 
 
 def read_file(path: Path, task: str = 'personachat_ext:both_original', *args: str):

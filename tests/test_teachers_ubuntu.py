@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from parlai.core.loader import load_teacher_module
-from parlai.core.params import ParlaiParser
+from teacher_helpers import make_teacher
 
 from parlai_ext.tasks.common import DataNotFoundError, MalformedDataError
 
@@ -96,11 +95,6 @@ def write_udc(folder: Path, name: str, content: str | bytes) -> Path:
     path = folder / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode('utf-8'))
     return path
-
-
-def make_teacher(task: str, *args: str, datatype: str = 'valid'):
-    opt = ParlaiParser(True, False).parse_args(['-t', task, '-dt', datatype, *args])
-    return load_teacher_module(task)(opt)
 
 
 def messages(teacher) -> list[dict]:
