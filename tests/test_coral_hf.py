@@ -19,19 +19,13 @@ from parlai.core.message import Message  # noqa: E402
 from parlai.core.params import ParlaiParser  # noqa: E402
 from parlai.scripts.train_model import TrainLoop, setup_args  # noqa: E402
 from test_hf import tiny_checkpoint  # noqa: E402
+from test_hf_generator import PAIRS, write_pairs  # noqa: E402
 
 from parlai_ext.agents import hf as glue  # noqa: E402
 from parlai_ext.agents.coral import CoralAgent, CoralCrossEncoderAgent  # noqa: E402
 from parlai_ext.modules import hf  # noqa: E402
 from parlai_ext.modules.coral import sample_responses  # noqa: E402
 from parlai_ext.rewards import load_reward_model  # noqa: E402
-
-PAIRS = [
-    ('hello how are you', 'i like my dog'),
-    ('hi how are you today', 'good thanks'),
-    ('the cat sat on the mat', 'yes no'),
-    ('my dog', 'the cat sat'),
-]
 
 
 @pytest.fixture(scope='module')
@@ -42,10 +36,7 @@ def bases(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp('coral_hf_data') / 'pairs.txt'
-    lines = [f'text:{a}\tlabels:{b}\tepisode_done:True' for a, b in PAIRS * 4]
-    path.write_text('\n'.join(lines) + '\n')
-    return str(path)
+    return write_pairs(tmp_path_factory.mktemp('coral_hf_data') / 'pairs.txt')
 
 
 def train(model_file: str, data: str, **kwargs):

@@ -42,6 +42,7 @@ def bases(tmp_path_factory):
 
 
 def write_pairs(path, pairs=PAIRS, repeat: int = 4) -> str:
+    """``pairs`` (``repeat`` times) as single-turn episodes of a ParlAI-format file at ``path``."""
     lines = [f'text:{a}\tlabels:{b}\tepisode_done:True' for a, b in pairs * repeat]
     path.write_text('\n'.join(lines) + '\n')
     return str(path)
