@@ -131,7 +131,11 @@ def test_multiprocessing_train_and_eval_on_cpu(tmp_path):
     env = {'PYTHONPATH': str(tmp_path), 'CHECKSUM_DIR': str(tmp_path)}
     dict_file = str(tmp_path / 'model.dict')
     model_file = str(tmp_path / 'model')
-    run_parlai('build_dict', '-t', 'ext_demo', '--dict-file', dict_file)
+    # the dictionary in this process (the stock build_dict command has its own tests): one
+    # start-up of torch + ParlAI less
+    from parlai.scripts.build_dict import build_dict, setup_args
+
+    build_dict(setup_args().parse_args(['-t', 'ext_demo', '--dict-file', dict_file]))
     workers = ['--distributed-world-size', '2']
     run_parlai(
         'multiprocessing_train', '-m', 'checksum_agent:ChecksumAgent', '-t', 'ext_demo',
