@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from conftest import run_parlai
+from parlai.scripts.train_model import TrainModel
+from parlai_inprocess import run_script
 
 PRESETS = Path(__file__).resolve().parents[1] / 'projects' / 'coral'
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}
@@ -14,11 +16,12 @@ ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 def test_reward_model_then_coral_generator_then_eval(tmp_path):
     esim = str(tmp_path / 'esim')
-    run_parlai(
-        'train_model', '-m', 'coral_esim', '-t', 'ext_demo', '-mf', esim,
+    # the reward model in this process, with the same arguments (one start-up of torch and
+    # ParlAI less); the generator and the evaluation below go through the command line
+    run_script(
+        TrainModel, '-m', 'coral_esim', '-t', 'ext_demo', '-mf', esim,
         '--embedding-size', '24', '--hidden-size', '24', '-bs', '16', '-lr', '3e-3',
         '--max-train-steps', '30', '--short-final-eval', 'true', '--validation-max-exs', '64',
-        env=ONE_THREAD,
     )  # fmt: skip
     stats = json.loads(Path(esim + '.trainstats').read_text())
     assert {'auc', 'pair_acc', 'pos_score', 'neg_score'} <= set(stats['final_valid_report'])

@@ -13,6 +13,8 @@ from conftest import run_parlai
 from parlai.core.agents import create_agent, create_agent_from_model_file
 from parlai.core.params import ParlaiParser
 from parlai.core.worlds import create_task
+from parlai.scripts.train_model import TrainModel
+from parlai_inprocess import run_script
 from test_p2bot import TOPICS, fixture_words, tiny_hf_lm, write_both
 
 TINY = ['--n-layers', '1', '--embedding-size', '16', '--n-heads', '2', '--ffn-size', '32']
@@ -20,19 +22,21 @@ TINY = ['--n-layers', '1', '--embedding-size', '16', '--n-heads', '2', '--ffn-si
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """A supervised transmitter and a receiver trained with the stock `parlai train_model`."""
+    """A supervised transmitter and a receiver trained with `parlai train_model`'s arguments,
+    in this process (two start-ups of torch + ParlAI less; the self-play trainings below run
+    the stock command), their reports read from ParlAI's log."""
     root = tmp_path_factory.mktemp('p2bot')
     data = write_both(root, 10)
     common = ['--personachat-file', str(data), '--p2bot-train-episodes', '8']
     common += ['--datapath', str(root / 'data')]
-    tx_out = run_parlai(
-        'train_model', '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
+    tx_out = run_script(
+        TrainModel, '-m', 'p2bot_transmitter', '-t', 'p2bot_selfplay:supervised',
         *common, *TINY, '-mf', str(root / 'tx'), '-bs', '4', '-eps', '2',
         '--p2bot-synth-candidates', '4', '--rank-candidates', 'true',
         '--metrics', 'ext_p2bot', '-vmt', 'ppl', '--label-truncate', '12',
     )  # fmt: skip
-    rx_out = run_parlai(
-        'train_model', '-m', 'p2bot_receiver', '-t', 'p2bot_selfplay:receiver', *common,
+    rx_out = run_script(
+        TrainModel, '-m', 'p2bot_receiver', '-t', 'p2bot_selfplay:receiver', *common,
         *TINY, '-mf', str(root / 'rx'), '-bs', '4', '-eps', '3', '-lr', '1e-3',
         '--tau-anneal-steps', '4', '--receiver-eval-distractors', '3', '-vmt', 'rec_hits@1',
     )  # fmt: skip

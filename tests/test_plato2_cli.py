@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import run_parlai
 from parlai.scripts.train_model import TrainModel
+from parlai_inprocess import run_script
 
 THREADS = {'OMP_NUM_THREADS': '1'}  # tiny models: threads only contend on shared cores
 
@@ -36,10 +37,12 @@ def curriculum(tmp_path_factory):
         '--max-train-steps', '20', '--uniform-prior-ppl', 'true', '-vmt', 'uniform_z_ppl',
         '-vmm', 'min', env=env,
     )  # fmt: skip
-    logs['stage22'] = run_parlai(
-        'train_model', '-m', 'plato2_evaluator', '--init-model', files['stage1'], *common,
-        '-mf', files['stage22'], '-bs', '16', '-lr', '1e-3', '--max-train-steps', '20',
-        '-vmt', 'hits@1', '-vmm', 'max', env=env,
+    # stage 2.2 in this process too (one start-up less; the evaluator runs through the command
+    # line in the tests below), with the arguments the command line had
+    logs['stage22'] = run_script(
+        TrainModel, '-m', 'plato2_evaluator', '--init-model', files['stage1'],
+        *common, '--datapath', env['PARLAI_DATAPATH'], '-mf', files['stage22'], '-bs', '16',
+        '-lr', '1e-3', '--max-train-steps', '20', '-vmt', 'hits@1', '-vmm', 'max',
     )  # fmt: skip
     return files, logs, env
 
