@@ -250,6 +250,37 @@ def test_packed_encoder_and_encoder_decoder_equal_padded_states_and_gradients():
             _close_gradients(p.grad, q.grad, name)
 
 
+def test_packed_encoder_at_evaluation_equals_the_padded_pass():
+    """Evaluation and scoring (no gradients) pack too when the batch holds padding: the
+    states at real tokens are the padded pass's, zeros at padding, and the token-wise work
+    sees the real tokens only; a batch without padding takes the padded pass."""
+    from parlai_ext.modules.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(50, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.1)
+    encoder.eval()
+    reference = copy.deepcopy(encoder)
+    reference.packed = False
+    seen = []
+    encoder.stack.layers[0].ffn.fc_in.register_forward_hook(
+        lambda m, i, o: seen.append(tuple(i[0].shape))
+    )
+    context, _ = _batch()
+    valid = context != 0
+    with torch.no_grad():
+        out, out_ref = encoder(context), reference(context)
+    assert seen == [(int(valid.sum()), 32)]  # packed: the real tokens only
+    torch.testing.assert_close(out[valid], out_ref[valid], rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[~valid], torch.zeros_like(out[~valid]))
+    assert out_ref[~valid].abs().sum() > 0  # the padded pass has states there
+    seen.clear()
+    full = context[1:2]  # the row without padding
+    assert bool((full != 0).all())
+    with torch.no_grad():
+        assert torch.equal(encoder(full), reference(full))
+    assert seen == [(1, 9, 32)]  # the padded layout: nothing to drop
+
+
 def test_packed_attention_dropout_only_in_training():
     """Attention dropout follows ``training`` in the packed path as in the padded one."""
     torch.manual_seed(0)
