@@ -435,7 +435,22 @@ MUTANTS = [
         'return (x if packing is None else packing.pad(x).detach()), new_caches',
     ),
     (T, 'return self.dropout(x) if dropout else x', 'return self.dropout(x)'),
-    (T, 'if not (self.packed and self.training):', 'if not (self.packed or self.training):'),
+    # TransformerEncoder packs in training, and at evaluation when there is padding (#23)
+    (
+        T,
+        'if not (self.packed and (self.training or not bool(valid.all()))):',
+        'if not (self.packed or (self.training or not bool(valid.all()))):',
+    ),
+    (
+        T,
+        'if not (self.packed and (self.training or not bool(valid.all()))):',
+        'if not (self.packed and self.training):',
+    ),
+    (
+        T,
+        'if not (self.packed and (self.training or not bool(valid.all()))):',
+        'if not (self.packed and (self.training or bool(valid.all()))):',
+    ),
     (
         T,
         'return self.out(attended), KVCache.allocate(keys, values, self.cache_reserve)',
