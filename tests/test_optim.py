@@ -154,11 +154,14 @@ def test_master_weights_step_is_a_hand_applied_adamw_step_rounded_into_bf16():
     masters.install(optimizer)
     grads = {n: torch.randn_like(p) for n, p in toy.named_parameters()}
     for name, param in toy.named_parameters():
-        param.grad = grads[name]
+        param.grad = None if name == 'matrix' else grads[name]
     optimizer.step()
     exempt = decay_exempt_names(toy)
     by_name = dict(zip(masters.names, masters.masters))
+    assert torch.equal(by_name['matrix'], start['matrix'])  # no gradient: no step, no decay
     for name, param in toy.named_parameters():
+        if name == 'matrix':
+            continue
         g = grads[name].float()
         wd = 0.0 if name in exempt else decay  # the exempt group's master takes no decay
         expected = start[name] * (1 - lr * wd) - lr * g / (g.abs() + eps)  # AdamW's 1st step
@@ -166,6 +169,11 @@ def test_master_weights_step_is_a_hand_applied_adamw_step_rounded_into_bf16():
         assert torch.allclose(by_name[name], expected, atol=1e-6), name
         assert param.dtype == torch.bfloat16 and torch.equal(param, by_name[name].bfloat16())
         assert param.grad is None
+    for name, param in toy.named_parameters():  # a second step reuses the fp32 buffers
+        param.grad = grads[name]
+    optimizer.step()
+    assert not torch.equal(by_name['matrix'], start['matrix'])
+    assert torch.equal(toy.matrix, by_name['matrix'].bfloat16())
     state = masters.state_dict(toy.state_dict())
     assert all(torch.equal(state[n], by_name[n]) for n in by_name)
     assert any(not torch.equal(by_name[n], p.float()) for n, p in toy.named_parameters())

@@ -126,6 +126,7 @@ class MasterWeights:
                 source = param
             self.masters.append(source.detach().to(torch.float32, copy=True))
         self._master_of = {id(p): m for p, m in zip(self.params, self.masters)}
+        self._grads: list[torch.Tensor] | None = None
 
     def groups(self, groups: list[dict]) -> list[dict]:
         """``groups`` (parameter groups over :attr:`params`) over the masters instead."""
@@ -133,8 +134,18 @@ class MasterWeights:
                 for group in groups]  # fmt: skip
 
     def grads_in(self) -> None:
-        for master, param in zip(self.masters, self.params):
-            master.grad = None if param.grad is None else param.grad.to(torch.float32)
+        """Each parameter's gradient cast up into its master's (a buffer kept across steps:
+        no fresh fp32 allocation per step)."""
+        if self._grads is None:
+            self._grads = [torch.empty_like(master) for master in self.masters]
+        present = [i for i, param in enumerate(self.params) if param.grad is not None]
+        if present:
+            torch._foreach_copy_([self._grads[i] for i in present],
+                                 [self.params[i].grad for i in present])  # fmt: skip
+        for master in self.masters:
+            master.grad = None
+        for i in present:
+            self.masters[i].grad = self._grads[i]
 
     @torch.no_grad()
     def weights_out(self) -> None:

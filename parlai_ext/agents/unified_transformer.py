@@ -380,6 +380,7 @@ class UnifiedTransformerAgent(
         check_bf16_weights(self, opt)
         opt, self.hf_fresh = prepare_hf_opt(self, opt, shared)
         super().__init__(fit_truncation(opt), shared)
+        self.fp32_weights = None  # (--bf16-weights) read by init_optim, if it ran
         self.generation_banned = generation_banned_ids(self.dict)
 
     @property
