@@ -174,6 +174,10 @@ def test_master_weights_step_is_a_hand_applied_adamw_step_rounded_into_bf16():
     optimizer.step()
     assert not torch.equal(by_name['matrix'], start['matrix'])
     assert torch.equal(toy.matrix, by_name['matrix'].bfloat16())
+    after_two = by_name['matrix'].clone()
+    toy.scale.grad = grads['scale']  # a third step without the matrix's gradient: no step
+    optimizer.step()
+    assert torch.equal(by_name['matrix'], after_two)
     state = masters.state_dict(toy.state_dict())
     assert all(torch.equal(state[n], by_name[n]) for n in by_name)
     assert any(not torch.equal(by_name[n], p.float()) for n, p in toy.named_parameters())
