@@ -12,6 +12,7 @@ TR, UT = 'tests/test_transformer.py', 'tests/test_unified_transformer.py'
 PK = 'tests/test_packing.py'  # the packed stack (#23): states/gradients equal the padded pass
 FQ = 'tests/test_fused_qkv.py'  # self-attention's one qkv Linear, older model files (#23)
 ED, MATH = 'tests/test_encoder_decoder.py', 'tests/test_plato2_math.py'
+PA = 'tests/test_plato2_agents.py'  # the agent half of the old test_plato2_math (split 7330db9)
 PL, OP = 'tests/test_plato2.py', 'tests/test_optim.py'
 # the module-level tests of the speed-ups (#23): output-layer bans, padded_from_flat, KVCache
 SPEEDUPS = [
@@ -32,10 +33,10 @@ FAST = [
     'not learns_to_rank and not cli_training and not from_scratch and not hf_encoder and not size_presets',
 ]
 TESTS = {
-    T: [TR, UT, ED, MATH, PK, FQ, *SPEEDUPS, *FAST],
-    TL: [TR, UT, ED, MATH, PK, FQ, *SPEEDUPS, *FAST],
-    U: [UT, MATH, PL, PK, *FAST],
-    UA: [UT, MATH, OP, PL, *FAST],
+    T: [TR, UT, ED, MATH, PA, PK, FQ, *SPEEDUPS, *FAST],
+    TL: [TR, UT, ED, MATH, PA, PK, FQ, *SPEEDUPS, *FAST],
+    U: [UT, MATH, PA, PL, PK, *FAST],
+    UA: [UT, MATH, PA, OP, PL, *FAST],
 }
 
 MUTANTS = [
