@@ -349,3 +349,66 @@ def test_receiver_train_step_anneals_tau_and_records_eq12(tmp_path):
     assert report['loss'].value() == pytest.approx(
         report['margin_loss'].value() + 1e-4 * report['l1'].value(), rel=1e-5
     )
+
+
+def test_receiver_encoders_follow_the_options_and_older_files_keep_gelu(tmp_path):
+    """A new from-scratch receiver's encoders use --activation / --attention-dropout and
+    record it in the saved opt; a file saved before (no ``encoders_follow_options``) reloads
+    with GELU and no attention dropout, scoring exactly as the old build did."""
+    from parlai.core.agents import create_agent, create_agent_from_model_file
+    from parlai.core.opt import Opt
+    from parlai.core.params import ParlaiParser
+    from parlai.scripts.build_dict import build_dict
+    from parlai.scripts.build_dict import setup_args as build_dict_args
+    from test_p2bot import write_both
+
+    from parlai_ext.agents.unified_transformer import encoder_args
+
+    data, model_file = write_both(tmp_path, 2), str(tmp_path / 'rx')
+    opt = build_dict_args(ParlaiParser(True, True)).parse_args(
+        ['-m', 'p2bot_receiver', '-t', 'p2bot_selfplay:receiver', '--personachat-file',
+         str(data), '--datapath', str(tmp_path), '-mf', model_file, '--dict-file',
+         model_file + '.dict', '--n-layers', '1', '--embedding-size', '8', '--n-heads', '2',
+         '--ffn-size', '16', '--dropout', '0', '--activation', 'relu',
+         '--attention-dropout', '0.3']
+    )  # fmt: skip
+    build_dict(opt)
+    agent = create_agent(opt)
+    agent.save(model_file)
+    x = torch.randn(5, 8)
+
+    def settings(receiver) -> list[tuple[str, float]]:
+        out = []
+        for encoder in (receiver.impression_encoder, receiver.persona_encoder):
+            layer = encoder.stack.layers[0]
+            ffn = layer.ffn
+            relu = torch.allclose(ffn(x), ffn.fc_out(F.relu(ffn.fc_in(x))), atol=1e-6)
+            gelu = torch.allclose(ffn(x), ffn.fc_out(F.gelu(ffn.fc_in(x))), atol=1e-6)
+            assert relu != gelu
+            out.append(('relu' if relu else 'gelu', layer.attention.dropout))
+        return out
+
+    assert settings(agent.model) == [('relu', 0.3)] * 2
+    reloaded = create_agent_from_model_file(model_file)
+    assert reloaded.opt['encoders_follow_options'] is True
+    assert settings(reloaded.model) == [('relu', 0.3)] * 2
+    # a receiver saved before the encoders followed the options
+    old_opt = Opt.load(model_file + '.opt')
+    del old_opt['encoders_follow_options']
+    old_opt.save(model_file + '.opt')
+    old = create_agent_from_model_file(model_file)
+    assert old.opt['encoders_follow_options'] is False and old.opt['activation'] == 'relu'
+    assert settings(old.model) == [('gelu', 0.0)] * 2
+    # scores equal the old build's: encoder_args without activation and attention dropout
+    args = encoder_args(old.opt, old.dict)
+    del args['activation'], args['attention_dropout']
+    before = Receiver(
+        SentenceEncoder(len(old.dict), **args), SentenceEncoder(len(old.dict), **args)
+    )
+    before.load_state_dict(old.model.state_dict())
+    rows = torch.tensor([[5, 6, 7], [8, 9, 0], [10, 0, 0]])
+    inputs = (rows, torch.tensor([[0, 1], [2, -1]]), rows, torch.tensor([[[0, 1], [2, -1]]] * 2))
+    with torch.no_grad():
+        new_scores = old.model.eval()(*inputs).scores
+        assert torch.equal(new_scores, before.eval()(*inputs).scores)
+        assert not torch.allclose(new_scores, reloaded.model.eval()(*inputs).scores)

@@ -65,8 +65,25 @@ class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, T
         group.add_argument(
             '--max-utterances', type=int, default=16, help='last N utterances of a speaker'
         )
+        group.add_argument(
+            '--encoders-follow-options',
+            type='bool',
+            default=True,
+            hidden=True,
+            help='the from-scratch sentence encoders use --activation and --attention-dropout '
+            '(false in receivers saved before they did: GELU, no attention dropout)',
+        )
         parser.set_defaults(learningrate=6.25e-5, optimizer='adamw', n_positions=64, dict_maxexs=-1)
         return parser
+
+    @classmethod
+    def upgrade_opt(cls, opt_from_disk: Opt) -> Opt:
+        """A receiver saved before its encoders honoured ``--activation`` and
+        ``--attention-dropout`` (no ``encoders_follow_options`` in its opt) keeps GELU and no
+        attention dropout, whatever those options say, so it scores as it was trained."""
+        opt_from_disk = super().upgrade_opt(opt_from_disk)
+        opt_from_disk.setdefault('encoders_follow_options', False)
+        return opt_from_disk
 
     @staticmethod
     def dictionary_class():
@@ -114,8 +131,9 @@ class P2BotReceiverAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, T
                 model = hf_glue.build_encoder(opt, d, fresh=getattr(self, '_fresh', True))
                 return HFSentenceEncoder(model, pad)
             args = encoder_args(opt, d)
-            # SentenceEncoder takes neither: GELU, no attention dropout, whatever the options
-            del args['attention_dropout'], args['activation']
+            if not opt.get('encoders_follow_options', False):  # saved before: see upgrade_opt
+                # SentenceEncoder's defaults, as those receivers were built: GELU, none
+                del args['attention_dropout'], args['activation']
             return SentenceEncoder(len(d), **args)
 
         return Receiver(encoder(), encoder(), tau=opt['tau_start'])

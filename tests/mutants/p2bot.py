@@ -608,4 +608,25 @@ MUTANTS = [
         'attention_dropout: float = 0.0,\n    ) -> None:',
         'attention_dropout: float = 0.1,\n    ) -> None:',
     ),
+    # RX: receivers saved before the encoders followed --activation / --attention-dropout
+    (
+        RX,
+        "opt_from_disk.setdefault('encoders_follow_options', False)",
+        "opt_from_disk.setdefault('encoders_follow_options', True)",
+    ),
+    (
+        RX,
+        "if not opt.get('encoders_follow_options', False):",
+        "if opt.get('encoders_follow_options', False):",
+    ),
+    (
+        RX,
+        "del args['attention_dropout'], args['activation']",
+        "del args['attention_dropout']",
+    ),
+    (
+        RX,
+        "del args['attention_dropout'], args['activation']",
+        "del args['activation']",
+    ),
 ]
