@@ -251,9 +251,10 @@ def test_packed_encoder_and_encoder_decoder_equal_padded_states_and_gradients():
 
 
 def test_packed_encoder_at_evaluation_equals_the_padded_pass():
-    """Evaluation and scoring (no gradients) pack too when the batch holds padding: the
-    states at real tokens are the padded pass's, zeros at padding, and the token-wise work
-    sees the real tokens only; a batch without padding takes the padded pass."""
+    """Evaluation and scoring (no gradients) pack too when at most 75 % of the batch is real
+    tokens: the states at real tokens are the padded pass's, zeros at padding, and the
+    token-wise work sees the real tokens only; a batch with less padding (or none) takes the
+    padded pass (packing would cost more than it saves)."""
     from parlai_ext.modules.transformer import TransformerEncoder
 
     torch.manual_seed(0)
@@ -267,6 +268,7 @@ def test_packed_encoder_at_evaluation_equals_the_padded_pass():
     )
     context, _ = _batch()
     valid = context != 0
+    assert int(valid.sum()) == 16 and valid.numel() == 27  # 59 % real tokens
     with torch.no_grad():
         out, out_ref = encoder(context), reference(context)
     assert seen == [(int(valid.sum()), 32)]  # packed: the real tokens only
@@ -279,6 +281,15 @@ def test_packed_encoder_at_evaluation_equals_the_padded_pass():
     with torch.no_grad():
         assert torch.equal(encoder(full), reference(full))
     assert seen == [(1, 9, 32)]  # the padded layout: nothing to drop
+    seen.clear()
+    # 3 padding positions in 12 (75 % real): packed; 2 in 12 (83 % real): padded
+    for pads, expected in ((3, [(9, 32)]), (2, [(2, 6, 32)])):
+        ids = torch.arange(5, 17).view(2, 6)
+        ids[1, 6 - pads :] = 0
+        with torch.no_grad():
+            encoder(ids)
+        assert seen == expected, pads
+        seen.clear()
 
 
 def test_packed_attention_dropout_only_in_training():

@@ -439,18 +439,24 @@ MUTANTS = [
     # TransformerEncoder packs in training, and at evaluation when there is padding (#23)
     (
         T,
-        'if not (self.packed and (self.training or not bool(valid.all()))):',
-        'if not (self.packed or (self.training or not bool(valid.all()))):',
+        'return int(valid.sum()) <= EVAL_PACKING_MAX_FILL * valid.numel()',
+        'return int(valid.sum()) < EVAL_PACKING_MAX_FILL * valid.numel()',
+    ),
+    (T, 'EVAL_PACKING_MAX_FILL = 0.75', 'EVAL_PACKING_MAX_FILL = 1.0'),
+    (
+        T,
+        'if not (self.packed and (self.training or _mostly_padding(valid))):',
+        'if not (self.packed or (self.training or _mostly_padding(valid))):',
     ),
     (
         T,
-        'if not (self.packed and (self.training or not bool(valid.all()))):',
+        'if not (self.packed and (self.training or _mostly_padding(valid))):',
         'if not (self.packed and self.training):',
     ),
     (
         T,
-        'if not (self.packed and (self.training or not bool(valid.all()))):',
-        'if not (self.packed and (self.training or bool(valid.all()))):',
+        'if not (self.packed and (self.training or _mostly_padding(valid))):',
+        'if not (self.packed and (self.training or not _mostly_padding(valid))):',
     ),
     (
         T,
