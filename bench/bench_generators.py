@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import configs  # noqa: E402
 from harness import (  # noqa: E402
+    KEEP_FREED_MEMORY,
     default_out_stem,
     load_line,
     load_summary,
@@ -66,13 +67,14 @@ MODELS = {
 }
 QUICK_MODELS = [REFERENCE, 'unified_transformer (2 layers)']
 BASE = ' @base'
+MALLOC = ' +malloc'  # the same model with harness.KEEP_FREED_MEMORY (--malloc-variants)
 
 
 DIM = 256  # set by --dim
 
 
 def model_args(name: str) -> list[str]:
-    return configs.with_dim(MODELS[name.removesuffix(BASE)], DIM)
+    return configs.with_dim(MODELS[name.removesuffix(BASE).removesuffix(MALLOC)], DIM)
 
 
 def pick_models(prefixes: str) -> list[str]:
@@ -114,7 +116,12 @@ def training_table(group, precision: str) -> tuple[str, dict]:
             before = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(name + BASE)))
             summary[name]['vs_base_cpu_time'] = before
             vs_base = before.format('.2f', '×')
-        if name == BF16_WEIGHTS and AUTOCAST_TWIN in group.names:
+        plain = name.removesuffix(MALLOC)
+        if plain != name and plain in group.names:
+            twin = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(plain)))
+            summary[name]['vs_default_malloc_cpu_time'] = twin
+            vs_base = f'{twin.format(".2f", "×")} vs default malloc'
+        elif name == BF16_WEIGHTS and AUTOCAST_TWIN in group.names:
             twin = spread(paired_ratios(group.cpu_rate(name), group.cpu_rate(AUTOCAST_TWIN)))
             summary[name]['vs_autocast_cpu_time'] = twin
             vs_base = f'{twin.format(".2f", "×")} vs autocast'
@@ -183,6 +190,12 @@ def main() -> None:
     parser.add_argument('--no-growth', action='store_true', help='no growth table (full grid)')
     parser.add_argument('--dim', type=int, default=256, help='hidden size (heads of 64, FFN 4x)')
     parser.add_argument('--batch', type=int, default=32, help='training batch')
+    parser.add_argument(
+        '--malloc-variants',
+        action='store_true',
+        help='training tables also hold each of our models as "<name> +malloc": its worker '
+        'keeps freed memory (harness.KEEP_FREED_MEMORY), side by side with the default',
+    )
     args = parser.parse_args()
     global DIM
     DIM = args.dim
@@ -210,8 +223,15 @@ def main() -> None:
     if args.baseline_src:
         names += [name + BASE for name in names if name not in (REFERENCE, BF16_WEIGHTS)]
     sources = {name: args.baseline_src for name in names if name.endswith(BASE)}
+    trained_names = list(names)
+    if args.malloc_variants:
+        trained_names += [n + MALLOC for n in names if n != REFERENCE and not n.endswith(BASE)]
     for precision in precisions:
-        trained = [name for name in names if precision != 'fp32' or name != BF16_WEIGHTS]
+        trained = [
+            name
+            for name in trained_names
+            if precision != 'fp32' or name.removesuffix(MALLOC) != BF16_WEIGHTS
+        ]
         specs = {
             name: {
                 'kind': 'train',
@@ -219,6 +239,7 @@ def main() -> None:
                 'task_args': task,
                 'precision': precision,
                 **({'source': sources[name]} if name in sources else {}),
+                **({'env': KEEP_FREED_MEMORY} if name.endswith(MALLOC) else {}),
             }
             for name in trained
         }

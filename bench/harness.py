@@ -90,6 +90,15 @@ from harness_workloads import (  # noqa: F401
     time_training,
 )
 
+# glibc malloc settings that keep freed memory in the process (read at process start): without
+# them every step's large tensors come back as fresh pages from the kernel (page faults; e.g.
+# zeroing a (455, 20,687) fp32 tensor: 16.8 ms vs 5.3 ms, docs/pending_bf16.md E)
+KEEP_FREED_MEMORY = {
+    'MALLOC_MMAP_THRESHOLD_': '33554432',  # 32 MiB, glibc's largest; also stops its dynamic rise
+    'MALLOC_TRIM_THRESHOLD_': '4294967296',  # never hand the heap's top back to the kernel
+    'MALLOC_TOP_PAD_': '268435456',  # grow the heap 256 MiB at a time
+}
+
 
 # --- workers: one subprocess per configuration, timed in turn -----------------------------------
 class Worker:
@@ -100,7 +109,8 @@ class Worker:
     ``bench/`` import by name) and ``kw`` (keyword arguments of the workload), ``threads``
     (torch intra-op threads), ``precision`` (``fp32`` | ``bf16``: autocast), ``seed``,
     ``source`` (optional: a folder holding another ``parlai_ext`` package, e.g. an export of
-    an older commit, imported instead of this checkout's: before/after in one run).
+    an older commit, imported instead of this checkout's: before/after in one run), ``env``
+    (optional: environment variables set for this worker only, e.g. :data:`KEEP_FREED_MEMORY`).
     Protocol: one JSON line per message on a private pipe (the worker's stdout goes to its
     log, so ParlAI's printing cannot corrupt it).
     """
@@ -115,6 +125,7 @@ class Worker:
         self.log_path = os.path.join(log_dir, f'{safe}.log')
         self._log = open(self.log_path, 'w')  # noqa: SIM115 (closed in close())
         env = dict(os.environ)
+        env.update({key: str(value) for key, value in (self.spec.get('env') or {}).items()})
         first = [os.path.abspath(self.spec['source'])] if self.spec.get('source') else []
         if first and not os.path.isdir(os.path.join(first[0], 'parlai_ext')):
             raise ValueError(f'{name}: source {first[0]} holds no parlai_ext package')
