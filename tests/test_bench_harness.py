@@ -206,3 +206,27 @@ def test_bf16_worker_casts_the_updated_weights(monkeypatch):
     with harness.Worker('two-step', spec) as worker:
         result = worker.measure(1)
     assert result['matches'] == 1.0
+
+
+class EnvWorkload:
+    """Reports the worker's glibc malloc variables (``harness.KEEP_FREED_MEMORY``'s names)."""
+
+    def __init__(self) -> None:
+        self.info = {'params': 0}
+
+    def run(self, n: int) -> dict[str, float]:
+        return {'seconds': 1.0, 'units': n,
+                **{k: float(os.environ.get(k, -1)) for k in harness.KEEP_FREED_MEMORY}}  # fmt: skip
+
+
+def test_worker_env_reaches_that_worker_only(monkeypatch):
+    monkeypatch.setenv('PYTHONPATH', os.path.dirname(__file__))
+    for name in harness.KEEP_FREED_MEMORY:
+        monkeypatch.delenv(name, raising=False)
+    spec = {'kind': 'factory', 'factory': 'test_bench_harness:EnvWorkload'}
+    with harness.Worker('keep', {**spec, 'env': harness.KEEP_FREED_MEMORY}) as worker:
+        kept = worker.measure(1)
+    assert {k: kept[k] for k in harness.KEEP_FREED_MEMORY} == {
+        k: float(v) for k, v in harness.KEEP_FREED_MEMORY.items()
+    }
+    assert all(name not in os.environ for name in harness.KEEP_FREED_MEMORY)
