@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from parlai.core.loader import load_teacher_module
 from parlai.core.params import ParlaiParser
+from teacher_helpers import episodes, make_teacher
 
 from parlai_ext.agents.p2bot import split_history
 from parlai_ext.losses.p2bot import (
@@ -76,22 +76,8 @@ def write_both(tmp_path: Path, n_episodes: int = 10) -> Path:
     return path
 
 
-def make_teacher(task: str, *args: str, datatype: str = 'valid'):
-    opt = ParlaiParser(True, False).parse_args(['-t', task, '-dt', datatype, *args])
-    return load_teacher_module(task)(opt)
-
-
 def all_messages(teacher) -> list[dict]:
-    out = []
-    for e in range(teacher.num_episodes()):
-        entry = 0
-        while True:
-            message = teacher.get(e, entry)
-            out.append(message)
-            if message.get('episode_done'):
-                break
-            entry += 1
-    return out
+    return [message for episode in episodes(teacher) for message in episode]
 
 
 # ------------------------------------------------------------------------- receiver maths
