@@ -6,6 +6,7 @@ import os
 import pytest
 from conftest import run_parlai
 from parlai.scripts.eval_model import EvalModel
+from parlai.scripts.self_chat import SelfChat
 
 TINY_MODEL = [
     '-m', 'unified_transformer',
@@ -89,9 +90,12 @@ def test_beam_search_and_nucleus_generate(trained):
 def test_self_chat_produces_turns(trained, tmp_path):
     model_file, env = trained
     out_file = str(tmp_path / 'selfchat')
-    run_parlai(
-        'self_chat', '-mf', model_file, '--num-self-chats', '2', '--selfchat-max-turns', '4',
-        '--inference', 'nucleus', '--topp', '0.9', '--outfile', out_file, env=env,
+    # in this process (one start-up less): the self_chat command line itself is run by
+    # test_plato2_cli, test_p2bot_cli and test_metrics
+    SelfChat.main(
+        '-mf', model_file, '--num-self-chats', '2', '--selfchat-max-turns', '4',
+        '--inference', 'nucleus', '--topp', '0.9', '--outfile', out_file,
+        '--datapath', env['PARLAI_DATAPATH'],
     )  # fmt: skip
     lines = open(out_file + '.jsonl').read().splitlines()
     assert len(lines) == 2

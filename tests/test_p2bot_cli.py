@@ -85,7 +85,9 @@ def _selfplay_args(
 
 def test_selfplay_runs_and_logs_rewards(trained, tmp_path):
     model_file, log = tmp_path / 'sp', tmp_path / 'sp.jsonl'
-    first = run_parlai(*_selfplay_args(trained, model_file, 2, log))
+    # in this process with the command line's arguments (one start-up less): the killed and
+    # resumed test below runs the same self-play training through the stock command
+    first = run_script(TrainModel, *_selfplay_args(trained, model_file, 2, log)[1:])
     text = first.stdout + first.stderr
     for name in ('rs1', 'rs2', 'rs3', 'reward', 'rl_loss', 'sp_reply_len'):
         assert name in text, name
