@@ -130,6 +130,13 @@ def _runs(root, data) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
+def _text(output: bytes | str | None) -> str:
+    """What a timed-out subprocess had written (bytes, whatever ``text`` was)."""
+    if isinstance(output, bytes):
+        return output.decode(errors='replace')
+    return output or ''
+
+
 def _worker_env(agents_dir, checksum_dir) -> dict[str, str]:
     """Environment of the two workers: our agents importable, checksums written to one folder."""
     return {
@@ -168,14 +175,18 @@ def ddp_runs(models, tmp_path_factory):
         configurations.append([run, str(folder), args])
     (out / 'runs.json').write_text(json.dumps(configurations))
     env = {**os.environ, **_worker_env(root, out), 'PYTHONUNBUFFERED': '1'}
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), str(out / 'runs.json')],
-        capture_output=True, text=True, env=env, timeout=900,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(DRIVER), str(out / 'runs.json')],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as hung:  # a worker that died leaves the other waiting
+        output = [_text(hung.stdout), _text(hung.stderr)]
+        proc = subprocess.CompletedProcess(hung.cmd, 'timed out after 600 s', *output)
     started = [line[4:] for line in proc.stdout.splitlines() if line.startswith('=== ')]
     # the configuration that was running when it failed, with the output's tail
     assert proc.returncode == 0, (
-        f'DDP run {started[-1] if started else "(before the first)"} failed\n'
+        f'DDP run {started[-1] if started else "(before the first)"}: {proc.returncode}\n'
         f'{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
     )
     assert started == [x for run in RUNS for x in (run, f'{run} done')], started
