@@ -36,14 +36,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import configs  # noqa: E402
+from bench_setup import task_with_dictionary, write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
     KEEP_FREED_MEMORY,
-    default_out_stem,
     load_line,
     load_summary,
     machine_info,
@@ -52,7 +51,6 @@ from harness import (  # noqa: E402
     paired_ratios,
     run_interleaved,
     spread,
-    write_results,
 )
 
 REFERENCE = 'ParlAI transformer/generator (2+2)'
@@ -202,10 +200,7 @@ def main() -> None:
     rounds = args.rounds or (4 if args.quick else 8)
     steps = args.steps or (2 if args.quick else 5)
     precisions = args.precisions.split(',')
-    task = configs.task_args(args.data)
-    workdir = tempfile.mkdtemp(prefix='bench_generators_')
-    dict_file = os.path.join(workdir, 'dict')
-    configs.build_dictionary(task, dict_file)
+    task, workdir, dict_file = task_with_dictionary(args.data, 'bench_generators_')
     where = 'GPU' if on_gpu() else 'CPU'
     machine = machine_info(args.threads)
     out = [
@@ -316,10 +311,8 @@ def main() -> None:
     load = load_summary(groups)
     out.insert(2, load_line(load) + ' Numbers measured under load are not final.')
     markdown = '\n'.join(out)
-    stem = args.out or default_out_stem(__file__, args.quick)
     data = {'machine': machine, 'settings': vars(args), 'load': load, 'results': results}
-    json_path, md_path = write_results(stem, data, markdown)
-    print('\n' + markdown + f'\n\n(written {json_path} and {md_path})')
+    write_and_print_results(__file__, args.out, args.quick, data, markdown)
 
 
 if __name__ == '__main__':

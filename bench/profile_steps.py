@@ -44,14 +44,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import configs  # noqa: E402
+from bench_setup import write_and_print_results  # noqa: E402
 from harness import (  # noqa: E402
     _build_world,
-    default_out_stem,
     machine_info,
     machine_load,
     markdown_table,
     recast_after_optimizer_steps,
-    write_results,
 )
 
 MATMUL_OPS = (
@@ -379,10 +378,8 @@ def main() -> None:
         f'{load["loadavg_1m"]}, {load["busy_processes"]} other busy processes.\n\n'
     )
     text = header + markdown(results)
-    stem = args.out or default_out_stem(__file__, args.quick)
     data = {'machine': machine, 'settings': vars(args), 'results': results}
-    paths = write_results(stem, data, text)
-    print('\n' + text + f'\n\n(written {paths[0]} and {paths[1]})')
+    write_and_print_results(__file__, args.out, args.quick, data, text)
 
 
 if __name__ == '__main__':
