@@ -8,7 +8,9 @@ folders, :func:`build_causal_lm` / :func:`build_encoder`, :class:`HfCheckpointMi
 :func:`bf16_enabled` / :func:`hf_autocast`).
 
 - :class:`HfDictionaryAgent` - the checkpoint's tokenizer as a ParlAI dictionary, with the
-  special-token roles ParlAI needs (null/pad, start, end, unk); missing ones are added. Saved
+  special-token roles ParlAI needs (null/pad, start, end, unk); missing ones are added. It
+  lives in :mod:`parlai_ext.agents.hf_dict` (it imports ``transformers``), imported from here
+  on first use, so agents that never use Hugging Face start without ``transformers``. Saved
   beside the model file (``<model>.dict.hf/``: tokenizer, base config, where the base came
   from), so a model file reloads without the training machine's paths.
   :class:`HfOrParlaiDictionaryAgent` picks it when ``--hf-model-dir`` is set (for
@@ -21,12 +23,10 @@ folders, :func:`build_causal_lm` / :func:`build_encoder`, :class:`HfCheckpointMi
 from __future__ import annotations
 
 import copy
-import json
-import os
+import importlib
 from typing import Any
 
 import torch
-from parlai.agents.hugging_face.dict import HuggingFaceDictionaryAgent
 from parlai.core.dict import DictionaryAgent
 from parlai.core.opt import Opt
 from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
@@ -35,7 +35,7 @@ from torch import nn
 
 from parlai_ext.agents import hf_backbone
 from parlai_ext.agents.hf_backbone import *  # noqa: F403 (the backbone half, re-exported below)
-from parlai_ext.agents.hf_backbone import (  # the names used here
+from parlai_ext.agents.hf_backbone import (  # noqa: F401 (the names used here, and old helpers)
     SAVED_FOLDER_SUFFIX,
     SAVED_META,
     HfCheckpointMixin,
@@ -56,131 +56,29 @@ from parlai_ext.modules import hf
 
 # ================================================================================ dictionary
 
+HF_DICTIONARY_CLASS = 'parlai_ext.agents.hf_dict:HfDictionaryAgent'
 
-class HfDictionaryAgent(HuggingFaceDictionaryAgent):
-    """A local Hugging Face tokenizer (``--hf-model-dir``) as a ParlAI dictionary.
+# names that moved to modules importing ``transformers``; resolved on first use (PEP 562)
+_LAZY_NAMES = {'HfDictionaryAgent': HF_DICTIONARY_CLASS}
 
-    Roles: encoders with ``[CLS]``/``[SEP]`` (BERT, MiniLM) use ``[PAD] [CLS] [SEP] [UNK]`` as
-    null/start/end/unk. Causal LMs use their EOS as end and their BOS as start; padding,
-    start and end must be three distinct tokens (ParlAI masks padding out of the loss, so a
-    padding token equal to the end token would never teach the model to stop), so missing or
-    shared ones are added as ``__null__`` / ``__start__`` / ``__end__``. unk is the
-    tokenizer's, or the end token. Subclasses add their own special tokens through
-    :attr:`EXTRA_SPECIAL_TOKENS`. Models resize their embeddings to ``len(dict)``.
 
-    Text is encoded without special tokens and without truncation (agents truncate).
-    """
+def resolve_class(spec: type | str) -> type:
+    """A class, or the class a ``'module:Class'`` path names (imported now)."""
+    if isinstance(spec, type):
+        return spec
+    module, sep, name = spec.partition(':')
+    if not sep or not module or not name:
+        raise ValueError(f"{spec!r}: expected a class or a 'module:Class' path")
+    return getattr(importlib.import_module(module), name)
 
-    EXTRA_SPECIAL_TOKENS: tuple[str, ...] = ()
 
-    @property
-    def add_special_tokens(self) -> bool:
-        return False
-
-    @property
-    def skip_decode_special_tokens(self) -> bool:
-        return True
-
-    def get_tokenizer(self, opt: Opt):
-        saved = saved_folder(opt)
-        self.base_vocab_size: int | None = None
-        if saved is not None:  # the tokenizer the model was trained with (tokens added)
-            self.base_vocab_size = _read_meta(saved).get('base_vocab_size')
-            return hf.load_tokenizer(saved)
-        return hf.load_tokenizer(base_folder(opt))
-
-    def share(self):
-        shared = super().share()
-        shared['base_vocab_size'] = self.base_vocab_size
-        return shared
-
-    def __init__(self, opt: Opt, shared=None) -> None:
-        if shared:
-            self.base_vocab_size = shared.get('base_vocab_size')
-        super().__init__(opt, shared)
-
-    def override_special_tokens(self, opt: Opt) -> None:
-        tok = self.hf_tokenizer
-        if getattr(self, 'base_vocab_size', None) is None:
-            self.base_vocab_size = len(tok)
-        encoder_style = tok.cls_token is not None and tok.sep_token is not None
-        if encoder_style:
-            start, end = tok.cls_token, tok.sep_token
-            pad = tok.pad_token if tok.pad_token not in (None, start, end) else '__null__'
-        else:
-            end = tok.eos_token or '__end__'
-            start = tok.bos_token if tok.bos_token not in (None, end) else '__start__'
-            pad = tok.pad_token if tok.pad_token not in (None, end, start) else '__null__'
-        roles = {}
-        if tok.pad_token != pad:
-            roles['pad_token'] = pad
-        if not encoder_style:
-            if tok.eos_token != end:
-                roles['eos_token'] = end
-            if tok.bos_token != start:
-                roles['bos_token'] = start
-        if roles:
-            tok.add_special_tokens(roles)
-        if self.EXTRA_SPECIAL_TOKENS:
-            missing = [t for t in self.EXTRA_SPECIAL_TOKENS if t not in tok.get_vocab()]
-            if missing:
-                tok.add_special_tokens({'additional_special_tokens': missing})
-        added = [t for t in (pad, start, end) if t not in tok.get_vocab()]
-        if added:
-            tok.add_tokens(added, special_tokens=True)
-        self.null_token, self.start_token, self.end_token = pad, start, end
-        self.unk_token = tok.unk_token or end
-        self._unk_token_idx = tok.convert_tokens_to_ids(self.unk_token)
-        self.tok2ind = dict(tok.get_vocab())
-        self.ind2tok = {v: k for k, v in self.tok2ind.items()}
-        for token in self.tok2ind:
-            self.freq[token] = 1
-
-    @property
-    def added_token_ids(self) -> list[int]:
-        """Ids the dictionary added to the checkpoint's vocabulary (new embedding rows)."""
-        return list(range(self.base_vocab_size or len(self), len(self)))
-
-    def txt2vec(self, text: str, vec_type=list) -> list[int]:
-        return self.hf_tokenizer.encode(text, add_special_tokens=False)
-
-    def vec2txt(self, vec, **kwargs) -> str:
-        if torch.is_tensor(vec):
-            vec = vec.tolist()
-        return self.hf_tokenizer.decode(list(vec), skip_special_tokens=True).strip()
-
-    def __len__(self) -> int:
-        return len(self.hf_tokenizer)
-
-    def save(self, filename: str | None = None, append: bool = False, sort: bool = True) -> None:
-        """ParlAI's token list at ``filename``, and ``filename.hf/``: the tokenizer (with the
-        added tokens), the base config and where the base came from (no machine paths are
-        needed to reload: the config builds the network, the short name finds the base)."""
-        filename = self.opt['dict_file'] if filename is None else filename
-        super().save(filename, append=append, sort=False)
-        source = saved_folder(self.opt) or base_folder(self.opt)
-        name = hf_model_name(self.opt)
-        previous = _read_meta(source) if os.path.isfile(os.path.join(source, SAVED_META)) else {}
-        meta = {
-            'hf_model_dir': name,
-            'short_name': _short_name(name) or previous.get('short_name'),
-            'gguf_file': self.opt.get('hf_gguf_file') or previous.get('gguf_file'),
-            'base_vocab_size': self.base_vocab_size,
-            'special_tokens': {
-                'null': self.null_token,
-                'start': self.start_token,
-                'end': self.end_token,
-                'unk': self.unk_token,
-            },
-        }
-
-        def fill(folder: str) -> None:
-            self.hf_tokenizer.save_pretrained(folder)
-            hf.load_config(source).save_pretrained(folder)
-            with open(os.path.join(folder, SAVED_META), 'w', encoding='utf-8') as f:
-                json.dump(meta, f, indent=1)
-
-        _write_folder_atomically(filename + SAVED_FOLDER_SUFFIX, fill)
+def __getattr__(name: str) -> Any:
+    """``HfDictionaryAgent`` (in :mod:`parlai_ext.agents.hf_dict`), imported on first use."""
+    if name in _LAZY_NAMES:
+        value = resolve_class(_LAZY_NAMES[name])
+        globals()[name] = value
+        return value
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 class HfOrParlaiDictionaryAgent(DictionaryAgent):
@@ -190,11 +88,18 @@ class HfOrParlaiDictionaryAgent(DictionaryAgent):
     :attr:`HF_CLASS` to use a subclass of :class:`HfDictionaryAgent` (e.g. extra tokens).
     """
 
-    HF_CLASS: type[HfDictionaryAgent] = HfDictionaryAgent
+    #: the class, or its ``'module:Class'`` path (imported only when ``--hf-model-dir`` is
+    #: set, so agents that train from scratch never import ``transformers``)
+    HF_CLASS: type | str = HF_DICTIONARY_CLASS
+
+    @classmethod
+    def hf_class(cls) -> type:
+        """:attr:`HF_CLASS`, imported if it is given as a path."""
+        return resolve_class(cls.HF_CLASS)
 
     def __new__(cls, opt: Opt, shared=None):
         if hf_model_name(opt):
-            return cls.HF_CLASS(opt, shared)
+            return cls.hf_class()(opt, shared)
         return super().__new__(cls)
 
 
@@ -445,13 +350,14 @@ class HfGeneratorAgent(HfGeneratorAgentMixin, DecayExemptOptimizerMixin, TorchGe
 # one list: the backbone half's public names (hf_backbone.__all__) and this module's own
 __all__ = [
     *hf_backbone.__all__,
-    'HfDictionaryAgent',
+    *_LAZY_NAMES,  # HfDictionaryAgent (imported on first use)
     'HfGeneratorAgent',
     'HfGeneratorAgentMixin',
     'HfGeneratorModel',
     'HfOrParlaiDictionaryAgent',
     'add_hf_generator_args',
     'build_generator_model',
+    'resolve_class',
     'fit_truncation',
     'hf_tokenizer_of',
     'max_positions',

@@ -42,7 +42,6 @@ from parlai_ext.agents.p2bot_model import (
     SELF_TOKEN,
     HFLanguageModelScorer,
     P2BotDictionaryAgent,
-    P2BotHFDictionaryAgent,
     P2BotTransmitterModel,
     _fit_positions_to_hf,
     load_frozen,
@@ -484,11 +483,16 @@ _RECEIVER_NAMES = ('P2BotReceiverAgent', 'P2botReceiverAgent', 'load_receiver')
 
 def __getattr__(name: str):
     """The receiver's names, from :mod:`parlai_ext.agents.p2bot_receiver` (imported lazily:
-    that module imports this one)."""
+    that module imports this one); ``P2BotHFDictionaryAgent`` from
+    :mod:`parlai_ext.agents.p2bot_hf_dict` (it imports ``transformers``)."""
     if name in _RECEIVER_NAMES:
         from parlai_ext.agents import p2bot_receiver
 
         return getattr(p2bot_receiver, name)
+    if name == 'P2BotHFDictionaryAgent':  # imports transformers: only when asked for
+        from parlai_ext.agents.p2bot_hf_dict import P2BotHFDictionaryAgent
+
+        return P2BotHFDictionaryAgent
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
@@ -499,7 +503,6 @@ __all__ = [
     'PERSONA_TOKEN',
     'SELF_TOKEN',
     'P2BotDictionaryAgent',
-    'P2BotHFDictionaryAgent',
     'P2BotTransmitterModel',
     'load_frozen',
     '_fit_positions_to_hf',

@@ -52,6 +52,8 @@ class P2BotDictionaryAgent(DictionaryAgent):
 
     def __new__(cls, opt: Opt, shared=None):
         if cls is P2BotDictionaryAgent and hf_glue.hf_model_name(opt):
+            from parlai_ext.agents.p2bot_hf_dict import P2BotHFDictionaryAgent
+
             return super().__new__(P2BotHFDictionaryAgent)
         return super().__new__(cls)
 
@@ -63,12 +65,14 @@ class P2BotDictionaryAgent(DictionaryAgent):
             self.freq[token] = 999_999_990 - rank
 
 
-class P2BotHFDictionaryAgent(hf_glue.HfDictionaryAgent, P2BotDictionaryAgent):
-    """The shared Hugging Face dictionary (:class:`~parlai_ext.agents.hf.HfDictionaryAgent`:
-    ParlAI's special-token roles, saved beside the model file) plus the four P2Bot tokens,
-    added after the roles' tokens (so the ids of older model files stay)."""
+def __getattr__(name: str):
+    """``P2BotHFDictionaryAgent`` lives in :mod:`parlai_ext.agents.p2bot_hf_dict` (it imports
+    ``transformers``; loaded on first use)."""
+    if name == 'P2BotHFDictionaryAgent':
+        from parlai_ext.agents.p2bot_hf_dict import P2BotHFDictionaryAgent
 
-    EXTRA_SPECIAL_TOKENS = P2BOT_TOKENS
+        return P2BotHFDictionaryAgent
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 # =============================================================================== transmitter

@@ -65,34 +65,6 @@ PARTNER_MODES = ('none', 'train_only', 'gold', 'generated')
 LEGACY_ADDED_TOKENS = ('__start__', '__null__')
 
 
-class PpgHfDictionaryAgent(hf_glue.HfDictionaryAgent):
-    """The tokenizer of ``--hf-model-dir`` as a ParlAI dictionary (the shared one, issue #20).
-
-    Model files saved before the shared piece (a ``.dict`` without a ``.dict.hf`` folder
-    beside it) added, for GPT-2-style tokenizers, ``__start__`` = V then ``__null__`` = V+1;
-    the shared dictionary adds ``__null__`` = V, ``__start__`` = V+1. Such files keep their
-    own order, so their embedding rows keep their meaning.
-    """
-
-    def override_special_tokens(self, opt: Opt) -> None:
-        if is_legacy_hf_dict(opt):
-            tok = self.hf_tokenizer
-            if getattr(self, 'base_vocab_size', None) is None:
-                self.base_vocab_size = len(tok)
-            encoder_style = tok.cls_token is not None and tok.sep_token is not None
-            if not encoder_style:
-                start_missing = tok.bos_token in (None, tok.eos_token)
-                null_missing = tok.pad_token in (None, tok.eos_token)
-                missing = [
-                    token
-                    for token, needed in zip(LEGACY_ADDED_TOKENS, (start_missing, null_missing))
-                    if needed and token not in tok.get_vocab()
-                ]
-                if missing:
-                    tok.add_tokens(missing, special_tokens=True)
-        super().override_special_tokens(opt)
-
-
 def is_legacy_hf_dict(opt: Opt) -> bool:
     """A dictionary file written before the shared HF piece: it exists, without ``.hf/``."""
     dict_file = opt.get('dict_file')
@@ -102,7 +74,7 @@ def is_legacy_hf_dict(opt: Opt) -> bool:
 class PpgDictionaryAgent(hf_glue.HfOrParlaiDictionaryAgent):
     """ParlAI's dictionary, or the HF tokenizer of ``--hf-model-dir`` when that is set."""
 
-    HF_CLASS = PpgHfDictionaryAgent
+    HF_CLASS = 'parlai_ext.agents.ppg_hf_dict:PpgHfDictionaryAgent'  # imported when used
 
 
 HF_ARCHITECTURES = ('decoder_only', 'encoder_decoder')
@@ -537,9 +509,14 @@ class PpgCriticAgent(hf_glue.HfCheckpointMixin, DecayExemptOptimizerMixin, Torch
 
 def __getattr__(name: str):
     """``PpgRlAgent`` lives in :mod:`parlai_ext.agents.ppg_rl` (imported lazily: it imports
-    this module)."""
+    this module), ``PpgHfDictionaryAgent`` in :mod:`parlai_ext.agents.ppg_hf_dict` (it imports
+    ``transformers``)."""
     if name == 'PpgRlAgent':
         from parlai_ext.agents.ppg_rl import PpgRlAgent
 
         return PpgRlAgent
+    if name == 'PpgHfDictionaryAgent':  # imports transformers: only when asked for
+        from parlai_ext.agents.ppg_hf_dict import PpgHfDictionaryAgent
+
+        return PpgHfDictionaryAgent
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
