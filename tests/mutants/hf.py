@@ -1,5 +1,5 @@
 """Mutants of the shared Hugging Face piece (modules/hf.py, hf_source.py, hf_lora.py,
-agents/hf.py, agents/hf_backbone.py).
+agents/hf.py, agents/hf_dict.py, agents/hf_backbone.py).
 
 Converted from the HF engineer's hand-made lists (exact duplicates dropped), issue #18. Run: .venv/bin/python tests/mutants/run.py --system hf
 """
@@ -7,7 +7,8 @@ Converted from the HF engineer's hand-made lists (exact duplicates dropped), iss
 M = 'parlai_ext/modules/hf.py'
 S = 'parlai_ext/modules/hf_source.py'  # finding weights, the GGUF cache
 L = 'parlai_ext/modules/hf_lora.py'  # LoRA, adapter-only checkpoints
-A = 'parlai_ext/agents/hf.py'  # the dictionary, the generator glue
+A = 'parlai_ext/agents/hf.py'  # the generator glue
+D = 'parlai_ext/agents/hf_dict.py'  # the Hugging Face dictionary
 B = 'parlai_ext/agents/hf_backbone.py'  # options, model folders, building, checkpoints
 
 TESTS = ['tests/test_hf.py', 'tests/test_hf_agents.py']
@@ -96,18 +97,18 @@ MUTANTS = [
     (L, '    really_missing = [k for k in missing if k not in frozen]', '    really_missing = []'),
     # A/B: HF agents: dictionary specials, adapter loading, bf16, option aliases
     (
-        A,
+        D,
         "            pad = tok.pad_token if tok.pad_token not in (None, end, start) else '__null__'",
         "            pad = tok.pad_token if tok.pad_token not in (None,) else '__null__'",
     ),
     (
-        A,
+        D,
         "            start = tok.bos_token if tok.bos_token not in (None, end) else '__start__'",
         "            start = tok.bos_token if tok.bos_token is not None else '__start__'",
     ),
-    (A, '        self.unk_token = tok.unk_token or end', '        self.unk_token = end'),
+    (D, '        self.unk_token = tok.unk_token or end', '        self.unk_token = end'),
     (
-        A,
+        D,
         '        return list(range(self.base_vocab_size or len(self), len(self)))',
         '        return list(range(self.base_vocab_size or len(self), len(self) - 1))',
     ),
