@@ -158,20 +158,13 @@ def test_join_legacy_rows_stacks_in_order_and_skips_what_it_cannot_join():
         MultiHeadAttention(8, 2).load_state_dict(old)
 
 
-def test_query_and_key_value_names_are_row_views_of_qkv():
-    """Callers of the old names (PPG's GPT-2 initialisation copies into them in place; the
-    Knover tests read them) reach the qkv rows."""
+def test_self_attention_has_only_qkv_and_copies_and_pickles():
+    """Self-attention holds one ``qkv`` (no ``query`` / ``key_value`` layers beside it);
+    copies and whole-module pickles give the same outputs and weights."""
     mha = MultiHeadAttention(8, 2)
-    assert torch.equal(mha.query.weight, mha.qkv.weight[:8])
-    assert torch.equal(mha.key_value.bias, mha.qkv.bias[8:])
-    with torch.no_grad():
-        mha.key_value.weight.copy_(torch.full((16, 8), 0.5))
-        mha.query.bias.zero_()
-    assert mha.qkv.weight[8:].eq(0.5).all() and mha.qkv.bias[:8].eq(0).all()
-    assert not mha.qkv.weight[:8].eq(0.5).all()
-    with pytest.raises(AttributeError):
-        mha.value  # noqa: B018 (only the two old names)
-    # copies and whole-module pickles keep working (the views are computed, not stored)
+    for old_name in MultiHeadAttention.LEGACY_SELF_ATTENTION:
+        with pytest.raises(AttributeError):
+            getattr(mha, old_name)
     x = torch.randn(2, 3, 8)
     mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
     buffer = io.BytesIO()
@@ -179,4 +172,4 @@ def test_query_and_key_value_names_are_row_views_of_qkv():
     buffer.seek(0)
     for copied in (copy.deepcopy(mha), torch.load(buffer, weights_only=False)):
         assert torch.equal(copied(x, mask)[0], mha(x, mask)[0])
-        assert torch.equal(copied.query.weight, mha.query.weight)
+        assert torch.equal(copied.qkv.weight, mha.qkv.weight)

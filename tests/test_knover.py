@@ -187,9 +187,9 @@ def test_conversion_layout(converted, ref):
     torch.testing.assert_close(
         generator.latent_embedding, torch.from_numpy(plato['latent_embedding'].T)
     )
-    key_value = generator.stack.layers[1].attention.key_value.weight
+    qkv = generator.stack.layers[1].attention.qkv.weight  # query, key, value rows
     torch.testing.assert_close(
-        key_value[16:], torch.from_numpy(plato['encoder_layer_1_multi_head_att_value_fc.w_0'].T)
+        qkv[32:], torch.from_numpy(plato['encoder_layer_1_multi_head_att_value_fc.w_0'].T)
     )
     # [M] slot = the word embedding of [MASK] (tied); padding row appended, zero, never predicted
     from parlai_ext.modules.plato2 import mask_vector

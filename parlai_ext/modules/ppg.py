@@ -422,7 +422,6 @@ def warm_start_from_gpt2(seq2seq: EncoderDecoder, path: str) -> None:
 
     gpt2 = AutoModel.from_pretrained(path)
     weights = {k.removeprefix('transformer.'): v for k, v in gpt2.state_dict().items()}
-    dim = seq2seq.embeddings.tokens.weight.shape[1]
     wte = weights['wte.weight']
     seq2seq.embeddings.tokens.weight[: wte.shape[0]] = wte
     wpe = weights['wpe.weight']
@@ -430,10 +429,8 @@ def warm_start_from_gpt2(seq2seq: EncoderDecoder, path: str) -> None:
         raise ValueError(f'position embeddings {tuple(wpe.shape)} do not fit our model')
     seq2seq.embeddings.positions.weight.copy_(wpe)
 
-    def linear(target: nn.Linear, name: str, rows: slice | None = None) -> None:
+    def linear(target: nn.Linear, name: str) -> None:
         weight, bias = weights[f'{name}.weight'], weights[f'{name}.bias']  # Conv1D: (in, out)
-        if rows is not None:
-            weight, bias = weight[:, rows], bias[rows]
         target.weight.copy_(weight.t())
         target.bias.copy_(bias)
 
@@ -447,8 +444,7 @@ def warm_start_from_gpt2(seq2seq: EncoderDecoder, path: str) -> None:
         for index, block in enumerate(stack.layers):
             prefix = f'h.{index}'
             norm(block.norm_attention, f'{prefix}.ln_1')
-            linear(block.attention.query, f'{prefix}.attn.c_attn', slice(0, dim))
-            linear(block.attention.key_value, f'{prefix}.attn.c_attn', slice(dim, 3 * dim))
+            linear(block.attention.qkv, f'{prefix}.attn.c_attn')  # query, key, value rows
             linear(block.attention.out, f'{prefix}.attn.c_proj')
             norm(block.norm_ffn, f'{prefix}.ln_2')
             linear(block.ffn.fc_in, f'{prefix}.mlp.c_fc')

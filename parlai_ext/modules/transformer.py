@@ -30,7 +30,6 @@ from parlai_ext.modules.hf import HfEncoder, drop_unused_pooler  # noqa: F401
 # the memory layouts (caches, packing, stacked projections) live in their own module; re-exported
 from parlai_ext.modules.transformer_layout import (  # noqa: F401
     KVCache,
-    LinearRows,
     Packing,
     StackedLinear,
     _KVStore,
@@ -106,16 +105,6 @@ class MultiHeadAttention(nn.Module):
         if not self.cross:
             join_legacy_rows(state_dict, prefix, self.LEGACY_SELF_ATTENTION, 'qkv')
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def __getattr__(self, name: str):
-        """Self-attention's ``query`` / ``key_value``: row views of ``qkv`` (:class:`LinearRows`)
-        for code written against the separate layers (e.g. weight copies in place)."""
-        if name in self.LEGACY_SELF_ATTENTION and not self.__dict__.get('cross', True):
-            qkv = self.qkv
-            index = self.LEGACY_SELF_ATTENTION.index(name)
-            biases = qkv.bias.split(qkv.parts) if qkv.bias is not None else (None, None)
-            return LinearRows(qkv.weight.split(qkv.parts)[index], biases[index])
-        return super().__getattr__(name)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape

@@ -247,15 +247,6 @@ class StackedLinear(nn.Linear):
                 nn.init.uniform_(bias, -bound, bound)
 
 
-@dataclass
-class LinearRows:
-    """``weight`` / ``bias`` row views of one part of a :class:`StackedLinear` (read and
-    written in place like an ``nn.Linear``'s parameters)."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-
-
 def part_weights(linear: nn.Linear) -> tuple[torch.Tensor, ...]:
     """The weight of each part of a :class:`StackedLinear` (row views), or ``(weight,)``."""
     if isinstance(linear, StackedLinear):

@@ -156,8 +156,8 @@ MUTANTS = [
     # M: warm start
     (
         M,
-        "linear(block.attention.query, f'{prefix}.attn.c_attn', slice(0, dim))",
-        "linear(block.attention.query, f'{prefix}.attn.c_attn', slice(dim, 2 * dim))",
+        "linear(block.attention.qkv, f'{prefix}.attn.c_attn')",
+        'pass  # the attention projections not loaded',
     ),
     (M, 'nn.init.zeros_(block.cross_attention.out.weight)', 'pass'),
     (M, "norm(stack.final_norm, 'ln_f')", 'pass'),

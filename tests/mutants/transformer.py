@@ -385,11 +385,6 @@ MUTANTS = [
         '        if not self.cross:\n            join_legacy_rows',
         '        if self.cross:\n            join_legacy_rows',
     ),
-    (
-        T,
-        'return LinearRows(qkv.weight.split(qkv.parts)[index], biases[index])',
-        'return LinearRows(qkv.weight.split(qkv.parts)[index].clone(), biases[index])',
-    ),
     (T, 'if (memory is None) == self.cross:', 'if False:'),
     (T, 'for weight in part_weights(sub):', 'for weight in (sub.weight,):'),
     (TL, 'return linear.weight.split(linear.parts)', 'return (linear.weight,)'),
