@@ -23,12 +23,12 @@ folders, :func:`build_causal_lm` / :func:`build_encoder`, :class:`HfCheckpointMi
 from __future__ import annotations
 
 import copy
-import importlib
 from typing import Any
 
 import torch
 from parlai.core.dict import DictionaryAgent
 from parlai.core.opt import Opt
+from parlai.core.params import str2class
 from parlai.core.torch_generator_agent import TorchGeneratorAgent, TorchGeneratorModel
 from parlai.utils.torch import neginf
 from torch import nn
@@ -63,13 +63,14 @@ _LAZY_NAMES = {'HfDictionaryAgent': HF_DICTIONARY_CLASS}
 
 
 def resolve_class(spec: type | str) -> type:
-    """A class, or the class a ``'module:Class'`` path names (imported now)."""
+    """A class, or the class a ``'module:Class'`` path names (imported now, by ParlAI's own
+    ``str2class``, as it resolves ``--dict-class``)."""
     if isinstance(spec, type):
         return spec
     module, sep, name = spec.partition(':')
     if not sep or not module or not name:
         raise ValueError(f"{spec!r}: expected a class or a 'module:Class' path")
-    return getattr(importlib.import_module(module), name)
+    return str2class(spec)
 
 
 def __getattr__(name: str) -> Any:
