@@ -23,7 +23,6 @@ the LM's position limit (at most :data:`HF_POSITION_BUDGET` positions by default
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -402,9 +401,7 @@ class UnifiedTransformerAgent(
     def _bf16_autocast(self):
         """``--bf16-weights``: bf16 autocast around forwards with a loss (attention's fp32
         kernel in training and the fp32 loss come from it; the bf16 weights need no casts)."""
-        if not self.opt.get('bf16_weights'):
-            return contextlib.nullcontext()
-        return torch.autocast('cuda' if self.use_cuda else 'cpu', dtype=torch.bfloat16)
+        return hf.autocast(bool(self.opt.get('bf16_weights')), 'cuda' if self.use_cuda else 'cpu')
 
     def load_state_dict(self, state_dict):
         """``--bf16-weights``: the checkpoint's fp32 values seed the optimizer's masters
